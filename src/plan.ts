@@ -1,0 +1,73 @@
+import type { Tensor, View } from './tensor.js';
+import type { KvLayout } from './types.js';
+
+/** A tensor argument after validation: the object the caller passed and its normalised view. */
+export interface Bound {
+  readonly tensor: Tensor;
+  readonly view: View;
+}
+
+/**
+ * A validated dense decode (SPEC §2.2): everything a backend needs, already checked against
+ * FlashMLA's host and launcher rules and our range rules. Produced by `validateDecode`.
+ */
+export interface DensePlan {
+  readonly kind: 'dense';
+  readonly dtype: 'bf16' | 'fp16';
+  readonly b: number;
+  readonly sQ: number;
+  readonly hQ: number;
+  readonly hK: number;
+  /** Always 576 (SPEC §2.2: the launcher exits for 512). */
+  readonly dQK: number;
+  readonly dV: number;
+  readonly numBlocks: number;
+  /** Always 64 for dense. */
+  readonly pageBlockSize: number;
+  readonly maxBlocksPerSeq: number;
+  /** After the host's `s_q == 1 ⇒ causal = false` override (SPEC §2.2 step 7). */
+  readonly causal: boolean;
+  readonly softmaxScale: number;
+  readonly q: Bound;
+  readonly kCache: Bound;
+  readonly blockTable: Bound;
+  readonly cacheSeqlens: Bound;
+  /** Host copy of cacheSeqlens when it was host-readable (or downloaded for validation). */
+  readonly seqlens: Int32Array | null;
+}
+
+/** One FP8 cache and the indices that point into it (main or extra, SPEC §6.3–6.4). */
+export interface SparseScope {
+  readonly cache: Bound;
+  readonly numBlocks: number;
+  readonly pageBlockSize: number;
+  /** Bytes from one block to the next (`stride(0)`), e.g. ceil(B·584/576)·576 for MODEL1. */
+  readonly blockStride: number;
+  readonly indices: Bound;
+  /** indices.shape[2]. */
+  readonly topk: number;
+  readonly topkLength: Bound | null;
+  /** Host copy of topkLength when host-readable. */
+  readonly lengths: Int32Array | null;
+}
+
+/** A validated sparse FP8 decode (SPEC §2.3). */
+export interface SparsePlan {
+  readonly kind: 'sparse';
+  readonly layout: KvLayout;
+  readonly b: number;
+  readonly sQ: number;
+  readonly hQ: number;
+  /** 576 (V3.2) or 512 (MODEL1). */
+  readonly dQK: number;
+  readonly dV: number;
+  /** 656 (V3.2) or 584 (MODEL1). */
+  readonly bytesPerToken: number;
+  readonly softmaxScale: number;
+  readonly q: Bound;
+  readonly main: SparseScope;
+  readonly extra: SparseScope | null;
+  readonly attnSink: Bound | null;
+}
+
+export type DecodePlan = DensePlan | SparsePlan;

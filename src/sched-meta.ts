@@ -1,0 +1,68 @@
+import { FlashMLAError } from './errors.js';
+
+/** Snapshot of the first call's configuration (SPEC §1.1 `Config`, same fields and order). */
+export interface SchedConfig {
+  readonly b: number;
+  readonly sQ: number;
+  readonly hQ: number;
+  readonly pageBlockSize: number;
+  readonly hK: number;
+  readonly causal: boolean;
+  readonly isFp8Kvcache: boolean;
+  readonly topk: number | null;
+  readonly extraPageBlockSize: number | null;
+  readonly extraTopk: number | null;
+}
+
+const CONFIG_FIELDS: readonly (keyof SchedConfig)[] = [
+  'b', 'sQ', 'hQ', 'pageBlockSize', 'hK', 'causal', 'isFp8Kvcache', 'topk', 'extraPageBlockSize', 'extraTopk',
+];
+
+/**
+ * Per-backend state kept on a sched meta between calls (the CUDA backend keeps its device-side
+ * tile-scheduler metadata here, computed once and reused, SPEC §1.3). Disposable.
+ */
+export interface SchedMetaSlot {
+  dispose(): void;
+}
+
+/**
+ * FlashMLA's `FlashMLASchedMeta` (SPEC §1.1): the first decode call records its configuration;
+ * later calls must match it. Reuse is only valid while the shapes *and* the values of
+ * cacheSeqlens / topkLength / extraTopkLength are unchanged (one per decoding step, shared by all
+ * layers), as in FlashMLA.
+ */
+export class FlashMLASchedMeta {
+  haveInitialized = false;
+  config: SchedConfig | null = null;
+  /** Backend-owned state (e.g. device buffers of the CUDA scheduler's output), keyed by owner. */
+  readonly slots = new Map<object, SchedMetaSlot>();
+
+  /** First call records `config`; later calls must match it field by field (SPEC §1.3). */
+  bind(config: SchedConfig): void {
+    if (!this.haveInitialized) {
+      this.config = config;
+      this.haveInitialized = true;
+      return;
+    }
+    const have = this.config!;
+    for (const f of CONFIG_FIELDS) {
+      if (have[f] !== config[f]) {
+        throw new FlashMLAError('E_SCHED_META',
+          `${f} = ${String(config[f])} is inconsistent with sched_meta (first used with ${f} = ${String(have[f])}); ` +
+          'use a new getMlaMetadata() for a new configuration', 'schedMeta');
+      }
+    }
+  }
+
+  /** Frees backend state (device buffers). The object can be used again afterwards. */
+  dispose(): void {
+    for (const s of this.slots.values()) s.dispose();
+    this.slots.clear();
+  }
+}
+
+/** FlashMLA's `get_mla_metadata()`: a fresh, lazily initialised sched meta (SPEC §1.1). */
+export function getMlaMetadata(): FlashMLASchedMeta {
+  return new FlashMLASchedMeta();
+}

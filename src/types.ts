@@ -1,0 +1,63 @@
+import type { HostTensor, Tensor } from './tensor.js';
+import type { FlashMLASchedMeta } from './sched-meta.js';
+
+/** Which backend runs a decode: `auto` = CUDA when usable, else the reference. */
+export type BackendChoice = 'auto' | 'cuda' | 'reference';
+export type BackendName = 'cuda' | 'reference';
+
+/** FP8 KV-cache layouts (SPEC §5.2, §5.3). */
+export type KvLayout = 'v32' | 'model1';
+
+/**
+ * Arguments of `flashMlaWithKvCache`, FlashMLA's `flash_mla_with_kvcache` in camelCase
+ * (SPEC §1.2). Optional tensors may be omitted or `null`.
+ */
+export interface DecodeArgs {
+  /** (b, s_q, h_q, d_qk); bf16 (dense: bf16 or fp16); last dim contiguous. */
+  q: Tensor;
+  /** Dense: (num_blocks, 64, h_k, 576) in q's dtype. Sparse: (num_blocks, B, 1, 656|584) uint8. */
+  kCache: Tensor;
+  /** Dense only: (b, max_num_blocks_per_seq) int32. */
+  blockTable?: Tensor | null;
+  /** Dense only: (b,) int32. */
+  cacheSeqlens?: Tensor | null;
+  /** Must be 512. */
+  headDimV: number;
+  /** From `getMlaMetadata()`; one per decoding step, shared by all layers (SPEC §1.3). */
+  schedMeta: FlashMLASchedMeta;
+  /** Default d_qk^-0.5. */
+  softmaxScale?: number | null;
+  /** Dense only; ignored when s_q == 1. */
+  causal?: boolean;
+  /** Must be true with `indices`. */
+  isFp8Kvcache?: boolean;
+  /** Sparse: (b, s_q, topk) int32 flat token ids (block * B + row); -1 = unused. */
+  indices?: Tensor | null;
+  /** Sparse: (h_q,) fp32 per-head attention sink (±Infinity allowed). */
+  attnSink?: Tensor | null;
+  /** Sparse: a second FP8 cache in the same layout, with its own paging. */
+  extraKCache?: Tensor | null;
+  /** Sparse: (b, s_q, extra_topk) int32 into `extraKCache`. */
+  extraIndicesInKvcache?: Tensor | null;
+  /** Sparse: (b,) int32; only the first topkLength[i] indices of request i are used. */
+  topkLength?: Tensor | null;
+  /** Sparse: (b,) int32, the same for the extra indices. */
+  extraTopkLength?: Tensor | null;
+}
+
+export interface DecodeOptions {
+  backend?: BackendChoice;
+  /**
+   * Check device-resident indices, block tables and lengths on the host before launching (costs a
+   * download). Host-resident ones are always checked.
+   */
+  validate?: boolean;
+  /** Reference backend: worker threads to use (default: available cores). */
+  threads?: number;
+}
+
+/** `out`: (b, s_q, h_q, 512) in q's dtype; `lse`: (b, h_q, s_q) fp32, natural log, contiguous. */
+export interface DecodeResult<T extends Tensor = HostTensor> {
+  out: T;
+  lse: T;
+}
