@@ -1,5 +1,6 @@
 import type { Tensor, View } from './tensor.js';
 import type { KvLayout } from './types.js';
+import type { SchedConfig } from './sched-meta.js';
 
 /** A tensor argument after validation: the object the caller passed and its normalised view. */
 export interface Bound {
@@ -13,6 +14,8 @@ export interface Bound {
  */
 export interface DensePlan {
   readonly kind: 'dense';
+  /** What the call records in / checks against its FlashMLASchedMeta (SPEC §1.3). */
+  readonly config: SchedConfig;
   readonly dtype: 'bf16' | 'fp16';
   readonly b: number;
   readonly sQ: number;
@@ -54,6 +57,7 @@ export interface SparseScope {
 /** A validated sparse FP8 decode (SPEC §2.3). */
 export interface SparsePlan {
   readonly kind: 'sparse';
+  readonly config: SchedConfig;
   readonly layout: KvLayout;
   readonly b: number;
   readonly sQ: number;

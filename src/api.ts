@@ -1,0 +1,23 @@
+import { FlashMLAError } from './errors.js';
+import { defaultCuda } from './native/default.js';
+import { referenceDecode } from './reference/index.js';
+import type { Tensor } from './tensor.js';
+import type { DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
+
+/**
+ * FlashMLA's `flash_mla_with_kvcache` (SPEC §1.2, semantics §6). `backend`: 'reference' runs on
+ * the CPU; 'cuda' needs a usable FlashMLA build and GPU (else a FlashMLAError E_BACKEND saying why);
+ * 'auto' (default) uses CUDA when usable, else the reference. Outputs are device tensors when q is
+ * one, host tensors otherwise.
+ */
+export async function flashMlaWithKvCache(args: DecodeArgs, options: DecodeOptions = {}): Promise<DecodeResult<Tensor>> {
+  const backend = options.backend ?? 'auto';
+  if (backend !== 'auto' && backend !== 'cuda' && backend !== 'reference') {
+    throw new FlashMLAError('E_VALUE', `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`, 'options.backend');
+  }
+  if (backend === 'reference') return referenceDecode(args, options);
+  const cuda = await defaultCuda();
+  if (cuda.ok) return cuda.instance.flashMlaWithKvCache(args, options);
+  if (backend === 'cuda') throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${cuda.reason}`, 'options.backend');
+  return referenceDecode(args, options);
+}

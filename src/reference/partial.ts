@@ -1,0 +1,35 @@
+import { LN2 } from './softmax.js';
+
+/**
+ * Per-row results of attending over a slice of the keys: base-2 running max m, sum l and the
+ * unnormalised output o. Slices of one row merge by LSE, as FlashMLA's combine does (SPEC §2.6).
+ */
+export interface Partial {
+  rows: number;
+  dv: number;
+  m: Float32Array;
+  l: Float32Array;
+  o: Float32Array;
+}
+
+/** Folds `src` into `dst` (same rows), rescaling both to the larger max. */
+export function mergeInto(dst: Partial, src: Partial): void {
+  const { dv } = dst;
+  for (let r = 0; r < dst.rows; r++) {
+    const ms = src.m[r]!;
+    if (ms === -Infinity) continue;
+    const md = dst.m[r]!;
+    const M = ms > md ? ms : md;
+    const ad = 2 ** (md - M);
+    const as = 2 ** (ms - M);
+    dst.l[r] = dst.l[r]! * ad + src.l[r]! * as;
+    for (let x = r * dv, e = x + dv; x < e; x++) dst.o[x] = dst.o[x]! * ad + src.o[x]! * as;
+    dst.m[r] = M;
+  }
+}
+
+/** Natural-log LSE of a row, +Infinity for a row that saw no key (SPEC §6.2–6.3 lonely rows). */
+export function rowLse(p: Partial, r: number): number {
+  const l = p.l[r]!;
+  return l === 0 ? Infinity : (p.m[r]! + Math.log2(l)) * LN2;
+}

@@ -1,0 +1,125 @@
+import { check, FlashMLAError } from '../errors.js';
+import type { Bound } from '../plan.js';
+import { isHostTensor, viewOf, type DType, type HostTensor, type Tensor, type View } from '../tensor.js';
+
+/** Host copies of device-resident tensors, for value checks with `validate: true`. */
+export type Downloaded = ReadonlyMap<Tensor, HostTensor>;
+
+const INT_MAX = 2 ** 31 - 1;
+
+export function isGiven<T>(x: T | null | undefined): x is T {
+  return x !== null && x !== undefined;
+}
+
+/** Validates a tensor argument's form and dtype; returns it bound to its view. */
+export function bind(t: unknown, name: string, rank: number, dtypes: readonly DType[]): Bound {
+  check(isGiven(t), 'E_VALUE', name, `${name} is required`);
+  const view = viewOf(t, name, rank);
+  check(dtypes.includes(view.dtype), 'E_DTYPE', name,
+    () => `${name} must be ${dtypes.join(' or ')}, got ${view.dtype}`);
+  return { tensor: t as Tensor, view };
+}
+
+export function expectShape(b: Bound, name: string, expected: readonly (number | null)[], what?: string): void {
+  const ok = expected.length === b.view.shape.length && expected.every((d, i) => d === null || d === b.view.shape[i]);
+  check(ok, 'E_SHAPE', name,
+    () => `${name} must have shape (${expected.map((d, i) => d ?? `*${i}`).join(', ')})${what ? ` ${what}` : ''}, ` +
+      `got (${b.view.shape.join(', ')})`);
+}
+
+/** FlashMLA's "last dim contiguous" rule: stride 1, or size 1 (SPEC §2.3 step 7). */
+export function expectLastDimContiguous(b: Bound, name: string): void {
+  const n = b.view.shape.length;
+  check(b.view.strides[n - 1] === 1 || b.view.shape[n - 1] === 1, 'E_STRIDE', name,
+    () => `${name} must be contiguous in its last dim (stride 1), got strides (${b.view.strides.join(', ')})`);
+}
+
+/** torch's is_contiguous(): dims of size 1 may have any stride. */
+export function expectContiguous(b: Bound, name: string): void {
+  let expected = 1;
+  for (let i = b.view.shape.length - 1; i >= 0; i--) {
+    const d = b.view.shape[i]!;
+    check(d <= 1 || b.view.strides[i] === expected, 'E_STRIDE', name,
+      () => `${name} must be contiguous, got shape (${b.view.shape.join(', ')}) strides (${b.view.strides.join(', ')})`);
+    expected *= d;
+  }
+}
+
+/** SPEC §2.1 int64_stride_to_int: every stride stored in the sparse params must fit an int. */
+export function expectIntStrides(b: Bound, name: string): void {
+  check(b.view.strides.every((s) => s <= INT_MAX), 'E_STRIDE', name,
+    () => `${name} has a stride above INT_MAX (${b.view.strides.join(', ')}), which FlashMLA rejects ("Stride exceeds int32 limit")`);
+}
+
+/**
+ * TMA descriptors (SPEC §0.A2, §0.A9): base 16-byte aligned and every non-unit stride a multiple of
+ * 16 bytes. The offset stands for the base address (an uploaded host tensor keeps its geometry).
+ */
+export function expectTmaFriendly(b: Bound, name: string, elementBytes: number): void {
+  const unit = 16 / elementBytes;
+  check(b.view.offset % unit === 0, 'E_STRIDE', name,
+    () => `${name}.offset must be a multiple of ${unit} elements (16-byte aligned base for TMA, SPEC §0.A2), got ${b.view.offset}`);
+  b.view.strides.forEach((s, i) => {
+    check(s === 1 || b.view.shape[i]! <= 1 || s % unit === 0, 'E_STRIDE', name,
+      () => `${name}.strides[${i}] = ${s} must be a multiple of ${unit} elements (16 bytes, TMA, SPEC §0.A2)`);
+  });
+}
+
+/** Host-readable data of a bound tensor (its own data, or the downloaded copy), or null. */
+export function hostData(b: Bound, downloaded: Downloaded | undefined): { data: ArrayLike<number>; view: View } | null {
+  if (isHostTensor(b.tensor)) return { data: b.tensor.data, view: b.view };
+  const copy = downloaded?.get(b.tensor);
+  if (copy === undefined) return null;
+  const view = viewOf(copy, 'downloaded copy');
+  return { data: copy.data, view };
+}
+
+/** A 1-D int32 tensor's values as a fresh Int32Array (host-readable only). */
+export function readInt32Vector(b: Bound, downloaded: Downloaded | undefined): Int32Array | null {
+  const h = hostData(b, downloaded);
+  if (h === null) return null;
+  const n = h.view.shape[0]!;
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = h.data[h.view.offset + i * h.view.strides[0]!]!;
+  return out;
+}
+
+export function expectFiniteScalar(x: unknown, name: string): number {
+  check(typeof x === 'number' && Number.isFinite(x), 'E_VALUE', name,
+    () => `${name} must be a finite number, got ${String(x)}`);
+  return x;
+}
+
+/** Which raw element values are NaN/±Inf, per floating dtype (bit tests, no decoding). */
+export const NON_FINITE: Readonly<Record<'bf16' | 'fp16' | 'fp32', (x: number) => boolean>> = {
+  bf16: (bits) => (bits & 0x7f80) === 0x7f80,
+  fp16: (bits) => (bits & 0x7c00) === 0x7c00,
+  fp32: (x) => !Number.isFinite(x),
+};
+
+/** Rejects NaN/±Inf anywhere in a host-readable floating tensor (a NaN input gives NaN rows). */
+export function expectFiniteValues(b: Bound, name: string, downloaded?: Downloaded): void {
+  const h = hostData(b, downloaded);
+  if (h === null) return;
+  const bad = NON_FINITE[h.view.dtype as 'bf16' | 'fp16' | 'fp32'];
+  const { shape, strides, offset } = h.view;
+  const rank = shape.length;
+  if (shape.some((d) => d === 0)) return;
+  const inner = shape[rank - 1]!;
+  const innerStride = strides[rank - 1]!;
+  const idx = new Array<number>(rank).fill(0);
+  for (;;) {
+    let o = offset;
+    for (let i = 0; i < rank - 1; i++) o += idx[i]! * strides[i]!;
+    for (let j = 0; j < inner; j++) {
+      const x = h.data[o + j * innerStride]!;
+      if (bad(x)) {
+        idx[rank - 1] = j;
+        throw new FlashMLAError('E_VALUE', `${name}[${idx.join(', ')}] is not finite (NaN or Infinity); inputs must be finite`, name);
+      }
+    }
+    let k = rank - 2;
+    while (k >= 0 && ++idx[k]! === shape[k]) idx[k--] = 0;
+    if (k < 0) return;
+  }
+}
