@@ -61,3 +61,9 @@ export interface DecodeResult<T extends Tensor = HostTensor> {
   out: T;
   lse: T;
 }
+
+/** DecodeArgs whose tensors are all host tensors (what generated cases and the reference use). */
+export type HostDecodeArgs = {
+  [K in keyof DecodeArgs]: DecodeArgs[K] extends Tensor ? HostTensor
+    : DecodeArgs[K] extends Tensor | null | undefined ? HostTensor | null | undefined : DecodeArgs[K];
+};

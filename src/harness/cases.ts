@@ -2,7 +2,7 @@ import { f32ToBf16 } from '../formats/bf16.js';
 import { f32ToFp16 } from '../formats/fp16.js';
 import { quantizeKCache } from '../kvcache/quantize.js';
 import type { HostTensor } from '../tensor.js';
-import type { DecodeArgs } from '../types.js';
+import type { HostDecodeArgs } from '../types.js';
 import { Rng } from './random.js';
 
 /** FlashMLA's unused block-table filler (SPEC §7.2). */
@@ -52,7 +52,7 @@ export interface DecodeCase {
   name: string;
   kind: 'dense' | 'sparse';
   params: DenseCaseParams | SparseCaseParams;
-  args: Omit<DecodeArgs, 'schedMeta'>;
+  args: Omit<HostDecodeArgs, 'schedMeta'>;
   /** SPEC §7.2 / §7.3 formulas. */
   flops: number;
   bytes: number;
