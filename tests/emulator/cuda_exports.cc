@@ -1,0 +1,258 @@
+// The CUDA runtime functions of binding/cuda_runtime_abi.h, exported with C linkage so the addon
+// resolves them through this library's handle exactly as it would through a FlashMLA build's
+// libcudart. Semantics follow the real runtime where the addon can observe them: per-thread last
+// error, sticky device faults, per-thread current device, cudaErrorInsufficientDriver from every
+// device call when the driver is older than the runtime.
+#include <cstring>
+#include <type_traits>
+
+#include "runtime.h"
+
+using cuda_abi::cudaError_t;
+using cuda_abi::cudaEvent_t;
+using cuda_abi::cudaPointerAttributes;
+using cuda_abi::cudaStream_t;
+
+namespace {
+
+// Gate for calls that need the current device's context; records failures as the pending error.
+cudaError_t gate(int* device) {
+  *device = emu::currentDevice();
+  return emu::recordError(emu::contextState(*device));
+}
+
+// Gate for queries that work without a (live) context: attribute and property reads.
+cudaError_t queryGate(int device) {
+  emu::Config c = emu::config();
+  if (c.driverVersion < c.runtimeVersion) return emu::recordError(cuda_abi::cudaErrorInsufficientDriver);
+  if (c.devices == 0) return emu::recordError(cuda_abi::cudaErrorNoDevice);
+  if (device < 0 || device >= c.devices) return emu::recordError(cuda_abi::cudaErrorInvalidDevice);
+  return cuda_abi::cudaSuccess;
+}
+
+// Device-side range of a copy or memset: inside one live allocation of the current device.
+bool deviceRange(int device, const void* p, std::size_t bytes) {
+  return bytes == 0 || emu::findAllocation(device, p, bytes, nullptr);
+}
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) const char* cudaGetErrorString(cudaError_t e) { return emu::errorString(e); }
+
+__attribute__((visibility("default"))) cudaError_t cudaGetLastError() { return emu::takeLastError(); }
+
+__attribute__((visibility("default"))) cudaError_t cudaRuntimeGetVersion(int* v) {
+  if (v == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  *v = emu::config().runtimeVersion;
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaDriverGetVersion(int* v) {
+  if (v == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  *v = emu::config().driverVersion;
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaGetDeviceCount(int* count) {
+  if (count == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  emu::Config c = emu::config();
+  *count = 0;
+  if (c.driverVersion < c.runtimeVersion) return emu::recordError(cuda_abi::cudaErrorInsufficientDriver);
+  if (c.devices == 0) return emu::recordError(cuda_abi::cudaErrorNoDevice);
+  *count = c.devices;
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaSetDevice(int device) {
+  cudaError_t e = queryGate(device);
+  if (e != cuda_abi::cudaSuccess) return e;
+  emu::setCurrentDevice(device);
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaGetDevice(int* device) {
+  if (device == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  emu::Config c = emu::config();
+  if (c.driverVersion < c.runtimeVersion) return emu::recordError(cuda_abi::cudaErrorInsufficientDriver);
+  if (c.devices == 0) return emu::recordError(cuda_abi::cudaErrorNoDevice);
+  *device = emu::currentDevice();
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaDeviceGetAttribute(int* value, int attr, int device) {
+  if (value == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  cudaError_t e = queryGate(device);
+  if (e != cuda_abi::cudaSuccess) return e;
+  emu::Config c = emu::config();
+  switch (attr) {
+    case cuda_abi::cudaDevAttrMultiProcessorCount: *value = c.sms; return cuda_abi::cudaSuccess;
+    case cuda_abi::cudaDevAttrComputeCapabilityMajor: *value = c.major; return cuda_abi::cudaSuccess;
+    case cuda_abi::cudaDevAttrComputeCapabilityMinor: *value = c.minor; return cuda_abi::cudaSuccess;
+    default: return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  }
+}
+
+// cudaDeviceProp begins with char name[256] in every CUDA version; only that field is written
+// (cuda_runtime_abi.h: the addon reads the name only).
+static cudaError_t getDeviceProperties(void* prop, int device) {
+  if (prop == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  cudaError_t e = queryGate(device);
+  if (e != cuda_abi::cudaSuccess) return e;
+  char* name = static_cast<char*>(prop);
+  std::memset(name, 0, 256);
+  std::string n = emu::config().name;
+  std::memcpy(name, n.data(), n.size() < 255 ? n.size() : 255);
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaGetDeviceProperties_v2(void* prop, int device) {
+  return getDeviceProperties(prop, device);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaGetDeviceProperties(void* prop, int device) {
+  return getDeviceProperties(prop, device);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaMemGetInfo(std::size_t* freeBytes, std::size_t* totalBytes) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (freeBytes == nullptr || totalBytes == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  std::size_t total = emu::config().memoryBytes;
+  std::size_t used = emu::deviceBytesInUse(d);
+  *totalBytes = total;
+  *freeBytes = used < total ? total - used : 0;
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaMalloc(void** p, std::size_t bytes) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (p == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  return emu::recordError(emu::deviceMalloc(d, p, bytes));
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaFree(void* p) {
+  int d = emu::currentDevice();
+  cudaError_t state = emu::contextState(d);
+  if (state != cuda_abi::cudaSuccess && emu::sticky(d) == cuda_abi::cudaSuccess) return emu::recordError(state);
+  // On a dead context the memory is still released (the process keeps running), but the call
+  // reports the sticky fault like every other call on that device.
+  cudaError_t freed = emu::deviceFree(d, p);
+  if (state != cuda_abi::cudaSuccess) return emu::recordError(state);
+  return emu::recordError(freed);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, int kind,
+                                                                   cudaStream_t stream) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (!emu::streamUsable(stream, d)) return emu::recordError(emu::kErrInvalidResourceHandle);
+  bool dstDevice = kind == cuda_abi::cudaMemcpyHostToDevice || kind == cuda_abi::cudaMemcpyDeviceToDevice;
+  bool srcDevice = kind == cuda_abi::cudaMemcpyDeviceToHost || kind == cuda_abi::cudaMemcpyDeviceToDevice;
+  if (kind < 1 || kind > 3) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  if (bytes != 0 && (dst == nullptr || src == nullptr)) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  if ((dstDevice && !deviceRange(d, dst, bytes)) || (srcDevice && !deviceRange(d, src, bytes))) {
+    return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  }
+  if (bytes != 0) std::memmove(dst, src, bytes);  // work runs synchronously at call time
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes, cudaStream_t stream) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (!emu::streamUsable(stream, d)) return emu::recordError(emu::kErrInvalidResourceHandle);
+  if (!deviceRange(d, dst, bytes)) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  if (bytes != 0) std::memset(dst, value, bytes);
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (stream == nullptr || flags > cuda_abi::cudaStreamNonBlocking) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  *stream = emu::createStream(d);
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  int d;
+  cudaError_t e = gate(&d);
+  // Like cudaFree: the handle is released even on a dead context, which is still reported.
+  bool ok = emu::destroyStream(stream);
+  if (e != cuda_abi::cudaSuccess) return e;
+  return ok ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  return emu::streamUsable(stream, d) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {
+  if (attr == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  emu::Allocation al;
+  if (p != nullptr && emu::findAnyAllocation(p, &al)) {
+    attr->type = cuda_abi::cudaMemoryTypeDevice;
+    attr->device = al.device;
+    attr->devicePointer = const_cast<void*>(p);
+    attr->hostPointer = nullptr;
+  } else {
+    attr->type = 0;  // cudaMemoryTypeUnregistered
+    attr->device = -2;
+    attr->devicePointer = nullptr;
+    attr->hostPointer = nullptr;
+  }
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (event == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  *event = emu::createEvent(d);
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (!emu::streamUsable(stream, d)) return emu::recordError(emu::kErrInvalidResourceHandle);
+  return emu::recordEvent(event) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  return emu::eventKnown(event) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (ms == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  return emu::eventElapsedMs(start, end, ms) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  int d;
+  cudaError_t e = gate(&d);
+  bool ok = emu::destroyEvent(event);
+  if (e != cuda_abi::cudaSuccess) return e;
+  return ok ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+}
+
+}  // extern "C"
+
+// Every function of the addon's table exists here with exactly the signature it resolves.
+namespace cuda_abi {
+#define EMU_CHECK_SIGNATURE(member, symbol, signature) \
+  static_assert(std::is_same_v<decltype(&::cuda##member), signature>, symbol " signature");
+CUDA_ABI_FUNCTIONS(EMU_CHECK_SIGNATURE)
+#undef EMU_CHECK_SIGNATURE
+static_assert(std::is_same_v<decltype(&::cudaGetDeviceProperties_v2), GetDevicePropertiesFn>);
+static_assert(std::is_same_v<decltype(&::cudaGetDeviceProperties), GetDevicePropertiesFn>);
+}  // namespace cuda_abi

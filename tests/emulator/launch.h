@@ -1,0 +1,121 @@
+// What every emulated launcher shares: FlashMLA's failure styles (SPEC §2.4, §0.A2–A4), the
+// "launch" step with its CUDA-error checks, and the checked global-memory accessor through which
+// every kernel read and write goes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "runtime.h"
+
+namespace kerutils {
+// Stand-in for FlashMLA's kerutils::KUException: what KU_ASSERT / KU_CUDA_CHECK throw.
+class KUException : public std::exception {
+ public:
+  explicit KUException(std::string what) : what_(std::move(what)) {}
+  const char* what() const noexcept override { return what_.c_str(); }
+
+ private:
+  std::string what_;
+};
+}  // namespace kerutils
+
+namespace emu {
+
+// FLASH_ASSERT / CHECK_CUDA print and exit(1) (dense, combine, sched-meta); KU_ASSERT and
+// KU_CUDA_CHECK print and throw (the sparse launchers). SPEC §2.4.
+enum class FailStyle { Exit, Throw };
+
+// Prints and logs `message`, then exits (FLASHMLA_EMU_EXIT=1) or throws std::runtime_error for the
+// Exit style, and throws kerutils::KUException for the Throw style.
+[[noreturn]] void fail(FailStyle style, const std::string& message);
+
+// A launcher-side check: fail(style, ...) naming the condition when it does not hold.
+inline void require(FailStyle style, bool ok, const char* launcher, const char* condition) {
+  if (!ok) fail(style, std::string(launcher) + ": assertion failed: " + condition);
+}
+
+// Which compute capability a kernel has SASS for; a mismatch hits CUTE_INVALID_CONTROL_PATH,
+// a device trap (SPEC §0.A4).
+enum class KernelArch { Any, Sm90, Sm100 };
+
+// Thrown inside a kernel body on a device fault; ends the kernel (caught by launch()).
+struct KernelAbort {};
+
+class KernelScope {
+ public:
+  KernelScope(const char* kernel, int device) : kernel_(kernel), device_(device) {}
+
+  const char* kernel() const { return kernel_; }
+
+  // Copies [p, p + bytes) to dst after checking it lies inside one live allocation.
+  void read(const void* p, std::size_t bytes, void* dst) {
+    check(p, bytes, "read");
+    std::memcpy(dst, p, bytes);
+  }
+  void write(void* p, std::size_t bytes, const void* src) {
+    check(p, bytes, "write");
+    std::memcpy(p, src, bytes);
+  }
+  template <class T> T load(const void* p) {
+    T v;
+    read(p, sizeof(T), &v);
+    return v;
+  }
+  template <class T> void store(void* p, T v) { write(p, sizeof(T), &v); }
+
+  // Device faults: each is logged, becomes the device's sticky error, and ends the kernel.
+  [[noreturn]] void illegalAddress(const std::string& what);
+  [[noreturn]] void trap(const std::string& what);
+
+ private:
+  void check(const void* p, std::size_t bytes, const char* op);
+
+  const char* kernel_;
+  int device_;
+  Allocation last_{};  // one-entry cache: consecutive accesses mostly hit the same allocation
+};
+
+// Offset a pointer by a byte count.
+inline const std::uint8_t* byteAt(const void* base, std::int64_t offset) {
+  return static_cast<const std::uint8_t*>(base) + offset;
+}
+inline std::uint8_t* byteAt(void* base, std::int64_t offset) { return static_cast<std::uint8_t*>(base) + offset; }
+
+struct LaunchSpec {
+  const char* launcher;  // for messages
+  const char* kernel;    // the __global__ function's name, for fault reports
+  FailStyle style;
+  KernelArch arch;
+  void* stream;
+};
+
+// The launch itself, after the launcher's host-side checks: the CUDA calls a real launcher makes
+// (cudaFuncSetAttribute, the launch) fail on a dead context, a missing device, an insufficient
+// driver or a foreign stream; then the kernel runs (or traps on the wrong arch, or is skipped in
+// FLASHMLA_EMU_MODE=noop); then the post-launch cudaGetLastError() reports any pending error of an
+// earlier call (SPEC §2.4, §9.4).
+template <class Body> void launch(const LaunchSpec& spec, Body&& body);
+
+// Implementation details of launch().
+cudaError_t launchState(const LaunchSpec& spec, int device);
+bool archMatches(KernelArch arch);
+void reportLaunchError(const LaunchSpec& spec, cudaError_t e);
+
+template <class Body> void launch(const LaunchSpec& spec, Body&& body) {
+  int device = currentDevice();
+  if (cudaError_t e = launchState(spec, device)) reportLaunchError(spec, e);
+  KernelScope scope(spec.kernel, device);
+  try {
+    if (!archMatches(spec.arch)) scope.trap("CUTE_INVALID_CONTROL_PATH: kernel has no code path for this architecture");
+    if (!config().noop) body(scope);
+  } catch (const KernelAbort&) {
+    // The fault is sticky on the device; the launch itself returned normally (faults are async).
+  }
+  if (cudaError_t e = takePendingError()) reportLaunchError(spec, e);
+}
+
+}  // namespace emu

@@ -1,0 +1,85 @@
+// Emulated CUDA runtime state: configuration from the environment, devices, last-error and
+// sticky-fault semantics, the device-memory registry, streams and events. Everything runs on the
+// host; "device memory" is 256-byte-aligned host memory tracked per device.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "abi.h"
+
+namespace emu {
+
+// Read from the environment at every call that needs it, so a process can change the emulated
+// machine between calls (tests do).
+struct Config {
+  int major = 9;
+  int minor = 0;
+  int sms = 132;
+  int devices = 1;
+  int driverVersion = 13000;
+  int runtimeVersion = 13000;
+  std::size_t memoryBytes = std::size_t(8) << 30;
+  bool noop = false;        // FLASHMLA_EMU_MODE=noop: launchers check, then skip the work
+  bool exitOnAssert = false;  // FLASHMLA_EMU_EXIT=1: exit(1) where FlashMLA exits
+  std::string name;
+};
+Config config();
+
+inline constexpr int kMaxDevices = 64;
+
+// ---- errors -----------------------------------------------------------------------------------
+const char* errorString(cudaError_t e);
+// Records e as the calling thread's pending error (when non-zero) and returns it.
+cudaError_t recordError(cudaError_t e);
+// cudaGetLastError semantics: the sticky fault of the current device if any, else the pending
+// error, which is cleared.
+cudaError_t takeLastError();
+// Pending (non-sticky) error of this thread, cleared; what a launcher's post-launch
+// cudaGetLastError() reports about *earlier* calls.
+cudaError_t takePendingError();
+
+int currentDevice();
+void setCurrentDevice(int device);
+// Common gate of every call that needs a device context: insufficient driver, no device, an
+// invalid current device, then the device's sticky fault. Returns cudaSuccess or the error.
+cudaError_t contextState(int device);
+
+// A device fault poisons the context for the rest of the process (SPEC §0.A4, §2.4).
+void setSticky(int device, cudaError_t e);
+cudaError_t sticky(int device);
+
+// ---- logging ----------------------------------------------------------------------------------
+// One line to stderr and, when FLASHMLA_EMU_LOG names a file, appended there.
+void logLine(const std::string& line);
+// Memory-checker violations: every one goes to the log file, the first 20 per process to stderr.
+void logViolation(const std::string& line);
+
+// ---- device memory ----------------------------------------------------------------------------
+struct Allocation {
+  std::uintptr_t begin = 0;
+  std::size_t size = 0;
+  int device = -1;
+};
+cudaError_t deviceMalloc(int device, void** out, std::size_t bytes);
+cudaError_t deviceFree(int device, void* p);
+std::size_t deviceBytesInUse(int device);
+// The live allocation on `device` containing all of [p, p + bytes), if any.
+bool findAllocation(int device, const void* p, std::size_t bytes, Allocation* out);
+// The live allocation on any device containing p, if any.
+bool findAnyAllocation(const void* p, Allocation* out);
+
+// ---- streams and events -----------------------------------------------------------------------
+void* createStream(int device);
+bool destroyStream(void* s);
+// Null and the legacy/per-thread pseudo handles count as the current device's default stream.
+bool streamUsable(void* s, int device);
+void* createEvent(int device);
+bool destroyEvent(void* e);
+bool recordEvent(void* e);
+// Milliseconds between two recorded events; false if either is unknown or unrecorded.
+bool eventElapsedMs(void* start, void* end, float* ms);
+bool eventKnown(void* e);
+
+}  // namespace emu
