@@ -12,3 +12,8 @@ export { absIndicesToKvcacheIndices } from './kvcache/indices.js';
 export { bf16ToF32, f32ToBf16, bf16ArrayToF32, f32ArrayToBf16 } from './formats/bf16.js';
 export { fp16ToF32, f32ToFp16, fp16ArrayToF32, f32ArrayToFp16 } from './formats/fp16.js';
 export { e4m3ToF32, f32ToE4m3, e8m0ToF32, f32ToE8m0 } from './formats/fp8.js';
+export { FlashMLA, type FlashMLAOpenOptions } from './flashmla.js';
+export { DeviceTensor } from './native/device-tensor.js';
+export {
+  backendInfo, doctorReport, formatDoctor, type BackendInfo, type DeviceInfo, type FeatureStatus,
+} from './backend-info.js';

@@ -1,0 +1,35 @@
+// Module entry: load(path, preloads, alternates), Engine, and the ABI facts tests compare against.
+#include <napi.h>
+
+#include "engine.h"
+#include "flashmla_symbols.h"
+#include "library_wrap.h"
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("load", Napi::Function::New(env, fmla::LoadLibrary, "load"));
+  exports.Set("FlashMlaLibrary", fmla::LibraryWrap::Define(env));
+  exports.Set("Engine", fmla::Engine::Define(env));
+  // SPEC §4.1 names, in Launcher order, so JavaScript uses the ids and tests can compare exports.
+  Napi::Array launchers = Napi::Array::New(env);
+  for (const auto& s : flashmla_abi::kLauncherSymbols) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("id", static_cast<int>(s.id));
+    o.Set("key", s.key);
+    o.Set("mangled", s.mangled);
+    launchers.Set(launchers.Length(), o);
+  }
+  exports.Set("launchers", launchers);
+  exports.Set("head128Fallback", flashmla_abi::kHead128Fallback);
+  Napi::Array cudaFns = Napi::Array::New(env);
+#define FMLA_CUDA_NAME(member, symbol, type) cudaFns.Set(cudaFns.Length(), symbol);
+  CUDA_ABI_FUNCTIONS(FMLA_CUDA_NAME)
+#undef FMLA_CUDA_NAME
+  exports.Set("cudaFunctions", cudaFns);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(flashmla_node, Init)

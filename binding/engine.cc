@@ -1,0 +1,335 @@
+#include "engine.h"
+
+#include "decode.h"
+#include "js_values.h"
+#include "library_wrap.h"
+
+namespace fmla {
+
+using namespace cuda_abi;
+
+Napi::Function Engine::Define(Napi::Env env) {
+  return DefineClass(env, "FlashMlaEngine",
+                     {
+                         InstanceMethod("start", &Engine::Start),
+                         InstanceMethod("malloc", &Engine::Malloc),
+                         InstanceMethod("free", &Engine::Free),
+                         InstanceMethod("upload", &Engine::Upload),
+                         InstanceMethod("download", &Engine::Download),
+                         InstanceMethod("pointerInfo", &Engine::PointerInfo),
+                         InstanceMethod("newSchedSlot", &Engine::NewSchedSlot),
+                         InstanceMethod("freeSchedSlot", &Engine::FreeSchedSlot),
+                         InstanceMethod("decode", &Engine::Decode),
+                         InstanceMethod("dispose", &Engine::Dispose),
+                     });
+}
+
+// new Engine(library, device)
+Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "Engine(library, device)").ThrowAsJavaScriptException();
+    return;
+  }
+  LibraryWrap* lib = LibraryWrap::Unwrap(info[0].As<Napi::Object>());
+  ctx_ = std::make_unique<DeviceContext>(lib->library(), info[1].As<Napi::Number>().Int32Value());
+  // The finalizer tells us when Node itself has closed the thread-safe function (environment
+  // teardown), after which releasing it would touch freed memory.
+  auto gone = tsfnGone_;
+  tsfn_ = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                        "flashmla-node engine", 0, 1, [gone](Napi::Env) { *gone = true; });
+  tsfn_.Unref(env);  // an idle engine does not keep the process alive
+  tsfnActive_ = true;
+  thread_ = std::thread([this] { run(); });
+}
+
+Engine::~Engine() {
+  // Reached only with no work pending (pending tasks reference this object), e.g. on GC of an
+  // instance that was never disposed: free its memory and end its thread.
+  stopThread();
+}
+
+void Engine::stopThread() {
+  if (thread_.joinable()) {
+    auto task = std::make_unique<Task>();
+    task->stop = true;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  if (tsfnActive_ && !*tsfnGone_) tsfn_.Release();
+  tsfnActive_ = false;
+}
+
+void Engine::run() {
+  for (;;) {
+    std::unique_ptr<Task> task;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [this] { return !queue_.empty(); });
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    const bool stop = task->stop;
+    try {
+      if (stop) {
+        ctx_->release();
+      } else {
+        ctx_->activate();
+        task->execute(*ctx_);
+      }
+    } catch (const NativeError& e) {
+      task->failed = true;
+      task->errorCode = e.code;
+      task->errorMessage = e.what();
+    } catch (const std::exception& e) {
+      task->failed = true;
+      task->errorCode = "E_INTERNAL";
+      task->errorMessage = e.what();
+    }
+    if (task->deferred != nullptr || !task->keepAlive.empty() || !task->engine.IsEmpty()) {
+      Task* raw = task.release();
+      const napi_status st = tsfn_.BlockingCall(raw, [this](Napi::Env env, Napi::Function, Task* t) { complete(env, t); });
+      if (st != napi_ok) task.reset(raw);  // environment is going away; nothing to settle
+    }
+    if (stop) return;
+  }
+}
+
+void Engine::complete(Napi::Env env, Task* raw) {
+  std::unique_ptr<Task> task(raw);
+  Napi::HandleScope scope(env);
+  if (task->deferred != nullptr) {
+    if (task->failed) {
+      Napi::Error err = Napi::Error::New(env, task->errorMessage);
+      err.Set("flashmlaCode", task->errorCode);
+      task->deferred->Reject(err.Value());
+    } else {
+      Napi::Value v = task->settle ? task->settle(env) : env.Undefined();
+      task->deferred->Resolve(v);
+    }
+  }
+  if (--pending_ == 0 && tsfnActive_ && !*tsfnGone_) tsfn_.Unref(env);
+  if (task->stop) {
+    if (thread_.joinable()) thread_.join();
+    if (tsfnActive_ && !*tsfnGone_) tsfn_.Release();
+    tsfnActive_ = false;
+  }
+}
+
+Napi::Value Engine::enqueue(Napi::Env env, std::unique_ptr<Task> task, bool withPromise) {
+  Napi::Value result = env.Undefined();
+  if (withPromise) {
+    task->deferred = std::make_unique<Napi::Promise::Deferred>(env);
+    result = task->deferred->Promise();
+  }
+  if (disposed_) {
+    if (withPromise) {
+      Napi::Error err = Napi::Error::New(env, "this FlashMLA instance was disposed");
+      err.Set("flashmlaCode", "E_DISPOSED");
+      task->deferred->Reject(err.Value());
+    }
+    return result;
+  }
+  task->engine = Napi::Persistent(Value());
+  if (pending_++ == 0) tsfn_.Ref(env);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(task));
+  }
+  cv_.notify_one();
+  return result;
+}
+
+static Napi::Value rejectNow(Napi::Env env, const NativeError& e) {
+  auto d = Napi::Promise::Deferred::New(env);
+  Napi::Error err = Napi::Error::New(env, e.what());
+  err.Set("flashmlaCode", e.code);
+  d.Reject(err.Value());
+  return d.Promise();
+}
+
+// start() → { major, minor, sms, name, freeMemory, totalMemory }: select the device, make the
+// stream, and read the facts the host layer needs (SPEC §2.1 Arch).
+Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
+  auto task = std::make_unique<Task>();
+  auto out = std::make_shared<std::tuple<int, int, int, std::size_t, std::size_t>>();
+  task->execute = [this, out](DeviceContext& ctx) {
+    const CudaApi& cuda = ctx.cuda();
+    int count = 0;
+    ctx.check(cuda.GetDeviceCount(&count), "cudaGetDeviceCount");
+    if (ctx.device() < 0 || ctx.device() >= count) {
+      throw NativeError("E_BACKEND", "device " + std::to_string(ctx.device()) + " does not exist (" +
+                                         std::to_string(count) + " CUDA device(s))");
+    }
+    auto& [major, minor, sms, freeBytes, totalBytes] = *out;
+    ctx.check(cuda.DeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx.device()), "cudaDeviceGetAttribute");
+    ctx.check(cuda.DeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ctx.device()), "cudaDeviceGetAttribute");
+    ctx.check(cuda.DeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device()), "cudaDeviceGetAttribute");
+    ctx.createStream();
+    ctx.check(cuda.MemGetInfo(&freeBytes, &totalBytes), "cudaMemGetInfo");
+    facts_ = {major, minor, sms};
+  };
+  task->settle = [out](Napi::Env env) {
+    auto& [major, minor, sms, freeBytes, totalBytes] = *out;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("major", major);
+    o.Set("minor", minor);
+    o.Set("sms", sms);
+    o.Set("freeMemory", static_cast<double>(freeBytes));
+    o.Set("totalMemory", static_cast<double>(totalBytes));
+    return o;
+  };
+  return enqueue(info.Env(), std::move(task), true);
+}
+
+static Napi::Object allocation(Napi::Env env, uint64_t id, void* p) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("id", static_cast<double>(id));
+  o.Set("address", Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(p))));
+  return o;
+}
+
+// malloc(bytes) → { id, address }
+Napi::Value Engine::Malloc(const Napi::CallbackInfo& info) {
+  const double bytes = info[0].As<Napi::Number>().DoubleValue();
+  auto task = std::make_unique<Task>();
+  auto out = std::make_shared<std::pair<uint64_t, void*>>();
+  task->execute = [bytes, out](DeviceContext& ctx) { *out = ctx.allocate(static_cast<std::size_t>(bytes)); };
+  task->settle = [out](Napi::Env env) -> Napi::Value { return allocation(env, out->first, out->second); };
+  return enqueue(info.Env(), std::move(task), true);
+}
+
+// free(id): queued behind all earlier work (which may still use the memory); no Promise, so it can
+// run from a FinalizationRegistry callback.
+Napi::Value Engine::Free(const Napi::CallbackInfo& info) {
+  const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue());
+  auto task = std::make_unique<Task>();
+  task->execute = [id](DeviceContext& ctx) { ctx.free(id); };
+  return enqueue(info.Env(), std::move(task), false);
+}
+
+static std::pair<void*, std::size_t> bytesOf(const Napi::Value& v) {
+  if (!v.IsTypedArray()) throw NativeError("E_INTERNAL", "expected a typed array");
+  Napi::TypedArray t = v.As<Napi::TypedArray>();
+  auto* base = static_cast<uint8_t*>(t.ArrayBuffer().Data());
+  return {base + t.ByteOffset(), t.ByteLength()};
+}
+
+// upload(address, typedArray): the whole typed array to `address`.
+Napi::Value Engine::Upload(const Napi::CallbackInfo& info) {
+  try {
+    const uint64_t dst = address(info[0], "address");
+    auto [src, bytes] = bytesOf(info[1]);
+    auto task = std::make_unique<Task>();
+    task->keepAlive.push_back(Napi::Persistent(info[1]));
+    task->execute = [dst, src = src, bytes = bytes](DeviceContext& ctx) {
+      ctx.check(ctx.cuda().MemcpyAsync(reinterpret_cast<void*>(dst), src, bytes, cudaMemcpyHostToDevice, ctx.stream()),
+                "cudaMemcpyAsync (upload)");
+      ctx.sync();
+    };
+    return enqueue(info.Env(), std::move(task), true);
+  } catch (const NativeError& e) {
+    return rejectNow(info.Env(), e);
+  }
+}
+
+// download(address, typedArray): fills the whole typed array from `address`.
+Napi::Value Engine::Download(const Napi::CallbackInfo& info) {
+  try {
+    const uint64_t src = address(info[0], "address");
+    auto [dst, bytes] = bytesOf(info[1]);
+    auto task = std::make_unique<Task>();
+    task->keepAlive.push_back(Napi::Persistent(info[1]));
+    task->execute = [src, dst = dst, bytes = bytes](DeviceContext& ctx) {
+      ctx.check(ctx.cuda().MemcpyAsync(dst, reinterpret_cast<const void*>(src), bytes, cudaMemcpyDeviceToHost, ctx.stream()),
+                "cudaMemcpyAsync (download)");
+      ctx.sync();
+    };
+    return enqueue(info.Env(), std::move(task), true);
+  } catch (const NativeError& e) {
+    return rejectNow(info.Env(), e);
+  }
+}
+
+// pointerInfo(address) → { type, device } (cudaPointerGetAttributes; type 2 = device memory).
+Napi::Value Engine::PointerInfo(const Napi::CallbackInfo& info) {
+  try {
+    const uint64_t p = address(info[0], "address");
+    auto task = std::make_unique<Task>();
+    auto out = std::make_shared<cudaPointerAttributes>();
+    task->execute = [p, out](DeviceContext& ctx) {
+      *out = {};
+      const int err = ctx.cuda().PointerGetAttributes(out.get(), reinterpret_cast<const void*>(p));
+      if (err != cudaSuccess) {
+        ctx.cuda().GetLastError();  // an unregistered host pointer reports an error on old runtimes
+        out->type = 0;
+        out->device = -1;
+      }
+    };
+    task->settle = [out](Napi::Env env) -> Napi::Value {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("type", out->type);
+      o.Set("device", out->device);
+      return o;
+    };
+    return enqueue(info.Env(), std::move(task), true);
+  } catch (const NativeError& e) {
+    return rejectNow(info.Env(), e);
+  }
+}
+
+// newSchedSlot() → id. Ids are handed out here, on the JavaScript thread; the worker creates the
+// slot's buffers when the first decode that names it runs (SPEC §1.3).
+Napi::Value Engine::NewSchedSlot(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(nextSlot_++));
+}
+
+Napi::Value Engine::FreeSchedSlot(const Napi::CallbackInfo& info) {
+  const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue());
+  auto task = std::make_unique<Task>();
+  task->execute = [id](DeviceContext& ctx) { ctx.freeSlot(id); };
+  return enqueue(info.Env(), std::move(task), false);
+}
+
+// decode(request) → { schedMetaRan, out?: {id, address}, lse?: {id, address} }
+Napi::Value Engine::Decode(const Napi::CallbackInfo& info) {
+  try {
+    auto task = std::make_unique<Task>();
+    auto req = std::make_shared<DecodeRequest>(parseDecodeRequest(info[0].As<Napi::Object>(), task->keepAlive));
+    auto outcome = std::make_shared<DecodeOutcome>();
+    task->execute = [this, req, outcome](DeviceContext& ctx) { *outcome = runDecode(ctx, facts_.major, facts_.minor, *req); };
+    task->settle = [outcome](Napi::Env env) -> Napi::Value {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("schedMetaRan", outcome->schedMetaRan);
+      if (outcome->outId != 0) {
+        o.Set("out", allocation(env, outcome->outId, outcome->outPtr));
+        o.Set("lse", allocation(env, outcome->lseId, outcome->lsePtr));
+      }
+      return o;
+    };
+    return enqueue(info.Env(), std::move(task), true);
+  } catch (const NativeError& e) {
+    return rejectNow(info.Env(), e);
+  }
+}
+
+// dispose(): after all queued work, frees every allocation, the workspace and the stream.
+Napi::Value Engine::Dispose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposed_) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(env.Undefined());
+    return d.Promise();
+  }
+  auto task = std::make_unique<Task>();
+  task->stop = true;
+  Napi::Value p = enqueue(env, std::move(task), true);
+  disposed_ = true;
+  return p;
+}
+
+}  // namespace fmla

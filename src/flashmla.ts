@@ -1,0 +1,102 @@
+import { backendInfo, type BackendInfo } from './backend-info.js';
+import { check, FlashMLAError } from './errors.js';
+import { DeviceTensor } from './native/device-tensor.js';
+import { openCudaSession, type CudaSession } from './native/session.js';
+import { referenceDecode } from './reference/index.js';
+import type { DeviceTensorMeta, DType, HostTensor, Tensor, TensorMeta } from './tensor.js';
+import type { BackendChoice, BackendName, DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
+
+export interface FlashMLAOpenOptions {
+  /** 'auto' (default): CUDA when usable, else the reference. */
+  backend?: BackendChoice;
+  /** CUDA device ordinal (default 0). Every call of the instance runs on it. */
+  device?: number;
+  /** Path of a FlashMLA build (default: FLASHMLA_LIBRARY, else the installed flash_mla package). */
+  library?: string;
+}
+
+/**
+ * Explicit control over a backend (DESIGN §3): one device, one FlashMLA build, and the device
+ * tensors made through it. Calls on one instance run in order on its own worker thread.
+ */
+export class FlashMLA {
+  readonly backend: BackendName;
+  readonly device: number | null;
+  readonly #session: CudaSession | null;
+  readonly #library: string | undefined;
+  #disposed = false;
+
+  private constructor(backend: BackendName, session: CudaSession | null, library: string | undefined) {
+    this.backend = backend;
+    this.device = session?.device ?? null;
+    this.#session = session;
+    this.#library = library;
+  }
+
+  static async open(options: FlashMLAOpenOptions = {}): Promise<FlashMLA> {
+    check(options !== null && typeof options === 'object', 'E_VALUE', 'options', 'options must be an object');
+    const backend = options.backend ?? 'auto';
+    check(backend === 'auto' || backend === 'cuda' || backend === 'reference', 'E_VALUE', 'options.backend',
+      `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`);
+    check(options.device === undefined || (Number.isSafeInteger(options.device) && options.device >= 0), 'E_VALUE', 'options.device',
+      'options.device must be a non-negative integer');
+    check(options.library === undefined || typeof options.library === 'string', 'E_VALUE', 'options.library', 'options.library must be a path');
+    if (backend === 'reference') return new FlashMLA('reference', null, undefined);
+    const opened = await openCudaSession({ device: options.device, library: options.library });
+    if (opened.ok) return new FlashMLA('cuda', opened.session, options.library);
+    if (backend === 'cuda') throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${opened.reason}`, 'backend');
+    return new FlashMLA('reference', null, options.library);
+  }
+
+  #cuda(what: string): CudaSession {
+    check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
+    check(this.#session !== null, 'E_BACKEND', undefined,
+      `${what} needs the CUDA backend; this FlashMLA instance uses the reference backend (use host tensors)`);
+    return this.#session;
+  }
+
+  /** FlashMLA's flash_mla_with_kvcache (SPEC §1.2). Device outputs when q is a DeviceTensor. */
+  async flashMlaWithKvCache(args: DecodeArgs, options: DecodeOptions = {}): Promise<DecodeResult<Tensor>> {
+    check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
+    if (this.#session === null) return referenceDecode(args, options);
+    return this.#session.decode(args, options);
+  }
+
+  /** Copies a host tensor to the device (same strides; the offset becomes 0). */
+  async upload<D extends DType>(t: HostTensor<D>): Promise<DeviceTensor<D>> {
+    return this.#cuda('upload').upload(t);
+  }
+
+  /** A contiguous host copy of a device tensor. */
+  async download<D extends DType>(t: DeviceTensorMeta<D>): Promise<HostTensor<D>> {
+    return this.#cuda('download').download(t);
+  }
+
+  /** Uninitialised contiguous device memory. */
+  async allocate<D extends DType>(dtype: D, shape: readonly number[]): Promise<DeviceTensor<D>> {
+    return this.#cuda('allocate').allocate(dtype, shape);
+  }
+
+  /** Wraps device memory owned elsewhere (never freed here); it must be memory of this device. */
+  async wrap<D extends DType>(address: bigint, meta: TensorMeta<D> & { capacity?: number }): Promise<DeviceTensor<D>> {
+    return this.#cuda('wrap').wrap(address, meta);
+  }
+
+  /** What this instance runs on (for a reference instance: what `auto` would find). */
+  async info(): Promise<BackendInfo> {
+    const info = await backendInfo({ device: this.device ?? undefined, library: this.#library });
+    if (this.#session === null) {
+      return { ...info, backend: 'reference', reason: info.backend === 'reference' ? info.reason : 'this instance was opened with the reference backend' };
+    }
+    return info;
+  }
+
+  /** Frees every device tensor, workspace and the stream of this instance. Idempotent. */
+  async dispose(): Promise<void> {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    await this.#session?.dispose();
+  }
+}
+
+export { DeviceTensor };

@@ -1,0 +1,116 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The package root (same relative place from src/native and dist/native). */
+export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const BUILD_ERROR_FILE = join(PACKAGE_ROOT, 'build', 'native-build-error.txt');
+
+export interface NativeAllocation {
+  readonly id: number;
+  readonly address: bigint;
+}
+
+export interface NativeLibraryInfo {
+  readonly path: string;
+  /** Launcher key → the symbol that resolved, or null. */
+  readonly launchers: Readonly<Record<string, string | null>>;
+  /** CUDA runtime functions that did not resolve through the build's handle. */
+  readonly cudaMissing: readonly string[];
+}
+
+export interface NativeDeviceProbe {
+  readonly index: number;
+  readonly name: string;
+  readonly major: number;
+  readonly minor: number;
+  readonly sms: number;
+  readonly totalMemory: number;
+}
+
+export interface NativeProbe {
+  readonly error?: string;
+  readonly runtimeVersion?: number | null;
+  readonly driverVersion?: number | null;
+  readonly deviceCount?: number;
+  readonly deviceCountError?: number;
+  readonly deviceCountErrorText?: string;
+  readonly devices?: readonly NativeDeviceProbe[];
+}
+
+export interface NativeLibrary {
+  info(): NativeLibraryInfo;
+  probe(): NativeProbe;
+}
+
+export interface NativeLoadError {
+  readonly error: { readonly stage: 'preload' | 'library'; readonly path: string; readonly message: string };
+}
+
+export interface NativeStart {
+  readonly major: number;
+  readonly minor: number;
+  readonly sms: number;
+  readonly freeMemory: number;
+  readonly totalMemory: number;
+}
+
+export interface NativeDecodeOutcome {
+  readonly schedMetaRan: boolean;
+  readonly out?: NativeAllocation;
+  readonly lse?: NativeAllocation;
+}
+
+/** The per-instance worker of binding/engine.h. Every Promise rejects with an Error carrying `flashmlaCode`. */
+export interface NativeEngine {
+  start(): Promise<NativeStart>;
+  malloc(bytes: number): Promise<NativeAllocation>;
+  free(id: number): void;
+  upload(address: bigint, data: ArrayBufferView): Promise<void>;
+  download(address: bigint, data: ArrayBufferView): Promise<void>;
+  pointerInfo(address: bigint): Promise<{ type: number; device: number }>;
+  newSchedSlot(): number;
+  freeSchedSlot(id: number): void;
+  decode(request: object): Promise<NativeDecodeOutcome>;
+  dispose(): Promise<void>;
+}
+
+export interface NativeAddon {
+  load(path: string, preloads: readonly { path: string; global: boolean }[], alternates: readonly (string | null)[]): NativeLibrary | NativeLoadError;
+  Engine: new (library: NativeLibrary, device: number) => NativeEngine;
+  /** SPEC §4.1, in launcher-id order. */
+  readonly launchers: readonly { id: number; key: string; mangled: string }[];
+  readonly head128Fallback: string;
+  readonly cudaFunctions: readonly string[];
+}
+
+export type AddonResult =
+  | { readonly ok: true; readonly addon: NativeAddon; readonly path: string }
+  | { readonly ok: false; readonly reason: string; readonly buildError: string | null };
+
+let cached: AddonResult | undefined;
+
+/** Loads build/Release/flashmla_node.node with `bindings`, once. Never throws. */
+export function loadAddon(): AddonResult {
+  if (cached) return cached;
+  const buildError = existsSync(BUILD_ERROR_FILE) ? readFileSync(BUILD_ERROR_FILE, 'utf8').trim() : null;
+  try {
+    const require = createRequire(import.meta.url);
+    const bindings = require('bindings') as (o: { bindings: string; module_root: string }) => NativeAddon;
+    const addon = bindings({ bindings: 'flashmla_node', module_root: PACKAGE_ROOT });
+    cached = { ok: true, addon, path: join(PACKAGE_ROOT, 'build', 'Release', 'flashmla_node.node') };
+  } catch (e) {
+    const first = (e as Error).message.split('\n')[0];
+    const reason = buildError !== null
+      ? `the native addon was not built: ${buildError.split('\n')[0]} (see ${BUILD_ERROR_FILE}; fix it, then run \`npm rebuild flashmla-node\`)`
+      : `the native addon could not be loaded (${first}); build it with \`npm rebuild flashmla-node\` (needs cmake and a C++ compiler)`;
+    cached = { ok: false, reason, buildError };
+  }
+  return cached;
+}
+
+/** Turns a native rejection into the code it carries. */
+export function nativeCode(e: unknown): string | undefined {
+  return (e as { flashmlaCode?: string } | null)?.flashmlaCode;
+}

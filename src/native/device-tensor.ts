@@ -1,0 +1,90 @@
+import { check } from '../errors.js';
+import { contiguousStrides, ELEMENT_BYTES, type DeviceTensorMeta, type DType } from '../tensor.js';
+
+/** What a DeviceTensor needs from the instance that made it. */
+export interface TensorOwner {
+  readonly device: number;
+  readonly disposed: boolean;
+  /** Frees allocation `id` after all work queued before it (no-op when already freed). */
+  release(id: number): void;
+}
+
+// Owned allocations are also freed when their DeviceTensor is garbage-collected. The held value
+// names the allocation by id, never by address: ids are not reused, so a late finalizer cannot free
+// memory that a newer allocation got, and an instance disposed meanwhile ignores it.
+const collected = new FinalizationRegistry<{ owner: TensorOwner; id: number }>(({ owner, id }) => {
+  if (!owner.disposed) owner.release(id);
+});
+
+export interface DeviceTensorInit<D extends DType> {
+  readonly dtype: D;
+  readonly shape: readonly number[];
+  readonly strides?: readonly number[];
+  readonly offset?: number;
+  readonly capacity: number;
+  readonly address: bigint;
+  /** Allocation id when this tensor owns its memory; null for a wrapped external pointer. */
+  readonly allocation: number | null;
+}
+
+/**
+ * Device memory of one FlashMLA instance (`upload`, `allocate`, `wrap`, or a decode output). Owned
+ * memory is freed by `dispose()` (idempotent), by garbage collection, or when the instance is
+ * disposed; a wrapped pointer is never freed by this package.
+ */
+export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D> {
+  readonly dtype: D;
+  readonly shape: readonly number[];
+  readonly strides: readonly number[];
+  readonly offset: number;
+  readonly device: number;
+  readonly capacity: number;
+  readonly address: bigint;
+  readonly #owner: TensorOwner;
+  readonly #allocation: number | null;
+  #disposed = false;
+
+  constructor(owner: TensorOwner, init: DeviceTensorInit<D>) {
+    this.dtype = init.dtype;
+    this.shape = Object.freeze([...init.shape]);
+    this.strides = Object.freeze([...(init.strides ?? contiguousStrides(init.shape))]);
+    this.offset = init.offset ?? 0;
+    this.device = owner.device;
+    this.capacity = init.capacity;
+    this.address = init.address;
+    this.#owner = owner;
+    this.#allocation = init.allocation;
+    if (init.allocation !== null) collected.register(this, { owner, id: init.allocation }, this);
+  }
+
+  /** True after dispose(), and once the instance that made it is disposed. */
+  get disposed(): boolean {
+    return this.#disposed || this.#owner.disposed;
+  }
+
+  /** Whether disposing frees the memory (false for `wrap`). */
+  get owned(): boolean {
+    return this.#allocation !== null;
+  }
+
+  /** The instance that made this tensor (for device checks). */
+  get owner(): TensorOwner {
+    return this.#owner;
+  }
+
+  /** Byte address of element [0, ...] (address + offset · element size). */
+  get base(): bigint {
+    check(!this.disposed, 'E_DISPOSED', 'tensor', 'tensor is a disposed DeviceTensor');
+    return this.address + BigInt(this.offset * ELEMENT_BYTES[this.dtype]);
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    if (this.#allocation !== null) {
+      collected.unregister(this);
+      if (!this.#owner.disposed) this.#owner.release(this.#allocation);
+    }
+  }
+}
+

@@ -1,0 +1,293 @@
+import { check, FlashMLAError } from '../errors.js';
+import type { Bound, DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
+import { ELEMENT_BYTES } from '../tensor.js';
+
+/**
+ * FlashMLA's C++ host layer (SPEC §2), re-implemented: implementation choice, num_sm_parts, fixed
+ * overhead, q regrouping, workspace sizes and output reshapes, plus every architecture-specific
+ * check the shared validation (src/validate) leaves to the CUDA backend (SPEC §2.4 with §0.A1–A4,
+ * §0.A10, §8, §9.6–9.7). Pure computation: no device access.
+ */
+
+/** The device facts the host layer depends on (SPEC §2.1 `Arch`). */
+export interface DeviceFacts {
+  readonly major: number;
+  readonly minor: number;
+  readonly sms: number;
+}
+
+export type Implementation = 'sm90-dense' | 'sm90-sparse' | 'sm100-head64' | 'sm100-head64x2' | 'sm100-head128';
+
+export interface LaunchPlan {
+  readonly implementation: Implementation;
+  /** Launcher keys of binding/flashmla_symbols.h. */
+  readonly main: string;
+  readonly combine: string;
+  /** SPEC §2.3 "Head64 ×2": the head64 launcher twice with shifted pointers. */
+  readonly twice: boolean;
+  readonly numSmParts: number;
+  readonly fixedOverhead: number;
+  /** T = b + P rows of split results (SPEC §2.2, §2.3 "Workspaces"). */
+  readonly totalSplits: number;
+  readonly lseAccumBytes: number;
+  readonly oAccumBytes: number;
+  /** Dense h_k > 1: q must be physically regrouped (SPEC §2.2, §0.A13). */
+  readonly regroupQ: boolean;
+  /** q_re strides (batch, row, head) when it is a view of q. */
+  readonly qReStrides: readonly [number, number, number];
+  /** The kernels write out / lse in the public layouts directly (else the addon reshapes). */
+  readonly outDirect: boolean;
+  readonly lseDirect: boolean;
+  readonly scale: number;
+  readonly scaleLog2: number;
+}
+
+/** Where an operand's element 0 lives on the device: its address, or null when it is uploaded (256-byte aligned). */
+export type BaseOf = (b: Bound) => bigint | null;
+
+const INT_MAX = 2 ** 31 - 1;
+const MAX_SPLITS = 160; // SPEC §2.4: combine's largest MAX_SPLITS
+const SCHED_META_SMEM = 227 * 1024; // SPEC §2.4 sched meta: 4·(5b+1) bytes of dynamic shared memory
+const LOG_2_E = Math.fround(1.44269504); // SPEC §2.1
+
+export function archOf(d: DeviceFacts): 'sm90' | 'sm100' | null {
+  if (d.major === 9 && d.minor === 0) return 'sm90';
+  if (d.major === 10) return 'sm100';
+  return null;
+}
+
+const ccText = (d: DeviceFacts): string => `${d.major}.${d.minor}`;
+
+function expectResolved(resolved: ReadonlySet<string>, keys: readonly string[], what: string): void {
+  for (const k of keys) {
+    check(resolved.has(k), 'E_UNSUPPORTED', undefined,
+      `this FlashMLA build has no ${k} launcher, needed for ${what}` +
+        (k.endsWith('fp16') ? ' (it was compiled with FLASH_MLA_DISABLE_FP16)' : ' (SPEC §4.1 symbol did not resolve)'));
+  }
+}
+
+function expectAligned(base: bigint | null, bytes: number, name: string, why: string): void {
+  check(base === null || base % BigInt(bytes) === 0n, 'E_STRIDE', name,
+    () => `${name} must start at a ${bytes}-byte aligned device address (${why}), got 0x${base!.toString(16)}`);
+}
+
+/** SPEC §0.A2: TMA strides below 2^40 bytes. */
+function expectTmaStrides(b: Bound, name: string): void {
+  const eb = ELEMENT_BYTES[b.view.dtype];
+  b.view.strides.forEach((s, i) => {
+    check(s * eb < 2 ** 40, 'E_STRIDE', name, () => `${name}.strides[${i}] is ${s * eb} bytes; TMA needs < 2^40 (SPEC §0.A2)`);
+  });
+}
+
+function expectIntStrides(b: Bound, name: string): void {
+  check(b.view.strides.every((s) => s <= INT_MAX), 'E_STRIDE', name,
+    () => `${name} has a stride above INT_MAX (${b.view.strides.join(', ')}); FlashMLA stores it in an int (SPEC §2.1)`);
+}
+
+/** Checks shared by every path: SPEC §2.4 combine and sched-meta limits, §8 int32 offsets. */
+function commonLimits(b: number, sQ: number, hQ: number, numSmParts: number, d: DeviceFacts): number {
+  check(numSmParts <= MAX_SPLITS, 'E_UNSUPPORTED', undefined,
+    `num_sm_parts = ${numSmParts} on this ${d.sms}-SM device exceeds ${MAX_SPLITS}, the most FlashMLA's combine kernel supports (SPEC §2.4)`);
+  check(4 * (5 * b + 1) <= SCHED_META_SMEM, 'E_UNSUPPORTED', 'q',
+    `batch size ${b} is too large for FlashMLA's scheduler (needs 4·(5b+1) bytes of shared memory, at most ${SCHED_META_SMEM}; SPEC §2.4)`);
+  const totalSplits = b + numSmParts;
+  check(totalSplits * sQ * hQ * 512 < 2 ** 31, 'E_UNSUPPORTED', 'q',
+    `(b + num_sm_parts)·s_q·h_q·512 = ${totalSplits * sQ * hQ * 512} must be below 2^31 (int32 offsets in the kernels, SPEC §8); use a smaller batch`);
+  return totalSplits;
+}
+
+function densePlan(p: DensePlan, d: DeviceFacts, resolved: ReadonlySet<string>, baseOf: BaseOf): LaunchPlan {
+  check(archOf(d) === 'sm90', 'E_UNSUPPORTED', undefined,
+    `dense decode runs on compute capability 9.0 (Hopper) only; this device is ${ccText(d)} (SPEC §2.2, §8)`);
+  const main = p.dtype === 'bf16' ? 'dense_bf16' : 'dense_fp16';
+  const combine = p.dtype === 'bf16' ? 'combine_bf16' : 'combine_fp16';
+  expectResolved(resolved, [main, combine, 'sched_meta'], `dense ${p.dtype} decode`);
+  check(p.numBlocks >= 1, 'E_SHAPE', 'kCache', 'kCache needs at least one block (unused block-table entries read block 0, SPEC §0.A8)');
+  // SPEC §0.A2: the q, k and out TMA descriptors need 16-byte aligned bases (offsets and strides
+  // are checked by validateDecode).
+  expectAligned(baseOf(p.q), 16, 'q', 'TMA, SPEC §0.A2');
+  expectAligned(baseOf(p.kCache), 16, 'kCache', 'TMA, SPEC §0.A2');
+  expectTmaStrides(p.q, 'q');
+  expectTmaStrides(p.kCache, 'kCache');
+  check(p.numBlocks * p.pageBlockSize * p.hK <= 2 ** 32, 'E_SHAPE', 'kCache', 'kCache has more than 2^32 rows (a TMA dimension, SPEC §0.A2)');
+
+  const hpk = p.hQ / p.hK;
+  // SPEC §2.2: P = max(num_sms / h_k / ceil_div(s_q·h_q/h_k, 64), 1), integer division left to right.
+  const numSmParts = Math.max(Math.floor(Math.floor(d.sms / p.hK) / Math.ceil((p.sQ * hpk) / 64)), 1);
+  const totalSplits = commonLimits(p.b, p.sQ, p.hQ, numSmParts, d);
+  const [, qs1, qs2] = p.q.view.strides as [number, number, number];
+  const qs0 = p.q.view.strides[0]!;
+  // SPEC §2.2 / §0.A13: q_re[b, s·hpk + j, k] = q[b, s, k·hpk + j] is a view unless h_k > 1,
+  // hpk > 1 and s_q > 1 (or s and h cannot merge).
+  let regroupQ = false;
+  let qReStrides: [number, number, number];
+  if (hpk === 1) qReStrides = [qs0, qs1, qs2];
+  else if (p.sQ === 1 || qs1 === hpk * qs2) qReStrides = [qs0, qs2, hpk * qs2];
+  else {
+    regroupQ = true;
+    qReStrides = [p.hK * p.sQ * hpk * p.dQK, p.dQK, p.sQ * hpk * p.dQK];
+  }
+  const rows = p.sQ * p.hQ;
+  return {
+    implementation: 'sm90-dense', main, combine, twice: false, numSmParts, fixedOverhead: 5, totalSplits,
+    lseAccumBytes: 4 * totalSplits * rows, oAccumBytes: 4 * 512 * totalSplits * rows,
+    regroupQ, qReStrides,
+    // SPEC §2.2 step 4: out_raw (b, h_k, q_seq_per_hk, 512) is the public layout when h_k == 1 or
+    // s_q == 1; lse_raw (b, h_k, q_seq_per_hk) is (b, h_q, s_q) only when s_q == 1.
+    outDirect: p.hK === 1 || p.sQ === 1,
+    lseDirect: p.sQ === 1,
+    scale: Math.fround(p.softmaxScale),
+    scaleLog2: Math.fround(p.softmaxScale * Math.LOG2E), // dense: computed in double (SPEC §2.1)
+  };
+}
+
+function sparseScopeChecks(s: SparseScope, name: string, idxName: string, arch: 'sm90' | 'sm100', layout: 'v32' | 'model1', baseOf: BaseOf): void {
+  expectIntStrides(s.cache, name);
+  expectIntStrides(s.indices, idxName);
+  check(s.numBlocks >= 1, 'E_SHAPE', name, `${name} needs at least one block (invalid indices read block 0, SPEC §0.A1)`);
+  // SPEC §0.A1 (sm90, 128-bit loads) and §2.4 (sm100, TMA): 16-byte aligned cache base.
+  expectAligned(baseOf(s.cache), 16, name, arch === 'sm90' ? '128-bit loads, SPEC §0.A1' : 'TMA, SPEC §2.4');
+  if (arch === 'sm90') {
+    check(s.blockStride % 16 === 0, 'E_STRIDE', name,
+      `${name}.strides[0] = ${s.blockStride} bytes must be a multiple of 16 on sm90 (SPEC §0.A1); ` +
+        (layout === 'model1' ? 'pad MODEL1 blocks to ceil(B·584/576)·576 bytes as quantizeKCache does' : 'use a 16-byte multiple block stride'));
+  } else {
+    const row = layout === 'v32' ? 656 : 576;
+    check(s.blockStride % row === 0, 'E_STRIDE', name,
+      `${name}.strides[0] = ${s.blockStride} bytes must be a multiple of ${row} on sm100 (TMA rows of ${row} bytes, SPEC §2.4, §5.3)`);
+  }
+  // SPEC §2.4 [inferred]: int2 index loads need 8-byte aligned index rows.
+  expectAligned(baseOf(s.indices), 8, idxName, 'int2 loads, SPEC §2.4');
+  check(s.indices.view.strides.slice(0, 2).every((x, i) => x % 2 === 0 || s.indices.view.shape[i]! <= 1), 'E_STRIDE', idxName,
+    () => `${idxName} rows must be 8-byte aligned (even strides), got strides (${s.indices.view.strides.join(', ')}) (SPEC §2.4)`);
+}
+
+function sparsePlan(p: SparsePlan, d: DeviceFacts, resolved: ReadonlySet<string>, baseOf: BaseOf): LaunchPlan {
+  const arch = archOf(d);
+  check(arch !== null, 'E_UNSUPPORTED', undefined,
+    `sparse decode runs on compute capability 9.0 or 10.x; this device is ${ccText(d)} (SPEC §2.3)`);
+  const v32 = p.layout === 'v32';
+  let implementation: Implementation;
+  let main: string;
+  let numSmParts: number;
+  let fixedOverhead = 5;
+  let twice = false;
+  // SPEC §2.3 implementation table (sm100 is tested first).
+  if (arch === 'sm100') {
+    if (p.hQ === 64) {
+      implementation = 'sm100-head64';
+      main = v32 ? 'sm100_head64_v32' : 'sm100_head64_model1';
+      numSmParts = Math.max(Math.floor(d.sms / p.sQ), 1);
+    } else if (v32) {
+      implementation = 'sm100-head64x2';
+      main = 'sm100_head64_v32';
+      twice = true;
+      numSmParts = Math.max(Math.floor(d.sms / p.sQ), 1);
+    } else {
+      implementation = 'sm100-head128';
+      main = 'sm100_head128_model1';
+      numSmParts = Math.max(Math.floor(Math.floor(d.sms / p.sQ) / 2), 1);
+      fixedOverhead = 3;
+    }
+  } else {
+    implementation = 'sm90-sparse';
+    // SPEC §0.A3: the NUM_HEADS template argument must equal h_q.
+    main = `sm90_sparse_${v32 ? 'v32' : 'model1'}_h${p.hQ}`;
+    numSmParts = Math.max(Math.floor(Math.floor(d.sms / p.sQ) / (p.hQ / 64)), 1);
+    // SPEC §2.3 caveat / §2.4: the sm90 V32 launcher throws on these.
+    check(!(v32 && p.main.topkLength !== null), 'E_UNSUPPORTED', 'topkLength',
+      'topkLength is not supported for V3.2 (d_qk 576) caches on sm90 (SPEC §2.4, §8)');
+    check(!(v32 && p.extra !== null), 'E_UNSUPPORTED', 'extraKCache',
+      'extraKCache is not supported for V3.2 (d_qk 576) caches on sm90 (SPEC §2.4, §8)');
+  }
+  check(p.hQ === 64 || p.hQ === 128, 'E_UNSUPPORTED', 'q', `sparse decode needs h_q 64 or 128, got ${p.hQ}`);
+  expectResolved(resolved, [main, 'combine_bf16', 'sched_meta'], `${p.layout === 'v32' ? 'V3.2' : 'MODEL1'} sparse decode with h_q ${p.hQ}`);
+
+  expectIntStrides(p.q, 'q');
+  expectAligned(baseOf(p.q), 16, 'q', 'TMA, SPEC §0.A2');
+  expectTmaStrides(p.q, 'q');
+  sparseScopeChecks(p.main, 'kCache', 'indices', arch, p.layout, baseOf);
+  if (p.extra !== null) {
+    sparseScopeChecks(p.extra, 'extraKCache', 'extraIndicesInKvcache', arch, p.layout, baseOf);
+    // SPEC §0.A10: head64 asserts it, head128 and sm90 read extra indices in 64-wide blocks.
+    check(p.extra.topk % 64 === 0, 'E_SHAPE', 'extraIndicesInKvcache',
+      `extraIndicesInKvcache.shape[2] (extra_topk) = ${p.extra.topk} must be a multiple of 64 (SPEC §0.A10)`);
+  }
+  if (implementation === 'sm100-head128') {
+    const [qb, qs] = p.q.view.strides as [number, number];
+    // SPEC §0.A3: the launcher computes stride_q_b % stride_q_s_q (0 divides by zero: SIGFPE).
+    check(qs !== 0 && qb % qs === 0, 'E_STRIDE', 'q',
+      `q.strides[1] must be non-zero and divide q.strides[0] for the sm100 head128 kernel (SPEC §2.4, §0.A3), got strides (${p.q.view.strides.join(', ')})`);
+  }
+  const totalSplits = commonLimits(p.b, p.sQ, p.hQ, numSmParts, d);
+  const rows = p.sQ * p.hQ;
+  const scale = Math.fround(p.softmaxScale);
+  return {
+    implementation, main, combine: 'combine_bf16', twice, numSmParts, fixedOverhead, totalSplits,
+    lseAccumBytes: 4 * totalSplits * rows, oAccumBytes: 4 * 512 * totalSplits * rows,
+    regroupQ: false, qReStrides: [0, 0, 0],
+    outDirect: true,
+    // SPEC §2.3: lse (b, s_q, h_q); the public (b, h_q, s_q) is the same memory only when s_q == 1.
+    lseDirect: p.sQ === 1,
+    scale,
+    scaleLog2: Math.fround(scale * LOG_2_E), // sparse: float arithmetic (SPEC §2.1)
+  };
+}
+
+/** The launch plan of a validated decode on a device, or a FlashMLAError before anything runs. */
+export function planLaunch(plan: DecodePlan, device: DeviceFacts, resolved: ReadonlySet<string>, baseOf: BaseOf): LaunchPlan {
+  if (archOf(device) === null) {
+    throw new FlashMLAError('E_BACKEND', `FlashMLA's kernels need compute capability 9.0 or 10.x; this device is ${ccText(device)}`);
+  }
+  return plan.kind === 'dense' ? densePlan(plan, device, resolved, baseOf) : sparsePlan(plan, device, resolved, baseOf);
+}
+
+/** The scalar part of the addon's decode request (binding/decode.cc parseDecodeRequest). */
+export function requestFields(plan: DecodePlan, launch: LaunchPlan, launcherId: (key: string) => number): Record<string, unknown> {
+  const q = plan.q.view.strides;
+  const common = {
+    mainLauncher: launcherId(launch.main),
+    combineLauncher: launcherId(launch.combine),
+    twice: launch.twice,
+    b: plan.b, sQ: plan.sQ, hQ: plan.hQ, dQK: plan.dQK, dV: plan.dV,
+    numSmParts: launch.numSmParts, fixedOverhead: launch.fixedOverhead,
+    scale: launch.scale, scaleLog2: launch.scaleLog2,
+    elemBytes: 2,
+    qStrides: [q[0], q[1], q[2]],
+    regroupQ: launch.regroupQ, qReStrides: launch.qReStrides,
+    outDirect: launch.outDirect, lseDirect: launch.lseDirect,
+  };
+  if (plan.kind === 'dense') {
+    const k = plan.kCache.view.strides;
+    return {
+      ...common, dense: true, hK: plan.hK, topk: -1, extraTopk: -1, causal: plan.causal,
+      numBlocks: plan.numBlocks, pageBlockSize: plan.pageBlockSize, extraNumBlocks: 0, extraPageBlockSize: 0,
+      kStrides: [k[0], k[1], k[2]], blockTableStride: plan.blockTable.view.strides[0],
+      strideKvBlock: 0, strideKvRow: 0, strideIndicesB: 0, strideIndicesS: 0,
+      strideExtraKvBlock: 0, strideExtraKvRow: 0, strideExtraIndicesB: 0, strideExtraIndicesS: 0,
+    };
+  }
+  const m = plan.main;
+  const e = plan.extra;
+  return {
+    ...common, dense: false, hK: 1, topk: m.topk, extraTopk: e?.topk ?? 0, causal: false,
+    numBlocks: m.numBlocks, pageBlockSize: m.pageBlockSize,
+    extraNumBlocks: e?.numBlocks ?? 0, extraPageBlockSize: e?.pageBlockSize ?? 0,
+    kStrides: [0, 0, 0], blockTableStride: 0,
+    strideKvBlock: m.cache.view.strides[0], strideKvRow: m.cache.view.strides[1],
+    strideIndicesB: m.indices.view.strides[0], strideIndicesS: m.indices.view.strides[1],
+    strideExtraKvBlock: e?.cache.view.strides[0] ?? 0, strideExtraKvRow: e?.cache.view.strides[1] ?? 0,
+    strideExtraIndicesB: e?.indices.view.strides[0] ?? 0, strideExtraIndicesS: e?.indices.view.strides[1] ?? 0,
+  };
+}
+
+/** The plan's tensors by the addon's operand names. */
+export function operandsOf(plan: DecodePlan): Record<string, Bound | null> {
+  if (plan.kind === 'dense') {
+    return { q: plan.q, kv: plan.kCache, blockTable: plan.blockTable, seqlens: plan.cacheSeqlens };
+  }
+  return {
+    q: plan.q, kv: plan.main.cache, indices: plan.main.indices, topkLength: plan.main.topkLength, attnSink: plan.attnSink,
+    extraKv: plan.extra?.cache ?? null, extraIndices: plan.extra?.indices ?? null, extraTopkLength: plan.extra?.topkLength ?? null,
+  };
+}

@@ -1,0 +1,98 @@
+import { readElf } from './elf.js';
+import type { NativeAddon, NativeDeviceProbe, NativeLibrary, NativeLibraryInfo, NativeLoadError, NativeProbe } from './addon.js';
+import type { LocatedLibrary } from './locate.js';
+
+/** A FlashMLA build loaded into this process, with what resolved and what its runtime reports. */
+export interface OpenedLibrary {
+  readonly native: NativeLibrary;
+  readonly located: LocatedLibrary;
+  readonly info: NativeLibraryInfo;
+  readonly probe: NativeProbe;
+}
+
+export type OpenResult = { readonly ok: true; readonly library: OpenedLibrary } | { readonly ok: false; readonly reason: string };
+
+const opened = new Map<string, NativeLibrary>();
+
+/** "12.4" from 12040. */
+export function cudaVersionString(v: number | null | undefined): string | null {
+  if (v === null || v === undefined || v <= 0) return null;
+  return `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}`;
+}
+
+/**
+ * The SPEC §4.1 fallback: when the exact head128 name is missing, a defined dynamic symbol that
+ * contains the stable part of its mangling (another standard library spells std::conditional_t
+ * differently). Returns the alternates array the addon takes (index = launcher id).
+ */
+export function alternatesFor(addon: NativeAddon, path: string): (string | null)[] {
+  const head128 = addon.launchers.find((l) => l.key === 'sm100_head128_model1')!;
+  let symbols: string[];
+  try {
+    symbols = readElf(path).definedSymbols();
+  } catch {
+    return [];
+  }
+  if (symbols.includes(head128.mangled)) return [];
+  const alt = symbols.find((s) => s.includes(addon.head128Fallback)) ?? null;
+  const out = new Array<string | null>(addon.launchers.length).fill(null);
+  out[head128.id] = alt;
+  return out;
+}
+
+/** A readable account of a failed dlopen, with what to do about it. */
+export function loadFailure(located: LocatedLibrary, error: NativeLoadError['error']): string {
+  const { stage, path, message } = error;
+  let hint = '';
+  if (/libcudart/.test(message)) hint = ' (the CUDA runtime it was built against is not on the library path; add its folder to LD_LIBRARY_PATH)';
+  else if (/undefined symbol: _?Py/.test(message)) hint = ' (libpython was not preloaded; is this the Python FlashMLA was built with? set FLASHMLA_PYTHON)';
+  else if (located.kind === 'torch-extension' && /lib(torch|c10)/.test(message)) hint = " (torch's libraries do not match; set FLASHMLA_PYTHON to the Python FlashMLA was built with)";
+  return stage === 'preload' ? `preloading ${path} failed: ${message}${hint}` : `dlopen(${path}) failed: ${message}${hint}`;
+}
+
+/**
+ * Loads the located build (preloads first, LOADING.md) and asks its CUDA runtime for versions and
+ * devices. A build is loaded once per process (the addon never unloads it).
+ */
+export function openLibrary(addon: NativeAddon, located: LocatedLibrary): OpenResult {
+  let native = opened.get(located.path);
+  if (native === undefined) {
+    const loaded = addon.load(located.path, located.preloads.map((p) => ({ path: p.path, global: p.global })), alternatesFor(addon, located.path));
+    if ('error' in loaded) return { ok: false, reason: loadFailure(located, loaded.error) };
+    native = loaded;
+    opened.set(located.path, native);
+  }
+  // Versions and devices are asked again on every open (cheap; needs no CUDA context).
+  return { ok: true, library: { native, located, info: native.info(), probe: native.probe() } };
+}
+
+/** Why the CUDA runtime of this build cannot run decode here, or null when it can. */
+export function runtimeProblem(lib: { readonly info: NativeLibraryInfo; readonly probe: NativeProbe }): string | null {
+  const { info, probe } = lib;
+  if (info.cudaMissing.length > 0) {
+    return `${info.path} does not resolve the CUDA runtime functions ${info.cudaMissing.join(', ')} (is it a FlashMLA build linked against the shared libcudart?)`;
+  }
+  const runtime = probe.runtimeVersion ?? null;
+  const driver = probe.driverVersion ?? null;
+  if (probe.deviceCountError !== undefined) {
+    if (driver !== null && driver === 0) return 'no NVIDIA driver is installed (cudaDriverGetVersion reports 0)';
+    if (probe.deviceCountError === 35 || (runtime !== null && driver !== null && Math.floor(driver / 1000) < Math.floor(runtime / 1000))) {
+      return `the NVIDIA driver (CUDA ${cudaVersionString(driver) ?? 'unknown'}) is older than the CUDA runtime ${cudaVersionString(runtime) ?? ''} this build uses; ` +
+        'update the driver (CUDA 13 builds need an R580+ driver) or use a build made with an older CUDA';
+    }
+    if (probe.deviceCountError === 100) return 'no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi)';
+    return `cudaGetDeviceCount failed: ${probe.deviceCountErrorText ?? probe.deviceCountError}`;
+  }
+  // SPEC §2.4 / LOADING.md: "driver version is insufficient" makes the launchers exit(1).
+  if (runtime !== null && driver !== null && Math.floor(driver / 1000) < Math.floor(runtime / 1000)) {
+    return `the NVIDIA driver supports CUDA ${cudaVersionString(driver)}, older than the CUDA runtime ${cudaVersionString(runtime)} of this build; update the driver`;
+  }
+  if ((probe.deviceCount ?? 0) === 0) return 'no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi)';
+  return null;
+}
+
+/** FlashMLA's kernels exist for compute capability 9.0 (sm90a) and 10.x (sm100f) only (SPEC §8). */
+export function deviceProblem(d: NativeDeviceProbe): string | null {
+  if ((d.major === 9 && d.minor === 0) || d.major === 10) return null;
+  return `${d.name || `device ${d.index}`} has compute capability ${d.major}.${d.minor}; FlashMLA's decode kernels run on 9.0 (Hopper) and 10.x (Blackwell) only`;
+}

@@ -1,0 +1,263 @@
+import { check, FlashMLAError, type FlashMLAErrorCode } from '../errors.js';
+import type { Bound, DecodePlan } from '../plan.js';
+import type { SchedMetaSlot } from '../sched-meta.js';
+import {
+  ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
+  type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
+} from '../tensor.js';
+import type { DecodeArgs, DecodeOptions, DecodeResult } from '../types.js';
+import { validateDecode } from '../validate/index.js';
+import { loadAddon, nativeCode, type NativeEngine } from './addon.js';
+import { DeviceTensor, type TensorOwner } from './device-tensor.js';
+import { operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
+import { deviceProblem, openLibrary, runtimeProblem, type OpenedLibrary } from './library.js';
+import { locateFlashMla } from './locate.js';
+
+const ARRAYS: Readonly<Record<DType, new (n: number) => DataOf[DType]>> = {
+  bf16: Uint16Array, fp16: Uint16Array, fp32: Float32Array, int32: Int32Array, uint8: Uint8Array,
+};
+
+/** Rethrows a native rejection as a FlashMLAError with the code the addon gave. */
+function rethrow(e: unknown): never {
+  if (e instanceof FlashMLAError) throw e;
+  const code = (nativeCode(e) ?? 'E_CUDA') as FlashMLAErrorCode;
+  throw new FlashMLAError(code, (e as Error).message);
+}
+
+export type SessionResult = { readonly ok: true; readonly session: CudaSession } | { readonly ok: false; readonly reason: string };
+
+/**
+ * Finds, loads and checks a FlashMLA build and the device (driver vs runtime, device count,
+ * compute capability) before any launcher can run, then starts the instance's worker.
+ */
+export async function openCudaSession(options: { device?: number; library?: string }): Promise<SessionResult> {
+  const addon = loadAddon();
+  if (!addon.ok) return { ok: false, reason: addon.reason };
+  const located = await locateFlashMla(options.library);
+  if (!located.ok) return { ok: false, reason: located.reason };
+  const opened = openLibrary(addon.addon, located.library);
+  if (!opened.ok) return { ok: false, reason: opened.reason };
+  const lib = opened.library;
+  const problem = runtimeProblem(lib);
+  if (problem !== null) return { ok: false, reason: problem };
+  const device = options.device ?? 0;
+  const devices = lib.probe.devices ?? [];
+  const dev = devices[device];
+  if (dev === undefined) return { ok: false, reason: `device ${device} does not exist (${devices.length} CUDA device(s) visible)` };
+  const devProblem = deviceProblem(dev);
+  if (devProblem !== null) return { ok: false, reason: devProblem };
+  const engine = new addon.addon.Engine(lib.native, device);
+  try {
+    const start = await engine.start();
+    const ids = new Map(addon.addon.launchers.map((l) => [l.key, l.id]));
+    return { ok: true, session: new CudaSession(engine, lib, device, start, ids) };
+  } catch (e) {
+    await engine.dispose();
+    return { ok: false, reason: `starting device ${device} failed: ${(e as Error).message}` };
+  }
+}
+
+/** The CUDA side of one FlashMLA instance: its worker, device memory and decode calls. */
+export class CudaSession implements TensorOwner {
+  readonly facts: DeviceFacts;
+  readonly resolved: ReadonlySet<string>;
+  /** Completed decode calls and how many of them ran the scheduler (SPEC §1.3: once per sched meta). */
+  readonly stats = { decodes: 0, schedMetaRuns: 0 };
+  #disposed = false;
+
+  constructor(
+    private readonly engine: NativeEngine,
+    readonly library: OpenedLibrary,
+    readonly device: number,
+    facts: DeviceFacts,
+    private readonly launcherIds: ReadonlyMap<string, number>,
+  ) {
+    this.facts = { major: facts.major, minor: facts.minor, sms: facts.sms };
+    this.resolved = new Set(Object.entries(library.info.launchers).filter(([, v]) => v !== null).map(([k]) => k));
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  release(id: number): void {
+    this.engine.free(id);
+  }
+
+  #open(): void {
+    check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
+  }
+
+  /** Device tensors must be on this instance's device (SPEC §9.2: one device per call). */
+  #deviceTensor(t: Tensor, name: string): DeviceTensorMeta {
+    const d = t as DeviceTensorMeta;
+    check(!d.disposed, 'E_DISPOSED', name, `${name} is a disposed DeviceTensor`);
+    check(d.device === this.device, 'E_DEVICE', name, `${name} lives on device ${d.device}, but this FlashMLA instance uses device ${this.device}`);
+    check(typeof d.address === 'bigint', 'E_VALUE', name, `${name}.address must be a bigint device address`);
+    return d;
+  }
+
+  #baseOf(t: Tensor, view: View, name: string): bigint {
+    const d = this.#deviceTensor(t, name);
+    return d.address + BigInt(view.offset * ELEMENT_BYTES[view.dtype]);
+  }
+
+  async allocate<D extends DType>(dtype: D, shape: readonly number[]): Promise<DeviceTensor<D>> {
+    this.#open();
+    const view = viewOf({ dtype, shape, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false }, 'shape');
+    const n = numel(view.shape);
+    const a = await this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch(rethrow);
+    return new DeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
+  }
+
+  async upload<D extends DType>(t: HostTensor<D>): Promise<DeviceTensor<D>> {
+    this.#open();
+    check(isHostTensor(t), 'E_VALUE', 'tensor', 'upload takes a host tensor ({ dtype, shape, data })');
+    const view = viewOf(t, 'tensor');
+    const extent = Math.max(extentOf(view), view.offset);
+    const count = extent - view.offset;
+    const a = await this.engine.malloc(count * ELEMENT_BYTES[view.dtype]).catch(rethrow);
+    const out = new DeviceTensor(this, { dtype: t.dtype, shape: view.shape, strides: view.strides, offset: 0, capacity: count, address: a.address, allocation: a.id });
+    if (count > 0) {
+      const data = t.data.subarray(view.offset, extent);
+      await this.engine.upload(a.address, data).catch((e: unknown) => {
+        out.dispose();
+        rethrow(e);
+      });
+    }
+    return out;
+  }
+
+  /** A contiguous host copy of a device tensor. */
+  async download<D extends DType>(t: DeviceTensorMeta<D>): Promise<HostTensor<D>> {
+    this.#open();
+    check(t !== null && typeof t === 'object' && !isHostTensor(t as Tensor), 'E_VALUE', 'tensor', 'download takes a DeviceTensor');
+    const view = viewOf(t, 'tensor');
+    this.#deviceTensor(t, 'tensor');
+    const eb = ELEMENT_BYTES[view.dtype];
+    const n = numel(view.shape);
+    const Arr = ARRAYS[view.dtype];
+    if (n === 0) return { dtype: t.dtype, shape: [...view.shape], data: new Arr(0) as DataOf[D] };
+    if (isContiguous(view)) {
+      const data = new Arr(n);
+      await this.engine.download(t.address + BigInt(view.offset * eb), data).catch(rethrow);
+      return { dtype: t.dtype, shape: [...view.shape], data: data as DataOf[D] };
+    }
+    const raw = await this.downloadExtent(t, view);
+    return { dtype: t.dtype, shape: [...view.shape], data: gather(raw, view, n) as DataOf[D] };
+  }
+
+  /** Elements [offset, extent) of a device tensor, as a host tensor of the same geometry (offset 0). */
+  async downloadExtent(t: DeviceTensorMeta, view: View): Promise<DataOf[DType]> {
+    const count = extentOf(view) - view.offset;
+    const data = new ARRAYS[view.dtype](Math.max(count, 0));
+    if (count > 0) await this.engine.download(t.address + BigInt(view.offset * ELEMENT_BYTES[view.dtype]), data).catch(rethrow);
+    return data;
+  }
+
+  /** Wraps device memory owned elsewhere; checked with cudaPointerGetAttributes. */
+  async wrap<D extends DType>(address: bigint, meta: TensorMeta<D> & { capacity?: number }): Promise<DeviceTensor<D>> {
+    this.#open();
+    check(typeof address === 'bigint' && address > 0n, 'E_VALUE', 'address', 'address must be a non-zero bigint');
+    const view = viewOf({ ...meta, device: this.device, capacity: meta.capacity ?? Number.MAX_SAFE_INTEGER, address, disposed: false }, 'meta');
+    const capacity = meta.capacity ?? Math.max(extentOf(view), view.offset);
+    check(Number.isSafeInteger(capacity) && capacity >= extentOf(view), 'E_BUFFER', 'meta.capacity',
+      `meta.capacity (${capacity}) is smaller than the extent of the view (${extentOf(view)})`);
+    const attrs = await this.engine.pointerInfo(address).catch(rethrow);
+    check(attrs.type === 2, 'E_DEVICE', 'address', `0x${address.toString(16)} is not CUDA device memory (cudaPointerGetAttributes type ${attrs.type})`);
+    check(attrs.device === this.device, 'E_DEVICE', 'address',
+      `0x${address.toString(16)} is memory of device ${attrs.device}, but this FlashMLA instance uses device ${this.device}`);
+    return new DeviceTensor(this, { dtype: meta.dtype, shape: view.shape, strides: view.strides, offset: view.offset, capacity, address, allocation: null });
+  }
+
+  async decode(args: DecodeArgs, options: DecodeOptions = {}): Promise<DecodeResult<Tensor>> {
+    this.#open();
+    let downloaded: Map<Tensor, HostTensor> | undefined;
+    if (options.validate === true) downloaded = await this.#downloadForValidation(args);
+    const plan = validateDecode(args, { downloaded });
+    const operands = this.#operands(plan);
+    const launch = planLaunch(plan, this.facts, this.resolved, (b) => (isHostTensor(b.tensor) ? null : this.#baseOf(b.tensor, b.view, 'tensor')));
+    args.schedMeta.bind(plan.config);
+    let slot = args.schedMeta.slots.get(this) as (SchedMetaSlot & { id: number }) | undefined;
+    if (slot === undefined) {
+      const id = this.engine.newSchedSlot();
+      slot = { id, dispose: () => { if (!this.#disposed) this.engine.freeSchedSlot(id); } };
+      args.schedMeta.slots.set(this, slot);
+    }
+    const hostOutputs = isHostTensor(plan.q.tensor);
+    const rows = plan.b * plan.sQ * plan.hQ;
+    const outDtype = plan.kind === 'dense' ? plan.dtype : 'bf16';
+    const hostOut = hostOutputs ? new Uint16Array(rows * 512) : undefined;
+    const hostLse = hostOutputs ? new Float32Array(rows) : undefined;
+    const request = {
+      ...requestFields(plan, launch, (k) => this.launcherIds.get(k)!),
+      slot: slot.id, operands, hostOut, hostLse,
+    };
+    const outcome = await this.engine.decode(request).catch(rethrow);
+    this.stats.decodes++;
+    if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
+    const outShape = [plan.b, plan.sQ, plan.hQ, 512];
+    const lseShape = [plan.b, plan.hQ, plan.sQ];
+    if (hostOutputs) {
+      return { out: { dtype: outDtype, shape: outShape, data: hostOut! }, lse: { dtype: 'fp32', shape: lseShape, data: hostLse! } };
+    }
+    const out = outcome.out!;
+    const lse = outcome.lse!;
+    return {
+      out: new DeviceTensor(this, { dtype: outDtype, shape: outShape, capacity: rows * 512, address: out.address, allocation: out.id }),
+      lse: new DeviceTensor(this, { dtype: 'fp32', shape: lseShape, capacity: rows, address: lse.address, allocation: lse.id }),
+    };
+  }
+
+  /** The addon's operands: device base addresses, or host bytes from each view's offset. */
+  #operands(plan: DecodePlan): Record<string, bigint | ArrayBufferView | null> {
+    const out: Record<string, bigint | ArrayBufferView | null> = {};
+    for (const [name, b] of Object.entries(operandsOf(plan))) out[name] = b === null ? null : this.#operand(b, name);
+    return out;
+  }
+
+  #operand(b: Bound, name: string): bigint | ArrayBufferView {
+    if (!isHostTensor(b.tensor)) return this.#baseOf(b.tensor, b.view, name);
+    return b.tensor.data.subarray(b.view.offset, Math.max(extentOf(b.view), b.view.offset));
+  }
+
+  /** validate: true — host copies of device-resident indices, block tables and lengths. */
+  async #downloadForValidation(args: DecodeArgs): Promise<Map<Tensor, HostTensor>> {
+    const map = new Map<Tensor, HostTensor>();
+    const named: [string, Tensor | null | undefined][] = [
+      ['blockTable', args.blockTable], ['cacheSeqlens', args.cacheSeqlens], ['indices', args.indices],
+      ['extraIndicesInKvcache', args.extraIndicesInKvcache], ['topkLength', args.topkLength], ['extraTopkLength', args.extraTopkLength],
+    ];
+    for (const [name, t] of named) {
+      if (t === null || t === undefined || isHostTensor(t)) continue;
+      const view = viewOf(t, name);
+      this.#deviceTensor(t, name);
+      const data = await this.downloadExtent(t as DeviceTensorMeta, view);
+      map.set(t, { dtype: view.dtype, shape: view.shape, strides: view.strides, offset: 0, data });
+    }
+    return map;
+  }
+
+  async dispose(): Promise<void> {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    await this.engine.dispose();
+  }
+}
+
+/** Contiguous copy of a strided view whose elements [offset, extent) are in `raw` (offset 0). */
+function gather(raw: DataOf[DType], view: View, n: number): DataOf[DType] {
+  const out = new (raw.constructor as new (n: number) => DataOf[DType])(n);
+  const rank = view.shape.length;
+  const idx = new Array<number>(rank).fill(0);
+  for (let i = 0; i < n; i++) {
+    let o = 0;
+    for (let d = 0; d < rank; d++) o += idx[d]! * view.strides[d]!;
+    out[i] = raw[o]!;
+    for (let d = rank - 1; d >= 0; d--) {
+      if (++idx[d]! < view.shape[d]!) break;
+      idx[d] = 0;
+    }
+  }
+  return out;
+}

@@ -1,0 +1,137 @@
+// The addon, finding and loading a FlashMLA build, backendInfo() and the child-process doctor.
+import { execFileSync } from 'node:child_process';
+import { chmodSync, copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { backendInfo, doctorReport, formatDoctor } from '../src/backend-info.js';
+import { FlashMLA } from '../src/flashmla.js';
+import { loadAddon } from '../src/native/addon.js';
+import { readElf } from '../src/native/elf.js';
+import { locateFlashMla } from '../src/native/locate.js';
+import { buildEmulator } from './emulator/build.mjs';
+
+let library: string;
+const dir = mkdtempSync(join(tmpdir(), 'flashmla-native-info-'));
+const saved = { ...process.env };
+
+beforeAll(async () => {
+  library = await buildEmulator();
+});
+afterEach(() => {
+  for (const k of ['FLASHMLA_LIBRARY', 'FLASHMLA_PYTHON', 'FLASHMLA_EMU_ARCH', 'FLASHMLA_EMU_DEVICES', 'FLASHMLA_EMU_DRIVER_VERSION']) {
+    if (saved[k] === undefined) delete process.env[k];
+    else process.env[k] = saved[k];
+  }
+});
+
+describe('the addon', () => {
+  it('is built and loads', () => {
+    const a = loadAddon();
+    expect(a.ok, a.ok ? '' : a.reason).toBe(true);
+  });
+
+  it('looks up exactly the names the emulator exports (SPEC §4.1 and the CUDA runtime table)', () => {
+    const a = loadAddon();
+    if (!a.ok) throw new Error(a.reason);
+    const exported = new Set(readElf(library).definedSymbols());
+    const launcherLike = [...exported].filter((s) => /^_ZN(4sm90|5sm100|4smxx)/.test(s)).sort();
+    expect(launcherLike).toEqual(a.addon.launchers.map((l) => l.mangled).sort());
+    for (const f of a.addon.cudaFunctions) expect(exported.has(f), f).toBe(true);
+  });
+});
+
+describe('backendInfo', () => {
+  it('explains why there is no CUDA backend when no build is found', async () => {
+    delete process.env.FLASHMLA_LIBRARY;
+    process.env.FLASHMLA_PYTHON = 'python3';
+    const info = await backendInfo();
+    expect(info.backend).toBe('reference');
+    expect(info.reason).toMatch(/no flash_mla package|was not found/);
+    expect(info.library.ok).toBe(false);
+    expect(Object.values(info.features).every((f) => !f.ok && f.reason.length > 0)).toBe(true);
+    process.env.FLASHMLA_PYTHON = join(dir, 'no-such-python');
+    expect((await backendInfo()).reason).toMatch(/no-such-python was not found.*FLASHMLA_PYTHON/);
+  });
+
+  it('reports a usable emulated Hopper: versions, device, entry points, features', async () => {
+    process.env.FLASHMLA_LIBRARY = library;
+    process.env.FLASHMLA_EMU_ARCH = 'sm90';
+    const info = await backendInfo();
+    expect(info.backend).toBe('cuda');
+    expect(info.library).toMatchObject({ ok: true, path: library, kind: 'kernels-only', source: 'env', preloads: [] });
+    expect(info.cuda).toMatchObject({ ok: true, runtimeVersion: '13.0', driverVersion: '13.0' });
+    expect(info.devices[0]).toMatchObject({ computeCapability: '9.0', sms: 132, supported: { ok: true } });
+    expect(Object.values(info.entryPoints).every((v) => v !== null)).toBe(true);
+    expect([info.features.denseBf16.ok, info.features.denseFp16.ok, info.features.v32.ok, info.features.model1.ok]).toEqual([true, true, true, true]);
+    expect(info.features.sm100).toMatchObject({ ok: false, reason: expect.stringMatching(/Blackwell/) });
+  });
+
+  it('sees an old driver, and a Blackwell device', async () => {
+    process.env.FLASHMLA_EMU_ARCH = 'sm100';
+    const b = await backendInfo({ library });
+    expect([b.features.sm100.ok, b.features.denseBf16.ok]).toEqual([true, false]);
+    expect(b.features.denseBf16.reason).toMatch(/9\.0/);
+    process.env.FLASHMLA_EMU_DRIVER_VERSION = '12040';
+    const old = await backendInfo({ library });
+    expect(old.backend).toBe('reference');
+    expect(old.cuda.reason).toMatch(/driver.*older than the CUDA runtime 13\.0/);
+  });
+
+  it('no visible device; a missing device; auto falls back to the reference', async () => {
+    process.env.FLASHMLA_EMU_DEVICES = '0';
+    expect((await backendInfo({ library })).reason).toMatch(/no CUDA device is visible/);
+    process.env.FLASHMLA_EMU_DEVICES = '1';
+    await expect(FlashMLA.open({ backend: 'cuda', library, device: 3 })).rejects.toMatchObject({ code: 'E_BACKEND', message: expect.stringMatching(/device 3 does not exist/) });
+    const auto = await FlashMLA.open({ library: join(dir, 'missing.so') });
+    expect([auto.backend, auto.device]).toEqual(['reference', null]);
+    expect((await auto.info()).reason).toMatch(/missing\.so.*does not exist/);
+  });
+
+  it('recognises a PyTorch extension and says what it needs', async () => {
+    const ext = join(dir, 'cuda.cpython-311-x86_64-linux-gnu.so');
+    copyFileSync(library, ext);
+    process.env.FLASHMLA_PYTHON = 'python3'; // has a shared libpython here, but no torch
+    const r = await locateFlashMla(ext);
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.reason).toMatch(/PyTorch extension.*no torch package/);
+    const fake = join(dir, 'python-static');
+    writeFileSync(fake, `#!/bin/sh\necho '{"executable":"${fake}","version":"3.12.0","flashMla":null,"extensions":[],"torchLib":"${dir}","libpython":null,"shared":false}'\n`);
+    chmodSync(fake, 0o755);
+    process.env.FLASHMLA_PYTHON = fake;
+    const info = await backendInfo({ library: ext });
+    expect(info.library.kind).toBe(null);
+    expect(info.reason).toMatch(/needs a shared libpython.*--enable-shared/);
+  });
+});
+
+describe('doctor', () => {
+  it('probes in a child process and formats a report', async () => {
+    process.env.FLASHMLA_EMU_ARCH = 'sm90';
+    const info = await doctorReport({ library });
+    expect(info.probedIn).toBe('child process');
+    expect(info.backend).toBe('cuda');
+    const text = formatDoctor(info);
+    expect(text).toMatch(/backend \(auto\): cuda/);
+    expect(text).toMatch(/compute capability 9\.0, 132 SMs/);
+    expect(text).toMatch(/12\/12 resolved/);
+  });
+
+  it('survives a build that crashes while loading', async () => {
+    const src = join(dir, 'crash.cc');
+    writeFileSync(src, '#include <cstdlib>\n__attribute__((constructor)) static void boom() { std::abort(); }\n');
+    const so = join(dir, 'libcrash.so');
+    execFileSync('g++', ['-shared', '-fPIC', '-o', so, src]);
+    const info = await doctorReport({ library: so, timeoutMs: 20_000 });
+    expect(info.backend).toBe('reference');
+    expect(info.library.reason).toMatch(/probe process failed: the process was killed by SIGABRT/);
+    expect(formatDoctor(info)).toMatch(/SIGABRT/);
+  });
+
+  it('reports a file that is not a shared library', async () => {
+    const txt = join(dir, 'not-a-library.so');
+    writeFileSync(txt, 'hello');
+    const info = await doctorReport({ library: txt });
+    expect(info.reason).toMatch(/not a loadable shared library/);
+  });
+});
