@@ -17,3 +17,9 @@ export { DeviceTensor } from './native/device-tensor.js';
 export {
   backendInfo, doctorReport, formatDoctor, type BackendInfo, type DeviceInfo, type FeatureStatus,
 } from './backend-info.js';
+export {
+  compare, matrixEntries, generateEntry, MATRIX_NAMES, generateDenseCase, generateSparseCase, checkIsAllclose,
+  TOLERANCES, oracleDecode, fuzz,
+  type CompareOptions, type CompareReport, type CaseResult, type CompareSide, type CustomSide, type MatrixName,
+  type DecodeCase, type AllcloseResult, type Tolerance, type FuzzReport,
+} from './harness/index.js';

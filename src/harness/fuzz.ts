@@ -1,7 +1,8 @@
 import { FlashMLAError, type FlashMLAErrorCode } from '../errors.js';
+import type { DeviceTensor } from '../native/device-tensor.js';
 import { getMlaMetadata } from '../sched-meta.js';
-import { extentOf, isHostTensor, viewOf, type HostTensor, type Tensor } from '../tensor.js';
-import type { DecodeArgs, DecodeResult, HostDecodeArgs } from '../types.js';
+import { extentOf, isHostTensor, viewOf, type DeviceTensorMeta, type HostTensor, type Tensor, type TensorMeta } from '../tensor.js';
+import type { DecodeArgs, DecodeOptions, DecodeResult, HostDecodeArgs } from '../types.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase } from './cases.js';
 import { checkIsAllclose, TOLERANCES } from './metrics.js';
 import { oracleDecode } from './oracle.js';
@@ -14,12 +15,30 @@ type Expect = 'error' | 'match';
 interface Mutation {
   name: string;
   expect: Expect;
+  /** Corrupts element values of an index-like tensor (checked on the device only with `validate: true`). */
+  values?: true;
   /** Returns the mutated arguments (schedMeta included when the mutation is about it), or null if it does not apply. */
   apply(c: DecodeCase, rng: Rng): DecodeArgs | null;
 }
 
 /** A decode entry point under test: the public API with a fixed backend, or an instance's method. */
-export type DecodeFn = (args: DecodeArgs) => Promise<DecodeResult<Tensor>>;
+export type DecodeFn = (args: DecodeArgs, options?: DecodeOptions) => Promise<DecodeResult<Tensor>>;
+
+/**
+ * The device side of a CUDA backend under test (FlashMLA instances over one build). With it, the
+ * fuzzer also makes device-resident calls: untouched inputs uploaded, device-resident hostile
+ * values under `validate: true`, disposed and misaligned device tensors, and tensors of another
+ * device.
+ */
+export interface FuzzDevice {
+  /** Copies a host tensor to the device under test. */
+  upload(t: HostTensor): Promise<DeviceTensor>;
+  download(t: DeviceTensorMeta): Promise<HostTensor>;
+  /** Wraps memory of the device under test without owning it. */
+  wrap(address: bigint, meta: TensorMeta & { capacity?: number }): Promise<DeviceTensor>;
+  /** Copies a host tensor to another device (a second instance), for mixed-device calls. */
+  uploadElsewhere?: (t: HostTensor) => Promise<DeviceTensor>;
+}
 
 export interface FuzzFailure {
   call: number;
@@ -45,6 +64,14 @@ export interface FuzzOptions {
   seed: number;
   /** Per-call time bound (a call past it counts as a hang). Default 30 s. */
   timeBoundMs?: number;
+  /** Kinds of base case (default both; sm100 has no dense kernel, SPEC §2.2). */
+  kinds?: readonly ('dense' | 'sparse')[];
+  /** Device-resident calls for a CUDA backend (see FuzzDevice). */
+  device?: FuzzDevice;
+  /** Another backend sharing sched metas with the one under test (SPEC §1.3 consistency across backends). */
+  other?: DecodeFn;
+  /** Mutation names left out (to measure the rest while a known bug is open). */
+  exclude?: readonly string[];
   onProgress?: (done: number, report: FuzzReport) => void;
 }
 
@@ -55,8 +82,10 @@ const retensor = (t: HostTensor, patch: Record<string, unknown>): HostTensor => 
 const HUGE = [2 ** 31 - 1, -(2 ** 31), -2];
 
 /** A small valid case of a random kind (dense, V3.2, MODEL1 with or without the extras). */
-function baseCase(rng: Rng, seed: number): DecodeCase {
-  const kind = rng.int(0, 3);
+function baseCase(rng: Rng, seed: number, kinds: readonly ('dense' | 'sparse')[]): DecodeCase {
+  let kind = rng.int(0, 3);
+  if (kind === 0 && !kinds.includes('dense')) kind = rng.int(1, 3);
+  if (kind !== 0 && !kinds.includes('sparse')) kind = 0;
   if (kind === 0) {
     const hK = pick(rng, [1, 1, 2]);
     return generateDenseCase({
@@ -143,7 +172,7 @@ const MUTATIONS: readonly Mutation[] = [
   } },
   { name: 'kCache dtype/layout', expect: 'error', apply: (c, rng) => withMeta({ ...c.args, kCache: retensor(c.args.kCache, pick(rng, [
     { dtype: c.kind === 'dense' ? 'uint8' : 'bf16' }, { strides: [...(c.args.kCache.strides ?? []).slice(0, 1), 1, 1, 1] }, { shape: [...c.args.kCache.shape.slice(0, 3), 600] }])) }) },
-  { name: 'dense: used block id out of range', expect: 'error', apply: (c, rng) => {
+  { name: 'dense: used block id out of range', expect: 'error', values: true, apply: (c, rng) => {
     if (c.kind !== 'dense') return null;
     const L = c.args.cacheSeqlens!.data as Int32Array;
     const i = L.findIndex((x) => x > 0);
@@ -151,20 +180,20 @@ const MUTATIONS: readonly Mutation[] = [
     const cols = c.args.blockTable!.shape[1]!;
     return withMeta({ ...c.args, blockTable: setInt(c.args.blockTable!, i * cols, pick(rng, [...HUGE, c.args.kCache.shape[0]!, -1])) });
   } },
-  { name: 'dense: cacheSeqlens out of range', expect: 'error', apply: (c, rng) => c.kind === 'dense'
+  { name: 'dense: cacheSeqlens out of range', expect: 'error', values: true, apply: (c, rng) => c.kind === 'dense'
     ? withMeta({ ...c.args, cacheSeqlens: setInt(c.args.cacheSeqlens!, 0, pick(rng, [-1, ...HUGE, c.args.blockTable!.shape[1]! * 64 + 1])) }) : null },
   { name: 'dense: sparse-only argument', expect: 'error', apply: (c) => c.kind === 'dense'
     ? withMeta({ ...c.args, topkLength: { dtype: 'int32', shape: [c.args.q.shape[0]!], data: new Int32Array(c.args.q.shape[0]!) } }) : null },
-  { name: 'sparse: used index out of range', expect: 'error', apply: (c, rng) => {
+  { name: 'sparse: used index out of range', expect: 'error', values: true, apply: (c, rng) => {
     if (c.kind !== 'sparse') return null;
     const lens = c.args.topkLength?.data as Int32Array | undefined;
     if (lens && lens[0] === 0) return null;
     const tokens = c.args.kCache.shape[0]! * c.args.kCache.shape[1]!;
     return withMeta({ ...c.args, indices: setInt(c.args.indices!, 0, pick(rng, [...HUGE, tokens, -3])) });
   } },
-  { name: 'sparse: topkLength out of range', expect: 'error', apply: (c, rng) => c.args.topkLength
+  { name: 'sparse: topkLength out of range', expect: 'error', values: true, apply: (c, rng) => c.args.topkLength
     ? withMeta({ ...c.args, topkLength: setInt(c.args.topkLength, 0, pick(rng, [-1, c.args.indices!.shape[2]! + 1, 2 ** 31 - 1])) }) : null },
-  { name: 'sparse: extraTopkLength out of range', expect: 'error', apply: (c) => c.args.extraTopkLength
+  { name: 'sparse: extraTopkLength out of range', expect: 'error', values: true, apply: (c) => c.args.extraTopkLength
     ? withMeta({ ...c.args, extraTopkLength: setInt(c.args.extraTopkLength, 0, c.args.extraIndicesInKvcache!.shape[2]! + 64) }) : null },
   { name: 'sparse: topk not a multiple of 64', expect: 'error', apply: (c) => c.kind === 'sparse'
     ? withMeta({ ...c.args, indices: retensor(c.args.indices!, { shape: [...c.args.indices!.shape.slice(0, 2), 32] }) }) : null },
@@ -188,9 +217,119 @@ const MUTATIONS: readonly Mutation[] = [
   } },
 ];
 
-function checkOutputs(args: DecodeArgs, res: DecodeResult<Tensor>): string | null {
+/** The tensor arguments of DecodeArgs, in the order they are uploaded. */
+const TENSOR_FIELDS = [
+  'q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
+] as const;
+type TensorField = (typeof TENSOR_FIELDS)[number];
+const INDEX_LIKE: readonly TensorField[] = ['blockTable', 'cacheSeqlens', 'indices', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength'];
+
+/** One prepared call: what is passed, its all-host equivalent (for the oracle), and device memory to free after it. */
+interface Call {
+  args: DecodeArgs;
+  options?: DecodeOptions;
+  host: DecodeArgs;
+  uploads: DeviceTensor[];
+}
+
+/** A mutation that needs a device or a second backend and builds the whole call itself. */
+interface CallMutation {
+  name: string;
+  expect: Expect;
+  needs: 'device' | 'elsewhere' | 'other';
+  prepare(c: DecodeCase, rng: Rng, env: { device: FuzzDevice; other: DecodeFn }): Promise<Call | null>;
+}
+
+const presentFields = (args: DecodeArgs): TensorField[] => TENSOR_FIELDS.filter((f) => args[f] !== null && args[f] !== undefined);
+
+/** `args` with the host tensors named in `fields` replaced by device copies (recorded in `uploads`). */
+async function uploadFields(dev: FuzzDevice, args: DecodeArgs, fields: readonly TensorField[], uploads: DeviceTensor[]): Promise<DecodeArgs> {
+  const out: DecodeArgs = { ...args };
+  for (const f of fields) {
+    const t = args[f];
+    if (t === null || t === undefined || !isHostTensor(t)) continue;
+    const d = await dev.upload(t);
+    uploads.push(d);
+    (out as unknown as Record<TensorField, Tensor>)[f] = d;
+  }
+  return out;
+}
+
+/** A small valid case of the other family, so that its sched-meta config differs (isFp8Kvcache). */
+function otherFamily(c: DecodeCase, seed: number): DecodeCase {
+  return c.kind === 'dense'
+    ? generateSparseCase({ b: 1, sQ: 1, hQ: 64, dQK: 512, main: { sK: 40, topk: 64, blockSize: 64 } }, seed)
+    : generateDenseCase({ b: 1, sQ: 1, sK: 20, hQ: 1, hK: 1, varlen: false, causal: false }, seed);
+}
+
+const VALUE_MUTATIONS = MUTATIONS.filter((m) => m.values);
+
+const CALL_MUTATIONS: readonly CallMutation[] = [
+  { name: 'device: all inputs resident', expect: 'match', needs: 'device', prepare: async (c, rng, { device }) => {
+    const host = withMeta(c.args);
+    const uploads: DeviceTensor[] = [];
+    return { args: await uploadFields(device, host, presentFields(host), uploads), options: { validate: rng.next() < 0.5 }, host, uploads };
+  } },
+  // Device-resident indices are the caller's contract unless validate: true (issue 3, safety).
+  { name: 'device: hostile index values, validate: true', expect: 'error', needs: 'device', prepare: async (c, rng, { device }) => {
+    const host = pick(rng, VALUE_MUTATIONS).apply(c, rng);
+    if (host === null) return null;
+    const uploads: DeviceTensor[] = [];
+    return { args: await uploadFields(device, host, presentFields(host), uploads), options: { validate: true }, host, uploads };
+  } },
+  { name: 'device: disposed tensor', expect: 'error', needs: 'device', prepare: async (c, rng, { device }) => {
+    const host = withMeta(c.args);
+    const uploads: DeviceTensor[] = [];
+    const fields = presentFields(host);
+    const args = await uploadFields(device, host, fields, uploads);
+    (args[pick(rng, fields)] as DeviceTensor).dispose();
+    return { args, host, uploads };
+  } },
+  // SPEC §9.2: one device per call.
+  { name: 'device: tensor of another device', expect: 'error', needs: 'elsewhere', prepare: async (c, rng, { device }) => {
+    const host = withMeta(c.args);
+    const uploads: DeviceTensor[] = [];
+    const fields = presentFields(host);
+    const victim = pick(rng, fields);
+    const args = await uploadFields(device, host, fields.filter((f) => f !== victim && rng.next() < 0.7), uploads);
+    const foreign = await device.uploadElsewhere!(host[victim] as HostTensor);
+    uploads.push(foreign);
+    return { args: { ...args, [victim]: foreign }, host, uploads };
+  } },
+  // SPEC §0.A1 / §0.A2: q and the cache need 16-byte aligned bases; a wrapped pointer 2–8 bytes past one.
+  { name: 'device: misaligned base', expect: 'error', needs: 'device', prepare: async (c, rng, { device }) => {
+    const host = withMeta(c.args);
+    const victim = pick(rng, ['q', 'kCache'] as const);
+    const t = host[victim] as HostTensor;
+    const view = viewOf(t, victim);
+    const shift = pick(rng, t.dtype === 'uint8' ? [1, 4, 8] : [1, 2, 4]);
+    const used = t.data.subarray(view.offset, extentOf(view));
+    const padded = new (used.constructor as new (n: number) => typeof used)(used.length + shift);
+    padded.set(used as never, shift);
+    const uploads: DeviceTensor[] = [];
+    const raw = await device.upload({ dtype: t.dtype, shape: [padded.length], data: padded } as HostTensor);
+    uploads.push(raw);
+    const wrapped = await device.wrap(raw.address, { dtype: t.dtype, shape: view.shape, strides: view.strides, offset: shift, capacity: padded.length });
+    uploads.push(wrapped);
+    const args = await uploadFields(device, host, presentFields(host).filter((f) => f !== victim && rng.next() < 0.5), uploads);
+    return { args: { ...args, [victim]: wrapped }, host, uploads };
+  } },
+  // SPEC §1.3: a sched meta records the first call's config, whichever backend made it.
+  { name: 'schedMeta shared with another backend', expect: 'match', needs: 'other', prepare: async (c, _rng, { other }) => {
+    const host = withMeta(c.args);
+    await other(host);
+    return { args: host, host, uploads: [] };
+  } },
+  { name: 'schedMeta bound by another backend to another config', expect: 'error', needs: 'other', prepare: async (c, rng, { other }) => {
+    const meta = getMlaMetadata();
+    await other({ ...otherFamily(c, rng.int(0, 2 ** 30)).args, schedMeta: meta });
+    const host = { ...c.args, schedMeta: meta };
+    return { args: host, host, uploads: [] };
+  } },
+];
+
+function checkOutputs(args: DecodeArgs, res: DecodeResult<HostTensor>): string | null {
   const { out, lse } = res;
-  if (!isHostTensor(out) || !isHostTensor(lse)) return 'outputs of host inputs must be host tensors';
   const [b, s, h] = args.q.shape as number[];
   if (out.shape.join() !== [b, s, h, 512].join() || lse.shape.join() !== [b, h, s].join()) return `wrong output shapes ${out.shape} / ${lse.shape}`;
   const lseData = lse.data as Float32Array;
@@ -199,6 +338,19 @@ function checkOutputs(args: DecodeArgs, res: DecodeResult<Tensor>): string | nul
   const nanMask = out.dtype === 'fp16' ? 0x7c00 : 0x7f80;
   for (let i = 0; i < o.length; i++) if ((o[i]! & nanMask) === nanMask) return `out[${i}] is not finite`;
   return null;
+}
+
+/** Host copies of the outputs (device outputs are downloaded, then disposed), or what is wrong with where they live. */
+async function hostOutputs(args: DecodeArgs, res: DecodeResult<Tensor>, device: FuzzDevice | undefined): Promise<DecodeResult<HostTensor> | string> {
+  const onDevice = !isHostTensor(args.q);
+  if (isHostTensor(res.out) && isHostTensor(res.lse)) return onDevice ? 'outputs of a device-resident q must be device tensors' : { out: res.out, lse: res.lse };
+  if (!onDevice || device === undefined) return 'outputs of a host q must be host tensors';
+  try {
+    return { out: await device.download(res.out as DeviceTensorMeta), lse: await device.download(res.lse as DeviceTensorMeta) };
+  } finally {
+    (res.out as DeviceTensor).dispose();
+    (res.lse as DeviceTensor).dispose();
+  }
 }
 
 async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
@@ -212,6 +364,35 @@ async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'>
 }
 
 /**
+ * Picks a mutation and builds its call. Plain mutations keep their inputs on the host, or (with a
+ * device, half the time) get their untouched inputs uploaded: the mutated ones stay on the host,
+ * where their values are always checked.
+ */
+async function prepare(c: DecodeCase, rng: Rng, opts: FuzzOptions, extra: readonly CallMutation[]): Promise<{ name: string; expect: Expect; call: Call }> {
+  for (;;) {
+    const i = rng.int(0, MUTATIONS.length + extra.length);
+    if (i >= MUTATIONS.length) {
+      const m = extra[i - MUTATIONS.length]!;
+      if (opts.exclude?.includes(m.name)) continue;
+      const call = await m.prepare(c, rng, { device: opts.device!, other: opts.other! });
+      if (call !== null) return { name: m.name, expect: m.expect, call };
+      continue;
+    }
+    const m = MUTATIONS[i]!;
+    if (opts.exclude?.includes(m.name)) continue;
+    const args = m.apply(c, rng);
+    if (args === null && m.name !== 'args not an object') continue;
+    const call: Call = { args: args as DecodeArgs, host: args as DecodeArgs, uploads: [] };
+    if (opts.device === undefined || args === null || typeof args !== 'object' || rng.next() < 0.5) return { name: m.name, expect: m.expect, call };
+    // Which block-table entries and indices are used depends on the lengths: with hostile values
+    // on the host, the index-like tensors stay there too (on the device they are the caller's contract).
+    const untouched = presentFields(args).filter((f) => args[f] === c.args[f] && !(m.values && INDEX_LIKE.includes(f)));
+    call.args = await uploadFields(opts.device, args, untouched, call.uploads);
+    return { name: `${m.name} [device-resident]`, expect: m.expect, call };
+  }
+}
+
+/**
  * Seeded fuzzing of a decode entry point with malformed and valid-but-extreme calls (issue: hostile
  * input). Every call must end in a FlashMLAError (malformed) or in a result that matches the
  * float64 oracle within SPEC §7.1 tolerances (valid), within the time bound.
@@ -219,39 +400,52 @@ async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'>
 export async function fuzz(opts: FuzzOptions): Promise<FuzzReport> {
   const rng = new Rng(opts.seed);
   const bound = opts.timeBoundMs ?? 30_000;
+  const kinds = opts.kinds ?? ['dense', 'sparse'];
+  const extra = CALL_MUTATIONS.filter((m) => (m.needs === 'other' ? opts.other !== undefined
+    : opts.device !== undefined && (m.needs === 'device' || opts.device.uploadElsewhere !== undefined)));
   const report: FuzzReport = { calls: 0, results: 0, errors: {}, failures: [], elapsedMs: 0 };
   const start = performance.now();
   for (let call = 0; call < opts.calls; call++) {
-    const c = baseCase(rng, opts.seed * 1_000_003 + call);
-    let m: Mutation;
-    let args: DecodeArgs | null;
-    do {
-      m = pick(rng, MUTATIONS);
-      args = m.apply(c, rng);
-    } while (args === null && m.name !== 'args not an object');
-    const fail = (problem: string) => report.failures.push({ call, mutation: m.name, caseName: c.name, problem });
+    const c = baseCase(rng, opts.seed * 1_000_003 + call, kinds);
     report.calls++;
+    let prepared: Awaited<ReturnType<typeof prepare>>;
     try {
-      const res = await withTimeout(opts.decode(args as DecodeArgs), bound);
+      prepared = await prepare(c, rng, opts, extra);
+    } catch (e) {
+      report.failures.push({ call, mutation: '(preparing the call)', caseName: c.name, problem: e instanceof Error ? `${e.name}: ${e.message}` : String(e) });
+      opts.onProgress?.(call + 1, report);
+      continue;
+    }
+    const { name, expect, call: { args, options, host, uploads } } = prepared;
+    const fail = (problem: string) => report.failures.push({ call, mutation: name, caseName: c.name, problem });
+    try {
+      const res = await withTimeout(opts.decode(args, options), bound);
       if (res === 'timeout') { fail(`no answer within ${bound} ms`); continue; }
       report.results++;
-      if (m.expect === 'error') { fail('malformed call was accepted'); continue; }
-      const bad = checkOutputs(args as DecodeArgs, res);
+      const got = await hostOutputs(args, res, opts.device);
+      if (expect === 'error') { fail('malformed call was accepted'); continue; }
+      if (typeof got === 'string') { fail(got); continue; }
+      const bad = checkOutputs(host, got);
       if (bad) { fail(bad); continue; }
-      const want = oracleDecode(args as DecodeArgs);
+      const want = oracleDecode(host);
       const tol = c.kind === 'dense' ? [TOLERANCES.denseOut, TOLERANCES.denseLse] : [TOLERANCES.sparseOut, TOLERANCES.sparseLse];
-      const o = checkIsAllclose('out', res.out as HostTensor, want.out, tol[0]!);
-      const l = checkIsAllclose('lse', res.lse as HostTensor, want.lse, tol[1]!);
+      const o = checkIsAllclose('out', got.out, want.out, tol[0]!);
+      const l = checkIsAllclose('lse', got.lse, want.lse, tol[1]!);
       if (!o.pass || !l.pass) fail(`differs from the oracle: ${o.reason || l.reason}`);
     } catch (e) {
       if (e instanceof FlashMLAError) {
         report.errors[e.code] = (report.errors[e.code] ?? 0) + 1;
-        if (m.expect === 'match') fail(`valid call rejected: ${e.code} ${e.message}`);
+        if (expect === 'match') fail(`valid call rejected: ${e.code} ${e.message}`);
+        // Hostile input must be rejected before any launcher runs (issue 3, safety): an error the
+        // device or a launcher reported, or a broken invariant, is a failure even for a malformed call.
+        else if (e.code === 'E_CUDA' || e.code === 'E_INTERNAL') fail(`reached the device: ${e.code} ${e.message}`);
       } else {
         fail(`threw a non-FlashMLAError: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`);
       }
+    } finally {
+      for (const u of uploads) u.dispose();
+      opts.onProgress?.(call + 1, report);
     }
-    opts.onProgress?.(call + 1, report);
   }
   report.elapsedMs = performance.now() - start;
   return report;

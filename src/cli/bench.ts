@@ -1,0 +1,199 @@
+import { writeFileSync } from 'node:fs';
+import type { AnchorRow } from '../bench/anchors.js';
+import { flashmlaShapes, type BenchInputs, type BenchShape } from '../bench/flashmla-shapes.js';
+import { lineChartSvg, type ChartSeries } from '../bench/svg.js';
+import { median, perSecond, timeCalls } from '../bench/timing.js';
+import { FlashMLA, type DeviceTensor } from '../flashmla.js';
+import { referenceDecode } from '../reference/index.js';
+import { getMlaMetadata } from '../sched-meta.js';
+import { isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
+import type { DecodeArgs } from '../types.js';
+import { choice, integer, str, UsageError, type Command, type OptionValues } from './args.js';
+import { fmtMs, fmtRate, formatTable } from './table.js';
+
+/** One measured FlashMLA benchmark shape. */
+export interface ShapeRow {
+  group: string;
+  shape: string;
+  seqlen: number | null;
+  backend: 'cuda' | 'reference';
+  /** Reference worker threads; null on CUDA. */
+  threads: number | null;
+  medianMs: number;
+  minMs: number;
+  flops: number;
+  bytes: number;
+  /** GFLOP/s and GB/s at the median (SPEC §7.2, §7.3, §7.5 formulas). */
+  gflops: number;
+  gbps: number;
+  /** CUDA: median time the calling (JS) thread spends in one call before it can go on. */
+  jsMsPerCall: number | null;
+}
+
+type ArgKey = Exclude<keyof DecodeArgs, 'schedMeta' | 'headDimV' | 'softmaxScale' | 'causal' | 'isFp8Kvcache'>;
+const TENSOR_ARGS: readonly ArgKey[] = [
+  'q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
+];
+
+/** Uploads every tensor argument once, so the timed calls see device-resident inputs as in serving. */
+async function uploadArgs(inst: FlashMLA, args: BenchInputs['args']): Promise<{ args: BenchInputs['args']; tensors: DeviceTensor[] }> {
+  const out: Record<string, unknown> = { ...args };
+  const tensors: DeviceTensor[] = [];
+  for (const k of TENSOR_ARGS) {
+    const t = args[k];
+    if (t && isHostTensor(t)) {
+      const d = await inst.upload(t as HostTensor);
+      tensors.push(d);
+      out[k] = d;
+    }
+  }
+  return { args: out as unknown as BenchInputs['args'], tensors };
+}
+
+async function benchCuda(inst: FlashMLA, shape: BenchShape, inputs: BenchInputs, warmup: number, reps: number): Promise<ShapeRow> {
+  const dev = await uploadArgs(inst, inputs.args);
+  // One sched meta per shape, reused by every call as FlashMLA does within a decoding step (SPEC §1.3).
+  const schedMeta = getMlaMetadata();
+  const jsMs: number[] = [];
+  try {
+    const timing = await timeCalls(async () => {
+      const t0 = performance.now();
+      const pending = inst.flashMlaWithKvCache({ ...dev.args, schedMeta });
+      jsMs.push(performance.now() - t0);
+      const r = await pending;
+      for (const t of [r.out, r.lse] as Tensor[]) if (!isHostTensor(t)) (t as DeviceTensor).dispose();
+    }, warmup, reps);
+    const hostMs = median(jsMs.slice(warmup));
+    return row(shape, inputs, 'cuda', null, timing.medianMs, timing.minMs, hostMs);
+  } finally {
+    schedMeta.dispose();
+    for (const t of dev.tensors) t.dispose();
+  }
+}
+
+function row(shape: BenchShape, inputs: BenchInputs, backend: 'cuda' | 'reference', threads: number | null, medianMs: number, minMs: number, jsMsPerCall: number | null): ShapeRow {
+  return {
+    group: shape.group, shape: shape.name, seqlen: shape.seqlen, backend, threads, medianMs, minMs,
+    flops: inputs.flops, bytes: inputs.bytes, gflops: perSecond(inputs.flops, medianMs), gbps: perSecond(inputs.bytes, medianMs), jsMsPerCall,
+  };
+}
+
+function parseThreads(values: OptionValues): number[] {
+  const v = str(values, 'threads');
+  if (v === undefined) return [1, 2];
+  const list = v.split(',').map((s) => Number(s.trim()));
+  if (list.length === 0 || list.some((n) => !Number.isSafeInteger(n) || n < 1)) {
+    throw new UsageError(`--threads must be a comma-separated list of positive integers, got '${v}'`);
+  }
+  return list;
+}
+
+function shapesTable(rows: ShapeRow[]): string {
+  const cuda = rows.some((r) => r.backend === 'cuda');
+  const header = ['shape', ...(cuda ? [] : ['threads']), 'median ms', 'compute', 'memory', ...(cuda ? ['JS ms/call'] : [])];
+  const body = rows.map((r) => [
+    r.shape, ...(cuda ? [] : [String(r.threads)]), fmtMs(r.medianMs), fmtRate(r.gflops, 'FLOP/s'), fmtRate(r.gbps, 'B/s'),
+    ...(cuda ? [r.jsMsPerCall === null ? '–' : r.jsMsPerCall.toFixed(3)] : []),
+  ]);
+  return formatTable(header, body, [1, 2, 3, 4]);
+}
+
+/** Throughput against sequence length for every series that sweeps it. */
+function chart(rows: ShapeRow[], backend: string): string {
+  const tera = backend === 'cuda';
+  const series = new Map<string, ChartSeries>();
+  for (const r of rows) {
+    if (r.seqlen === null) continue;
+    const name = r.threads === null ? r.group : `${r.group}, ${r.threads} thread${r.threads > 1 ? 's' : ''}`;
+    const s = series.get(name) ?? { name, points: [] };
+    s.points.push({ x: r.seqlen, y: tera ? r.gflops / 1000 : r.gflops });
+    series.set(name, s);
+  }
+  return lineChartSvg({
+    title: `flashmla-node dense decode on ${backend} (b, h_q=128, bf16)`,
+    xLabel: 'sequence length', yLabel: tera ? 'TFLOP/s' : 'GFLOP/s', series: [...series.values()],
+  });
+}
+
+async function runShapes(values: OptionValues, backend: 'cuda' | 'reference', json: boolean): Promise<number> {
+  const threads = parseThreads(values);
+  const cuda = backend === 'cuda';
+  const reps = integer(values, 'reps', cuda ? 20 : 3, 1);
+  const warmup = integer(values, 'warmup', cuda ? 3 : 1, 0);
+  const inst = cuda ? await FlashMLA.open({ backend: 'cuda', library: str(values, 'library') }) : null;
+  const { shapes, note } = flashmlaShapes(cuda ? 'gpu' : 'cpu');
+  const rows: ShapeRow[] = [];
+  try {
+    for (const shape of shapes) {
+      process.stderr.write(`${shape.name} ...\n`);
+      const inputs = shape.build();
+      if (inst) rows.push(await benchCuda(inst, shape, inputs, warmup, reps));
+      else {
+        for (const t of threads) {
+          const schedMeta = getMlaMetadata();
+          const timing = await timeCalls(() => referenceDecode({ ...inputs.args, schedMeta }, { threads: t }), warmup, reps);
+          rows.push(row(shape, inputs, 'reference', t, timing.medianMs, timing.minMs, null));
+        }
+      }
+    }
+  } finally {
+    await inst?.dispose();
+  }
+  const svg = str(values, 'svg');
+  if (svg !== undefined) writeFileSync(svg, chart(rows, backend));
+  const timingNote = cuda
+    ? `median of ${reps} calls after ${warmup} warm-up; time = call to resolved promise (launch, kernels, wait), inputs on the device`
+    : `median of ${reps} calls after ${warmup} warm-up; host tensors`;
+  if (json) process.stdout.write(`${JSON.stringify({ backend, shapes: 'flashmla', note, timing: timingNote, rows }, null, 2)}\n`);
+  else process.stdout.write(`${note}\n${timingNote}\n\n${shapesTable(rows)}\n${svg !== undefined ? `\nchart written to ${svg}\n` : ''}`);
+  return 0;
+}
+
+/** Anchor rows: ours at each thread count, the PyTorch peer and the ratio when measured. */
+function anchorsTable(rows: AnchorRow[]): string {
+  const body = rows.map((r) => [
+    r.shape, String(r.threads), r.tier, fmtMs(r.ms), fmtRate(r.gflops, 'FLOP/s'), fmtMs(r.torchMs), r.ratio === null ? '–' : r.ratio.toFixed(2),
+  ]);
+  return formatTable(['shape', 'threads', 'tier', 'ms', 'compute', 'torch ms', 'ratio'], body, [1, 3, 4, 5, 6]);
+}
+
+async function runAnchors(values: OptionValues, json: boolean): Promise<number> {
+  const threads = parseThreads(values);
+  const reps = integer(values, 'reps', 3, 1);
+  // Loaded on demand: its PyTorch-peer machinery is not needed by the other commands.
+  const { runAnchorBench } = await import('../bench/anchors.js');
+  const rows = await runAnchorBench({ threads, reps, torch: true, log: (line: string) => process.stderr.write(`${line}\n`) });
+  const note = `median of ${reps} calls after 3 warm-up; ratio = our ms / torch ms at the same thread count (< 1: faster)`;
+  if (json) process.stdout.write(`${JSON.stringify({ backend: 'reference', shapes: 'anchors', note, rows }, null, 2)}\n`);
+  else process.stdout.write(`CPU anchor shapes (../shared/bench/README.md) on the reference backend\n${note}\n\n${anchorsTable(rows)}\n`);
+  return 0;
+}
+
+export const bench: Command = {
+  name: 'bench',
+  usage: '[--backend reference|cuda] [--shapes flashmla|anchors] [--threads 1,2] [--reps N] [--library PATH] [--svg FILE] [--json]',
+  summary: "Times decode calls and prints median ms, FLOP/s and bytes/s with FlashMLA's formulas.\n" +
+    '  flashmla: FlashMLA\'s benchmark shapes (SPEC §7.2, §7.3, §7.5); scaled down on the reference backend.\n' +
+    '  anchors:  the five CPU anchor shapes, with the PyTorch CPU peer when Debian\'s python3-torch is installed.',
+  options: {
+    backend: { type: 'string', value: 'NAME', help: 'reference (default) or cuda' },
+    shapes: { type: 'string', value: 'SET', help: 'flashmla (default) or anchors' },
+    threads: { type: 'string', value: 'LIST', help: 'reference worker thread counts to measure (default 1,2)' },
+    reps: { type: 'string', value: 'N', help: 'timed calls per shape (default 3 on the reference, 20 on cuda)' },
+    warmup: { type: 'string', value: 'N', help: 'untimed calls first (default 1 on the reference, 3 on cuda)' },
+    library: { type: 'string', value: 'PATH', help: 'FlashMLA build for --backend cuda' },
+    svg: { type: 'string', value: 'FILE', help: 'write a chart of throughput against sequence length (flashmla shapes)' },
+    json: { type: 'boolean', help: 'print the rows as JSON' },
+  },
+  async run(values) {
+    const backend = choice(values, 'backend', ['reference', 'cuda'] as const, 'reference');
+    const shapes = choice(values, 'shapes', ['flashmla', 'anchors'] as const, 'flashmla');
+    const json = values.json === true;
+    if (shapes === 'anchors') {
+      if (backend !== 'reference') throw new UsageError('--shapes anchors measures the reference backend; drop --backend cuda');
+      if (values.svg !== undefined) throw new UsageError('--svg charts the flashmla shapes; use --shapes flashmla');
+      return runAnchors(values, json);
+    }
+    return runShapes(values, backend, json);
+  },
+};

@@ -1,0 +1,242 @@
+import { FlashMLAError } from '../errors.js';
+import { FlashMLA } from '../flashmla.js';
+import { referenceDecode } from '../reference/index.js';
+import { getMlaMetadata } from '../sched-meta.js';
+import { isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
+import type { DecodeArgs, DecodeResult } from '../types.js';
+import type { DecodeCase } from './cases.js';
+import { generateEntry, matrixEntries, type MatrixName } from './matrix.js';
+import { checkIsAllclose, TOLERANCES, type AllcloseResult, type Tolerance } from './metrics.js';
+import { oracleDecode } from './oracle.js';
+
+/** Any decode implementation on host tensors (e.g. one under development). */
+export interface CustomSide {
+  name: string;
+  decode(args: DecodeArgs): Promise<DecodeResult<HostTensor>>;
+}
+
+/** A side of a comparison: a backend by name, the float64 oracle, an open FlashMLA instance, or a custom one. */
+export type CompareSide = 'cuda' | 'reference' | 'oracle' | FlashMLA | CustomSide;
+
+/** Cases drawn from a named matrix; entry i is generated with seed `seed + i`. */
+export interface MatrixSource {
+  matrix: MatrixName;
+  seed?: number;
+}
+
+export interface CompareProgress {
+  /** 0-based position among all candidate cases. */
+  index: number;
+  total: number;
+  name: string;
+  /** Set when the case has finished. */
+  result?: CaseResult;
+}
+
+export interface CompareOptions {
+  /** Judged side ("ans" of SPEC §7.1). */
+  a: CompareSide;
+  /** Yardstick side ("ref" of SPEC §7.1: relative errors are relative to it). */
+  b: CompareSide;
+  cases: readonly DecodeCase[] | MatrixSource;
+  /** Only cases whose name contains this substring. */
+  filter?: string;
+  /**
+   * With the oracle on a side, cases above this many FLOPs (SPEC §7.2/§7.3 formulas) are skipped:
+   * the float64 oracle runs at well under 1 GFLOP/s. Default 2e9.
+   */
+  maxOracleWork?: number;
+  /** For a `'cuda'` side: the FlashMLA build to load and the device to use. */
+  library?: string;
+  device?: number;
+  /** Reference backend worker threads (default: its own default). */
+  threads?: number;
+  onProgress?: (event: CompareProgress) => void;
+}
+
+export interface CaseError {
+  side: 'a' | 'b';
+  code: string;
+  message: string;
+}
+
+export interface CaseResult {
+  name: string;
+  kind: 'dense' | 'sparse';
+  /** Set when the case was not run, with the reason. */
+  skipped: string | null;
+  pass: boolean;
+  errors: CaseError[];
+  out: (AllcloseResult & { tolerance: Tolerance }) | null;
+  lse: (AllcloseResult & { tolerance: Tolerance }) | null;
+  /** Wall time of each side's call, ms (host tensors in and out). */
+  ms: { a: number | null; b: number | null };
+  flops: number;
+  bytes: number;
+}
+
+export interface CompareReport {
+  a: string;
+  b: string;
+  /** Matrix name and seed, or 'cases' for an explicit list. */
+  source: string;
+  seed: number | null;
+  results: CaseResult[];
+  passed: number;
+  failed: number;
+  skipped: number;
+  /** True when at least one case ran and none failed. */
+  pass: boolean;
+  ms: number;
+}
+
+interface Runner {
+  name: string;
+  oracle: boolean;
+  run(args: DecodeArgs): Promise<DecodeResult<HostTensor>>;
+  close(): Promise<void>;
+}
+
+function hostResult(r: DecodeResult<Tensor>, side: string): DecodeResult<HostTensor> {
+  const { out, lse } = r;
+  if (!isHostTensor(out) || !isHostTensor(lse)) {
+    throw new FlashMLAError('E_INTERNAL', `${side} returned device tensors for host inputs`, side);
+  }
+  return { out, lse };
+}
+
+async function openSide(side: CompareSide, opts: CompareOptions, label: 'a' | 'b'): Promise<Runner> {
+  if (side === 'reference') {
+    const threads = opts.threads;
+    return { name: 'reference', oracle: false, run: (args) => referenceDecode(args, { threads }), close: async () => undefined };
+  }
+  if (side === 'oracle') {
+    return { name: 'oracle', oracle: true, run: async (args) => oracleDecode(args), close: async () => undefined };
+  }
+  if (side === 'cuda') {
+    const inst = await FlashMLA.open({ backend: 'cuda', library: opts.library, device: opts.device });
+    return { name: 'cuda', oracle: false, run: async (args) => hostResult(await inst.flashMlaWithKvCache(args), label), close: () => inst.dispose() };
+  }
+  if (side instanceof FlashMLA) {
+    return { name: side.backend, oracle: false, run: async (args) => hostResult(await side.flashMlaWithKvCache(args), label), close: async () => undefined };
+  }
+  if (typeof side === 'object' && side !== null && typeof side.decode === 'function' && typeof side.name === 'string') {
+    return { name: side.name, oracle: false, run: (args) => side.decode(args), close: async () => undefined };
+  }
+  throw new FlashMLAError('E_VALUE', `${label} must be 'cuda', 'reference', 'oracle', a FlashMLA instance or { name, decode }, got ${String(side)}`, label);
+}
+
+function asCaseError(side: 'a' | 'b', e: unknown): CaseError {
+  if (e instanceof FlashMLAError) return { side, code: e.code, message: e.message };
+  return { side, code: e instanceof Error ? e.name : 'Error', message: e instanceof Error ? e.message : String(e) };
+}
+
+/** Runs one side on a fresh sched meta (SPEC §1.3: one per configuration) and times it. */
+async function timed(runner: Runner, c: DecodeCase): Promise<{ res: DecodeResult<HostTensor>; ms: number }> {
+  const schedMeta = getMlaMetadata();
+  const t0 = performance.now();
+  try {
+    const res = await runner.run({ ...c.args, schedMeta });
+    return { res, ms: performance.now() - t0 };
+  } finally {
+    schedMeta.dispose();
+  }
+}
+
+async function runCase(c: DecodeCase, a: Runner, b: Runner): Promise<CaseResult> {
+  const result: CaseResult = {
+    name: c.name, kind: c.kind, skipped: null, pass: false, errors: [], out: null, lse: null,
+    ms: { a: null, b: null }, flops: c.flops, bytes: c.bytes,
+  };
+  const outs: (DecodeResult<HostTensor> | null)[] = [];
+  for (const [label, runner] of [['a', a], ['b', b]] as const) {
+    try {
+      const { res, ms } = await timed(runner, c);
+      result.ms[label] = ms;
+      outs.push(res);
+    } catch (e) {
+      result.errors.push(asCaseError(label, e));
+      outs.push(null);
+    }
+  }
+  const [ra, rb] = outs;
+  if (ra && rb) {
+    // SPEC §7.1: dense and sparse decode have their own tolerances.
+    const [tOut, tLse] = c.kind === 'dense' ? [TOLERANCES.denseOut, TOLERANCES.denseLse] : [TOLERANCES.sparseOut, TOLERANCES.sparseLse];
+    result.out = { ...checkIsAllclose('out', ra.out, rb.out, tOut), tolerance: tOut };
+    result.lse = { ...checkIsAllclose('lse', ra.lse, rb.lse, tLse), tolerance: tLse };
+    result.pass = result.out.pass && result.lse.pass;
+  }
+  return result;
+}
+
+/** The candidate cases, generated one at a time so a large matrix never sits in memory whole. */
+function* candidates(source: CompareOptions['cases']): Generator<DecodeCase> {
+  if (Array.isArray(source)) {
+    yield* source as readonly DecodeCase[];
+    return;
+  }
+  const { matrix, seed = 0 } = source as MatrixSource;
+  const entries = matrixEntries(matrix);
+  for (let i = 0; i < entries.length; i++) yield generateEntry(entries[i]!, seed + i);
+}
+
+function candidateCount(source: CompareOptions['cases']): number {
+  return Array.isArray(source) ? source.length : matrixEntries((source as MatrixSource).matrix).length;
+}
+
+/**
+ * Runs the same cases on two sides and judges `a` against `b` with FlashMLA's `check_is_allclose`
+ * (SPEC §7.1) on `out` and `lse`. A side that throws fails that case with the error's code and
+ * message; the other cases still run.
+ */
+export async function compare(opts: CompareOptions): Promise<CompareReport> {
+  const start = performance.now();
+  const isMatrix = !Array.isArray(opts.cases);
+  const source = isMatrix ? (opts.cases as MatrixSource) : null;
+  const maxOracleWork = opts.maxOracleWork ?? 2e9;
+  const a = await openSide(opts.a, opts, 'a');
+  let b: Runner;
+  try {
+    b = await openSide(opts.b, opts, 'b');
+  } catch (e) {
+    await a.close();
+    throw e;
+  }
+  const results: CaseResult[] = [];
+  try {
+    const total = candidateCount(opts.cases);
+    let index = 0;
+    for (const c of candidates(opts.cases)) {
+      const i = index++;
+      if (opts.filter !== undefined && !c.name.includes(opts.filter)) continue;
+      opts.onProgress?.({ index: i, total, name: c.name });
+      let r: CaseResult;
+      if ((a.oracle || b.oracle) && c.flops > maxOracleWork) {
+        r = {
+          name: c.name, kind: c.kind, pass: false, errors: [], out: null, lse: null, ms: { a: null, b: null },
+          flops: c.flops, bytes: c.bytes,
+          skipped: `${(c.flops / 1e9).toFixed(2)} GFLOP is above maxOracleWork (${(maxOracleWork / 1e9).toFixed(2)} GFLOP)`,
+        };
+      } else {
+        r = await runCase(c, a, b);
+      }
+      results.push(r);
+      opts.onProgress?.({ index: i, total, name: c.name, result: r });
+    }
+  } finally {
+    await a.close();
+    await b.close();
+  }
+  const skipped = results.filter((r) => r.skipped !== null).length;
+  const passed = results.filter((r) => r.pass).length;
+  const failed = results.length - passed - skipped;
+  return {
+    a: a.name, b: b.name,
+    source: source ? source.matrix : 'cases',
+    seed: source ? source.seed ?? 0 : null,
+    results, passed, failed, skipped,
+    pass: passed > 0 && failed === 0,
+    ms: performance.now() - start,
+  };
+}
