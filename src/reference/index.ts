@@ -1,19 +1,35 @@
+import { availableParallelism } from 'node:os';
 import { isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
-import { FlashMLAError } from '../errors.js';
-import type { DecodePlan, DensePlan, SparsePlan } from '../plan.js';
+import { check, FlashMLAError } from '../errors.js';
+import type { DecodePlan, SparsePlan } from '../plan.js';
 import type { DecodeArgs, DecodeOptions, DecodeResult } from '../types.js';
 import { validateDecode } from '../validate/index.js';
-import { attendDense } from './dense.js';
 import { allocateOutputs, writeRow } from './finalize.js';
-import { jsKernels, type TileKernels } from './kernels.js';
-import { attendSparse, candidateCount } from './sparse.js';
+import { ITEM, itemRows, planFlops, runItem, workItems } from './items.js';
+import { kernelsFor, resolveTier, type Tier, type TileKernels } from './kernels.js';
+import { copyPartial, mergeInto, partialIn, type Partial } from './partial.js';
+import { pool } from './pool.js';
+import { arena, sharePlan } from './share.js';
+
+export { resolveTier, TIER_ENV, TIERS, tierAvailable, type Tier } from './kernels.js';
 
 export interface ReferenceOptions {
-  /** Worker threads (default: available cores). */
+  /** Threads (default: os.availableParallelism()). 1 = the calling thread only. */
   threads?: number;
-  /** Which tile kernels to use (default: the fastest available). */
+  /** Tile-loop tier (default: $FLASHMLA_REFERENCE_TIER, else the fastest available). */
+  tier?: Tier;
+  /** Same as `tier`, given as the kernels object of that tier. */
   kernels?: TileKernels;
 }
+
+/**
+ * Below this many FLOPs a call runs on the calling thread: posting a job to the pool and waking
+ * workers costs ~0.1 ms, about 3 MFLOP of SIMD work.
+ */
+export const PARALLEL_MIN_FLOPS = 2e7;
+
+/** Results of at most this many bytes per wave of items in flight to the pool. */
+const WAVE_BYTES = 64 << 20;
 
 function requireHost(plan: DecodePlan): void {
   const tensors: [Tensor, string][] = [[plan.q.tensor, 'q']];
@@ -35,16 +51,12 @@ function requireHost(plan: DecodePlan): void {
   }
 }
 
-function runDense(plan: DensePlan, kernels: TileKernels, res: DecodeResult<HostTensor>): void {
-  const hpk = plan.hQ / plan.hK;
-  for (let i = 0; i < plan.b; i++) {
-    for (let k = 0; k < plan.hK; k++) {
-      const p = attendDense(plan, { i, k, t0: 0, t1: plan.seqlens![i]! }, kernels);
-      for (let s = 0; s < plan.sQ; s++) {
-        for (let j = 0; j < hpk; j++) writeRow(res, plan, p, s * hpk + j, i, s, k * hpk + j, null);
-      }
-    }
-  }
+/** `threads` checked: a positive integer, default the number of cores. */
+export function resolveThreads(threads: unknown): number {
+  if (threads === undefined) return availableParallelism();
+  check(typeof threads === 'number' && Number.isSafeInteger(threads) && threads >= 1, 'E_VALUE', 'options.threads',
+    () => `options.threads must be a positive integer, got ${String(threads)}`);
+  return threads;
 }
 
 function sinkValues(plan: SparsePlan): Float32Array | null {
@@ -54,30 +66,83 @@ function sinkValues(plan: SparsePlan): Float32Array | null {
   return Float32Array.from({ length: plan.hQ }, (_, h) => t.data[v.offset + h * v.strides[0]!]!);
 }
 
-function runSparse(plan: SparsePlan, kernels: TileKernels, res: DecodeResult<HostTensor>): void {
-  const sinks = sinkValues(plan);
-  const n = candidateCount(plan);
-  for (let i = 0; i < plan.b; i++) {
-    for (let s = 0; s < plan.sQ; s++) {
-      const p = attendSparse(plan, { i, s, p0: 0, p1: n }, kernels);
-      for (let h = 0; h < plan.hQ; h++) writeRow(res, plan, p, h, i, s, h, sinks ? sinks[h]! : null);
+/**
+ * Folds item partials, in item order, into the group they belong to and writes each group's rows
+ * when its last item arrives (LSE merge as FlashMLA's combine, SPEC §2.6).
+ */
+function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>): (j: number, p: Partial) => void {
+  const accBuffer = new Float32Array(itemRows(plan) * (plan.dV + 2));
+  let acc = partialIn(accBuffer, 0, 0, plan.dV);
+  const n = items.length / ITEM;
+  const sinks = plan.kind === 'sparse' ? sinkValues(plan) : null;
+  const hpk = plan.kind === 'dense' ? plan.hQ / plan.hK : 1;
+  const field = (j: number, f: number): number => items[ITEM * j + f]!;
+  const sameGroup = (a: number, b: number): boolean => field(a, 0) === field(b, 0) && field(a, 1) === field(b, 1) && field(a, 4) === field(b, 4);
+  return (j, p) => {
+    if (j === 0 || !sameGroup(j, j - 1)) {
+      acc = partialIn(accBuffer, 0, p.rows, plan.dV);
+      copyPartial(acc, p);
+    } else {
+      mergeInto(acc, p);
     }
-  }
+    if (j + 1 < n && sameGroup(j, j + 1)) return;
+    const i = field(j, 0), g = field(j, 1), r0 = field(j, 4);
+    for (let r = 0; r < acc.rows; r++) {
+      const row = r0 + r;
+      if (plan.kind === 'dense') writeRow(res, plan, acc, r, i, Math.floor(row / hpk), g * hpk + (row % hpk), null);
+      else writeRow(res, plan, acc, r, i, g, row, sinks ? sinks[row]! : null);
+    }
+  };
 }
+
+/** The partial of item j in a buffer of equal slots. */
+const slotOf = (items: Int32Array, j: number, slotIndex: number, buf: Float32Array, slot: number, dv: number): Partial =>
+  partialIn(buf, slotIndex * slot, items[ITEM * j + 5]! - items[ITEM * j + 4]!, dv);
 
 /** Runs a validated plan on the CPU with FlashMLA's semantics (SPEC §6). */
 export async function runReference(plan: DecodePlan, opts: ReferenceOptions = {}): Promise<DecodeResult<HostTensor>> {
   requireHost(plan);
-  const kernels = opts.kernels ?? jsKernels;
+  const threads = resolveThreads(opts.threads);
+  const tier = resolveTier(opts.tier ?? opts.kernels?.name);
+  const kernels = kernelsFor(tier);
   const res = allocateOutputs(plan);
-  if (plan.kind === 'dense') runDense(plan, kernels, res);
-  else runSparse(plan, kernels, res);
+  const items = workItems(plan);
+  const n = items.length / ITEM;
+  const absorb = merger(plan, items, res);
+  const slot = itemRows(plan) * (plan.dV + 2);
+
+  if (threads === 1 || n === 1 || planFlops(plan) < PARALLEL_MIN_FLOPS) {
+    const scratch = new Float32Array(slot);
+    for (let j = 0; j < n; j++) {
+      const p = slotOf(items, j, 0, scratch, slot, plan.dV);
+      runItem(plan, items, j, kernels, p);
+      absorb(j, p);
+    }
+    return res;
+  }
+
+  await pool.exclusive(async () => {
+    arena.reset();
+    const shared = sharePlan(plan);
+    const wave = Math.min(n, Math.max(threads, Math.floor(WAVE_BYTES / (4 * slot))));
+    const results = arena.take<Float32Array>(Float32Array, wave * slot);
+    const waveItems = arena.take<Int32Array>(Int32Array, ITEM * wave);
+    const counter = arena.take<Int32Array>(Int32Array, 1);
+    for (let w0 = 0; w0 < n; w0 += wave) {
+      const w1 = Math.min(n, w0 + wave);
+      waveItems.set(items.subarray(ITEM * w0, ITEM * w1));
+      counter[0] = 0;
+      await pool.run({ tier, plan: shared, items: waveItems.subarray(0, ITEM * (w1 - w0)), counter, results, slot }, Math.min(threads, w1 - w0));
+      for (let j = w0; j < w1; j++) absorb(j, slotOf(items, j, j - w0, results, slot, plan.dV));
+    }
+  });
   return res;
 }
 
 /** `flashMlaWithKvCache` on the reference backend: validate, bind the sched meta, run. */
-export async function referenceDecode(args: DecodeArgs, options: DecodeOptions & { kernels?: TileKernels } = {}): Promise<DecodeResult<HostTensor>> {
+export async function referenceDecode(args: DecodeArgs, options: DecodeOptions & ReferenceOptions = {}): Promise<DecodeResult<HostTensor>> {
+  const threads = resolveThreads(options.threads);
   const plan = validateDecode(args);
   args.schedMeta.bind(plan.config);
-  return runReference(plan, { threads: options.threads, kernels: options.kernels });
+  return runReference(plan, { threads, tier: options.tier, kernels: options.kernels });
 }

@@ -1,77 +1,71 @@
+import { FlashMLAError } from '../errors.js';
+import { JsWorkspace } from './tile-js.js';
+import { WasmWorkspace, wasmModule } from './tile-wasm.js';
+import type { Workspace } from './workspace.js';
+
 /**
- * The two matrix products of one attention tile, behind an interface so the reference backend can
- * run them in plain TypeScript or in a WebAssembly SIMD core with identical semantics. Buffers
- * come from `alloc` so a core can keep them in its own linear memory.
- *
- * Layouts (row-major, fp32): q [rows × dim], k [tokens × dim] (V = the first dv columns of k),
- * s [rows × ldS], o [rows × dv].
+ * Implementation tiers of the reference backend's tile loops, fastest first: WebAssembly with
+ * relaxed-SIMD FMA, plain WebAssembly SIMD128, plain TypeScript. All give FlashMLA's results within
+ * SPEC §7.1 tolerances; they differ in rounding (FMA, exp2 polynomial), not in semantics.
  */
+export type Tier = 'relaxed' | 'simd' | 'js';
+export const TIERS: readonly Tier[] = ['relaxed', 'simd', 'js'];
+
+/** Environment variable that forces a tier (tests, benchmarks). */
+export const TIER_ENV = 'FLASHMLA_REFERENCE_TIER';
+
+/** A tier's workspaces, one per (rows, dim, dv), created on first use and kept. */
 export interface TileKernels {
-  readonly name: string;
-  alloc(n: number): Float32Array;
-  /** s[r·ldS + t] = Σ_d q[r·dim + d] · k[t·dim + d] for r < rows, t < tokens. */
-  qk(q: Float32Array, rows: number, k: Float32Array, tokens: number, dim: number, s: Float32Array, ldS: number): void;
-  /** o[r·dv + x] += Σ_t p[r·ldP + t] · k[t·dim + x] for r < rows, t < tokens, x < dv. */
-  pv(p: Float32Array, rows: number, ldP: number, k: Float32Array, tokens: number, dim: number, dv: number, o: Float32Array): void;
+  readonly name: Tier;
+  workspace(rows: number, dim: number, dv: number): Workspace;
 }
 
-/** Portable tier: register-blocked 2 rows × 2 tokens for Q·Kᵀ, 4 tokens per pass for P·V. */
-export const jsKernels: TileKernels = {
-  name: 'js',
-  alloc: (n) => new Float32Array(n),
-  qk(q, rows, k, tokens, dim, s, ldS) {
-    let r = 0;
-    for (; r + 1 < rows; r += 2) {
-      const q0 = r * dim;
-      const q1 = q0 + dim;
-      let t = 0;
-      for (; t + 1 < tokens; t += 2) {
-        const k0 = t * dim;
-        const k1 = k0 + dim;
-        let a00 = 0, a01 = 0, a10 = 0, a11 = 0;
-        for (let d = 0; d < dim; d++) {
-          const x0 = q[q0 + d]!, x1 = q[q1 + d]!, y0 = k[k0 + d]!, y1 = k[k1 + d]!;
-          a00 += x0 * y0; a01 += x0 * y1; a10 += x1 * y0; a11 += x1 * y1;
-        }
-        s[r * ldS + t] = a00; s[r * ldS + t + 1] = a01;
-        s[(r + 1) * ldS + t] = a10; s[(r + 1) * ldS + t + 1] = a11;
-      }
-      if (t < tokens) {
-        const k0 = t * dim;
-        let a0 = 0, a1 = 0;
-        for (let d = 0; d < dim; d++) { const y = k[k0 + d]!; a0 += q[q0 + d]! * y; a1 += q[q1 + d]! * y; }
-        s[r * ldS + t] = a0; s[(r + 1) * ldS + t] = a1;
-      }
+function kernelsOf(name: Tier, create: (rows: number, dim: number, dv: number) => Workspace): TileKernels {
+  const cache = new Map<string, Workspace>();
+  return {
+    name,
+    workspace(rows, dim, dv) {
+      const key = `${rows}x${dim}x${dv}`;
+      let ws = cache.get(key);
+      if (!ws) cache.set(key, (ws = create(rows, dim, dv)));
+      return ws;
+    },
+  };
+}
+
+export const jsKernels: TileKernels = kernelsOf('js', (r, d, v) => new JsWorkspace(r, d, v));
+const wasmKernels = new Map<Tier, TileKernels>();
+
+/** Whether `tier` can run in this process. */
+export function tierAvailable(tier: Tier): boolean {
+  return tier === 'js' || wasmModule(tier) !== null;
+}
+
+/** The kernels of `tier`; E_BACKEND when this runtime (or this build) lacks it. */
+export function kernelsFor(tier: Tier): TileKernels {
+  if (tier === 'js') return jsKernels;
+  let k = wasmKernels.get(tier);
+  if (!k) {
+    const module = wasmModule(tier);
+    if (!module) {
+      throw new FlashMLAError('E_BACKEND', tier === 'relaxed'
+        ? 'reference tier relaxed needs relaxed SIMD (Node 20: --experimental-wasm-relaxed-simd) and wasm/tile-relaxed.wasm (npm run build)'
+        : `reference tier ${tier} needs wasm/tile-${tier}.wasm (npm run build) and WebAssembly SIMD`, 'tier');
     }
-    if (r < rows) {
-      const q0 = r * dim;
-      for (let t = 0; t < tokens; t++) {
-        const k0 = t * dim;
-        let a = 0;
-        for (let d = 0; d < dim; d++) a += q[q0 + d]! * k[k0 + d]!;
-        s[r * ldS + t] = a;
-      }
-    }
-  },
-  pv(p, rows, ldP, k, tokens, dim, dv, o) {
-    for (let r = 0; r < rows; r++) {
-      const pr = r * ldP;
-      const or = r * dv;
-      let t = 0;
-      for (; t + 3 < tokens; t += 4) {
-        const p0 = p[pr + t]!, p1 = p[pr + t + 1]!, p2 = p[pr + t + 2]!, p3 = p[pr + t + 3]!;
-        if (p0 === 0 && p1 === 0 && p2 === 0 && p3 === 0) continue;
-        const v0 = t * dim, v1 = v0 + dim, v2 = v1 + dim, v3 = v2 + dim;
-        for (let x = 0; x < dv; x++) {
-          o[or + x] = o[or + x]! + p0 * k[v0 + x]! + p1 * k[v1 + x]! + p2 * k[v2 + x]! + p3 * k[v3 + x]!;
-        }
-      }
-      for (; t < tokens; t++) {
-        const pt = p[pr + t]!;
-        if (pt === 0) continue;
-        const v0 = t * dim;
-        for (let x = 0; x < dv; x++) o[or + x] = o[or + x]! + pt * k[v0 + x]!;
-      }
-    }
-  },
-};
+    wasmKernels.set(tier, (k = kernelsOf(tier, (r, d, v) => new WasmWorkspace(module, r, d, v))));
+  }
+  return k;
+}
+
+/**
+ * The tier to run: `requested` (an option), else $FLASHMLA_REFERENCE_TIER, else the fastest
+ * available. A name that is not a tier is E_VALUE naming where it came from.
+ */
+export function resolveTier(requested?: string): Tier {
+  const [value, name] = requested !== undefined ? [requested, 'options.tier'] : [process.env[TIER_ENV] || undefined, TIER_ENV];
+  if (value === undefined) return TIERS.find(tierAvailable)!;
+  if (!(TIERS as readonly string[]).includes(value)) {
+    throw new FlashMLAError('E_VALUE', `${name} must be one of ${TIERS.join(', ')}, got ${value}`, name);
+  }
+  return value as Tier;
+}

@@ -1,8 +1,10 @@
 import { LN2 } from './softmax.js';
+import type { Workspace } from './workspace.js';
 
 /**
  * Per-row results of attending over a slice of the keys: base-2 running max m, sum l and the
- * unnormalised output o. Slices of one row merge by LSE, as FlashMLA's combine does (SPEC §2.6).
+ * unnormalised output o (rows × dv). Slices of one row merge by LSE, as FlashMLA's combine does
+ * (SPEC §2.6).
  */
 export interface Partial {
   rows: number;
@@ -10,6 +12,31 @@ export interface Partial {
   m: Float32Array;
   l: Float32Array;
   o: Float32Array;
+}
+
+/** A partial over `floats` (rows·(dv + 2) values from `at`): m, then l, then o. */
+export function partialIn(floats: Float32Array, at: number, rows: number, dv: number): Partial {
+  return {
+    rows,
+    dv,
+    m: floats.subarray(at, at + rows),
+    l: floats.subarray(at + rows, at + 2 * rows),
+    o: floats.subarray(at + 2 * rows, at + rows * (dv + 2)),
+  };
+}
+
+/** Copies a workspace's row states into `out`. */
+export function storePartial(out: Partial, ws: Workspace): void {
+  out.m.set(ws.m.subarray(0, out.rows));
+  out.l.set(ws.l.subarray(0, out.rows));
+  out.o.set(ws.o.subarray(0, out.rows * out.dv));
+}
+
+/** dst ← src. */
+export function copyPartial(dst: Partial, src: Partial): void {
+  dst.m.set(src.m);
+  dst.l.set(src.l);
+  dst.o.set(src.o);
 }
 
 /** Folds `src` into `dst` (same rows), rescaling both to the larger max. */

@@ -1,10 +1,9 @@
 import type { SparsePlan, SparseScope } from '../plan.js';
 import type { HostTensor } from '../tensor.js';
-import { dequantTokenModel1, dequantTokenV32 } from '../kvcache/token.js';
 import type { TileKernels } from './kernels.js';
-import type { Partial } from './partial.js';
+import { storePartial, type Partial } from './partial.js';
 import { LOG2E } from './softmax.js';
-import { TILE, workspaceFor } from './workspace.js';
+import { TILE, type Workspace } from './workspace.js';
 
 /** One unit of sparse work: request i, query token s, candidate positions [p0, p1) of main ++ extra. */
 export interface SparseItem {
@@ -19,74 +18,61 @@ export function candidateCount(plan: SparsePlan): number {
   return plan.main.topk + (plan.extra?.topk ?? 0);
 }
 
-interface ScopeReader {
-  bytes: Uint8Array;
-  idx: Int32Array;
-  idxBase: number;
-  used: number;
-  read(index: number, dst: Float32Array, dstOffset: number): void;
-}
-
-function readerFor(plan: SparsePlan, scope: SparseScope, i: number, s: number): ScopeReader {
-  const bytes = (scope.cache.tensor as HostTensor).data as Uint8Array;
-  const cv = scope.cache.view;
-  const iv = scope.indices.view;
-  const B = scope.pageBlockSize;
-  const stride0 = cv.strides[0]!;
-  const read = plan.layout === 'v32'
-    ? (index: number, dst: Float32Array, o: number) =>
-      dequantTokenV32(bytes, cv.offset + Math.floor(index / B) * stride0 + (index % B) * cv.strides[1]!, dst, o)
-    : (index: number, dst: Float32Array, o: number) =>
-      dequantTokenModel1(bytes, cv.offset + Math.floor(index / B) * stride0, B, index % B, dst, o);
-  return {
-    bytes,
-    idx: (scope.indices.tensor as HostTensor).data as Int32Array,
-    idxBase: iv.offset + i * iv.strides[0]! + s * iv.strides[1]!,
-    used: scope.lengths ? scope.lengths[i]! : scope.topk,
-    read,
-  };
-}
-
 /**
- * SPEC §6.3–6.4 for one item: candidates are indices[i, s, :topk] then extra indices; a candidate
- * is used iff its value is not −1 and its position is below topk_length (resp. extra_topk_length).
- * Used tokens are gathered 64 at a time, dequantised once (§5) and serve all h_q heads. V is dims
- * 0–511 of the token: NoPE only for V3.2, NoPE + RoPE for MODEL1 (§6.7).
+ * SPEC §6.3–6.4 for one item, into `out`: candidates are indices[i, s, :topk] then extra indices;
+ * a candidate is used iff its value is not −1 and its position is below topk_length (resp.
+ * extra_topk_length). Only used tokens are read: gathered 64 at a time, dequantised once (§5) and
+ * served to all h_q heads. V is dims 0–511 of the token: NoPE only for V3.2, NoPE + RoPE for
+ * MODEL1 (§6.7).
  */
-export function attendSparse(plan: SparsePlan, item: SparseItem, kernels: TileKernels): Partial {
-  const { hQ, dQK, dV } = plan;
-  const ws = workspaceFor(kernels, hQ, dQK, dV);
+export function attendSparse(plan: SparsePlan, item: SparseItem, kernels: TileKernels, out: Partial): void {
+  const { hQ, dQK, dV, layout } = plan;
+  const ws = kernels.workspace(hQ, dQK, dV);
   const qv = plan.q.view;
   const q = (plan.q.tensor as HostTensor).data as Uint16Array;
   for (let h = 0; h < hQ; h++) {
     const src = qv.offset + item.i * qv.strides[0]! + item.s * qv.strides[1]! + h * qv.strides[2]!;
     for (let d = 0; d < dQK; d++) ws.q32[h * dQK + d] = q[src + d]! << 16;
   }
-  ws.state.reset(hQ);
+  ws.reset();
   const scaleLog2 = plan.softmaxScale * LOG2E;
-  const scopes = [readerFor(plan, plan.main, item.i, item.s)];
-  if (plan.extra) scopes.push(readerFor(plan, plan.extra, item.i, item.s));
-  const stride2 = [plan.main.indices.view.strides[2]!, plan.extra?.indices.view.strides[2] ?? 0];
+  const flush = (tokens: number): void => {
+    ws.endTokens(layout, tokens);
+    ws.vis.fill(tokens, 0, hQ);
+    ws.step(tokens, scaleLog2);
+  };
 
   let filled = 0;
   let base = 0;
-  for (let sc = 0; sc < scopes.length; sc++) {
-    const r = scopes[sc]!;
-    const topk = sc === 0 ? plan.main.topk : plan.extra!.topk;
+  for (const scope of plan.extra ? [plan.main, plan.extra] : [plan.main]) {
     const lo = Math.max(item.p0 - base, 0);
-    const hi = Math.min(item.p1 - base, r.used, topk);
+    const hi = Math.min(item.p1 - base, scope.lengths ? scope.lengths[item.i]! : scope.topk, scope.topk);
     for (let p = lo; p < hi; p++) {
-      const index = r.idx[r.idxBase + p * stride2[sc]!]!;
+      const index = indexAt(scope, item, p);
       if (index === -1) continue;
-      r.read(index, ws.k, filled * dQK);
+      gather(ws, plan, scope, index, filled);
       if (++filled === TILE) {
-        ws.step(hQ, filled, scaleLog2);
+        flush(filled);
         filled = 0;
       }
     }
-    base += topk;
+    base += scope.topk;
   }
-  if (filled > 0) ws.step(hQ, filled, scaleLog2);
-  const st = ws.state;
-  return { rows: hQ, dv: dV, m: st.m.slice(0, hQ), l: st.l.slice(0, hQ), o: st.o.slice(0, hQ * dV) };
+  if (filled > 0) flush(filled);
+  storePartial(out, ws);
+}
+
+function indexAt(scope: SparseScope, item: SparseItem, p: number): number {
+  const v = scope.indices.view;
+  return ((scope.indices.tensor as HostTensor).data as Int32Array)[v.offset + item.i * v.strides[0]! + item.s * v.strides[1]! + p * v.strides[2]!]!;
+}
+
+/** Token slot u ← cache token `index` (block index / B, row index % B; SPEC §5.2–5.3). */
+function gather(ws: Workspace, plan: SparsePlan, scope: SparseScope, index: number, u: number): void {
+  const bytes = (scope.cache.tensor as HostTensor).data as Uint8Array;
+  const cv = scope.cache.view;
+  const B = scope.pageBlockSize;
+  const blockAt = cv.offset + Math.floor(index / B) * cv.strides[0]!;
+  if (plan.layout === 'v32') ws.tokenV32(bytes, blockAt + (index % B) * cv.strides[1]!, u);
+  else ws.tokenModel1(bytes, blockAt, B, index % B, u);
 }

@@ -1,53 +1,61 @@
-import type { TileKernels } from './kernels.js';
-import { RowState } from './softmax.js';
+import type { KvLayout } from '../types.js';
 
 /** Tokens per KV tile: one dense page (SPEC §5.1), one 64-index block of the sparse kernels (§0.A7). */
 export const TILE = 64;
 
 /**
- * Scratch buffers of one attention worker, allocated once per (kernels, rows, dim) and reused for
- * every tile: no allocation per token or per head.
+ * Scratch state of one attention worker for one (rows, dim, dv) shape, created once and reused for
+ * every tile: no allocation per token or per head. The caller fills `q` and loads one KV tile at
+ * a time; `step` then runs Q·Kᵀ → scale and mask → online softmax → P·V for all rows.
+ * Two implementations: plain TypeScript (tile-js.ts) and WebAssembly SIMD (tile-wasm.ts).
  */
-export class Workspace {
+export interface Workspace {
+  readonly rows: number;
+  readonly dim: number;
+  readonly dv: number;
+  /** Query rows, fp32, rows × dim (rows past `rows`, if any, stay zero). */
   readonly q: Float32Array;
-  readonly k: Float32Array;
-  /** Alias of `k` for bf16 → f32 by shifting bits. */
-  readonly k32: Uint32Array;
+  /** Alias of `q` for bf16 → fp32 by shifting bits. */
   readonly q32: Uint32Array;
-  readonly s: Float32Array;
-  readonly state: RowState;
-
-  constructor(readonly kernels: TileKernels, readonly rows: number, readonly dim: number, readonly dv: number) {
-    this.q = kernels.alloc(rows * dim);
-    this.k = kernels.alloc(TILE * dim);
-    this.s = kernels.alloc(rows * TILE);
-    this.state = new RowState(rows, kernels.alloc(rows * dv), dv);
-    this.k32 = new Uint32Array(this.k.buffer, this.k.byteOffset, this.k.length);
-    this.q32 = new Uint32Array(this.q.buffer, this.q.byteOffset, this.q.length);
-  }
-
-  /** Scores of the current tile, masked, softmax-updated; then P·V into the state. */
-  step(rows: number, tokens: number, scaleLog2: number, mask?: (r: number) => number): void {
-    const { kernels, q, k, s, dim, dv, state } = this;
-    kernels.qk(q, rows, k, tokens, dim, s, TILE);
-    for (let r = 0; r < rows; r++) {
-      const base = r * TILE;
-      const visible = mask ? mask(r) : tokens;
-      for (let t = 0; t < tokens; t++) s[base + t] = t < visible ? s[base + t]! * scaleLog2 : -Infinity;
-    }
-    state.absorb(s, rows, TILE, tokens);
-    kernels.pv(s, rows, TILE, k, tokens, dim, dv, state.o);
-  }
+  /** The fp32 KV tile, TILE × dim, for callers that convert tokens themselves (fp16). */
+  readonly k: Float32Array;
+  /** Per row, how many leading tokens of the current tile it may see (causal mask); set before `step`. */
+  readonly vis: Int32Array;
+  /** Running base-2 max, sum and unnormalised output (rows × dv) of each row. */
+  readonly m: Float32Array;
+  readonly l: Float32Array;
+  readonly o: Float32Array;
+  /** Starts a new key range: m = −Infinity, l = 0, o = 0. */
+  reset(): void;
+  /** Tile = `tokens` bf16 rows of `dim` values, row u at src[at + u·ld …]. */
+  loadBf16(src: Uint16Array, at: number, ld: number, tokens: number): void;
+  /** Token slot u of the tile ← the V3.2 FP8 token whose 656-byte row starts at bytes[at] (SPEC §5.2). */
+  tokenV32(bytes: Uint8Array, at: number, u: number): void;
+  /** Token slot u ← token `row` of the MODEL1 block at bytes[blockAt] with page size B (SPEC §5.3). */
+  tokenModel1(bytes: Uint8Array, blockAt: number, B: number, row: number, u: number): void;
+  /** Completes a tile gathered with token*(): dequantises where that was deferred. */
+  endTokens(layout: KvLayout, tokens: number): void;
+  /** One tile of `tokens` keys for every row; logits are scaled by scaleLog2 (= scale·log2 e). */
+  step(tokens: number, scaleLog2: number): void;
 }
 
-const cache = new WeakMap<TileKernels, Map<string, Workspace>>();
+const wordViews = new WeakMap<ArrayBufferLike, Int32Array>();
 
-/** A reusable workspace for this shape (one per kernels × rows × dim × dv, kept while the kernels live). */
-export function workspaceFor(kernels: TileKernels, rows: number, dim: number, dv: number): Workspace {
-  let m = cache.get(kernels);
-  if (!m) cache.set(kernels, (m = new Map()));
-  const key = `${rows}x${dim}x${dv}`;
-  let ws = m.get(key);
-  if (!ws) m.set(key, (ws = new Workspace(kernels, rows, dim, dv)));
-  return ws;
+function wordsOf(buffer: ArrayBufferLike): Int32Array {
+  let w = wordViews.get(buffer);
+  if (!w) wordViews.set(buffer, (w = new Int32Array(buffer, 0, buffer.byteLength >>> 2)));
+  return w;
+}
+
+/** dst[to …+n) ← src[at …+n) without allocating: 32-bit moves when everything is word-aligned. */
+export function copyBytes(src: Uint8Array, at: number, dst: Uint8Array, to: number, n: number): void {
+  const a = src.byteOffset + at;
+  const b = dst.byteOffset + to;
+  if (((a | b | n) & 3) === 0) {
+    const s = wordsOf(src.buffer);
+    const d = wordsOf(dst.buffer);
+    for (let i = a >>> 2, j = b >>> 2, e = i + (n >>> 2); i < e;) d[j++] = s[i++]!;
+  } else {
+    for (let i = 0; i < n; i++) dst[to + i] = src[at + i]!;
+  }
 }

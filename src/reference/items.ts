@@ -1,0 +1,74 @@
+import type { DecodePlan } from '../plan.js';
+import { attendDense, denseRows } from './dense.js';
+import type { TileKernels } from './kernels.js';
+import type { Partial } from './partial.js';
+import { attendSparse, candidateCount } from './sparse.js';
+
+/**
+ * Keys (dense) or candidate positions (sparse) per work item. Fixed, not derived from the thread
+ * count, so every thread count computes the same partials and merges them in the same order:
+ * results are bitwise identical for any `threads`.
+ */
+export const DENSE_CHUNK = 1024;
+export const SPARSE_CHUNK = 1024;
+
+/**
+ * Most query rows per dense item. More rows share each converted K tile, but past ~128 rows the
+ * fp32 Q and O rows (2.2 KB + 2 KB each) no longer fit in a 1 MB L2 with the tile, and the loops
+ * slow down by a quarter (s_q = 2, h_q = 128 has 256 rows).
+ */
+export const MAX_ROWS = 128;
+
+/** int32 fields per item. */
+export const ITEM = 6;
+
+/**
+ * The work items of a plan, ITEM int32 each: dense (i, k, t0, t1, r0, r1), sparse (i, s, p0, p1,
+ * 0, h_q); grouped by output rows (dense: request × KV head × row block, sparse: request × query
+ * token), chunks of a group in key order. A group with no keys still gets one (empty) item: its
+ * rows are lonely.
+ */
+export function workItems(plan: DecodePlan): Int32Array {
+  const out: number[] = [];
+  if (plan.kind === 'dense') {
+    for (let i = 0; i < plan.b; i++) {
+      const L = plan.seqlens![i]!;
+      const rows = denseRows(plan);
+      for (let k = 0; k < plan.hK; k++) {
+        for (let r0 = 0; r0 < rows; r0 += MAX_ROWS) {
+          for (let t0 = 0; t0 === 0 || t0 < L; t0 += DENSE_CHUNK) out.push(i, k, t0, Math.min(t0 + DENSE_CHUNK, L), r0, Math.min(r0 + MAX_ROWS, rows));
+        }
+      }
+    }
+  } else {
+    const n = candidateCount(plan);
+    for (let i = 0; i < plan.b; i++) {
+      for (let s = 0; s < plan.sQ; s++) {
+        for (let p0 = 0; p0 === 0 || p0 < n; p0 += SPARSE_CHUNK) out.push(i, s, p0, Math.min(p0 + SPARSE_CHUNK, n), 0, plan.hQ);
+      }
+    }
+  }
+  return Int32Array.from(out);
+}
+
+/** Most output rows of one item (dense: s_q·h_q/h_k up to MAX_ROWS, sparse: h_q). */
+export function itemRows(plan: DecodePlan): number {
+  return plan.kind === 'dense' ? Math.min(denseRows(plan), MAX_ROWS) : plan.hQ;
+}
+
+/** Multiply-adds × 2 of the whole call (an upper bound for sparse: every candidate counted). */
+export function planFlops(plan: DecodePlan): number {
+  const perKey = 2 * plan.hQ * (plan.dQK + plan.dV);
+  if (plan.kind === 'sparse') return plan.b * plan.sQ * candidateCount(plan) * perKey;
+  let keys = 0;
+  for (let i = 0; i < plan.b; i++) keys += plan.seqlens![i]!;
+  return keys * plan.sQ * perKey;
+}
+
+/** Runs item j of `items` into `out` (whose rows must be r1 − r0). */
+export function runItem(plan: DecodePlan, items: Int32Array, j: number, kernels: TileKernels, out: Partial): void {
+  const f = (n: number): number => items[ITEM * j + n]!;
+  const a = f(0), b = f(1), c = f(2), d = f(3);
+  if (plan.kind === 'dense') attendDense(plan, { i: a, k: b, t0: c, t1: d, r0: f(4), r1: f(5) }, kernels, out);
+  else attendSparse(plan, { i: a, s: b, p0: c, p1: d }, kernels, out);
+}
