@@ -1,4 +1,5 @@
 import { f32ToBf16 } from '../formats/bf16.js';
+import { sparseCaseArgs, type ScopeData } from '../harness/cases.js';
 import { Rng } from '../harness/random.js';
 import { blockStride } from '../kvcache/layout.js';
 import { quantizeKCache } from '../kvcache/quantize.js';
@@ -85,21 +86,13 @@ interface SparseBench {
   extra?: SparseScopeBench;
 }
 
-interface ScopeInputs {
-  cache: HostTensor<'uint8'>;
-  indices: HostTensor<'int32'>;
-  lengths: HostTensor<'int32'> | null;
-  attended: number;
-  unique: number;
-}
-
 /**
  * One sparse KV scope. As in SPEC §7.3, each query row picks `topk` distinct positions of
  * [0, s_k); unlike FlashMLA's generator only the tokens some index refers to are materialised (in
  * randomly permuted blocks), so the cache holds exactly the N_unique tokens the byte formula counts
  * instead of b·s_k mostly unread ones.
  */
-function buildScope(rng: Rng, b: number, sQ: number, d: 576 | 512, sp: SparseScopeBench): ScopeInputs {
+function buildScope(rng: Rng, b: number, sQ: number, d: 576 | 512, sp: SparseScopeBench): ScopeData {
   const idx = new Int32Array(b * sQ * sp.topk).fill(-1);
   const lengths = sp.withLength ? Int32Array.from({ length: b }, () => rng.int(0, sp.topk + 1)) : null;
   let slots = 0;
@@ -157,27 +150,8 @@ function buildSparse(p: SparseBench, seed: number): BenchInputs {
   poolFill(q, rng, 1);
   const main = buildScope(rng, p.b, p.sQ, d, p.main);
   const extra = p.extra ? buildScope(rng, p.b, p.sQ, d, p.extra) : null;
-  const sink = Float32Array.from({ length: p.hQ }, () => rng.randn());
-  const tokenBytes = d === 576 ? 656 : 576;
-  const attended = main.attended + (extra?.attended ?? 0);
-  return {
-    args: {
-      q: { dtype: 'bf16', shape: [p.b, p.sQ, p.hQ, d], data: q },
-      kCache: main.cache,
-      indices: main.indices,
-      topkLength: main.lengths,
-      attnSink: { dtype: 'fp32', shape: [p.hQ], data: sink },
-      extraKCache: extra?.cache ?? null,
-      extraIndicesInKvcache: extra?.indices ?? null,
-      extraTopkLength: extra?.lengths ?? null,
-      headDimV: 512,
-      isFp8Kvcache: true,
-      softmaxScale: d ** -0.55,
-    },
-    // SPEC §7.3: FLOPs = 2·h_q·N_att·(d_qk + d_v); bytes = 2·b·s_q·h_q·(d_qk + d_v) + N_unique·token bytes.
-    flops: 2 * p.hQ * attended * (d + 512),
-    bytes: 2 * p.b * p.sQ * p.hQ * (d + 512) + (main.unique + (extra?.unique ?? 0)) * tokenBytes,
-  };
+  const sink: HostTensor<'fp32'> = { dtype: 'fp32', shape: [p.hQ], data: Float32Array.from({ length: p.hQ }, () => rng.randn()) };
+  return sparseCaseArgs({ dtype: 'bf16', shape: [p.b, p.sQ, p.hQ, d], data: q }, sink, main, extra);
 }
 
 /** SPEC §7.2: max(Normal(s_k, s_k/2), s_q) per request. */

@@ -140,7 +140,8 @@ export function generateDenseCase(p: DenseCaseParams, seed: number): DecodeCase 
   };
 }
 
-interface ScopeData {
+/** One generated FP8 scope: cache, indices, optional lengths, and its counts for SPEC §7.3's metrics. */
+export interface ScopeData {
   cache: HostTensor<'uint8'>;
   indices: HostTensor<'int32'>;
   lengths: HostTensor<'int32'> | null;
@@ -159,7 +160,6 @@ function sparseScope(rng: Rng, b: number, sQ: number, d: number, sp: SparseScope
   const lengths = sp.withLength ? Int32Array.from({ length: b }, () => rng.int(0, sp.topk + 1)) : null;
   const idx = new Int32Array(b * sQ * sp.topk).fill(-1);
   const referenced = new Uint8Array(numBlocks * B);
-  let attended = 0;
   const uniq = new Set<number>();
   for (let i = 0; i < b; i++) {
     const used = lengths ? lengths[i]! : sp.topk;
@@ -174,7 +174,7 @@ function sparseScope(rng: Rng, b: number, sQ: number, d: number, sp: SparseScope
       }
       for (let t = 0; t < sp.topk; t++) {
         const v = idx[base + t]!;
-        if (t < used) { uniq.add(v); if (v !== -1) { referenced[v] = 1; attended++; } }
+        if (t < used) { uniq.add(v); if (v !== -1) referenced[v] = 1; }
       }
     }
   }
@@ -228,14 +228,23 @@ export function generateSparseCase(p: SparseCaseParams, seed: number): DecodeCas
   }
   const main = sparseScope(rng, p.b, p.sQ, d, p.main);
   const extra = p.extra ? sparseScope(rng, p.b, p.sQ, d, p.extra) : null;
+  const qt: HostTensor<'bf16'> = { dtype: 'bf16', shape: [p.b, p.sQ, p.hQ, d], strides: [S1 * H1 * D1, H1 * D1, D1, 1], data: q };
+  return { name: sparseName(p), kind: 'sparse', params: p, ...sparseCaseArgs(qt, sink, main, extra) };
+}
+
+/**
+ * Sparse decode arguments from generated parts (sm_scale = d_qk^−0.55 as FlashMLA's tests) and
+ * SPEC §7.3's metrics: FLOPs = 2·h_q·N_att·(d_qk + d_v); bytes = 2·b·s_q·h_q·(d_qk + d_v) + N_unique·token bytes.
+ */
+export function sparseCaseArgs(
+  q: HostTensor<'bf16'>, sink: HostTensor<'fp32'> | null, main: ScopeData, extra: ScopeData | null,
+): { args: Omit<HostDecodeArgs, 'schedMeta'>; flops: number; bytes: number } {
+  const [b, sQ, hQ, d] = q.shape as [number, number, number, number];
   const attended = main.attended + (extra?.attended ?? 0);
   const tokenBytes = d === 576 ? 656 : 576;
   return {
-    name: sparseName(p),
-    kind: 'sparse',
-    params: p,
     args: {
-      q: { dtype: 'bf16', shape: [p.b, p.sQ, p.hQ, d], strides: [S1 * H1 * D1, H1 * D1, D1, 1], data: q },
+      q,
       kCache: main.cache,
       indices: main.indices,
       topkLength: main.lengths,
@@ -247,8 +256,7 @@ export function generateSparseCase(p: SparseCaseParams, seed: number): DecodeCas
       isFp8Kvcache: true,
       softmaxScale: d ** -0.55,
     },
-    // SPEC §7.3 metrics.
-    flops: 2 * p.hQ * attended * (d + 512),
-    bytes: 2 * p.b * p.sQ * p.hQ * d + (main.unique + (extra?.unique ?? 0)) * tokenBytes + 2 * p.b * p.sQ * p.hQ * 512,
+    flops: 2 * hQ * attended * (d + 512),
+    bytes: 2 * b * sQ * hQ * (d + 512) + (main.unique + (extra?.unique ?? 0)) * tokenBytes,
   };
 }
