@@ -51,6 +51,11 @@ export interface CompareOptions {
   device?: number;
   /** Reference backend worker threads (default: its own default). */
   threads?: number;
+  /**
+   * Untimed calls of each non-oracle side before the timed one (default 0), so the time shows the
+   * steady state rather than worker start-up and JIT warm-up. They reuse the timed call's sched meta.
+   */
+  warmup?: number;
   onProgress?: (event: CompareProgress) => void;
 }
 
@@ -132,10 +137,11 @@ function asCaseError(side: 'a' | 'b', e: unknown): CaseError {
 }
 
 /** Runs one side on a fresh sched meta (SPEC §1.3: one per configuration) and times it. */
-async function timed(runner: Runner, c: DecodeCase): Promise<{ res: DecodeResult<HostTensor>; ms: number }> {
+async function timed(runner: Runner, c: DecodeCase, warmup: number): Promise<{ res: DecodeResult<HostTensor>; ms: number }> {
   const schedMeta = getMlaMetadata();
-  const t0 = performance.now();
   try {
+    for (let i = 0; i < (runner.oracle ? 0 : warmup); i++) await runner.run({ ...c.args, schedMeta });
+    const t0 = performance.now();
     const res = await runner.run({ ...c.args, schedMeta });
     return { res, ms: performance.now() - t0 };
   } finally {
@@ -143,7 +149,7 @@ async function timed(runner: Runner, c: DecodeCase): Promise<{ res: DecodeResult
   }
 }
 
-async function runCase(c: DecodeCase, a: Runner, b: Runner): Promise<CaseResult> {
+async function runCase(c: DecodeCase, a: Runner, b: Runner, warmup: number): Promise<CaseResult> {
   const result: CaseResult = {
     name: c.name, kind: c.kind, skipped: null, pass: false, errors: [], out: null, lse: null,
     ms: { a: null, b: null }, flops: c.flops, bytes: c.bytes,
@@ -151,7 +157,7 @@ async function runCase(c: DecodeCase, a: Runner, b: Runner): Promise<CaseResult>
   const outs: (DecodeResult<HostTensor> | null)[] = [];
   for (const [label, runner] of [['a', a], ['b', b]] as const) {
     try {
-      const { res, ms } = await timed(runner, c);
+      const { res, ms } = await timed(runner, c, warmup);
       result.ms[label] = ms;
       outs.push(res);
     } catch (e) {
@@ -219,7 +225,7 @@ export async function compare(opts: CompareOptions): Promise<CompareReport> {
           skipped: `${(c.flops / 1e9).toFixed(2)} GFLOP is above maxOracleWork (${(maxOracleWork / 1e9).toFixed(2)} GFLOP)`,
         };
       } else {
-        r = await runCase(c, a, b);
+        r = await runCase(c, a, b, opts.warmup ?? 0);
       }
       results.push(r);
       opts.onProgress?.({ index: i, total, name: c.name, result: r });
