@@ -7,8 +7,6 @@ namespace fmla {
 
 using namespace cuda_abi;
 
-Napi::FunctionReference* LibraryWrap::constructor = nullptr;
-
 namespace {
 // Holds the freshly loaded library between LoadLibrary and the constructor it calls.
 thread_local std::shared_ptr<LoadedLibrary> pendingLibrary;
@@ -21,7 +19,9 @@ constexpr std::size_t kTotalGlobalMemOffset = 288;
 Napi::Function LibraryWrap::Define(Napi::Env env) {
   Napi::Function f = DefineClass(env, "FlashMlaLibrary",
                                  {InstanceMethod("info", &LibraryWrap::Info), InstanceMethod("probe", &LibraryWrap::Probe)});
-  constructor = new Napi::FunctionReference(Napi::Persistent(f));
+  // Per environment (main thread, each worker thread): a constructor is only valid in the env that
+  // made it, and the addon is initialised once per env. Node deletes it when the env goes.
+  env.SetInstanceData<Napi::FunctionReference>(new Napi::FunctionReference(Napi::Persistent(f)));
   return f;
 }
 
@@ -133,7 +133,7 @@ Napi::Value LoadLibrary(const Napi::CallbackInfo& info) {
     return out;
   }
   pendingLibrary = std::move(lib);
-  return LibraryWrap::constructor->New({});
+  return env.GetInstanceData<Napi::FunctionReference>()->New({});
 }
 
 }  // namespace fmla

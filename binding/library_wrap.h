@@ -15,7 +15,6 @@ class LibraryWrap : public Napi::ObjectWrap<LibraryWrap> {
   static Napi::Function Define(Napi::Env env);
   explicit LibraryWrap(const Napi::CallbackInfo& info);
   const std::shared_ptr<LoadedLibrary>& library() const { return lib_; }
-  static Napi::FunctionReference* constructor;
 
  private:
   Napi::Value Info(const Napi::CallbackInfo& info);

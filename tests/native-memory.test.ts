@@ -97,9 +97,22 @@ describe('device tensors', () => {
 
   it('rejects device tensors of another device', async () => {
     const c = generateDenseCase({ b: 1, sQ: 1, sK: 64, hQ: 8, hK: 1, varlen: false, causal: false }, 1);
+    process.env.FLASHMLA_EMU_DEVICES = '2';
+    const other = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
+    try {
+      const q = await other.upload(c.args.q as HostTensor);
+      await rejectsWith(fm.flashMlaWithKvCache({ ...c.args, q, schedMeta: getMlaMetadata() }), 'E_DEVICE');
+    } finally {
+      await other.dispose();
+      delete process.env.FLASHMLA_EMU_DEVICES;
+    }
+  });
+
+  it('rejects look-alike device tensors (a plain object could point anywhere)', async () => {
+    const c = generateDenseCase({ b: 1, sQ: 1, sK: 64, hQ: 8, hK: 1, varlen: false, causal: false }, 1);
     const q = await fm.upload(c.args.q as HostTensor);
-    const foreign: DeviceTensorMeta = { dtype: q.dtype, shape: q.shape, strides: q.strides, device: 1, capacity: q.capacity, address: q.address, disposed: false };
-    await rejectsWith(fm.flashMlaWithKvCache({ ...c.args, q: foreign, schedMeta: getMlaMetadata() }), 'E_DEVICE');
+    const forged: DeviceTensorMeta = { dtype: q.dtype, shape: q.shape, strides: q.strides, device: 0, capacity: q.capacity, address: 0n, disposed: false };
+    await rejectsWith(fm.flashMlaWithKvCache({ ...c.args, q: forged, schedMeta: getMlaMetadata() }), 'E_VALUE');
     q.dispose();
   });
 });
@@ -140,8 +153,8 @@ describe('worker, sched meta and errors', () => {
   });
 
   it('clears a stale CUDA error before launching (the emulator exits on one, like FlashMLA)', async () => {
-    const bogus: DeviceTensorMeta = { dtype: 'fp32', shape: [4], device: 0, capacity: 4, address: 0x1000n, disposed: false };
-    await expect(session.download(bogus)).rejects.toMatchObject({ code: 'E_CUDA' }); // leaves error 1 pending
+    // A failed cudaMalloc leaves cudaErrorMemoryAllocation pending, as the real runtime does.
+    await expect(session.allocate('uint8', [2 ** 40])).rejects.toBeInstanceOf(FlashMLAError);
     const c = generateDenseCase({ b: 2, sQ: 1, sK: 64, hQ: 8, hK: 1, varlen: false, causal: false }, 14);
     expectClose('dense', (await session.decode({ ...c.args, schedMeta: getMlaMetadata() })) as DecodeResult<HostTensor>, await reference(c.args));
   });

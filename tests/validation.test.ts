@@ -96,6 +96,11 @@ describe('dense: FlashMLA host checks (SPEC §2.2) and launcher checks', () => {
     const q = a.q as HostTensor;
     expectError({ ...a, q: { ...q, offset: 3, data: new Uint16Array(q.data.length + 8) } as HostTensor }, 'E_STRIDE', 'q', /16-byte/);
     expectError({ ...a, q: { dtype: 'bf16', shape: [2, 2, 4, 576], strides: [2 * 4 * 580, 4 * 580, 580, 1], data: new Uint16Array(2 * 2 * 4 * 580) } }, 'E_STRIDE', 'q');
+    // A unit stride is only for the innermost dim; a size-1 dim's stride still goes into the descriptor.
+    const k = a.kCache as HostTensor;
+    expectError({ ...a, kCache: { ...k, strides: [64 * 576, 1, 1, 1] } as HostTensor }, 'E_STRIDE', 'kCache', /strides\[1\]/);
+    const q1 = { dtype: 'bf16' as const, shape: [2, 2, 1, 576], strides: [2 * 600, 600, 3, 1], data: new Uint16Array(2 * 2 * 600) };
+    expectError({ ...a, q: q1, kCache: { ...k, shape: [k.shape[0]!, 64, 1, 576] } as HostTensor }, 'E_STRIDE', 'q', /strides\[2\]/);
   });
   test('sparse-only arguments are rejected', () => {
     const a = denseArgs();

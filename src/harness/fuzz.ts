@@ -53,7 +53,10 @@ export interface FuzzReport {
   results: number;
   /** FlashMLAErrors thrown, by code. */
   errors: Partial<Record<FlashMLAErrorCode, number>>;
-  /** Anything else: a non-FlashMLAError throw, a hang past the time bound, NaN output, a wrong result, a missed error. */
+  /**
+   * Anything else: a non-FlashMLAError throw, E_CUDA / E_INTERNAL (hostile input reached the device),
+   * a hang past the time bound, NaN output, a wrong result, a missed error, outputs on the wrong side.
+   */
   failures: FuzzFailure[];
   elapsedMs: number;
 }

@@ -57,6 +57,12 @@ export async function openCudaSession(options: { device?: number; library?: stri
   }
 }
 
+// A sched meta dropped without dispose() still frees its device-side scheduler buffers once it is
+// garbage-collected (the buffers belong to this session's engine, keyed by slot id).
+const droppedSchedMetas = new FinalizationRegistry<{ session: CudaSession; id: number }>(({ session, id }) => {
+  session.releaseSchedSlot(id);
+});
+
 /** The CUDA side of one FlashMLA instance: its worker, device memory and decode calls. */
 export class CudaSession implements TensorOwner {
   readonly facts: DeviceFacts;
@@ -84,16 +90,26 @@ export class CudaSession implements TensorOwner {
     this.engine.free(id);
   }
 
+  /** Frees a sched meta's device-side scheduler buffers (no-op once the instance is disposed). */
+  releaseSchedSlot(id: number): void {
+    if (!this.#disposed) this.engine.freeSchedSlot(id);
+  }
+
   #open(): void {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
   }
 
-  /** Device tensors must be on this instance's device (SPEC §9.2: one device per call). */
+  /**
+   * Device tensors must be real DeviceTensors (made by upload/allocate/wrap, whose address was
+   * allocated or checked with cudaPointerGetAttributes: a look-alike object could point anywhere)
+   * and live on this instance's device (SPEC §9.2: one device per call).
+   */
   #deviceTensor(t: Tensor, name: string): DeviceTensorMeta {
+    check(t instanceof DeviceTensor, 'E_VALUE', name,
+      `${name} must be a host tensor ({ dtype, shape, data }) or a DeviceTensor made by FlashMLA.upload/allocate/wrap`);
     const d = t as DeviceTensorMeta;
     check(!d.disposed, 'E_DISPOSED', name, `${name} is a disposed DeviceTensor`);
     check(d.device === this.device, 'E_DEVICE', name, `${name} lives on device ${d.device}, but this FlashMLA instance uses device ${this.device}`);
-    check(typeof d.address === 'bigint', 'E_VALUE', name, `${name}.address must be a bigint device address`);
     return d;
   }
 
@@ -181,8 +197,10 @@ export class CudaSession implements TensorOwner {
     let slot = args.schedMeta.slots.get(this) as (SchedMetaSlot & { id: number }) | undefined;
     if (slot === undefined) {
       const id = this.engine.newSchedSlot();
-      slot = { id, dispose: () => { if (!this.#disposed) this.engine.freeSchedSlot(id); } };
+      const token = {};
+      slot = { id, dispose: () => { droppedSchedMetas.unregister(token); this.releaseSchedSlot(id); } };
       args.schedMeta.slots.set(this, slot);
+      droppedSchedMetas.register(args.schedMeta, { session: this, id }, token);
     }
     const hostOutputs = isHostTensor(plan.q.tensor);
     const rows = plan.b * plan.sQ * plan.hQ;

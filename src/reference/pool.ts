@@ -10,7 +10,7 @@ import type { Job, JobReply } from './worker.js';
  * transpile .ts with the `typescript` package (a devDependency, present wherever sources are).
  * From dist/ the entry is worker.js and needs nothing.
  */
-function sourceExecArgv(): string[] {
+export function sourceExecArgv(): string[] {
   const ts = pathToFileURL(createRequire(import.meta.url).resolve('typescript')).href;
   const hooks = `
 import ts from ${JSON.stringify(ts)};

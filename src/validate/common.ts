@@ -52,15 +52,18 @@ export function expectIntStrides(b: Bound, name: string): void {
 }
 
 /**
- * TMA descriptors (SPEC §0.A2, §0.A9): base 16-byte aligned and every non-unit stride a multiple of
- * 16 bytes. The offset stands for the base address (an uploaded host tensor keeps its geometry).
+ * TMA descriptors (SPEC §0.A2, §0.A9): base 16-byte aligned and every outer stride (size-1 dims
+ * included: FlashMLA passes them all) a multiple of 16 bytes. The offset stands for the base
+ * address (an uploaded host tensor keeps its geometry).
  */
 export function expectTmaFriendly(b: Bound, name: string, elementBytes: number): void {
   const unit = 16 / elementBytes;
   check(b.view.offset % unit === 0, 'E_STRIDE', name,
     () => `${name}.offset must be a multiple of ${unit} elements (16-byte aligned base for TMA, SPEC §0.A2), got ${b.view.offset}`);
+  // A descriptor takes every outer stride, also those of size-1 dims; only the innermost is unit.
+  const last = b.view.strides.length - 1;
   b.view.strides.forEach((s, i) => {
-    check(s === 1 || b.view.shape[i]! <= 1 || s % unit === 0, 'E_STRIDE', name,
+    check(i === last || s % unit === 0, 'E_STRIDE', name,
       () => `${name}.strides[${i}] = ${s} must be a multiple of ${unit} elements (16 bytes, TMA, SPEC §0.A2)`);
   });
 }

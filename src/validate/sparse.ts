@@ -29,7 +29,7 @@ export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefi
   const kv = bind(args.kCache, 'kCache', 4, ['uint8']);
   const indices = bind(args.indices, 'indices', 3, ['int32']);
   const [b, sQ, hQ, dQK] = q.view.shape as [number, number, number, number];
-  const [numBlocks, pageBlockSize, hKV] = kv.view.shape as [number, number, number, number];
+  const [, pageBlockSize, hKV] = kv.view.shape as [number, number, number, number];
   const topk = indices.view.shape[2]!;
   // Step 3.
   check(b > 0, 'E_SHAPE', 'q', 'batch size (q.shape[0]) must be > 0');

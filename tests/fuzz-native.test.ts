@@ -1,0 +1,71 @@
+// The hostile-input fuzzer (src/harness/fuzz.ts) on the native path: the CPU emulator of
+// tests/emulator loaded as the FlashMLA build, two emulated devices (mixed-device calls), the
+// reference backend sharing sched metas, and launchers that exit(1) like FlashMLA's on a failed
+// check (SPEC §2.4) — so a call that reaches a launcher with bad input ends this test process.
+// The emulator's memory checker must stay silent. A device fault is sticky for the whole process
+// (as on a GPU), so a fault in the first arch's run also fails the second one when it opens.
+import { readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FlashMLA } from '../src/flashmla.js';
+import { fuzz, type FuzzDevice } from '../src/harness/fuzz.js';
+import { referenceDecode } from '../src/reference/index.js';
+import type { DeviceTensorMeta } from '../src/tensor.js';
+import { buildEmulator } from './emulator/build.mjs';
+
+const log = join(tmpdir(), `flashmla-fuzz-native-${process.pid}.log`);
+let library: string;
+
+beforeAll(async () => {
+  library = await buildEmulator();
+  rmSync(log, { force: true });
+  process.env.FLASHMLA_EMU_LOG = log;
+  process.env.FLASHMLA_EMU_DEVICES = '2';
+  process.env.FLASHMLA_EMU_EXIT = '1';
+});
+
+afterAll(() => {
+  for (const v of ['FLASHMLA_EMU_LOG', 'FLASHMLA_EMU_DEVICES', 'FLASHMLA_EMU_EXIT', 'FLASHMLA_EMU_ARCH']) delete process.env[v];
+  rmSync(log, { force: true });
+});
+
+const memoryLog = (): string => {
+  try {
+    return readFileSync(log, 'utf8');
+  } catch {
+    return '';
+  }
+};
+
+describe.each([
+  { arch: 'sm90', kinds: ['dense', 'sparse'] as const, seed: 7 },
+  // sm100 has no dense kernel (SPEC §2.2): only sparse base cases.
+  { arch: 'sm100', kinds: ['sparse'] as const, seed: 8 },
+])('native backend on an emulated $arch', ({ arch, kinds, seed }) => {
+  it('seeded hostile calls end in a result matching the oracle or a FlashMLAError; the memory checker stays silent', async () => {
+    process.env.FLASHMLA_EMU_ARCH = arch;
+    const fm = await FlashMLA.open({ backend: 'cuda', library, device: 0 });
+    const elsewhere = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
+    const device: FuzzDevice = {
+      upload: (t) => fm.upload(t),
+      download: (t: DeviceTensorMeta) => fm.download(t),
+      wrap: (address, meta) => fm.wrap(address, meta),
+      uploadElsewhere: (t) => elsewhere.upload(t),
+    };
+    try {
+      const report = await fuzz({
+        decode: (args, options) => fm.flashMlaWithKvCache(args, options),
+        other: (args) => referenceDecode(args),
+        device, kinds, calls: 250, seed, timeBoundMs: 20_000,
+      });
+      expect(report.failures).toEqual([]);
+      expect(memoryLog()).toBe('');
+      expect(report.results).toBeGreaterThan(20);
+      expect(Object.keys(report.errors)).toEqual(expect.arrayContaining(['E_DISPOSED', 'E_DEVICE', 'E_RANGE', 'E_STRIDE', 'E_SCHED_META']));
+    } finally {
+      await elsewhere.dispose();
+      await fm.dispose();
+    }
+  }, 600_000);
+});
