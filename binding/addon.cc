@@ -1,6 +1,8 @@
-// Module entry: load(path, preloads, alternates), Engine, and the ABI facts tests compare against.
+// Module entry: load(path, preloads, alternates), Engine, the ABI facts tests compare against, and
+// cpuTile (the reference backend's native tile loops).
 #include <napi.h>
 
+#include "cpu_tile.h"
 #include "engine.h"
 #include "flashmla_symbols.h"
 #include "library_wrap.h"
@@ -27,6 +29,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   CUDA_ABI_FUNCTIONS(FMLA_CUDA_NAME)
 #undef FMLA_CUDA_NAME
   exports.Set("cudaFunctions", cudaFns);
+  // The reference backend's native tile tier (src/reference/tile-native.ts).
+  exports.Set("cpuTile", fmla::cpu::CpuTileExports(env));
   return exports;
 }
 

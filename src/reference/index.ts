@@ -11,7 +11,7 @@ import { copyPartial, mergeInto, partialIn, type Partial } from './partial.js';
 import { pool } from './pool.js';
 import { arena, sharePlan } from './share.js';
 
-export { resolveTier, TIER_ENV, TIERS, tierAvailable, type Tier } from './kernels.js';
+export { resolveTier, TIER_ENV, TIERS, tierAvailable, tierUnavailable, type Tier } from './kernels.js';
 
 export interface ReferenceOptions {
   /** Threads (default: os.availableParallelism()). 1 = the calling thread only. */

@@ -7,7 +7,8 @@ export const TILE = 64;
  * Scratch state of one attention worker for one (rows, dim, dv) shape, created once and reused for
  * every tile: no allocation per token or per head. The caller fills `q` and loads one KV tile at
  * a time; `step` then runs Q·Kᵀ → scale and mask → online softmax → P·V for all rows.
- * Two implementations: plain TypeScript (tile-js.ts) and WebAssembly SIMD (tile-wasm.ts).
+ * Three implementations: plain TypeScript (tile-js.ts), WebAssembly SIMD (tile-wasm.ts) and C++ in
+ * the native addon (tile-native.ts).
  */
 export interface Workspace {
   readonly rows: number;
@@ -25,7 +26,7 @@ export interface Workspace {
   readonly m: Float32Array;
   readonly l: Float32Array;
   readonly o: Float32Array;
-  /** Starts a new key range: m = −Infinity, l = 0, o = 0. */
+  /** Starts a new key range: m = −Infinity, l = 0, o = 0. Call it after filling `q` (the native tier takes q in here). */
   reset(): void;
   /** Tile = `tokens` bf16 rows of `dim` values, row u at src[at + u·ld …]. */
   loadBf16(src: Uint16Array, at: number, ld: number, tokens: number): void;

@@ -1,0 +1,65 @@
+// The `native` tier of the reference backend (src/reference/tile-native.ts): one 64-token attention
+// tile in C++ with AVX-512 or AVX2 + FMA, chosen at run time (the addon itself is built with the
+// baseline x86-64 flags, so it loads on any x86-64; elsewhere the tier is unavailable). Same
+// operations and numerics as wasm/tile.wat: bf16 and FP8 tile conversion (SPEC §5.2–5.4), Q·Kᵀ,
+// base-2 online softmax with the same exp2 polynomial (SPEC §2.6), P·V.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+
+namespace fmla::cpu {
+
+/** Tokens per tile: a dense page (SPEC §5.1), a 64-index block of the sparse kernels (§0.A7). */
+constexpr int kTile = 64;
+
+enum class Isa { None, Avx2, Avx512 };
+
+/** The widest instruction set this CPU (and OS) runs, None off x86-64 or without AVX2 + FMA. */
+Isa BestIsa();
+
+/** Query rows per vector: the row count is padded to a multiple of it. */
+int RowLanes(Isa isa);
+
+/**
+ * The buffers of one tile workspace, all in one 64-byte-aligned block. Row-major unless named
+ * otherwise; rowsPad = rows rounded up to RowLanes, padded rows have zero queries and vis 0.
+ */
+struct TileBuffers {
+  int rows = 0, rowsPad = 0, dim = 0, dv = 0;
+  float* q = nullptr;      // rowsPad × dim, filled by JavaScript
+  float* qT = nullptr;     // dim × rowsPad: q transposed at Reset, rows in vector lanes
+  float* k = nullptr;      // kTile × dim: the fp32 KV tile (V = its first dv columns)
+  float* sT = nullptr;     // kTile × rowsPad: logits, then probabilities, token-major
+  float* m = nullptr;      // rowsPad: running base-2 max
+  float* l = nullptr;      // rowsPad: running sum
+  float* alpha = nullptr;  // rowsPad: this tile's rescale of o, 2^(m_old − m_new)
+  float* o = nullptr;      // rowsPad × dv: unnormalised output
+  int32_t* vis = nullptr;  // rowsPad: visible leading tokens of the tile per row
+  double* rec = nullptr;   // kTile: byte offset of each gathered FP8 token record in its source
+  double* scl = nullptr;   // kTile: byte offset of that token's scales (doubles: caches over 2 GB)
+};
+
+/** FP8 token layouts (SPEC §5.2 V32, §5.3 MODEL1). */
+enum class Fp8Layout { V32 = 0, Model1 = 1 };
+
+/** The per-ISA kernels. */
+struct TileKernels {
+  /** qT ← qᵀ; m ← −∞, l ← 0, o ← 0. */
+  void (*reset)(const TileBuffers& b);
+  /** k[u][d] ← f32(bf16 src[u·ld + d]) for u < tokens, d < dim. */
+  void (*cvtBf16)(const TileBuffers& b, const uint16_t* src, int64_t ld, int tokens);
+  /** k[u] ← dequantised token u (u0 ≤ u < u1) of `src`, record at rec[u], scales at scl[u]. */
+  void (*dqFp8)(const TileBuffers& b, const uint8_t* src, int u0, int u1, Fp8Layout layout);
+  /** One tile: Q·Kᵀ, logits × scaleLog2 masked by vis, online softmax, o ← o·alpha + P·V. */
+  void (*step)(const TileBuffers& b, int tokens, float scaleLog2);
+};
+
+/** The kernels of `isa` (not None). */
+const TileKernels& KernelsFor(Isa isa);
+
+/** `cpuTile` of the addon's exports: { isa: 'avx512' | 'avx2' | null, Tile }. */
+Napi::Object CpuTileExports(Napi::Env env);
+
+}  // namespace fmla::cpu
