@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import type { BackendName } from './types.js';
+import { resolveThreads, resolveTier, TIERS, tierUnavailable, type Tier } from './reference/index.js';
 import { loadAddon, type NativeAddon, type NativeDeviceProbe, type NativeLibraryInfo, type NativeProbe } from './native/addon.js';
 import { archOf } from './native/host-layer.js';
 import { alternatesFor, cudaVersionString, deviceProblem, loadFailure, openLibrary, runtimeProblem } from './native/library.js';
@@ -59,6 +60,20 @@ export interface BackendInfo {
   };
   /** Where the library was loaded and probed. */
   readonly probedIn: 'this process' | 'child process';
+  /** The reference backend in this process: the tile tier `auto` uses, each tier's status, default threads. */
+  readonly reference: {
+    readonly tier: Tier;
+    readonly tiers: Readonly<Record<Tier, FeatureStatus>>;
+    readonly threads: number;
+  };
+}
+
+function referenceInfo(): BackendInfo['reference'] {
+  const tiers = Object.fromEntries(TIERS.map((t) => {
+    const why = tierUnavailable(t);
+    return [t, why === null ? { ok: true, reason: 'available' } : no(why)];
+  })) as Record<Tier, FeatureStatus>;
+  return { tier: resolveTier(), tiers, threads: resolveThreads(undefined) };
 }
 
 export interface BackendInfoOptions {
@@ -99,12 +114,17 @@ function features(entry: Readonly<Record<string, string | null>>, dev: NativeDev
 
 async function collect(options: BackendInfoOptions, probe: (lib: LocatedLibrary, alternates: (string | null)[]) => Promise<Probed>,
   probedIn: BackendInfo['probedIn']): Promise<BackendInfo> {
+  return { ...(await collectCuda(options, probe, probedIn)), reference: referenceInfo() };
+}
+
+async function collectCuda(options: BackendInfoOptions, probe: (lib: LocatedLibrary, alternates: (string | null)[]) => Promise<Probed>,
+  probedIn: BackendInfo['probedIn']): Promise<Omit<BackendInfo, 'reference'>> {
   const addon = loadAddon();
   const addonInfo = addon.ok
     ? { ok: true, path: addon.path, reason: 'loaded', buildError: null }
     : { ok: false, path: null, reason: addon.reason, buildError: addon.buildError };
   const emptyCuda = (reason: string) => ({ ok: false, reason, runtimeVersion: null, driverVersion: null, missingFunctions: [] });
-  const base = (reason: string, library: BackendInfo['library'], cuda: BackendInfo['cuda'], rest: Partial<BackendInfo> = {}): BackendInfo => ({
+  const base = (reason: string, library: BackendInfo['library'], cuda: BackendInfo['cuda'], rest: Partial<BackendInfo> = {}): Omit<BackendInfo, 'reference'> => ({
     backend: 'reference', reason: `the reference backend is used: ${reason}`, addon: addonInfo, library, cuda,
     devices: [], device: null, entryPoints: {}, features: features({}, undefined, reason), probedIn, ...rest,
   });
@@ -231,12 +251,19 @@ export function formatDoctor(info: BackendInfo): string {
     lines.push(`entry points:   ${entries.filter(([, v]) => v !== null).length}/${entries.length} resolved`);
     for (const [k, v] of entries) lines.push(`  ${v !== null ? '✓' : '✗'} ${k}`);
   }
-  lines.push('features:');
-  lines.push(`  dense bf16:  ${mark(info.features.denseBf16)}`);
-  lines.push(`  dense fp16:  ${mark(info.features.denseFp16)}`);
-  lines.push(`  V3.2 sparse: ${mark(info.features.v32)}`);
-  lines.push(`  MODEL1:      ${mark(info.features.model1)}`);
-  lines.push(`  sm100:       ${mark(info.features.sm100)}`);
+  if (!l.ok) {
+    lines.push('features:       none without a FlashMLA build (see above)');
+  } else {
+    lines.push('features:');
+    lines.push(`  dense bf16:  ${mark(info.features.denseBf16)}`);
+    lines.push(`  dense fp16:  ${mark(info.features.denseFp16)}`);
+    lines.push(`  V3.2 sparse: ${mark(info.features.v32)}`);
+    lines.push(`  MODEL1:      ${mark(info.features.model1)}`);
+    lines.push(`  sm100:       ${mark(info.features.sm100)}`);
+  }
+  const r = info.reference;
+  lines.push(`reference:      tier ${r.tier}, ${r.threads} thread(s) by default`);
+  for (const [t, st] of Object.entries(r.tiers)) lines.push(`  ${t.padEnd(8)} ${mark(st)}`);
   lines.push(`(probed in ${info.probedIn})`);
   return lines.join('\n');
 }

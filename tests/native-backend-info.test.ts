@@ -54,6 +54,20 @@ describe('backendInfo', () => {
     expect((await backendInfo()).reason).toMatch(/no-such-python was not found.*FLASHMLA_PYTHON/);
   });
 
+  it('reports the reference backend: the tier auto uses, each tier with a reason when unavailable, threads', async () => {
+    const { reference } = await backendInfo();
+    expect(reference.tiers.js.ok).toBe(true);
+    expect(reference.tiers[reference.tier].ok).toBe(true);
+    expect(Object.values(reference.tiers).every((t) => t.ok || t.reason.length > 0)).toBe(true);
+    expect(reference.threads).toBeGreaterThanOrEqual(1);
+    process.env.FLASHMLA_REFERENCE_TIER = 'js';
+    try {
+      expect((await backendInfo()).reference.tier).toBe('js');
+    } finally {
+      delete process.env.FLASHMLA_REFERENCE_TIER;
+    }
+  });
+
   it('reports a usable emulated Hopper: versions, device, entry points, features', async () => {
     process.env.FLASHMLA_LIBRARY = library;
     process.env.FLASHMLA_EMU_ARCH = 'sm90';
