@@ -16,4 +16,4 @@ const cacheSeqlens = { dtype: 'int32', shape: [b], data: seqlens };
 
 const schedMeta = getMlaMetadata(); // one per decoding step, shared by all layers
 const { out, lse } = await flashMlaWithKvCache({ q, kCache, blockTable, cacheSeqlens, headDimV: 512, schedMeta, causal: true });
-console.log((await backendInfo()).selected, out.dtype, out.shape, lse.dtype, lse.shape);
+console.log((await backendInfo()).backend, out.dtype, out.shape, lse.dtype, lse.shape);
