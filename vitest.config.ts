@@ -6,6 +6,6 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 300_000,
     pool: 'forks',
-    globalSetup: ['tests/setup/build-wasm.ts'],
+    globalSetup: ['tests/setup/build.ts'],
   },
 });

@@ -1,30 +1,14 @@
 // The `flashmla-node` CLI as users run it: the compiled dist/cli/main.js in a child process
-// (`npm ci` builds dist through `prepare`; rebuilt here only when a source is newer).
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+// (built by tests/setup/build.ts when a source is newer).
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import type { CompareReport } from '../src/harness/compare.js';
 import { buildEmulator } from './emulator/build.mjs';
 
 const root = join(import.meta.dirname, '..');
 const main = join(root, 'dist', 'cli', 'main.js');
-
-function newestSource(dir: string): number {
-  return Math.max(0, ...readdirSync(dir, { withFileTypes: true }).map((e) =>
-    e.isDirectory() ? newestSource(join(dir, e.name)) : e.name.endsWith('.ts') ? statSync(join(dir, e.name)).mtimeMs : 0));
-}
-
-beforeAll(() => {
-  if (!existsSync(main) || statSync(main).mtimeMs < newestSource(join(root, 'src'))) {
-    // tsc still emits when some other file has a type error; the tests below judge the result.
-    try {
-      execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
-    } catch {
-      // reported by the tests if the CLI did not come out
-    }
-  }
-});
 
 interface Run {
   status: number | null;
