@@ -12,6 +12,26 @@ export interface SchedConfig {
   readonly topk: number | null;
   readonly extraPageBlockSize: number | null;
   readonly extraTopk: number | null;
+  /**
+   * Host-readable values the schedule is computed from (null where device-resident). Not part of
+   * FlashMLA's Config: it does not compare them and silently reuses a stale schedule (SPEC §1.3);
+   * we refuse a changed value instead.
+   */
+  readonly schedule?: ScheduleValues;
+}
+
+/** The inputs of FlashMLA's tile scheduler (SPEC Appendix A) that change between decoding steps. */
+export interface ScheduleValues {
+  readonly cacheSeqlens: Int32Array | null;
+  readonly topkLength: Int32Array | null;
+  readonly extraTopkLength: Int32Array | null;
+}
+
+const SCHEDULE_FIELDS: readonly (keyof ScheduleValues)[] = ['cacheSeqlens', 'topkLength', 'extraTopkLength'];
+
+function firstDifference(a: Int32Array, b: Int32Array): number {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
+  return -1;
 }
 
 const CONFIG_FIELDS: readonly (keyof SchedConfig)[] = [
@@ -51,6 +71,17 @@ export class FlashMLASchedMeta {
         throw new FlashMLAError('E_SCHED_META',
           `${f} = ${String(config[f])} is inconsistent with sched_meta (first used with ${f} = ${String(have[f])}); ` +
           'use a new getMlaMetadata() for a new configuration', 'schedMeta');
+      }
+    }
+    for (const f of SCHEDULE_FIELDS) {
+      const before = have.schedule?.[f];
+      const now = config.schedule?.[f];
+      if (!before || !now) continue;
+      const i = firstDifference(before, now);
+      if (i >= 0) {
+        throw new FlashMLAError('E_SCHED_META',
+          `${f}[${i}] = ${now[i]} differs from the ${before[i]} this sched_meta was scheduled for; a schedule is only ` +
+          'valid for the lengths it was made with (one getMlaMetadata() per decoding step, shared by all layers)', 'schedMeta');
       }
     }
   }

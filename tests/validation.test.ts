@@ -251,6 +251,23 @@ describe('FlashMLASchedMeta (SPEC §1.3)', () => {
     const v = v32Args();
     await expect(referenceDecode({ ...v, schedMeta: meta })).rejects.toThrow(/inconsistent with sched_meta/);
   });
+  test('a changed cacheSeqlens or topkLength is refused: the schedule was made for the old values', async () => {
+    const meta = getMlaMetadata();
+    const a = denseArgs();
+    await referenceDecode({ ...a, schedMeta: meta });
+    const L = new Int32Array(a.cacheSeqlens!.data as Int32Array);
+    L[1] -= 1;
+    await expect(referenceDecode({ ...a, cacheSeqlens: { dtype: 'int32', shape: [2], data: L }, schedMeta: meta }))
+      .rejects.toMatchObject({ code: 'E_SCHED_META', message: expect.stringMatching(/cacheSeqlens\[1\]/) });
+    const m = model1Args();
+    const meta2 = getMlaMetadata();
+    await referenceDecode({ ...m, schedMeta: meta2 });
+    const lengths = new Int32Array(m.extraTopkLength!.data as Int32Array);
+    lengths[0] = lengths[0] === 0 ? 1 : 0;
+    await expect(referenceDecode({ ...m, extraTopkLength: { dtype: 'int32', shape: [2], data: lengths }, schedMeta: meta2 }))
+      .rejects.toMatchObject({ code: 'E_SCHED_META' });
+    await referenceDecode({ ...m, schedMeta: meta2 }); // the original values still fit
+  });
   test('a call that fails validation leaves the sched meta untouched', async () => {
     const meta = getMlaMetadata();
     await expect(referenceDecode({ ...denseArgs(), headDimV: 1, schedMeta: meta })).rejects.toBeInstanceOf(FlashMLAError);

@@ -105,6 +105,7 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
     config: {
       b, sQ, hQ, pageBlockSize, hK, causal: causalArg, isFp8Kvcache: args.isFp8Kvcache ?? false,
       topk: null, extraPageBlockSize: null, extraTopk: null,
+      schedule: { cacheSeqlens: seqlens, topkLength: null, extraTopkLength: null },
     },
     dtype, b, sQ, hQ, hK, dQK: d, dV: D_V, numBlocks, pageBlockSize, maxBlocksPerSeq,
     causal: causalArg && sQ > 1, // SPEC §2.2 step 7
