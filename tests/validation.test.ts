@@ -256,7 +256,7 @@ describe('FlashMLASchedMeta (SPEC §1.3)', () => {
     const a = denseArgs();
     await referenceDecode({ ...a, schedMeta: meta });
     const L = new Int32Array(a.cacheSeqlens!.data as Int32Array);
-    L[1] -= 1;
+    L[1] = L[1]! - 1;
     await expect(referenceDecode({ ...a, cacheSeqlens: { dtype: 'int32', shape: [2], data: L }, schedMeta: meta }))
       .rejects.toMatchObject({ code: 'E_SCHED_META', message: expect.stringMatching(/cacheSeqlens\[1\]/) });
     const m = model1Args();

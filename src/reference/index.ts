@@ -9,7 +9,9 @@ import { ITEM, itemRows, planFlops, runItem, workItems } from './items.js';
 import { kernelsFor, resolveTier, type Tier, type TileKernels } from './kernels.js';
 import { copyPartial, mergeInto, partialIn, type Partial } from './partial.js';
 import { pool } from './pool.js';
-import { arena, sharePlan } from './share.js';
+import type { Job } from './worker.js';
+import { backLimit, claimBack, closeClaims, frontClaims, MAX_WAVE_ITEMS, openClaims } from './claim.js';
+import { arena, stagePlan, type Staged } from './share.js';
 
 export { resolveTier, TIER_ENV, TIERS, tierAvailable, tierUnavailable, type Tier } from './kernels.js';
 
@@ -99,6 +101,42 @@ function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTenso
 const slotOf = (items: Int32Array, j: number, slotIndex: number, buf: Float32Array, slot: number, dv: number): Partial =>
   partialIn(buf, slotIndex * slot, items[ITEM * j + 5]! - items[ITEM * j + 4]!, dv);
 
+/** Staged items kept ready ahead of each worker's claims, so a worker never waits for the next. */
+const STAGE_AHEAD = 2;
+
+/** The shared state of a wave: claims, staging progress, finished items and their partials. */
+type Wave = Pick<Job, 'counter' | 'ready' | 'done' | 'results' | 'slot'>;
+
+/**
+ * The calling thread's part of a wave that starts at item w0 of `items`: it keeps the workers'
+ * next items staged (in front order, STAGE_AHEAD per worker ahead of their claims), between
+ * stagings runs items from the back of the wave on the original plan, which needs no staging, and
+ * after each item merges, in item order, the items finished so far (`mergeDone`).
+ */
+function runCallerShare(
+  plan: DecodePlan, items: Int32Array, w0: number, { counter, ready, done, results, slot }: Wave,
+  stage: Staged['stage'], kernels: TileKernels, workers: number, mergeDone: () => void,
+): void {
+  let staged = Atomics.load(ready, 0);
+  for (;;) {
+    if (stage && staged < Math.min(backLimit(counter), frontClaims(counter) + STAGE_AHEAD * workers)) {
+      stage(items, w0 + staged);
+      Atomics.store(ready, 0, ++staged);
+      Atomics.notify(ready, 0);
+      continue;
+    }
+    const j = claimBack(counter);
+    if (j < 0) {
+      // Everything is claimed; stage what workers claimed last, then leave.
+      if (stage && staged < frontClaims(counter)) continue;
+      return;
+    }
+    runItem(plan, items, w0 + j, kernels, slotOf(items, w0 + j, j, results, slot, plan.dV));
+    done[j] = 1;
+    mergeDone();
+  }
+}
+
 /** Runs a validated plan on the CPU with FlashMLA's semantics (SPEC §6). */
 export async function runReference(plan: DecodePlan, opts: ReferenceOptions = {}): Promise<DecodeResult<HostTensor>> {
   requireHost(plan);
@@ -123,17 +161,37 @@ export async function runReference(plan: DecodePlan, opts: ReferenceOptions = {}
 
   await pool.exclusive(async () => {
     arena.reset();
-    const shared = sharePlan(plan);
-    const wave = Math.min(n, Math.max(threads, Math.floor(WAVE_BYTES / (4 * slot))));
+    const staged = stagePlan(plan);
+    const wave = Math.min(n, MAX_WAVE_ITEMS, Math.max(threads, Math.floor(WAVE_BYTES / (4 * slot))));
     const results = arena.take<Float32Array>(Float32Array, wave * slot);
     const waveItems = arena.take<Int32Array>(Int32Array, ITEM * wave);
     const counter = arena.take<Int32Array>(Int32Array, 1);
+    const ready = arena.take<Int32Array>(Int32Array, 1);
+    const done = arena.take<Int32Array>(Int32Array, wave);
     for (let w0 = 0; w0 < n; w0 += wave) {
-      const w1 = Math.min(n, w0 + wave);
-      waveItems.set(items.subarray(ITEM * w0, ITEM * w1));
-      counter[0] = 0;
-      await pool.run({ tier, plan: shared, items: waveItems.subarray(0, ITEM * (w1 - w0)), counter, results, slot }, Math.min(threads, w1 - w0));
-      for (let j = w0; j < w1; j++) absorb(j, slotOf(items, j, j - w0, results, slot, plan.dV));
+      const count = Math.min(n, w0 + wave) - w0;
+      waveItems.set(items.subarray(ITEM * w0, ITEM * (w0 + count)));
+      openClaims(counter, count);
+      Atomics.store(ready, 0, staged.stage ? 0 : count);
+      done.fill(0);
+      let merged = 0;
+      const mergeDone = (): void => {
+        for (; merged < count && Atomics.load(done, merged) === 1; merged++) absorb(w0 + merged, slotOf(items, w0 + merged, merged, results, slot, plan.dV));
+      };
+      // The calling thread is one of the `threads`: it stages the workers' items and runs its own.
+      const helpers = Math.min(threads - 1, count - 1);
+      const workers = pool.run({ tier, plan: staged.plan, items: waveItems.subarray(0, ITEM * count), counter, results, slot, ready, done }, helpers);
+      try {
+        runCallerShare(plan, items, w0, { counter, ready, done, results, slot }, staged.stage, kernels, helpers, mergeDone);
+      } catch (e) {
+        closeClaims(counter);
+        Atomics.store(ready, 0, count);
+        Atomics.notify(ready, 0);
+        await workers.catch(() => undefined);
+        throw e;
+      }
+      await workers;
+      mergeDone();
     }
   });
   return res;

@@ -1,6 +1,7 @@
 import type { Bound, DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
 import { extentOf, type HostTensor } from '../tensor.js';
 import { MODEL1, V32 } from '../kvcache/layout.js';
+import { ITEM } from './items.js';
 import { copyBytes, TILE } from './workspace.js';
 
 type Typed = Uint8Array | Uint16Array | Int32Array | Float32Array;
@@ -57,109 +58,150 @@ function bound(data: Typed, dtype: HostTensor['dtype'], shape: number[], strides
 }
 
 /**
- * The dense cache for workers: zero-copy when shared; else only the pages the call reads (the
- * first ceil(L/64) of each request), each copied once into a compact shared cache, with a block
- * table remapped to it.
+ * A plan as worker threads see it, and how to fill it: `stage(items, j)` copies what item j of
+ * `items` reads into the plan's shared arrays (null when nothing needs copying). Items must be
+ * staged before a worker runs them; the calling thread runs its own items on the original plan.
  */
-function shareDense(plan: DensePlan): DensePlan {
+export interface Staged {
+  plan: DecodePlan;
+  stage: ((items: Int32Array, j: number) => void) | null;
+}
+
+/**
+ * The dense cache for workers: zero-copy when shared; else a compact shared cache with one slot
+ * per page a request reads (the first ceil(L/64) of each), and a block table remapped to it. Each
+ * page is copied when the first staged item needs it, so only the workers' pages are copied.
+ */
+function shareDense(plan: DensePlan): Staged {
   const base = { ...plan, q: shareBound(plan.q), cacheSeqlens: shareBound(plan.cacheSeqlens), seqlens: shareInts(plan.seqlens) };
   const kt = plan.kCache.tensor as HostTensor;
-  if (isShared(kt.data)) return { ...base, blockTable: shareBound(plan.blockTable) };
+  if (isShared(kt.data)) return { plan: { ...base, blockTable: shareBound(plan.blockTable) }, stage: null };
   const kv = plan.kCache.view;
   const [, s1, s2, s3] = kv.strides as [number, number, number, number];
   const span = (TILE - 1) * s1 + (plan.hK - 1) * s2 + plan.dQK;
   const stride0 = (span + 7) & ~7;
   const bt = (plan.blockTable.tensor as HostTensor).data as Int32Array;
   const btv = plan.blockTable.view;
-  const slots = new Map<number, number>();
+  const firstSlot = new Int32Array(plan.b + 1);
+  for (let i = 0; i < plan.b; i++) firstSlot[i + 1] = firstSlot[i]! + Math.ceil(plan.seqlens![i]! / TILE);
+  const slots = firstSlot[plan.b]!;
   const table = arena.take<Int32Array>(Int32Array, plan.b * plan.maxBlocksPerSeq).fill(0);
   for (let i = 0; i < plan.b; i++) {
-    for (let page = 0; page < Math.ceil(plan.seqlens![i]! / TILE); page++) {
-      const block = bt[btv.offset + i * btv.strides[0]! + page * btv.strides[1]!]!;
-      let slot = slots.get(block);
-      if (slot === undefined) slots.set(block, (slot = slots.size));
-      table[i * plan.maxBlocksPerSeq + page] = slot;
-    }
+    for (let page = 0; page < firstSlot[i + 1]! - firstSlot[i]!; page++) table[i * plan.maxBlocksPerSeq + page] = firstSlot[i]! + page;
   }
   const src = kt.data as Uint16Array;
-  const data = arena.take<Uint16Array>(Uint16Array, Math.max(slots.size, 1) * stride0);
-  for (const [block, slot] of slots) {
-    const from = kv.offset + block * kv.strides[0]!;
-    data.set(src.subarray(from, from + span), slot * stride0);
-  }
+  const data = arena.take<Uint16Array>(Uint16Array, Math.max(slots, 1) * stride0);
+  const copied = new Uint8Array(slots);
+  const stage = (items: Int32Array, j: number): void => {
+    const i = items[ITEM * j]!, t0 = items[ITEM * j + 2]!, t1 = items[ITEM * j + 3]!;
+    for (let page = Math.floor(t0 / TILE); page * TILE < t1; page++) {
+      const slot = firstSlot[i]! + page;
+      if (copied[slot]) continue;
+      copied[slot] = 1;
+      const from = kv.offset + bt[btv.offset + i * btv.strides[0]! + page * btv.strides[1]!]! * kv.strides[0]!;
+      data.set(src.subarray(from, from + span), slot * stride0);
+    }
+  };
   return {
-    ...base,
-    numBlocks: slots.size,
-    kCache: bound(data, kt.dtype, [Math.max(slots.size, 1), TILE, plan.hK, plan.dQK], [stride0, s1, s2, s3]),
-    blockTable: bound(table, 'int32', [plan.b, plan.maxBlocksPerSeq], [plan.maxBlocksPerSeq, 1]),
+    plan: {
+      ...base,
+      numBlocks: Math.max(slots, 1),
+      kCache: bound(data, kt.dtype, [Math.max(slots, 1), TILE, plan.hK, plan.dQK], [stride0, s1, s2, s3]),
+      blockTable: bound(table, 'int32', [plan.b, plan.maxBlocksPerSeq], [plan.maxBlocksPerSeq, 1]),
+    },
+    stage,
   };
 }
 
+/** A sparse scope for workers, and how to stage the candidates [lo, hi) of one query token. */
+interface StagedScope {
+  scope: SparseScope;
+  stage: ((i: number, s: number, lo: number, hi: number) => void) | null;
+}
+
 /**
- * One sparse scope for workers: zero-copy when shared; else only the tokens its in-length, valid
- * indices select, each copied once into a compact shared cache of one-token blocks (V3.2: the
- * 656-byte row; MODEL1: the 576-byte record then its 8 scale bytes), with remapped indices.
+ * One sparse scope for workers: zero-copy when shared; else a compact shared cache of one-token
+ * blocks (V3.2: the 656-byte row; MODEL1: the 576-byte record then its 8 scale bytes) with
+ * remapped indices. A token gets its slot, and is copied, when the first staged item selects it;
+ * slots are found through a per-call table over the cache's tokens (no Map).
  */
-function shareScope(plan: SparsePlan, scope: SparseScope): SparseScope {
+function shareScope(plan: SparsePlan, scope: SparseScope): StagedScope {
   const base = { ...scope, topkLength: scope.topkLength && shareBound(scope.topkLength), lengths: shareInts(scope.lengths) };
   const ct = scope.cache.tensor as HostTensor;
-  if (isShared(ct.data)) return { ...base, indices: shareBound(scope.indices) };
+  if (isShared(ct.data)) return { scope: { ...base, indices: shareBound(scope.indices) }, stage: null };
   const iv = scope.indices.view;
   const idx = (scope.indices.tensor as HostTensor).data as Int32Array;
   const { b, sQ } = plan;
   const { topk } = scope;
+  const B = scope.pageBlockSize;
   const remapped = arena.take<Int32Array>(Int32Array, b * sQ * topk).fill(-1);
-  const slots = new Map<number, number>();
-  for (let i = 0; i < b; i++) {
-    const used = Math.min(scope.lengths ? scope.lengths[i]! : topk, topk);
-    for (let s = 0; s < sQ; s++) {
-      for (let p = 0; p < used; p++) {
-        const index = idx[iv.offset + i * iv.strides[0]! + s * iv.strides[1]! + p * iv.strides[2]!]!;
-        if (index === -1) continue;
-        let slot = slots.get(index);
-        if (slot === undefined) slots.set(index, (slot = slots.size));
-        remapped[(i * sQ + s) * topk + p] = slot;
-      }
-    }
-  }
+  const slotOf = arena.take<Int32Array>(Int32Array, scope.numBlocks * B).fill(-1);
   const v32 = plan.layout === 'v32';
   const rec = v32 ? V32.bytesPerToken : MODEL1.bytesPerToken;
   const src = ct.data as Uint8Array;
   const cv = scope.cache.view;
-  const B = scope.pageBlockSize;
-  const data = arena.take<Uint8Array>(Uint8Array, Math.max(slots.size, 1) * rec);
-  for (const [index, slot] of slots) {
-    const blockAt = cv.offset + Math.floor(index / B) * cv.strides[0]!;
-    const row = index % B;
-    if (v32) {
-      copyBytes(src, blockAt + row * cv.strides[1]!, data, slot * rec, rec);
-    } else {
-      copyBytes(src, blockAt + row * MODEL1.recordBytes, data, slot * rec, MODEL1.recordBytes);
-      copyBytes(src, blockAt + B * MODEL1.recordBytes + row * MODEL1.scaleRecordBytes, data, slot * rec + MODEL1.recordBytes, MODEL1.scaleRecordBytes);
+  const capacity = Math.max(Math.min(b * sQ * topk, scope.numBlocks * B), 1);
+  const data = arena.take<Uint8Array>(Uint8Array, capacity * rec);
+  let slots = 0;
+  const stage = (i: number, s: number, lo: number, hi: number): void => {
+    const row0 = iv.offset + i * iv.strides[0]! + s * iv.strides[1]!;
+    const out0 = (i * sQ + s) * topk;
+    for (let p = lo; p < hi; p++) {
+      const index = idx[row0 + p * iv.strides[2]!]!;
+      if (index === -1) continue;
+      let slot = slotOf[index]!;
+      if (slot === -1) {
+        slotOf[index] = slot = slots++;
+        const blockAt = cv.offset + Math.floor(index / B) * cv.strides[0]!;
+        const row = index % B;
+        if (v32) {
+          copyBytes(src, blockAt + row * cv.strides[1]!, data, slot * rec, rec);
+        } else {
+          copyBytes(src, blockAt + row * MODEL1.recordBytes, data, slot * rec, MODEL1.recordBytes);
+          copyBytes(src, blockAt + B * MODEL1.recordBytes + row * MODEL1.scaleRecordBytes, data, slot * rec + MODEL1.recordBytes, MODEL1.scaleRecordBytes);
+        }
+      }
+      remapped[out0 + p] = slot;
     }
-  }
-  return {
-    ...base,
-    cache: bound(data, 'uint8', [Math.max(slots.size, 1), 1, 1, rec], [rec, rec, rec, 1]),
-    numBlocks: Math.max(slots.size, 1),
-    pageBlockSize: 1,
-    blockStride: rec,
-    indices: bound(remapped, 'int32', [b, sQ, topk], [sQ * topk, topk, 1]),
   };
+  return {
+    scope: {
+      ...base,
+      cache: bound(data, 'uint8', [capacity, 1, 1, rec], [rec, rec, rec, 1]),
+      numBlocks: capacity,
+      pageBlockSize: 1,
+      blockStride: rec,
+      indices: bound(remapped, 'int32', [b, sQ, topk], [sQ * topk, topk, 1]),
+    },
+    stage,
+  };
+}
+
+function shareSparse(plan: SparsePlan): Staged {
+  const scopes = plan.extra ? [plan.main, plan.extra] : [plan.main];
+  const staged = scopes.map((scope) => shareScope(plan, scope));
+  const shared: SparsePlan = { ...plan, q: shareBound(plan.q), main: staged[0]!.scope, extra: staged[1]?.scope ?? null, attnSink: null };
+  if (staged.every((s) => s.stage === null)) return { plan: shared, stage: null };
+  // Candidate positions [p0, p1) run over main ++ extra; each scope stages its in-length part (SPEC §6.4).
+  const stage = (items: Int32Array, j: number): void => {
+    const i = items[ITEM * j]!, s = items[ITEM * j + 1]!, p0 = items[ITEM * j + 2]!, p1 = items[ITEM * j + 3]!;
+    let base = 0;
+    for (let n = 0; n < scopes.length; n++) {
+      const scope = scopes[n]!;
+      const lo = Math.max(p0 - base, 0);
+      const hi = Math.min(p1 - base, scope.lengths ? scope.lengths[i]! : scope.topk, scope.topk);
+      staged[n]!.stage?.(i, s, lo, hi);
+      base += scope.topk;
+    }
+  };
+  return { plan: shared, stage };
 }
 
 /**
  * The plan as worker threads see it: every array the items read is in a SharedArrayBuffer (posted
- * without copying). Host tensors already backed by one are used as they are; others are staged,
- * only the part the call uses, into the arena (call inside pool.exclusive, after arena.reset()).
+ * without copying). Host tensors already backed by one are used as they are; others get room in
+ * the arena, filled item by item through `stage` (call inside pool.exclusive, after arena.reset()).
  */
-export function sharePlan(plan: DecodePlan): DecodePlan {
-  if (plan.kind === 'dense') return shareDense(plan);
-  return {
-    ...plan,
-    q: shareBound(plan.q),
-    main: shareScope(plan, plan.main),
-    extra: plan.extra && shareScope(plan, plan.extra),
-    attnSink: null,
-  };
+export function stagePlan(plan: DecodePlan): Staged {
+  return plan.kind === 'dense' ? shareDense(plan) : shareSparse(plan);
 }
