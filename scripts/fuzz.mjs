@@ -35,8 +35,17 @@ const { values: opt } = parseArgs({
     'stall-s': { type: 'string', default: '180' },
     json: { type: 'string' },
     child: { type: 'string' },
+    help: { type: 'boolean' },
   },
 });
+
+if (opt.help) {
+  // The usage is the header comment of this file.
+  const lines = readFileSync(self, 'utf8').split('\n').slice(1);
+  const header = lines.slice(0, lines.findIndex((l) => !l.startsWith('//')));
+  process.stdout.write(`${header.map((l) => l.slice(3)).join('\n')}\n`);
+  process.exit(0);
+}
 
 /** One fuzz job in this (child) process; progress and the report go to stdout as JSON lines. */
 async function child(job) {
