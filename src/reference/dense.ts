@@ -3,6 +3,7 @@ import type { HostTensor } from '../tensor.js';
 import { FP16_TO_F32 } from '../formats/fp16.js';
 import type { TileKernels } from './kernels.js';
 import { storePartial, type Partial } from './partial.js';
+import { qLoaded } from './qmemo.js';
 import { LOG2E } from './softmax.js';
 import { TILE } from './workspace.js';
 
@@ -37,13 +38,16 @@ export function attendDense(plan: DensePlan, item: DenseItem, kernels: TileKerne
   const fp16 = plan.dtype === 'fp16';
 
   const qv = plan.q.view;
-  for (let r = 0; r < rows; r++) {
-    const s = Math.floor((item.r0 + r) / hpk);
-    const j = (item.r0 + r) % hpk;
-    const src = qv.offset + item.i * qv.strides[0]! + s * qv.strides[1]! + (item.k * hpk + j) * qv.strides[2]!;
-    const dst = r * dQK;
-    if (fp16) for (let d = 0; d < dQK; d++) ws.q[dst + d] = FP16_TO_F32[q[src + d]!]!;
-    else for (let d = 0; d < dQK; d++) ws.q32[dst + d] = q[src + d]! << 16;
+  // Chunks of one row group share the converted rows (qmemo.ts).
+  if (!qLoaded(ws, plan, item.i * plan.hK + item.k, item.r0)) {
+    for (let r = 0; r < rows; r++) {
+      const s = Math.floor((item.r0 + r) / hpk);
+      const j = (item.r0 + r) % hpk;
+      const src = qv.offset + item.i * qv.strides[0]! + s * qv.strides[1]! + (item.k * hpk + j) * qv.strides[2]!;
+      const dst = r * dQK;
+      if (fp16) for (let d = 0; d < dQK; d++) ws.q[dst + d] = FP16_TO_F32[q[src + d]!]!;
+      else for (let d = 0; d < dQK; d++) ws.q32[dst + d] = q[src + d]! << 16;
+    }
   }
 
   ws.reset();

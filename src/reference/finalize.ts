@@ -4,6 +4,7 @@ import type { DecodePlan } from '../plan.js';
 import { zeros, type HostTensor } from '../tensor.js';
 import type { DecodeResult } from '../types.js';
 import { rowLse, type Partial } from './partial.js';
+import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 
 /** Output buffers of a decode: out (b, s_q, h_q, 512) in q's dtype, lse (b, h_q, s_q) fp32 (DESIGN §3). */
 export function allocateOutputs(plan: DecodePlan): DecodeResult<HostTensor> {
@@ -14,28 +15,58 @@ export function allocateOutputs(plan: DecodePlan): DecodeResult<HostTensor> {
   };
 }
 
+/** Where a group's rows go: row r is query token s[r], head h[r] of request i, with sink[r] (sparse) or null. */
+export interface RowPlaces {
+  i: number;
+  s: Int32Array;
+  h: Int32Array;
+  sink: Float32Array | null;
+}
+
+let nativeBf16: CpuTileApi['bf16Rows'] | null | undefined;
+
 /**
- * Writes one query row: out = o / l rounded to q's dtype (RNE), lse natural log; lonely rows get
+ * Writes a group's rows: out = o / l rounded to q's dtype (RNE), lse natural log; lonely rows get
  * out 0 and lse +Infinity (SPEC §6.2–6.3). With an attention sink (sparse), out is scaled by
- * 1 / (1 + exp(sink − lse)); lse stays without the sink (SPEC §6.3).
+ * 1 / (1 + exp(sink − lse)); lse stays without the sink (SPEC §6.3). bf16 rows are rounded in the
+ * addon when it is loaded (same bits as f32ToBf16): this runs on the calling thread after the
+ * last item of a call, so it is serial time.
  */
-export function writeRow(
-  res: DecodeResult<HostTensor>, plan: DecodePlan, p: Partial, r: number,
-  i: number, s: number, h: number, sink: number | null,
-): void {
+export function writeRows(res: DecodeResult<HostTensor>, plan: DecodePlan, p: Partial, at: RowPlaces, factors: Float64Array, bases: Float64Array): void {
   const { sQ, hQ, dV } = plan;
   const out = res.out.data as Uint16Array;
   const lse = res.lse.data as Float32Array;
-  const lseValue = rowLse(p, r);
-  lse[(i * hQ + h) * sQ + s] = lseValue;
-  const base = ((i * sQ + s) * hQ + h) * dV;
-  if (lseValue === Infinity) {
-    out.fill(0, base, base + dV);
-    return;
+  for (let r = 0; r < p.rows; r++) {
+    const s = at.s[r]!, h = at.h[r]!;
+    const lseValue = rowLse(p, r);
+    lse[(at.i * hQ + h) * sQ + s] = lseValue;
+    const base = ((at.i * sQ + s) * hQ + h) * dV;
+    if (lseValue === Infinity) {
+      out.fill(0, base, base + dV);
+      bases[r] = -1;
+      continue;
+    }
+    let factor = 1 / p.l[r]!;
+    if (at.sink) factor /= 1 + Math.exp(at.sink[r]! - lseValue);
+    factors[r] = factor;
+    bases[r] = base;
   }
-  let factor = 1 / p.l[r]!;
-  if (sink !== null) factor /= 1 + Math.exp(sink - lseValue);
-  const encode = plan.kind === 'dense' && plan.dtype === 'fp16' ? f32ToFp16 : f32ToBf16;
-  const o = p.o;
-  for (let x = 0; x < dV; x++) out[base + x] = encode(o[r * dV + x]! * factor);
+  const fp16 = plan.kind === 'dense' && plan.dtype === 'fp16';
+  if (!fp16 && nativeBf16 === undefined) {
+    const api = nativeTileApi();
+    nativeBf16 = typeof api === 'string' ? null : (api.bf16Rows ?? null);
+  }
+  if (!fp16 && nativeBf16) nativeBf16(p.o, factors, out, bases, p.rows, dV);
+  else encodeRows(p.o, factors, out, bases, p.rows, dV, fp16 ? f32ToFp16 : f32ToBf16);
+}
+
+/** out[at[r] + x] ← encode(o[r·dv + x] · factors[r]) for x < dv, rows with at[r] < 0 skipped (the addon's bf16Rows in TypeScript). */
+export function encodeRows(
+  o: Float32Array, factors: Float64Array, out: Uint16Array, at: Float64Array, rows: number, dv: number, encode: (x: number) => number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const base = at[r]!, factor = factors[r]!;
+    if (base < 0) continue;
+    for (let x = 0; x < dv; x++) out[base + x] = encode(o[r * dv + x]! * factor);
+  }
 }

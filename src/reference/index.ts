@@ -4,11 +4,12 @@ import { check, FlashMLAError } from '../errors.js';
 import type { DecodePlan, SparsePlan } from '../plan.js';
 import type { DecodeArgs, DecodeOptions, DecodeResult } from '../types.js';
 import { validateDecode } from '../validate/index.js';
-import { allocateOutputs, writeRow } from './finalize.js';
+import { allocateOutputs, writeRows, type RowPlaces } from './finalize.js';
 import { ITEM, itemRows, planFlops, runItem, workItems } from './items.js';
 import { kernelsFor, resolveTier, type Tier, type TileKernels } from './kernels.js';
 import { copyPartial, mergeInto, partialIn, type Partial } from './partial.js';
 import { pool } from './pool.js';
+import { forgetQ } from './qmemo.js';
 import type { Job } from './worker.js';
 import { backLimit, claimBack, closeClaims, frontClaims, MAX_WAVE_ITEMS, openClaims } from './claim.js';
 import { arena, stagePlan, type Staged } from './share.js';
@@ -73,11 +74,15 @@ function sinkValues(plan: SparsePlan): Float32Array | null {
  * when its last item arrives (LSE merge as FlashMLA's combine, SPEC §2.6).
  */
 function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>): (j: number, p: Partial) => void {
-  const accBuffer = new Float32Array(itemRows(plan) * (plan.dV + 2));
+  const rows = itemRows(plan);
+  const accBuffer = new Float32Array(rows * (plan.dV + 2));
   let acc = partialIn(accBuffer, 0, 0, plan.dV);
   const n = items.length / ITEM;
   const sinks = plan.kind === 'sparse' ? sinkValues(plan) : null;
   const hpk = plan.kind === 'dense' ? plan.hQ / plan.hK : 1;
+  const places: RowPlaces = { i: 0, s: new Int32Array(rows), h: new Int32Array(rows), sink: sinks };
+  const factors = new Float64Array(rows);
+  const bases = new Float64Array(rows);
   const field = (j: number, f: number): number => items[ITEM * j + f]!;
   const sameGroup = (a: number, b: number): boolean => field(a, 0) === field(b, 0) && field(a, 1) === field(b, 1) && field(a, 4) === field(b, 4);
   return (j, p) => {
@@ -88,12 +93,15 @@ function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTenso
       mergeInto(acc, p);
     }
     if (j + 1 < n && sameGroup(j, j + 1)) return;
-    const i = field(j, 0), g = field(j, 1), r0 = field(j, 4);
+    const g = field(j, 1), r0 = field(j, 4);
+    places.i = field(j, 0);
     for (let r = 0; r < acc.rows; r++) {
       const row = r0 + r;
-      if (plan.kind === 'dense') writeRow(res, plan, acc, r, i, Math.floor(row / hpk), g * hpk + (row % hpk), null);
-      else writeRow(res, plan, acc, r, i, g, row, sinks ? sinks[row]! : null);
+      // Dense rows are (s, head of KV head g) (SPEC §2.2); sparse rows are the heads of token g.
+      places.s[r] = plan.kind === 'dense' ? Math.floor(row / hpk) : g;
+      places.h[r] = plan.kind === 'dense' ? g * hpk + (row % hpk) : row;
     }
+    writeRows(res, plan, acc, places, factors, bases);
   };
 }
 
@@ -139,6 +147,14 @@ function runCallerShare(
 
 /** Runs a validated plan on the CPU with FlashMLA's semantics (SPEC §6). */
 export async function runReference(plan: DecodePlan, opts: ReferenceOptions = {}): Promise<DecodeResult<HostTensor>> {
+  try {
+    return await runPlan(plan, opts);
+  } finally {
+    forgetQ();
+  }
+}
+
+async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<DecodeResult<HostTensor>> {
   requireHost(plan);
   const threads = resolveThreads(opts.threads);
   const tier = resolveTier(opts.tier ?? opts.kernels?.name);

@@ -5,12 +5,18 @@ import type { Partial } from './partial.js';
 import { attendSparse, candidateCount } from './sparse.js';
 
 /**
- * Keys (dense) or candidate positions (sparse) per work item. Fixed, not derived from the thread
- * count, so every thread count computes the same partials and merges them in the same order:
- * results are bitwise identical for any `threads`.
+ * Keys (dense) or candidate positions (sparse) per work item: MAX_CHUNK, halved down to MIN_CHUNK
+ * while a call has fewer than MIN_ITEMS items, so short calls still spread evenly over threads
+ * and the last items leave little imbalance (sparse b=4 h_q=64: 16 items of 512 candidates, not
+ * 8 of 1024; dense b=1 s_k=4096: 8 items, not 4). Below 512 keys the per-item fixed costs (the
+ * partial's copy and merge, 128 × 512 floats each) outweigh the balance gained. The size depends
+ * only on the plan, never on the thread count, so every thread count computes the same partials
+ * and merges them in the same order: results are bitwise identical for any `threads`. Multiples
+ * of TILE, so dense chunks start on a page.
  */
-export const DENSE_CHUNK = 1024;
-export const SPARSE_CHUNK = 1024;
+export const MAX_CHUNK = 1024;
+export const MIN_CHUNK = 512;
+export const MIN_ITEMS = 16;
 
 /**
  * Most query rows per dense item. More rows share each converted K tile, but past ~128 rows the
@@ -29,6 +35,7 @@ export const ITEM = 6;
  * rows are lonely.
  */
 export function workItems(plan: DecodePlan): Int32Array {
+  const chunk = chunkSize(plan);
   const out: number[] = [];
   if (plan.kind === 'dense') {
     for (let i = 0; i < plan.b; i++) {
@@ -36,7 +43,7 @@ export function workItems(plan: DecodePlan): Int32Array {
       const rows = denseRows(plan);
       for (let k = 0; k < plan.hK; k++) {
         for (let r0 = 0; r0 < rows; r0 += MAX_ROWS) {
-          for (let t0 = 0; t0 === 0 || t0 < L; t0 += DENSE_CHUNK) out.push(i, k, t0, Math.min(t0 + DENSE_CHUNK, L), r0, Math.min(r0 + MAX_ROWS, rows));
+          for (let t0 = 0; t0 === 0 || t0 < L; t0 += chunk) out.push(i, k, t0, Math.min(t0 + chunk, L), r0, Math.min(r0 + MAX_ROWS, rows));
         }
       }
     }
@@ -44,11 +51,28 @@ export function workItems(plan: DecodePlan): Int32Array {
     const n = candidateCount(plan);
     for (let i = 0; i < plan.b; i++) {
       for (let s = 0; s < plan.sQ; s++) {
-        for (let p0 = 0; p0 === 0 || p0 < n; p0 += SPARSE_CHUNK) out.push(i, s, p0, Math.min(p0 + SPARSE_CHUNK, n), 0, plan.hQ);
+        for (let p0 = 0; p0 === 0 || p0 < n; p0 += chunk) out.push(i, s, p0, Math.min(p0 + chunk, n), 0, plan.hQ);
       }
     }
   }
   return Int32Array.from(out);
+}
+
+/** The chunk of a plan's items (see MAX_CHUNK). */
+export function chunkSize(plan: DecodePlan): number {
+  let groups: number;
+  let keys: number[];
+  if (plan.kind === 'dense') {
+    groups = plan.hK * Math.ceil(denseRows(plan) / MAX_ROWS);
+    keys = Array.from(plan.seqlens!);
+  } else {
+    groups = plan.sQ;
+    keys = new Array<number>(plan.b).fill(candidateCount(plan));
+  }
+  const count = (chunk: number): number => groups * keys.reduce((sum, L) => sum + Math.max(1, Math.ceil(L / chunk)), 0);
+  let chunk = MAX_CHUNK;
+  while (chunk > MIN_CHUNK && count(chunk) < MIN_ITEMS) chunk /= 2;
+  return chunk;
 }
 
 /** Most output rows of one item (dense: s_q·h_q/h_k up to MAX_ROWS, sparse: h_q). */

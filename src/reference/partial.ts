@@ -1,4 +1,5 @@
 import { LN2 } from './softmax.js';
+import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 import type { Workspace } from './workspace.js';
 
 /**
@@ -39,8 +40,24 @@ export function copyPartial(dst: Partial, src: Partial): void {
   dst.o.set(src.o);
 }
 
-/** Folds `src` into `dst` (same rows), rescaling both to the larger max. */
+let nativeMerge: CpuTileApi['merge'] | null | undefined;
+
+/**
+ * Folds `src` into `dst` (same rows), rescaling both to the larger max. The calling thread merges
+ * every item of a call, so with the addon loaded this runs there (same arithmetic, in double, ~8×
+ * faster than the loop below); without it, the loop.
+ */
 export function mergeInto(dst: Partial, src: Partial): void {
+  if (nativeMerge === undefined) {
+    const api = nativeTileApi();
+    nativeMerge = typeof api === 'string' ? null : (api.merge ?? null);
+  }
+  if (nativeMerge) nativeMerge(dst.m, dst.l, dst.o, src.m, src.l, src.o, dst.rows, dst.dv);
+  else mergeIntoJs(dst, src);
+}
+
+/** `mergeInto` in TypeScript. */
+export function mergeIntoJs(dst: Partial, src: Partial): void {
   const { dv } = dst;
   for (let r = 0; r < dst.rows; r++) {
     const ms = src.m[r]!;

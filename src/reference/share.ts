@@ -2,6 +2,7 @@ import type { Bound, DecodePlan, DensePlan, SparsePlan, SparseScope } from '../p
 import { extentOf, type HostTensor } from '../tensor.js';
 import { MODEL1, V32 } from '../kvcache/layout.js';
 import { ITEM } from './items.js';
+import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 import { copyBytes, TILE } from './workspace.js';
 
 type Typed = Uint8Array | Uint16Array | Int32Array | Float32Array;
@@ -113,6 +114,20 @@ function shareDense(plan: DensePlan): Staged {
   };
 }
 
+let gatherFn: CpuTileApi['gather'] | null | undefined;
+
+/** The addon's gather when it is loaded (one native call stages an item's tokens), else null. */
+function nativeGather(): CpuTileApi['gather'] | null {
+  if (gatherFn === undefined) {
+    const api = nativeTileApi();
+    gatherFn = typeof api === 'string' ? null : (api.gather ?? null);
+  }
+  return gatherFn;
+}
+
+/** The (from, to, bytes) triples of one staging call, reused. */
+let runScratch = new Float64Array(3 * 2048);
+
 /** A sparse scope for workers, and how to stage the candidates [lo, hi) of one query token. */
 interface StagedScope {
   scope: SparseScope;
@@ -143,9 +158,24 @@ function shareScope(plan: SparsePlan, scope: SparseScope): StagedScope {
   const capacity = Math.max(Math.min(b * sQ * topk, scope.numBlocks * B), 1);
   const data = arena.take<Uint8Array>(Uint8Array, capacity * rec);
   let slots = 0;
+  const gather = nativeGather();
+  // (from, to, bytes) of each copy an item needs, for one native call (gather) or copyBytes each.
+  let runs = 0;
+  const copy = (from: number, to: number, bytes: number): void => {
+    if (!gather) {
+      copyBytes(src, from, data, to, bytes);
+      return;
+    }
+    if (3 * runs + 3 > runScratch.length) runScratch = Float64Array.from({ length: 2 * runScratch.length + 3 }, (_, n) => runScratch[n] ?? 0);
+    runScratch[3 * runs] = from;
+    runScratch[3 * runs + 1] = to;
+    runScratch[3 * runs + 2] = bytes;
+    runs++;
+  };
   const stage = (i: number, s: number, lo: number, hi: number): void => {
     const row0 = iv.offset + i * iv.strides[0]! + s * iv.strides[1]!;
     const out0 = (i * sQ + s) * topk;
+    runs = 0;
     for (let p = lo; p < hi; p++) {
       const index = idx[row0 + p * iv.strides[2]!]!;
       if (index === -1) continue;
@@ -155,14 +185,15 @@ function shareScope(plan: SparsePlan, scope: SparseScope): StagedScope {
         const blockAt = cv.offset + Math.floor(index / B) * cv.strides[0]!;
         const row = index % B;
         if (v32) {
-          copyBytes(src, blockAt + row * cv.strides[1]!, data, slot * rec, rec);
+          copy(blockAt + row * cv.strides[1]!, slot * rec, rec);
         } else {
-          copyBytes(src, blockAt + row * MODEL1.recordBytes, data, slot * rec, MODEL1.recordBytes);
-          copyBytes(src, blockAt + B * MODEL1.recordBytes + row * MODEL1.scaleRecordBytes, data, slot * rec + MODEL1.recordBytes, MODEL1.scaleRecordBytes);
+          copy(blockAt + row * MODEL1.recordBytes, slot * rec, MODEL1.recordBytes);
+          copy(blockAt + B * MODEL1.recordBytes + row * MODEL1.scaleRecordBytes, slot * rec + MODEL1.recordBytes, MODEL1.scaleRecordBytes);
         }
       }
       remapped[out0 + p] = slot;
     }
+    if (gather && runs > 0) gather(src, data, runScratch, runs);
   };
   return {
     scope: {

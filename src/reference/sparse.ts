@@ -2,6 +2,7 @@ import type { SparsePlan, SparseScope } from '../plan.js';
 import type { HostTensor } from '../tensor.js';
 import type { TileKernels } from './kernels.js';
 import { storePartial, type Partial } from './partial.js';
+import { qLoaded } from './qmemo.js';
 import { LOG2E } from './softmax.js';
 import { TILE, type Workspace } from './workspace.js';
 
@@ -30,9 +31,12 @@ export function attendSparse(plan: SparsePlan, item: SparseItem, kernels: TileKe
   const ws = kernels.workspace(hQ, dQK, dV);
   const qv = plan.q.view;
   const q = (plan.q.tensor as HostTensor).data as Uint16Array;
-  for (let h = 0; h < hQ; h++) {
-    const src = qv.offset + item.i * qv.strides[0]! + item.s * qv.strides[1]! + h * qv.strides[2]!;
-    for (let d = 0; d < dQK; d++) ws.q32[h * dQK + d] = q[src + d]! << 16;
+  // Chunks of one query token share the converted rows (qmemo.ts).
+  if (!qLoaded(ws, plan, item.i * plan.sQ + item.s, 0)) {
+    for (let h = 0; h < hQ; h++) {
+      const src = qv.offset + item.i * qv.strides[0]! + item.s * qv.strides[1]! + h * qv.strides[2]!;
+      for (let d = 0; d < dQK; d++) ws.q32[h * dQK + d] = q[src + d]! << 16;
+    }
   }
   ws.reset();
   const scaleLog2 = plan.softmaxScale * LOG2E;

@@ -25,6 +25,12 @@ export interface CpuTileApi {
   /** The best instruction set this CPU runs, null without AVX2 + FMA or off x86-64. */
   readonly isa: NativeIsa | null;
   readonly Tile: new (rows: number, dim: number, dv: number, isa?: NativeIsa) => CpuTile;
+  /** partial.ts `mergeInto` on the arrays of two partials (absent from addons built before it). */
+  /** finalize.ts `writeRows`' bf16 rounding: dst[at[r] + x] ← bf16(o[r·dv + x] · factors[r]), rows with at[r] < 0 skipped. */
+  readonly bf16Rows?: (o: Float32Array, factors: Float64Array, dst: Uint16Array, at: Float64Array, rows: number, dv: number) => void;
+  /** share.ts staging: for each of `count` (srcAt, dstAt, bytes) triples in runs, dst[dstAt …] ← src[srcAt …]. */
+  readonly gather?: (src: Uint8Array, dst: Uint8Array, runs: Float64Array, count: number) => void;
+  readonly merge?: (dm: Float32Array, dl: Float32Array, dO: Float32Array, sm: Float32Array, sl: Float32Array, sO: Float32Array, rows: number, dv: number) => void;
 }
 
 let api: CpuTileApi | string | undefined;

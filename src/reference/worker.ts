@@ -10,6 +10,7 @@ import { claimFront } from './claim.js';
 import { kernelsFor, type Tier } from './kernels.js';
 import { ITEM, runItem } from './items.js';
 import { partialIn } from './partial.js';
+import { forgetQ } from './qmemo.js';
 
 export interface Job {
   tier: Tier;
@@ -47,6 +48,8 @@ parentPort?.on('message', (job: Job) => {
     reply = { ok: true };
   } catch (e) {
     reply = { ok: false, error: e instanceof Error ? (e.stack ?? e.message) : String(e) };
+  } finally {
+    forgetQ();
   }
   parentPort!.postMessage(reply);
 });
