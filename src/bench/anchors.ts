@@ -160,9 +160,15 @@ function timeTorch(python: string, s: AnchorShape, args: Omit<DecodeArgs, 'sched
 
 /**
  * Times every anchor shape on the reference backend (tier from $FLASHMLA_REFERENCE_TIER or the
- * fastest available) at each thread count: 3 warm-up calls (workers start, JIT tiers up), then
- * `reps` timed calls, median. Then the torch peer on the same inputs when asked and available.
+ * fastest available) at each thread count: ANCHOR_WARMUP untimed calls, then `reps` timed calls,
+ * median. Then the torch peer on the same inputs when asked and available.
  */
+/**
+ * Untimed calls before timing each thread count: workers start, and a fresh worker's code needs
+ * about 10 calls to reach its steady speed (JIT tiering).
+ */
+export const ANCHOR_WARMUP = 12;
+
 export async function runAnchorBench(opts: AnchorBenchOptions): Promise<AnchorRow[]> {
   const log = opts.log ?? (() => undefined);
   const tier = resolveTier();
@@ -176,7 +182,7 @@ export async function runAnchorBench(opts: AnchorBenchOptions): Promise<AnchorRo
     const schedMeta = getMlaMetadata();
     const ours = new Map<number, number>();
     for (const threads of opts.threads) {
-      const t = await timeCalls(() => referenceDecode({ ...args, schedMeta }, { threads, tier }), 3, opts.reps);
+      const t = await timeCalls(() => referenceDecode({ ...args, schedMeta }, { threads, tier }), ANCHOR_WARMUP, opts.reps);
       ours.set(threads, t.medianMs);
       log(`${shape.name}: ${threads} thread(s), ${tier}: ${t.medianMs.toFixed(2)} ms`);
     }

@@ -161,9 +161,9 @@ async function runAnchors(values: OptionValues, json: boolean): Promise<number> 
   const threads = parseThreads(values);
   const reps = integer(values, 'reps', 3, 1);
   // Loaded on demand: its PyTorch-peer machinery is not needed by the other commands.
-  const { runAnchorBench } = await import('../bench/anchors.js');
+  const { runAnchorBench, ANCHOR_WARMUP } = await import('../bench/anchors.js');
   const rows = await runAnchorBench({ threads, reps, torch: true, log: (line: string) => process.stderr.write(`${line}\n`) });
-  const note = `median of ${reps} calls after 3 warm-up; ratio = our ms / torch ms at the same thread count (< 1: faster)`;
+  const note = `median of ${reps} calls after ${ANCHOR_WARMUP} warm-up; ratio = our ms / torch ms at the same thread count (< 1: faster)`;
   if (json) process.stdout.write(`${JSON.stringify({ backend: 'reference', shapes: 'anchors', note, rows }, null, 2)}\n`);
   else process.stdout.write(`CPU anchor shapes (../shared/bench/README.md) on the reference backend\n${note}\n\n${anchorsTable(rows)}\n`);
   return 0;
