@@ -158,12 +158,21 @@ export function viewOf(t: unknown, name: string, rank?: number): View {
   return view;
 }
 
-/** A new, zero-filled, contiguous host tensor. */
-export function zeros<D extends DType>(dtype: D, shape: readonly number[]): HostTensor<D> {
+/**
+ * A new, zero-filled, contiguous host tensor; `shared: true` backs it with a SharedArrayBuffer (for
+ * KV caches and other large inputs the reference backend's workers then read in place).
+ */
+export function zeros<D extends DType>(dtype: D, shape: readonly number[], options: { shared?: boolean } = {}): HostTensor<D> {
   for (const d of shape) {
     if (!isCount(d)) throw new FlashMLAError('E_SHAPE', `shape must hold non-negative integers, got [${shape.join(', ')}]`, 'shape');
   }
-  return { dtype, shape: [...shape], data: new ARRAY_OF[dtype](numel(shape)) as DataOf[D] };
+  const n = numel(shape);
+  const Array_ = ARRAY_OF[dtype] as unknown as new (buffer: ArrayBufferLike, offset: number, length: number) => DataOf[D];
+  // A SharedArrayBuffer-backed tensor reaches the reference backend's worker threads without a copy.
+  const data = options.shared === true
+    ? new Array_(new SharedArrayBuffer(n * ELEMENT_BYTES[dtype]), 0, n)
+    : (new ARRAY_OF[dtype](n) as DataOf[D]);
+  return { dtype, shape: [...shape], data };
 }
 
 /** Wraps a typed array as a contiguous host tensor (no copy). */

@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'vitest';
 import { f32ToBf16 } from '../src/formats/bf16.js';
 import { generateDenseCase, generateSparseCase, type DenseCaseParams, type SparseCaseParams } from '../src/harness/cases.js';
-import type { HostTensor } from '../src/tensor.js';
+import { zeros, type HostTensor } from '../src/tensor.js';
 import { expectMatchesOracle, reference } from './helpers/decode.js';
 
 const dense = (p: Partial<DenseCaseParams>, seed = 1) =>
@@ -148,5 +148,20 @@ describe('sparse decode matches the float64 oracle (SPEC §6.3–6.4, §7.3)', (
     const zero = await reference({ ...c.args, attnSink: sinkOf(0) });
     expect(zero.lse.data).toEqual(base.lse.data);
     expect(zero.out.data).not.toEqual(base.out.data);
+  });
+});
+
+describe('shared-memory host tensors', () => {
+  test('zeros(..., { shared: true }) is backed by a SharedArrayBuffer and decodes like plain memory', async () => {
+    const c = dense({ b: 2, sK: 4096, hQ: 128 }, 9);
+    const k = c.args.kCache;
+    const shared = zeros('bf16', k.shape, { shared: true });
+    expect(shared.data.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(Array.from(shared.data.subarray(0, 4))).toEqual([0, 0, 0, 0]);
+    shared.data.set(k.data as Uint16Array);
+    const plain = await reference(c.args, 2);
+    const viaShared = await reference({ ...c.args, kCache: { ...shared, strides: k.strides } }, 2);
+    expect(viaShared.out.data).toEqual(plain.out.data);
+    expect(viaShared.lse.data).toEqual(plain.lse.data);
   });
 });
