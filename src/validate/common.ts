@@ -93,33 +93,36 @@ export function expectFiniteScalar(x: unknown, name: string): number {
   return x;
 }
 
-/** Which raw element values are NaN/±Inf, per floating dtype (bit tests, no decoding). */
-export const NON_FINITE: Readonly<Record<'bf16' | 'fp16' | 'fp32', (x: number) => boolean>> = {
-  bf16: (bits) => (bits & 0x7f80) === 0x7f80,
-  fp16: (bits) => (bits & 0x7c00) === 0x7c00,
-  fp32: (x) => !Number.isFinite(x),
-};
+/**
+ * First non-finite element in `data[o + j·step]` for j < n, or −1: exponent bits all ones for
+ * bf16 / fp16 raw bits, !isFinite for fp32. One loop per dtype keeps this hot check cheap.
+ */
+function firstNonFinite(dtype: string, data: ArrayLike<number>, o: number, step: number, n: number): number {
+  if (dtype === 'bf16') {
+    for (let j = 0; j < n; j++) if ((data[o + j * step]! & 0x7f80) === 0x7f80) return j;
+  } else if (dtype === 'fp16') {
+    for (let j = 0; j < n; j++) if ((data[o + j * step]! & 0x7c00) === 0x7c00) return j;
+  } else {
+    for (let j = 0; j < n; j++) if (!Number.isFinite(data[o + j * step]!)) return j;
+  }
+  return -1;
+}
 
 /** Rejects NaN/±Inf anywhere in a host-readable floating tensor (a NaN input gives NaN rows). */
 export function expectFiniteValues(b: Bound, name: string, downloaded?: Downloaded): void {
   const h = hostData(b, downloaded);
   if (h === null) return;
-  const bad = NON_FINITE[h.view.dtype as 'bf16' | 'fp16' | 'fp32'];
-  const { shape, strides, offset } = h.view;
+  const { dtype, shape, strides, offset } = h.view;
   const rank = shape.length;
   if (shape.some((d) => d === 0)) return;
-  const inner = shape[rank - 1]!;
-  const innerStride = strides[rank - 1]!;
   const idx = new Array<number>(rank).fill(0);
   for (;;) {
     let o = offset;
     for (let i = 0; i < rank - 1; i++) o += idx[i]! * strides[i]!;
-    for (let j = 0; j < inner; j++) {
-      const x = h.data[o + j * innerStride]!;
-      if (bad(x)) {
-        idx[rank - 1] = j;
-        throw new FlashMLAError('E_VALUE', `${name}[${idx.join(', ')}] is not finite (NaN or Infinity); inputs must be finite`, name);
-      }
+    const j = firstNonFinite(dtype, h.data, o, strides[rank - 1]!, shape[rank - 1]!);
+    if (j >= 0) {
+      idx[rank - 1] = j;
+      throw new FlashMLAError('E_VALUE', `${name}[${idx.join(', ')}] is not finite (NaN or Infinity); inputs must be finite`, name);
     }
     let k = rank - 2;
     while (k >= 0 && ++idx[k]! === shape[k]) idx[k--] = 0;
