@@ -1,6 +1,6 @@
 import { check } from '../errors.js';
 import type { DecodePlan } from '../plan.js';
-import { FlashMLASchedMeta, type SchedConfig } from '../sched-meta.js';
+import { FlashMLASchedMeta } from '../sched-meta.js';
 import type { DecodeArgs } from '../types.js';
 import { isGiven, type Downloaded } from './common.js';
 import { validateDense } from './dense.js';
@@ -18,8 +18,4 @@ export function validateDecode(args: DecodeArgs, opts?: { downloaded?: Downloade
   check(args.schedMeta instanceof FlashMLASchedMeta, 'E_VALUE', 'schedMeta',
     'schedMeta must come from getMlaMetadata()');
   return isGiven(args.indices) ? validateSparse(args, opts?.downloaded) : validateDense(args, opts?.downloaded);
-}
-
-export function schedConfigOf(plan: DecodePlan): SchedConfig {
-  return plan.config;
 }
