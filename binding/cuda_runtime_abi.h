@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 
 namespace cuda_abi {
 
@@ -35,14 +36,32 @@ inline constexpr unsigned cudaStreamNonBlocking = 1;
 // cudaMemoryType in cudaPointerAttributes::type.
 inline constexpr int cudaMemoryTypeDevice = 2;
 
-// struct cudaPointerAttributes (CUDA >= 10): { enum type; int device; void* devicePointer; void* hostPointer; }
-struct cudaPointerAttributes {
+// struct cudaPointerAttributes: CUDA 10–12 declare { enum type; int device; void* devicePointer;
+// void* hostPointer; } (24 bytes); CUDA 13.0 appends `long reserved[8]` that must be zero (88 bytes),
+// and the runtime writes its whole struct. So the addon never passes this prefix type to the
+// runtime: it passes a zeroed PointerAttributesBuffer, larger than any version's struct, and reads
+// the prefix out of it (docs/cuda-path.md#runtime-structs).
+struct PointerAttributesPrefix {
   int type;
   int device;
   void* devicePointer;
   void* hostPointer;
 };
-static_assert(sizeof(cudaPointerAttributes) == 24, "cudaPointerAttributes layout");
+static_assert(offsetof(PointerAttributesPrefix, type) == 0 && offsetof(PointerAttributesPrefix, device) == 4 &&
+                  offsetof(PointerAttributesPrefix, devicePointer) == 8 && offsetof(PointerAttributesPrefix, hostPointer) == 16,
+              "cudaPointerAttributes prefix layout (identical in CUDA 10-13)");
+inline constexpr std::size_t kCuda13PointerAttributesBytes = 88;
+inline constexpr std::size_t kPointerAttributesBufferBytes = 512;
+static_assert(kPointerAttributesBufferBytes >= 4 * kCuda13PointerAttributesBytes, "room for the struct to grow");
+
+struct PointerAttributesBuffer {
+  alignas(16) unsigned char bytes[kPointerAttributesBufferBytes] = {};
+  PointerAttributesPrefix prefix() const {
+    PointerAttributesPrefix p;
+    std::memcpy(&p, bytes, sizeof p);
+    return p;
+  }
+};
 
 // cudaDeviceProp begins with `char name[256]` in every CUDA version; the rest of the struct changes
 // between versions, so the addon passes a buffer larger than any version's struct and reads the
@@ -69,7 +88,7 @@ inline constexpr std::size_t kDevicePropBufferBytes = 16384;
   X(StreamCreateWithFlags, "cudaStreamCreateWithFlags", cudaError_t (*)(cudaStream_t*, unsigned)) \
   X(StreamDestroy, "cudaStreamDestroy", cudaError_t (*)(cudaStream_t))                            \
   X(StreamSynchronize, "cudaStreamSynchronize", cudaError_t (*)(cudaStream_t))                    \
-  X(PointerGetAttributes, "cudaPointerGetAttributes", cudaError_t (*)(cudaPointerAttributes*, const void*)) \
+  X(PointerGetAttributes, "cudaPointerGetAttributes", cudaError_t (*)(void* attributes, const void*)) \
   X(EventCreate, "cudaEventCreate", cudaError_t (*)(cudaEvent_t*))                                \
   X(EventRecord, "cudaEventRecord", cudaError_t (*)(cudaEvent_t, cudaStream_t))                   \
   X(EventSynchronize, "cudaEventSynchronize", cudaError_t (*)(cudaEvent_t))                       \

@@ -260,10 +260,11 @@ Napi::Value Engine::PointerInfo(const Napi::CallbackInfo& info) {
   try {
     const uint64_t p = address(info[0], "address");
     auto task = std::make_unique<Task>();
-    auto out = std::make_shared<cudaPointerAttributes>();
+    auto out = std::make_shared<PointerAttributesPrefix>();
     task->execute = [p, out](DeviceContext& ctx) {
-      *out = {};
-      const int err = ctx.cuda().PointerGetAttributes(out.get(), reinterpret_cast<const void*>(p));
+      PointerAttributesBuffer attributes;  // zeroed, larger than any runtime's struct
+      const int err = ctx.cuda().PointerGetAttributes(attributes.bytes, reinterpret_cast<const void*>(p));
+      *out = attributes.prefix();
       if (err != cudaSuccess) {
         ctx.cuda().GetLastError();  // an unregistered host pointer reports an error on old runtimes
         out->type = 0;

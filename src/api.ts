@@ -17,7 +17,12 @@ export async function flashMlaWithKvCache(args: DecodeArgs, options: DecodeOptio
   }
   if (backend === 'reference') return referenceDecode(args, options);
   const cuda = await defaultCuda();
-  if (cuda.ok) return cuda.instance.flashMlaWithKvCache(args, options);
+  // Under 'auto' a call this build cannot run on the device (a dense call on a build without dense
+  // kernels, say) runs on the reference when its tensors are host tensors.
+  if (cuda.ok) {
+    if (backend === 'cuda' || cuda.instance.cannotRun(args) === null) return cuda.instance.flashMlaWithKvCache(args, options);
+    return referenceDecode(args, options);
+  }
   if (backend === 'cuda') throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${cuda.reason}`, 'options.backend');
   return referenceDecode(args, options);
 }

@@ -2,8 +2,9 @@ import { backendInfo, type BackendInfo } from './backend-info.js';
 import { check, FlashMLAError } from './errors.js';
 import { DeviceTensor } from './native/device-tensor.js';
 import { openCudaSession, type CudaSession } from './native/session.js';
+import { callKindOf } from './native/usability.js';
 import { referenceDecode } from './reference/index.js';
-import type { DeviceTensorMeta, DType, HostTensor, Tensor, TensorMeta } from './tensor.js';
+import { isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
 import type { BackendChoice, BackendName, DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
 
 export interface FlashMLAOpenOptions {
@@ -24,10 +25,13 @@ export class FlashMLA {
   readonly device: number | null;
   readonly #session: CudaSession | null;
   readonly #library: string | undefined;
+  /** Opened with 'auto': host-tensor calls this build cannot run go to the reference. */
+  readonly #fallback: boolean;
   #disposed = false;
 
-  private constructor(backend: BackendName, session: CudaSession | null, library: string | undefined) {
+  private constructor(backend: BackendName, session: CudaSession | null, library: string | undefined, fallback: boolean) {
     this.backend = backend;
+    this.#fallback = fallback;
     this.device = session?.device ?? null;
     this.#session = session;
     this.#library = library;
@@ -41,11 +45,11 @@ export class FlashMLA {
     check(options.device === undefined || (Number.isSafeInteger(options.device) && options.device >= 0), 'E_VALUE', 'options.device',
       'options.device must be a non-negative integer');
     check(options.library === undefined || typeof options.library === 'string', 'E_VALUE', 'options.library', 'options.library must be a path');
-    if (backend === 'reference') return new FlashMLA('reference', null, undefined);
+    if (backend === 'reference') return new FlashMLA('reference', null, undefined, false);
     const opened = await openCudaSession({ device: options.device, library: options.library });
-    if (opened.ok) return new FlashMLA('cuda', opened.session, options.library);
+    if (opened.ok) return new FlashMLA('cuda', opened.session, options.library, backend === 'auto');
     if (backend === 'cuda') throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${opened.reason}`, 'backend');
-    return new FlashMLA('reference', null, options.library);
+    return new FlashMLA('reference', null, options.library, false);
   }
 
   #cuda(what: string): CudaSession {
@@ -59,7 +63,19 @@ export class FlashMLA {
   async flashMlaWithKvCache(args: DecodeArgs, options: DecodeOptions = {}): Promise<DecodeResult<Tensor>> {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
     if (this.#session === null) return referenceDecode(args, options);
+    if (this.#fallback && this.cannotRun(args) !== null) return referenceDecode(args, options);
     return this.#session.decode(args, options);
+  }
+
+  /**
+   * Why this instance's CUDA build cannot run this call on its device when every tensor of the call
+   * is a host tensor (so the reference could run it instead), else null.
+   * @internal
+   */
+  cannotRun(args: DecodeArgs): string | null {
+    if (this.#session === null || !allHost(args)) return null;
+    const call = callKindOf(args);
+    return call === null ? null : this.#session.callProblem(call);
   }
 
   /** Copies a host tensor to the device (same strides; the offset becomes 0). */
@@ -100,3 +116,13 @@ export class FlashMLA {
 }
 
 export { DeviceTensor };
+
+const TENSOR_ARGS = ['q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength'] as const;
+
+function allHost(args: DecodeArgs): boolean {
+  try {
+    return TENSOR_ARGS.every((k) => args[k] === undefined || args[k] === null || isHostTensor(args[k]));
+  } catch {
+    return false;
+  }
+}

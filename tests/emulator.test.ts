@@ -98,6 +98,15 @@ describe('emulator self-test', () => {
     expect(r.status).toBe(0);
   });
 
+  it('refuses a launch on a device its GPU code cannot run on, as the runtime does (error 209)', async () => {
+    const noSm100 = await buildEmulator({ name: 'no-sm100', targets: ['sm_90a'] });
+    const image = (env: Record<string, string>) => spawnSync(driver, [noSm100, 'image'], { encoding: 'utf8', env: { ...process.env, ...env } });
+    expect(image({ FLASHMLA_EMU_ARCH: 'sm90' }).stdout).toBe('image: launched\n');
+    expect(image({ FLASHMLA_EMU_ARCH: 'sm100' }).stdout).toMatch(/^image: refused \(run_get_decoding_sched_meta_kernel: CUDA error 209 \(no kernel image/);
+    const exited = image({ FLASHMLA_EMU_ARCH: 'sm100', FLASHMLA_EMU_EXIT: '1' });
+    expect(exited.status).toBe(1); // what FlashMLA's CHECK_CUDA does to the process
+  });
+
   it('exits like FlashMLA on a failed CHECK_CUDA when FLASHMLA_EMU_EXIT=1', () => {
     // The memory test launches the scheduler again on the faulted device: CHECK_CUDA exits there.
     const r = runDriver('memory', { FLASHMLA_EMU_EXIT: '1' });

@@ -7,7 +7,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { backendInfo, doctorReport, formatDoctor } from '../src/backend-info.js';
 import { FlashMLA } from '../src/flashmla.js';
 import { loadAddon } from '../src/native/addon.js';
-import { readElf } from '../src/native/elf.js';
+import { inspectBuild } from '../src/native/build-file.js';
 import { locateFlashMla } from '../src/native/locate.js';
 import { buildEmulator } from './emulator/build.mjs';
 
@@ -34,7 +34,7 @@ describe('the addon', () => {
   it('looks up exactly the names the emulator exports (SPEC §4.1 and the CUDA runtime table)', () => {
     const a = loadAddon();
     if (!a.ok) throw new Error(a.reason);
-    const exported = new Set(readElf(library).definedSymbols());
+    const exported = inspectBuild(library).exports;
     const launcherLike = [...exported].filter((s) => /^_ZN(4sm90|5sm100|4smxx)/.test(s)).sort();
     expect(launcherLike).toEqual(a.addon.launchers.map((l) => l.mangled).sort());
     for (const f of a.addon.cudaFunctions) expect(exported.has(f), f).toBe(true);
@@ -78,13 +78,15 @@ describe('backendInfo', () => {
     expect(info.devices[0]).toMatchObject({ computeCapability: '9.0', sms: 132, supported: { ok: true } });
     expect(Object.values(info.entryPoints).every((v) => v !== null)).toBe(true);
     expect([info.features.denseBf16.ok, info.features.denseFp16.ok, info.features.v32.ok, info.features.model1.ok]).toEqual([true, true, true, true]);
-    expect(info.features.sm100).toMatchObject({ ok: false, reason: expect.stringMatching(/Blackwell/) });
+    expect(info.architectures?.targets).toEqual(['sm_100f', 'sm_90a']);
+    expect(info.featuresByArch?.sm100.features.denseBf16).toMatchObject({ ok: false, reason: expect.stringMatching(/9\.0 \(Hopper\) only/) });
+    expect(info.featuresByArch?.sm100.features.model1.ok).toBe(true);
   });
 
   it('sees an old driver, and a Blackwell device', async () => {
     process.env.FLASHMLA_EMU_ARCH = 'sm100';
     const b = await backendInfo({ library });
-    expect([b.features.sm100.ok, b.features.denseBf16.ok]).toEqual([true, false]);
+    expect([b.features.model1.ok, b.features.v32.ok, b.features.denseBf16.ok]).toEqual([true, true, false]);
     expect(b.features.denseBf16.reason).toMatch(/9\.0/);
     process.env.FLASHMLA_EMU_DRIVER_VERSION = '12040';
     const old = await backendInfo({ library });
@@ -133,7 +135,14 @@ describe('doctor', () => {
 
   it('survives a build that crashes while loading', async () => {
     const src = join(dir, 'crash.cc');
-    writeFileSync(src, '#include <cstdlib>\n__attribute__((constructor)) static void boom() { std::abort(); }\n');
+    // Looks like a FlashMLA build to the file checks (a launcher, a runtime, an empty fatbin), then aborts when loaded.
+    writeFileSync(src, [
+      '#include <cstdlib>',
+      'extern "C" void _ZN4smxx6decode34run_get_decoding_sched_meta_kernelER24GetDecodeSchedMetaParams() {}',
+      'extern "C" int cudaGetDeviceCount(int*) { return 0; }',
+      '__attribute__((used, section(".nv_fatbin"))) static const unsigned char fatbin[16] = {0x50, 0xed, 0x55, 0xba, 1, 0, 16};',
+      '__attribute__((constructor)) static void boom() { std::abort(); }',
+    ].join('\n'));
     const so = join(dir, 'libcrash.so');
     execFileSync('g++', ['-shared', '-fPIC', '-o', so, src]);
     const info = await doctorReport({ library: so, timeoutMs: 20_000 });

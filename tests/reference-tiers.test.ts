@@ -13,7 +13,6 @@ import { f32ToBf16 } from '../src/formats/bf16.js';
 import { Rng } from '../src/harness/random.js';
 import { MODEL1, V32 } from '../src/kvcache/layout.js';
 import { referenceDecode, resolveTier, TIERS, tierUnavailable, TIER_ENV } from '../src/reference/index.js';
-import { LOG2E } from '../src/reference/softmax.js';
 import { JsWorkspace } from '../src/reference/tile-js.js';
 import { NativeWorkspace, nativeTileApi, type CpuTileApi, type NativeIsa } from '../src/reference/tile-native.js';
 import type { Workspace } from '../src/reference/workspace.js';
@@ -138,7 +137,7 @@ describe('native tier', () => {
     // Row 0's query is zero (all its logits are 0).
     for (let i = dim; i < rows * dim; i++) ws.q32[i] = bf16Of(rng) << 16;
     ws.reset();
-    const scaleLog2 = LOG2E / Math.sqrt(dim);
+    const scaleLog2 = Math.LOG2E / Math.sqrt(dim);
     const ld = dim + 64;
     const page = Uint16Array.from({ length: 64 * ld }, () => bf16Of(rng));
     const caches = [fp8Cache(rng, layout, 40), fp8Cache(rng, layout, 40)];

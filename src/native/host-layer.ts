@@ -1,5 +1,7 @@
 import { check, FlashMLAError } from '../errors.js';
 import type { Bound, DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
+import type { KvLayout } from '../types.js';
+import { softmaxScaleLog2 } from '../softmax-scale.js';
 import { ELEMENT_BYTES } from '../tensor.js';
 
 /**
@@ -46,11 +48,13 @@ export interface LaunchPlan {
 export type BaseOf = (b: Bound) => bigint | null;
 
 const INT_MAX = 2 ** 31 - 1;
+const MAX_GRID_Y = 65535;
 const MAX_SPLITS = 160; // SPEC §2.4: combine's largest MAX_SPLITS
 const SCHED_META_SMEM = 227 * 1024; // SPEC §2.4 sched meta: 4·(5b+1) bytes of dynamic shared memory
-const LOG_2_E = Math.fround(1.44269504); // SPEC §2.1
 
-export function archOf(d: DeviceFacts): 'sm90' | 'sm100' | null {
+export type Arch = 'sm90' | 'sm100';
+
+export function archOf(d: Pick<DeviceFacts, 'major' | 'minor'>): Arch | null {
   if (d.major === 9 && d.minor === 0) return 'sm90';
   if (d.major === 10) return 'sm100';
   return null;
@@ -58,11 +62,16 @@ export function archOf(d: DeviceFacts): 'sm90' | 'sm100' | null {
 
 const ccText = (d: DeviceFacts): string => `${d.major}.${d.minor}`;
 
-function expectResolved(resolved: ReadonlySet<string>, keys: readonly string[], what: string): void {
+/**
+ * Why a launcher cannot run on this device with this build (not resolved, or its kernels carry no
+ * code for the device), or null when it can. Decided by src/native/usability.ts.
+ */
+export type LauncherProblem = (key: string) => string | null;
+
+function expectRunnable(problem: LauncherProblem, keys: readonly string[]): void {
   for (const k of keys) {
-    check(resolved.has(k), 'E_UNSUPPORTED', undefined,
-      `this FlashMLA build has no ${k} launcher, needed for ${what}` +
-        (k.endsWith('fp16') ? ' (it was compiled with FLASH_MLA_DISABLE_FP16)' : ' (SPEC §4.1 symbol did not resolve)'));
+    const why = problem(k);
+    if (why !== null) throw new FlashMLAError('E_UNSUPPORTED', why);
   }
 }
 
@@ -86,6 +95,11 @@ function expectIntStrides(b: Bound, name: string): void {
 
 /** Checks shared by every path: SPEC §2.4 combine and sched-meta limits, §8 int32 offsets. */
 function commonLimits(b: number, sQ: number, hQ: number, numSmParts: number, d: DeviceFacts): number {
+  // Builds from 082094b up to 9241ae3 launch the combine with grid (b, s_q, ⌈h_q/8⌉): s_q is grid
+  // dimension y, at most 65535, else the launch fails and the launcher exits the process. Their
+  // launchers look exactly like 9241ae3's, so the limit holds for every build.
+  check(sQ <= MAX_GRID_Y, 'E_UNSUPPORTED', 'q',
+    `s_q = ${sQ} query tokens per request is more than FlashMLA builds before 9241ae3 can combine (at most ${MAX_GRID_Y}, a CUDA grid dimension)`);
   check(numSmParts <= MAX_SPLITS, 'E_UNSUPPORTED', undefined,
     `num_sm_parts = ${numSmParts} on this ${d.sms}-SM device exceeds ${MAX_SPLITS}, the most FlashMLA's combine kernel supports (SPEC §2.4)`);
   check(4 * (5 * b + 1) <= SCHED_META_SMEM, 'E_UNSUPPORTED', 'q',
@@ -96,12 +110,49 @@ function commonLimits(b: number, sQ: number, hQ: number, numSmParts: number, d: 
   return totalSplits;
 }
 
-function densePlan(p: DensePlan, d: DeviceFacts, resolved: ReadonlySet<string>, baseOf: BaseOf): LaunchPlan {
-  check(archOf(d) === 'sm90', 'E_UNSUPPORTED', undefined,
-    `dense decode runs on compute capability 9.0 (Hopper) only; this device is ${ccText(d)} (SPEC §2.2, §8)`);
-  const main = p.dtype === 'bf16' ? 'dense_bf16' : 'dense_fp16';
-  const combine = p.dtype === 'bf16' ? 'combine_bf16' : 'combine_fp16';
-  expectResolved(resolved, [main, combine, 'sched_meta'], `dense ${p.dtype} decode`);
+/** What a call needs from a build, before its shapes: the decode kind, cache dtype or layout, and h_q. */
+export type CallKind =
+  | { readonly kind: 'dense'; readonly dtype: 'bf16' | 'fp16' }
+  | { readonly kind: 'sparse'; readonly layout: KvLayout; readonly hQ: number };
+
+/** The launchers a call runs on an architecture (SPEC §2.2 and the §2.3 implementation table). */
+export interface KernelChoice {
+  readonly implementation: Implementation;
+  readonly main: string;
+  readonly combine: string;
+  /** SPEC §2.3 "Head64 ×2": the head64 launcher twice with shifted pointers. */
+  readonly twice: boolean;
+}
+
+/**
+ * FlashMLA's implementation choice: which launchers a call of this kind runs on `arch`, or a
+ * FlashMLAError (E_UNSUPPORTED) when FlashMLA has no kernel for it there. The one place that maps
+ * calls to launchers; the usability decision asks it too.
+ */
+export function kernelChoice(call: CallKind, arch: Arch): KernelChoice {
+  if (call.kind === 'dense') {
+    check(arch === 'sm90', 'E_UNSUPPORTED', undefined,
+      `FlashMLA's dense decode runs on compute capability 9.0 (Hopper) only; it has no dense kernel for ${arch}`);
+    return { implementation: 'sm90-dense', main: `dense_${call.dtype}`, combine: `combine_${call.dtype}`, twice: false };
+  }
+  const v32 = call.layout === 'v32';
+  check(call.hQ === 64 || call.hQ === 128, 'E_UNSUPPORTED', 'q', `sparse decode needs h_q 64 or 128, got ${call.hQ}`);
+  if (arch === 'sm90') {
+    // SPEC §0.A3: the NUM_HEADS template argument must equal h_q.
+    return { implementation: 'sm90-sparse', main: `sm90_sparse_${call.layout}_h${call.hQ}`, combine: 'combine_bf16', twice: false };
+  }
+  if (call.hQ === 64) return { implementation: 'sm100-head64', main: v32 ? 'sm100_head64_v32' : 'sm100_head64_model1', combine: 'combine_bf16', twice: false };
+  if (v32) return { implementation: 'sm100-head64x2', main: 'sm100_head64_v32', combine: 'combine_bf16', twice: true };
+  return { implementation: 'sm100-head128', main: 'sm100_head128_model1', combine: 'combine_bf16', twice: false };
+}
+
+/** Every launcher key a choice runs, the scheduler included. */
+export const launchersOf = (c: KernelChoice): string[] => [c.main, c.combine, 'sched_meta'];
+
+function densePlan(p: DensePlan, d: DeviceFacts, problem: LauncherProblem, baseOf: BaseOf): LaunchPlan {
+  const choice = kernelChoice({ kind: 'dense', dtype: p.dtype }, archOf(d)!);
+  expectRunnable(problem, launchersOf(choice));
+  const { main, combine } = choice;
   check(p.numBlocks >= 1, 'E_SHAPE', 'kCache', 'kCache needs at least one block (unused block-table entries read block 0, SPEC §0.A8)');
   // SPEC §0.A2: the q, k and out TMA descriptors need 16-byte aligned bases (offsets and strides
   // are checked by validateDecode).
@@ -137,7 +188,7 @@ function densePlan(p: DensePlan, d: DeviceFacts, resolved: ReadonlySet<string>, 
     outDirect: p.hK === 1 || p.sQ === 1,
     lseDirect: p.sQ === 1,
     scale: Math.fround(p.softmaxScale),
-    scaleLog2: Math.fround(p.softmaxScale * Math.LOG2E), // dense: computed in double (SPEC §2.1)
+    scaleLog2: softmaxScaleLog2('dense', p.softmaxScale),
   };
 }
 
@@ -162,46 +213,24 @@ function sparseScopeChecks(s: SparseScope, name: string, idxName: string, arch: 
     () => `${idxName} rows must be 8-byte aligned (even strides), got strides (${s.indices.view.strides.join(', ')}) (SPEC §2.4)`);
 }
 
-function sparsePlan(p: SparsePlan, d: DeviceFacts, resolved: ReadonlySet<string>, baseOf: BaseOf): LaunchPlan {
-  const arch = archOf(d);
-  check(arch !== null, 'E_UNSUPPORTED', undefined,
-    `sparse decode runs on compute capability 9.0 or 10.x; this device is ${ccText(d)} (SPEC §2.3)`);
+function sparsePlan(p: SparsePlan, d: DeviceFacts, problem: LauncherProblem, baseOf: BaseOf): LaunchPlan {
+  const arch = archOf(d)!;
   const v32 = p.layout === 'v32';
-  let implementation: Implementation;
-  let main: string;
-  let numSmParts: number;
-  let fixedOverhead = 5;
-  let twice = false;
-  // SPEC §2.3 implementation table (sm100 is tested first).
-  if (arch === 'sm100') {
-    if (p.hQ === 64) {
-      implementation = 'sm100-head64';
-      main = v32 ? 'sm100_head64_v32' : 'sm100_head64_model1';
-      numSmParts = Math.max(Math.floor(d.sms / p.sQ), 1);
-    } else if (v32) {
-      implementation = 'sm100-head64x2';
-      main = 'sm100_head64_v32';
-      twice = true;
-      numSmParts = Math.max(Math.floor(d.sms / p.sQ), 1);
-    } else {
-      implementation = 'sm100-head128';
-      main = 'sm100_head128_model1';
-      numSmParts = Math.max(Math.floor(Math.floor(d.sms / p.sQ) / 2), 1);
-      fixedOverhead = 3;
-    }
-  } else {
-    implementation = 'sm90-sparse';
-    // SPEC §0.A3: the NUM_HEADS template argument must equal h_q.
-    main = `sm90_sparse_${v32 ? 'v32' : 'model1'}_h${p.hQ}`;
-    numSmParts = Math.max(Math.floor(Math.floor(d.sms / p.sQ) / (p.hQ / 64)), 1);
+  const choice = kernelChoice({ kind: 'sparse', layout: p.layout, hQ: p.hQ }, arch);
+  const { implementation, main, twice } = choice;
+  // SPEC §2.3: P per implementation.
+  const perQ = Math.floor(d.sms / p.sQ);
+  const numSmParts = Math.max(implementation === 'sm90-sparse' ? Math.floor(perQ / (p.hQ / 64))
+    : implementation === 'sm100-head128' ? Math.floor(perQ / 2) : perQ, 1);
+  const fixedOverhead = implementation === 'sm100-head128' ? 3 : 5;
+  if (arch === 'sm90') {
     // SPEC §2.3 caveat / §2.4: the sm90 V32 launcher throws on these.
     check(!(v32 && p.main.topkLength !== null), 'E_UNSUPPORTED', 'topkLength',
       'topkLength is not supported for V3.2 (d_qk 576) caches on sm90 (SPEC §2.4, §8)');
     check(!(v32 && p.extra !== null), 'E_UNSUPPORTED', 'extraKCache',
       'extraKCache is not supported for V3.2 (d_qk 576) caches on sm90 (SPEC §2.4, §8)');
   }
-  check(p.hQ === 64 || p.hQ === 128, 'E_UNSUPPORTED', 'q', `sparse decode needs h_q 64 or 128, got ${p.hQ}`);
-  expectResolved(resolved, [main, 'combine_bf16', 'sched_meta'], `${p.layout === 'v32' ? 'V3.2' : 'MODEL1'} sparse decode with h_q ${p.hQ}`);
+  expectRunnable(problem, launchersOf(choice));
 
   expectIntStrides(p.q, 'q');
   expectAligned(baseOf(p.q), 16, 'q', 'TMA, SPEC §0.A2');
@@ -230,16 +259,16 @@ function sparsePlan(p: SparsePlan, d: DeviceFacts, resolved: ReadonlySet<string>
     // SPEC §2.3: lse (b, s_q, h_q); the public (b, h_q, s_q) is the same memory only when s_q == 1.
     lseDirect: p.sQ === 1,
     scale,
-    scaleLog2: Math.fround(scale * LOG_2_E), // sparse: float arithmetic (SPEC §2.1)
+    scaleLog2: softmaxScaleLog2('sparse', p.softmaxScale),
   };
 }
 
 /** The launch plan of a validated decode on a device, or a FlashMLAError before anything runs. */
-export function planLaunch(plan: DecodePlan, device: DeviceFacts, resolved: ReadonlySet<string>, baseOf: BaseOf): LaunchPlan {
+export function planLaunch(plan: DecodePlan, device: DeviceFacts, problem: LauncherProblem, baseOf: BaseOf): LaunchPlan {
   if (archOf(device) === null) {
     throw new FlashMLAError('E_BACKEND', `FlashMLA's kernels need compute capability 9.0 or 10.x; this device is ${ccText(device)}`);
   }
-  return plan.kind === 'dense' ? densePlan(plan, device, resolved, baseOf) : sparsePlan(plan, device, resolved, baseOf);
+  return plan.kind === 'dense' ? densePlan(plan, device, problem, baseOf) : sparsePlan(plan, device, problem, baseOf);
 }
 
 /** The scalar part of the addon's decode request (binding/decode.cc parseDecodeRequest). */

@@ -1,5 +1,5 @@
-import { readElf } from './elf.js';
-import type { NativeAddon, NativeDeviceProbe, NativeLibrary, NativeLibraryInfo, NativeLoadError, NativeProbe } from './addon.js';
+import type { BuildFile } from './build-file.js';
+import { loadAddon, type NativeAddon, type NativeDeviceProbe, type NativeLibrary, type NativeLibraryInfo, type NativeLoadError, type NativeProbe } from './addon.js';
 import type { LocatedLibrary } from './locate.js';
 
 /** A FlashMLA build loaded into this process, with what resolved and what its runtime reports. */
@@ -25,19 +25,37 @@ export function cudaVersionString(v: number | null | undefined): string | null {
  * contains the stable part of its mangling (another standard library spells std::conditional_t
  * differently). Returns the alternates array the addon takes (index = launcher id).
  */
-export function alternatesFor(addon: NativeAddon, path: string): (string | null)[] {
+export function alternatesFor(addon: NativeAddon, file: BuildFile): (string | null)[] {
   const head128 = addon.launchers.find((l) => l.key === 'sm100_head128_model1')!;
-  let symbols: string[];
-  try {
-    symbols = readElf(path).definedSymbols();
-  } catch {
-    return [];
-  }
-  if (symbols.includes(head128.mangled)) return [];
-  const alt = symbols.find((s) => s.includes(addon.head128Fallback)) ?? null;
+  if (file.exports.has(head128.mangled)) return [];
+  const alt = [...file.exports].find((s) => s.includes(addon.head128Fallback)) ?? null;
   const out = new Array<string | null>(addon.launchers.length).fill(null);
   out[head128.id] = alt;
   return out;
+}
+
+/**
+ * Why a located build must not be loaded at all, from its file alone, or null. Checked before
+ * dlopen, in this order: it exports FlashMLA's launchers; it carries readable GPU code; it shares
+ * the CUDA runtime with the binding (a statically linked runtime exports no cuda* function, and a
+ * second runtime instance would not share the build's state).
+ */
+export function vetBuild(addon: NativeAddon, located: LocatedLibrary): string | null {
+  const { file, path } = located;
+  const alternates = alternatesFor(addon, file);
+  const found = addon.launchers.filter((l) => file.exports.has(l.mangled) || alternates[l.id]).length;
+  if (found === 0) {
+    return `${path} is not a FlashMLA build (0/${addon.launchers.length} entry points): it exports none of FlashMLA's decode launchers ` +
+      '(builds older than FlashMLA 082094b, 2026-01-16, have other launcher signatures)';
+  }
+  if (!file.fatbin.ok) return `${path} is not usable: ${file.fatbin.reason}`;
+  const sharesRuntime = file.needed.some((n) => n.startsWith('libcudart.so')) || file.exports.has('cudaGetDeviceCount');
+  if (located.kind === 'kernels-only' && !sharesRuntime) {
+    return `${path} links the CUDA runtime statically (it NEEDs no libcudart.so and exports no cuda* function); ` +
+      'flashmla-node shares the CUDA runtime of the build, so a kernels-only build must be linked with the shared runtime ' +
+      "(nvcc's -cudart shared, which makes it NEED libcudart.so.<major>)";
+  }
+  return null;
 }
 
 /** A readable account of a failed dlopen, with what to do about it. */
@@ -57,7 +75,7 @@ export function loadFailure(located: LocatedLibrary, error: NativeLoadError['err
 export function openLibrary(addon: NativeAddon, located: LocatedLibrary): OpenResult {
   let native = opened.get(located.path);
   if (native === undefined) {
-    const loaded = addon.load(located.path, located.preloads.map((p) => ({ path: p.path, global: p.global })), alternatesFor(addon, located.path));
+    const loaded = addon.load(located.path, located.preloads.map((p) => ({ path: p.path, global: p.global })), alternatesFor(addon, located.file));
     if ('error' in loaded) return { ok: false, reason: loadFailure(located, loaded.error) };
     native = loaded;
     opened.set(located.path, native);
@@ -96,3 +114,19 @@ export function deviceProblem(d: NativeDeviceProbe): string | null {
   if ((d.major === 9 && d.minor === 0) || d.major === 10) return null;
   return `${d.name || `device ${d.index}`} has compute capability ${d.major}.${d.minor}; FlashMLA's decode kernels run on 9.0 (Hopper) and 10.x (Blackwell) only`;
 }
+
+/** What loading a build gave: its launchers and runtime facts (and, in this process, the handle). */
+export type Loaded =
+  | { readonly ok: true; readonly info: NativeLibraryInfo; readonly probe: NativeProbe; readonly native?: NativeLibrary }
+  | { readonly ok: false; readonly reason: string };
+
+/** Loads a vetted build somewhere (this process, or a child) and reports what it found. */
+export type Loader = (located: LocatedLibrary, alternates: (string | null)[]) => Promise<Loaded>;
+
+/** A Loader that loads the build into this process, as the CUDA backend does. */
+export const loadInProcess: Loader = async (located) => {
+  const addon = loadAddon();
+  if (!addon.ok) return { ok: false, reason: addon.reason };
+  const opened = openLibrary(addon.addon, located);
+  return opened.ok ? { ok: true, info: opened.library.info, probe: opened.library.probe, native: opened.library.native } : { ok: false, reason: opened.reason };
+};

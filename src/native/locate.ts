@@ -2,7 +2,8 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { basename, isAbsolute, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
-import { readElf } from './elf.js';
+import { inspectBuild, type BuildFile } from './build-file.js';
+import { ElfError } from './elf.js';
 
 const run = promisify(execFile);
 
@@ -38,6 +39,8 @@ export interface LocatedLibrary {
   readonly source: LibrarySource;
   readonly kind: LibraryKind;
   readonly needed: readonly string[];
+  /** What the file says about itself (read without loading it). */
+  readonly file: BuildFile;
   /** Loaded first, in this order (LOADING.md). */
   readonly preloads: readonly Preload[];
   readonly python: PythonFacts | null;
@@ -133,14 +136,16 @@ export async function locateFlashMla(library?: string): Promise<LocateResult> {
   path = isAbsolute(path) ? path : resolve(path);
   const where = source === 'option' ? 'the library option' : source === 'env' ? 'FLASHMLA_LIBRARY' : 'the flash_mla package';
   if (!existsSync(path)) return { ok: false, python, reason: `${path} (from ${where}) does not exist` };
-  let needed: readonly string[];
+  let file: BuildFile;
   try {
-    needed = readElf(path).needed;
+    file = inspectBuild(path);
   } catch (e) {
-    return { ok: false, python, reason: `${path} (from ${where}) is not a loadable shared library: ${(e as Error).message}` };
+    const why = e instanceof ElfError ? e.message : `it cannot be read (${(e as Error).message})`;
+    return { ok: false, python, reason: `${path} (from ${where}) is not a loadable shared library: ${why.replace(`${path} `, 'it ')}` };
   }
+  const needed = file.needed;
   const kind = kindOf(path, needed);
-  if (kind === 'kernels-only') return { ok: true, library: { path, source, kind, needed, preloads: [], python } };
+  if (kind === 'kernels-only') return { ok: true, library: { path, source, kind, needed, file, preloads: [], python } };
 
   if (python === null) {
     const facts = await askPython();
@@ -163,5 +168,5 @@ export async function locateFlashMla(library?: string): Promise<LocateResult> {
   for (const lib of TORCH_LIBS) {
     if (present.has(lib)) preloads.push({ path: join(python.torchLib, lib), global: false, role: 'torch' });
   }
-  return { ok: true, library: { path, source, kind, needed, preloads, python } };
+  return { ok: true, library: { path, source, kind, needed, file, preloads, python } };
 }

@@ -7,11 +7,12 @@ import {
 } from '../tensor.js';
 import type { DecodeArgs, DecodeOptions, DecodeResult } from '../types.js';
 import { validateDecode } from '../validate/index.js';
-import { loadAddon, nativeCode, type NativeEngine } from './addon.js';
+import { nativeCode, type NativeEngine } from './addon.js';
 import { DeviceTensor, type TensorOwner } from './device-tensor.js';
-import { operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
-import { deviceProblem, openLibrary, runtimeProblem, type OpenedLibrary } from './library.js';
-import { locateFlashMla } from './locate.js';
+import { assessCuda } from './assess.js';
+import { operandsOf, planLaunch, requestFields, type CallKind, type DeviceFacts } from './host-layer.js';
+import { loadInProcess } from './library.js';
+import { callProblem, launcherProblem, type BuildFacts } from './usability.js';
 
 const ARRAYS: Readonly<Record<DType, new (n: number) => DataOf[DType]>> = {
   bf16: Uint16Array, fp16: Uint16Array, fp32: Float32Array, int32: Int32Array, uint8: Uint8Array,
@@ -27,30 +28,19 @@ function rethrow(e: unknown): never {
 export type SessionResult = { readonly ok: true; readonly session: CudaSession } | { readonly ok: false; readonly reason: string };
 
 /**
- * Finds, loads and checks a FlashMLA build and the device (driver vs runtime, device count,
- * compute capability) before any launcher can run, then starts the instance's worker.
+ * Opens the CUDA side of an instance when the one usability decision (assess.ts) says CUDA runs
+ * at least one feature on the device, then starts the instance's worker.
  */
 export async function openCudaSession(options: { device?: number; library?: string }): Promise<SessionResult> {
-  const addon = loadAddon();
-  if (!addon.ok) return { ok: false, reason: addon.reason };
-  const located = await locateFlashMla(options.library);
-  if (!located.ok) return { ok: false, reason: located.reason };
-  const opened = openLibrary(addon.addon, located.library);
-  if (!opened.ok) return { ok: false, reason: opened.reason };
-  const lib = opened.library;
-  const problem = runtimeProblem(lib);
-  if (problem !== null) return { ok: false, reason: problem };
-  const device = options.device ?? 0;
-  const devices = lib.probe.devices ?? [];
-  const dev = devices[device];
-  if (dev === undefined) return { ok: false, reason: `device ${device} does not exist (${devices.length} CUDA device(s) visible)` };
-  const devProblem = deviceProblem(dev);
-  if (devProblem !== null) return { ok: false, reason: devProblem };
-  const engine = new addon.addon.Engine(lib.native, device);
+  const { report, ready } = await assessCuda(options, loadInProcess, 'this process');
+  if (ready === null) return { ok: false, reason: report.reason };
+  const device = report.device!;
+  const engine = new ready.addon.Engine(ready.native, device);
   try {
     const start = await engine.start();
-    const ids = new Map(addon.addon.launchers.map((l) => [l.key, l.id]));
-    return { ok: true, session: new CudaSession(engine, lib, device, start, ids) };
+    const ids = new Map(ready.addon.launchers.map((l) => [l.key, l.id]));
+    const build = { file: ready.located.file, launchers: ready.info.launchers };
+    return { ok: true, session: new CudaSession(engine, build, ready.located.path, device, start, ids) };
   } catch (e) {
     await engine.dispose();
     return { ok: false, reason: `starting device ${device} failed: ${(e as Error).message}` };
@@ -66,20 +56,24 @@ const droppedSchedMetas = new FinalizationRegistry<{ session: CudaSession; id: n
 /** The CUDA side of one FlashMLA instance: its worker, device memory and decode calls. */
 export class CudaSession implements TensorOwner {
   readonly facts: DeviceFacts;
-  readonly resolved: ReadonlySet<string>;
   /** Completed decode calls and how many of them ran the scheduler (SPEC §1.3: once per sched meta). */
   readonly stats = { decodes: 0, schedMetaRuns: 0 };
   #disposed = false;
 
   constructor(
     private readonly engine: NativeEngine,
-    readonly library: OpenedLibrary,
+    readonly build: BuildFacts,
+    readonly libraryPath: string,
     readonly device: number,
     facts: DeviceFacts,
     private readonly launcherIds: ReadonlyMap<string, number>,
   ) {
     this.facts = { major: facts.major, minor: facts.minor, sms: facts.sms };
-    this.resolved = new Set(Object.entries(library.info.launchers).filter(([, v]) => v !== null).map(([k]) => k));
+  }
+
+  /** Why this build cannot run a call of this kind on this device, or null (usability.ts). */
+  callProblem(call: CallKind): string | null {
+    return callProblem(this.build, call, this.facts);
   }
 
   get disposed(): boolean {
@@ -192,7 +186,7 @@ export class CudaSession implements TensorOwner {
     if (options.validate === true) downloaded = await this.#downloadForValidation(args);
     const plan = validateDecode(args, { downloaded });
     const operands = this.#operands(plan);
-    const launch = planLaunch(plan, this.facts, this.resolved, (b) => (isHostTensor(b.tensor) ? null : this.#baseOf(b.tensor, b.view, 'tensor')));
+    const launch = planLaunch(plan, this.facts, (key) => launcherProblem(this.build, key, this.facts), (b) => (isHostTensor(b.tensor) ? null : this.#baseOf(b.tensor, b.view, 'tensor')));
     args.schedMeta.bind(plan.config);
     let slot = args.schedMeta.slots.get(this) as (SchedMetaSlot & { id: number }) | undefined;
     if (slot === undefined) {

@@ -4,7 +4,7 @@ import { FP16_TO_F32 } from '../formats/fp16.js';
 import type { TileKernels } from './kernels.js';
 import { storePartial, type Partial } from './partial.js';
 import { qLoaded } from './qmemo.js';
-import { LOG2E } from './softmax.js';
+import { softmaxScaleLog2 } from '../softmax-scale.js';
 import { TILE } from './workspace.js';
 
 /** One unit of dense work: request i, KV head k, keys [t0, t1) of that request, rows [r0, r1). */
@@ -53,7 +53,7 @@ export function attendDense(plan: DensePlan, item: DenseItem, kernels: TileKerne
   ws.reset();
   const kv = plan.kCache.view;
   const btv = plan.blockTable.view;
-  const scaleLog2 = plan.softmaxScale * LOG2E;
+  const scaleLog2 = softmaxScaleLog2('dense', plan.softmaxScale);
   const end = Math.min(item.t1, L);
   for (let t0 = item.t0; t0 < end; t0 += TILE - (t0 % TILE)) {
     const page = Math.floor(t0 / TILE);

@@ -52,5 +52,4 @@ export class RowState {
   }
 }
 
-export const LOG2E = Math.LOG2E;
 export const LN2 = Math.LN2;

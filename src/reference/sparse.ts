@@ -3,7 +3,7 @@ import type { HostTensor } from '../tensor.js';
 import type { TileKernels } from './kernels.js';
 import { storePartial, type Partial } from './partial.js';
 import { qLoaded } from './qmemo.js';
-import { LOG2E } from './softmax.js';
+import { softmaxScaleLog2 } from '../softmax-scale.js';
 import { TILE, type Workspace } from './workspace.js';
 
 /** One unit of sparse work: request i, query token s, candidate positions [p0, p1) of main ++ extra. */
@@ -39,7 +39,7 @@ export function attendSparse(plan: SparsePlan, item: SparseItem, kernels: TileKe
     }
   }
   ws.reset();
-  const scaleLog2 = plan.softmaxScale * LOG2E;
+  const scaleLog2 = softmaxScaleLog2('sparse', plan.softmaxScale);
   const flush = (tokens: number): void => {
     ws.endTokens(layout, tokens);
     ws.vis.fill(tokens, 0, hQ);

@@ -125,7 +125,8 @@ template <class T> void runCombine(CombineParams& p) {
   require(FailStyle::Exit, p.d_v == kDv, launcher.c_str(), "params.d_v == HEAD_DIM_V");
   const int maxSplits = maxSplitsFor(p.num_sm_parts);
   require(FailStyle::Exit, maxSplits != 0, launcher.c_str(), "false (num_sm_parts > 160 in MLA_NUM_SPLITS_SWITCH)");
-  LaunchSpec spec{launcher.c_str(), "flash_fwd_mla_combine_kernel", FailStyle::Exit, KernelArch::Any, p.stream};
+  const std::string image = std::string("combine_") + Elem<T>::name;
+  LaunchSpec spec{launcher.c_str(), "flash_fwd_mla_combine_kernel", image.c_str(), FailStyle::Exit, KernelArch::Any, p.stream};
   launch(spec, [&](KernelScope& k) { combineKernel<T>(k, p, maxSplits); });
 }
 

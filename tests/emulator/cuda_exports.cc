@@ -7,10 +7,10 @@
 #include <type_traits>
 
 #include "runtime.h"
+#include "runtime_structs.h"
 
 using cuda_abi::cudaError_t;
 using cuda_abi::cudaEvent_t;
-using cuda_abi::cudaPointerAttributes;
 using cuda_abi::cudaStream_t;
 
 namespace {
@@ -94,16 +94,13 @@ __attribute__((visibility("default"))) cudaError_t cudaDeviceGetAttribute(int* v
   }
 }
 
-// cudaDeviceProp begins with char name[256] in every CUDA version; only that field is written
-// (cuda_runtime_abi.h: the addon reads the name only).
+// The whole cudaDeviceProp of the headers the emulator was built against (runtime_structs.h).
 static cudaError_t getDeviceProperties(void* prop, int device) {
   if (prop == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
   cudaError_t e = queryGate(device);
   if (e != cuda_abi::cudaSuccess) return e;
-  char* name = static_cast<char*>(prop);
-  std::memset(name, 0, 256);
-  std::string n = emu::config().name;
-  std::memcpy(name, n.data(), n.size() < 255 ? n.size() : 255);
+  emu::Config c = emu::config();
+  emu::writeDeviceProp(prop, c.name, c.memoryBytes, c.major, c.minor, c.sms);
   return cuda_abi::cudaSuccess;
 }
 
@@ -192,19 +189,16 @@ __attribute__((visibility("default"))) cudaError_t cudaStreamSynchronize(cudaStr
   return emu::streamUsable(stream, d) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
 }
 
-__attribute__((visibility("default"))) cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {
+// Writes the whole struct of the headers in use (88 bytes with CUDA 13), as the real runtime does.
+__attribute__((visibility("default"))) cudaError_t cudaPointerGetAttributes(void* attr, const void* p) {
   if (attr == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
   emu::Allocation al;
-  if (p != nullptr && emu::findAnyAllocation(p, &al)) {
-    attr->type = cuda_abi::cudaMemoryTypeDevice;
-    attr->device = al.device;
-    attr->devicePointer = const_cast<void*>(p);
-    attr->hostPointer = nullptr;
-  } else {
-    attr->type = 0;  // cudaMemoryTypeUnregistered
-    attr->device = -2;
-    attr->devicePointer = nullptr;
-    attr->hostPointer = nullptr;
+  const bool device = p != nullptr && emu::findAnyAllocation(p, &al);
+  // cudaMemoryTypeDevice, or cudaMemoryTypeUnregistered with device -2 as the runtime reports.
+  if (!emu::writePointerAttributes(attr, device ? cuda_abi::cudaMemoryTypeDevice : 0, device ? al.device : -2, device ? const_cast<void*>(p) : nullptr)) {
+    emu::logViolation("cudaPointerGetAttributes: the caller's struct has non-zero reserved bytes (is it smaller than the " +
+                      std::to_string(emu::pointerAttributesBytes()) + "-byte cudaPointerAttributes?)");
+    return emu::recordError(cuda_abi::cudaErrorInvalidValue);
   }
   return cuda_abi::cudaSuccess;
 }

@@ -128,7 +128,8 @@ template <class T> void runDense(DenseAttnDecodeParams& p) {
                      tmaEncodable(p.k_ptr, 2, {p.k_batch_stride, p.k_row_stride, p.k_head_stride}) &&
                      tmaEncodable(p.o_ptr, 2, {p.o_batch_stride, p.o_row_stride, p.o_head_stride});
   if (!tmaOk) logLine("Error: Failed to initialize the TMA descriptor (" + launcher + ")");
-  LaunchSpec spec{launcher.c_str(), "flash_fwd_splitkv_mla_kernel", FailStyle::Exit, KernelArch::Sm90, p.stream};
+  const std::string image = std::string("dense_") + Elem<T>::name;
+  LaunchSpec spec{launcher.c_str(), "flash_fwd_splitkv_mla_kernel", image.c_str(), FailStyle::Exit, KernelArch::Sm90, p.stream};
   launch(spec, [&](KernelScope& k) {
     if (!tmaOk) k.illegalAddress("TMA load through an invalid tensor map");
     DenseKernel<T>{k, p}.run();

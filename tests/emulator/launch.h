@@ -9,6 +9,7 @@
 #include <exception>
 #include <string>
 
+#include "kernel_images.h"
 #include "runtime.h"
 
 namespace kerutils {
@@ -88,6 +89,7 @@ inline std::uint8_t* byteAt(void* base, std::int64_t offset) { return static_cas
 struct LaunchSpec {
   const char* launcher;  // for messages
   const char* kernel;    // the __global__ function's name, for fault reports
+  const char* image;     // whose GPU code this library carries for which targets (kernel_images.h)
   FailStyle style;
   KernelArch arch;
   void* stream;
@@ -108,6 +110,9 @@ void reportLaunchError(const LaunchSpec& spec, cudaError_t e);
 template <class Body> void launch(const LaunchSpec& spec, Body&& body) {
   int device = currentDevice();
   if (cudaError_t e = launchState(spec, device)) reportLaunchError(spec, e);
+  // Without code for the device the runtime refuses the launch (cudaErrorNoKernelImageForDevice),
+  // and FlashMLA's CHECK_CUDA / KU_CUDA_CHECK fail the launcher.
+  if (!hasKernelImage(spec.image, config())) reportLaunchError(spec, recordError(kErrNoKernelImage));
   KernelScope scope(spec.kernel, device);
   try {
     if (!archMatches(spec.arch)) scope.trap("CUTE_INVALID_CONTROL_PATH: kernel has no code path for this architecture");

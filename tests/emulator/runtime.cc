@@ -63,7 +63,7 @@ Config config() {
   const char* arch = std::getenv("FLASHMLA_EMU_ARCH");
   bool sm100 = arch != nullptr && std::strcmp(arch, "sm100") == 0;
   c.major = sm100 ? 10 : 9;
-  c.minor = 0;
+  c.minor = static_cast<int>(envInt("FLASHMLA_EMU_MINOR", 0));
   c.sms = static_cast<int>(envInt("FLASHMLA_EMU_SMS", sm100 ? 148 : 132));
   long long devices = envInt("FLASHMLA_EMU_DEVICES", 1);
   c.devices = static_cast<int>(devices < 0 ? 0 : (devices > kMaxDevices ? kMaxDevices : devices));
@@ -88,6 +88,7 @@ const char* errorString(cudaError_t e) {
     case 35: return "CUDA driver version is insufficient for CUDA runtime version";
     case 100: return "no CUDA-capable device is detected";
     case 101: return "invalid device ordinal";
+    case 209: return "no kernel image is available for execution on the device";
     case 400: return "invalid resource handle";
     case 600: return "device not ready";
     case 700: return "an illegal memory access was encountered";

@@ -127,7 +127,7 @@ void run_get_decoding_sched_meta_kernel(GetDecodeSchedMetaParams& params) {
   const char* launcher = "run_get_decoding_sched_meta_kernel";
   // cudaFuncSetAttribute(MaxDynamicSharedMemorySize, 4*(5b+1)) fails beyond the device limit.
   long long smem = 4LL * (5LL * params.b + 1);
-  LaunchSpec spec{launcher, "get_mla_metadata_kernel", FailStyle::Exit, KernelArch::Any, params.stream};
+  LaunchSpec spec{launcher, "get_mla_metadata_kernel", "sched_meta", FailStyle::Exit, KernelArch::Any, params.stream};
   if (smem < 0 || smem > kMaxDynamicSmemBytes) {
     fail(FailStyle::Exit, std::string(launcher) + ": CUDA error 1 (invalid argument): dynamic shared memory " +
                               std::to_string(smem) + " bytes");

@@ -5,7 +5,7 @@
 //   memory  — the memory checker, sticky faults and last-error semantics;
 //   numeric — dense and sparse results (main + combine) against a naive float64 computation
 //             within the SPEC §7.1 tolerances.
-// Usage: selftest <path to libflashmla_emu.so> [sched|memory|numeric]...; prints one line per
+// Usage: selftest <path to libflashmla_emu.so> [sched|memory|numeric|image]...; prints one line per
 // failed check and exits non-zero if any failed.
 #include <dlfcn.h>
 
@@ -268,11 +268,16 @@ void testMemory(Lib& lib) {
     CHECK(c.GetLastError() == cudaErrorInvalidValue, "pending error reported");
     CHECK(c.GetLastError() == cudaSuccess, "pending error cleared");
     CHECK(reinterpret_cast<std::uintptr_t>(a.p) % 256 == 0, "256-byte alignment");
-    cudaPointerAttributes attr{};
-    CHECK(c.PointerGetAttributes(&attr, static_cast<char*>(a.p) + 50) == 0 && attr.type == cudaMemoryTypeDevice && attr.device == 1,
+    PointerAttributesBuffer attr;
+    CHECK(c.PointerGetAttributes(attr.bytes, static_cast<char*>(a.p) + 50) == 0 && attr.prefix().type == cudaMemoryTypeDevice &&
+              attr.prefix().device == 1,
           "pointer attributes");
     int x = 0;
-    CHECK(c.PointerGetAttributes(&attr, &x) == 0 && attr.type == 0, "host pointer attributes");
+    CHECK(c.PointerGetAttributes(attr.bytes, &x) == 0 && attr.prefix().type == 0, "host pointer attributes");
+    PointerAttributesBuffer dirty;
+    dirty.bytes[40] = 1;  // a struct too small for the runtime's: its "reserved" bytes are someone else's
+    CHECK(c.PointerGetAttributes(dirty.bytes, a.p) == cudaErrorInvalidValue, "non-zero reserved bytes are refused");
+    c.GetLastError();
     CHECK(c.Free(&x) == cudaErrorInvalidValue, "free of unknown pointer");
     c.GetLastError();
   }
@@ -669,9 +674,32 @@ void testNumeric(Lib& lib) {
 
 }  // namespace
 
+// A valid scheduler launch on the configured device: "launched", or the launcher's failure (a
+// library without code for the device fails with cudaErrorNoKernelImageForDevice).
+void testImage(Lib& lib) {
+  Buf seq(lib, sizeof(int) * 2), meta(lib, 32 * 8), splits(lib, sizeof(int) * 3);
+  seq.upload(std::vector<int>{10, 20});
+  GetDecodeSchedMetaParams p{};
+  p.b = 2;
+  p.block_size_n = 64;
+  p.fixed_overhead_num_blocks = 5;
+  p.topk = -1;
+  p.extra_topk = -1;
+  p.seqlens_k_ptr = seq.as<int>();
+  p.tile_scheduler_metadata_ptr = meta.as<DecodingSchedMeta>();
+  p.num_splits_ptr = splits.as<int>();
+  p.num_sm_parts = 8;
+  try {
+    lib.call(Launcher::SchedMeta, p);
+    std::printf("image: launched\n");
+  } catch (const std::exception& e) {
+    std::printf("image: refused (%s)\n", e.what());
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::printf("usage: %s <libflashmla_emu.so> [sched|memory|numeric]...\n", argv[0]);
+    std::printf("usage: %s <libflashmla_emu.so> [sched|memory|numeric|image]...\n", argv[0]);
     return 2;
   }
   Lib lib = load(argv[1]);
@@ -681,6 +709,7 @@ int main(int argc, char** argv) {
     if (what == "sched") testSched(lib);
     else if (what == "memory") testMemory(lib);
     else if (what == "numeric") testNumeric(lib);
+    else if (what == "image") { testImage(lib); continue; }
     else { std::printf("unknown test %s\n", what.c_str()); return 2; }
     std::printf("%s: %s\n", what.c_str(), gFailures == before ? "ok" : "FAILED");
   }

@@ -162,9 +162,17 @@ struct DeviceFault {
   }
 };
 
+// The launcher's key in kernel_images.h: sm90_sparse_<model>_h<heads>, sm100_head64_<model>, sm100_head128_model1.
+std::string imageOf(const SparseVariant& v, KernelArch arch) {
+  const std::string model = v.model == V32 ? "v32" : "model1";
+  if (arch == KernelArch::Sm90) return "sm90_sparse_" + model + "_h" + std::to_string(v.heads);
+  return v.heads == 64 ? "sm100_head64_" + model : "sm100_head128_" + model;
+}
+
 void runSparse(const SparseAttnDecodeParams& p, const char* launcher, const SparseVariant& v, KernelArch arch,
                const DeviceFault& fault) {
-  LaunchSpec spec{launcher, v.kernel, FailStyle::Throw, arch, p.stream};
+  const std::string image = imageOf(v, arch);
+  LaunchSpec spec{launcher, v.kernel, image.c_str(), FailStyle::Throw, arch, p.stream};
   launch(spec, [&](KernelScope& k) {
     if (fault.fault) k.illegalAddress(fault.what);
     SparseKernel{k, p, v}.run();
