@@ -3,7 +3,7 @@ import { bufferSource, ElfError, ElfImage, SHT_SYMTAB, STT_FUNC } from './elf.js
 /**
  * The GPU code a CUDA shared library carries: the fatbin containers of its `.nv_fatbin` section
  * (one per compiled translation unit), each holding cubins and PTX for some architectures. Format
- * facts: docs/flashmla-interface.md#fatbin.
+ * facts: docs/cuda-path.md#fatbin.
  */
 export interface FatbinEntry {
   readonly kind: 'cubin' | 'ptx';
