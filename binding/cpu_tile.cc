@@ -422,7 +422,10 @@ class TileWrap : public Napi::ObjectWrap<TileWrap> {
     Napi::TypedArrayOf<uint16_t> src = Source<uint16_t>(info, napi_uint16_array);
     const int64_t at = Int(info, 1), ld = Int(info, 2);
     const int tokens = Tokens(info, 3);
-    if (tokens > 0 && (at < 0 || ld < 0 || at + (tokens - 1) * ld + b_.dim > static_cast<int64_t>(src.ElementLength()))) {
+    // at + (tokens − 1)·ld + dim ≤ n without forming the sum: at and ld are any int64 from
+    // JavaScript, and a wrapped sum (ld = 2^62, tokens = 3) would pass and read far outside src.
+    const int64_t room = static_cast<int64_t>(src.ElementLength()) - b_.dim;
+    if (tokens > 0 && (at < 0 || ld < 0 || at > room || (tokens > 1 && ld > (room - at) / (tokens - 1)))) {
       throw Napi::RangeError::New(info.Env(), "CpuTile.bf16: the tile reaches past the source");
     }
     if (tokens > 0) kernels_->cvtBf16(b_, src.Data() + at, ld, tokens);
@@ -509,7 +512,9 @@ Napi::Value MergePartial(const Napi::CallbackInfo& info) {
   if (!info[6].IsNumber() || !info[7].IsNumber()) throw Napi::TypeError::New(env, "cpuTile.merge: rows and dv must be numbers");
   const int64_t rows = info[6].As<Napi::Number>().Int64Value(), dv = info[7].As<Napi::Number>().Int64Value();
   const auto fits = [&](std::size_t i, int64_t want) { return want >= 0 && static_cast<int64_t>(n[i]) >= want; };
-  if (!(fits(0, rows) && fits(1, rows) && fits(3, rows) && fits(4, rows) && dv >= 0 && fits(2, rows * dv) && fits(5, rows * dv))) {
+  // rows·dv ≤ n by division: the product of two int64 from JavaScript can wrap (4 · 2^62 → 0).
+  const auto fitsRows = [&](std::size_t i) { return dv == 0 || rows <= static_cast<int64_t>(n[i]) / dv; };
+  if (!(fits(0, rows) && fits(1, rows) && fits(3, rows) && fits(4, rows) && dv >= 0 && fitsRows(2) && fitsRows(5))) {
     throw Napi::RangeError::New(env, "cpuTile.merge: arrays shorter than rows (m, l) or rows × dv (o)");
   }
   float *dm = a[0], *dl = a[1], *dO = a[2];
@@ -546,8 +551,9 @@ Napi::Value Bf16Rows(const Napi::CallbackInfo& info) {
   Napi::Float64Array factors = info[1].As<Napi::Float64Array>(), at = info[3].As<Napi::Float64Array>();
   Napi::Uint16Array dst = info[2].As<Napi::Uint16Array>();
   const int64_t rows = info[4].As<Napi::Number>().Int64Value(), dv = info[5].As<Napi::Number>().Int64Value();
+  // rows·dv ≤ length(o) by division: the product of two int64 from JavaScript can wrap.
   if (rows < 0 || dv < 0 || static_cast<int64_t>(factors.ElementLength()) < rows || static_cast<int64_t>(at.ElementLength()) < rows ||
-      static_cast<int64_t>(o.ElementLength()) < rows * dv) {
+      (dv > 0 && rows > static_cast<int64_t>(o.ElementLength()) / dv)) {
     throw Napi::RangeError::New(env, "cpuTile.bf16Rows: arrays shorter than rows (factors, at) or rows × dv (o)");
   }
   const double n = static_cast<double>(dst.ElementLength());
@@ -587,7 +593,8 @@ Napi::Value Gather(const Napi::CallbackInfo& info) {
   Napi::Uint8Array src = info[0].As<Napi::Uint8Array>(), dst = info[1].As<Napi::Uint8Array>();
   Napi::Float64Array runs = info[2].As<Napi::Float64Array>();
   const int64_t count = info[3].As<Napi::Number>().Int64Value();
-  if (count < 0 || 3 * count > static_cast<int64_t>(runs.ElementLength())) throw Napi::RangeError::New(env, "cpuTile.gather: count exceeds runs");
+  // 3·count ≤ length(runs) by division: 3·count wraps for count ≥ 2^62 and would pass.
+  if (count < 0 || count > static_cast<int64_t>(runs.ElementLength()) / 3) throw Napi::RangeError::New(env, "cpuTile.gather: count exceeds runs");
   const double ns = static_cast<double>(src.ElementLength()), nd = static_cast<double>(dst.ElementLength());
   for (int64_t r = 0; r < count; r++) {
     const double a = runs[3 * r], b = runs[3 * r + 1], n = runs[3 * r + 2];

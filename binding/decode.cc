@@ -72,7 +72,7 @@ void clearStaleError(const DeviceContext& ctx, Launcher before) {
   const int err = ctx.cuda().GetLastError();
   if (err != cudaSuccess) {
     throw NativeError("E_CUDA", std::string("the CUDA context is in an unrecoverable error state (") + ctx.cuda().describe(err) +
-                                    "); not calling " + launcherKey(before) + ". Restart the process.");
+                                    "); not calling " + launcherKey(before) + ". Restart the process.", err);
   }
 }
 
@@ -84,15 +84,15 @@ void callLauncher(const DeviceContext& ctx, Launcher id, Params& params) {
   try {
     fn(params);  // SPEC §2.4: KU_ASSERT failures throw kerutils::KUException (a std::exception)
   } catch (const std::exception& e) {
-    ctx.cuda().GetLastError();
-    throw NativeError("E_CUDA", std::string("FlashMLA launcher ") + launcherKey(id) + " failed: " + e.what());
+    const int err = ctx.cuda().GetLastError();
+    throw NativeError("E_CUDA", std::string("FlashMLA launcher ") + launcherKey(id) + " failed: " + e.what(), err);
   } catch (...) {
-    ctx.cuda().GetLastError();
-    throw NativeError("E_CUDA", std::string("FlashMLA launcher ") + launcherKey(id) + " threw a non-standard exception");
+    const int err = ctx.cuda().GetLastError();
+    throw NativeError("E_CUDA", std::string("FlashMLA launcher ") + launcherKey(id) + " threw a non-standard exception", err);
   }
   const int err = ctx.cuda().GetLastError();
   if (err != cudaSuccess) {
-    throw NativeError("E_CUDA", std::string("FlashMLA launcher ") + launcherKey(id) + ": " + ctx.cuda().describe(err));
+    throw NativeError("E_CUDA", std::string("FlashMLA launcher ") + launcherKey(id) + ": " + ctx.cuda().describe(err), err);
   }
 }
 

@@ -5,7 +5,7 @@ namespace fmla {
 using namespace cuda_abi;
 
 void DeviceContext::check(int err, const char* what) const {
-  if (err != cudaSuccess) throw NativeError("E_CUDA", std::string(what) + " failed: " + cuda().describe(err));
+  if (err != cudaSuccess) throw NativeError("E_CUDA", std::string(what) + " failed: " + cuda().describe(err), err);
 }
 
 void DeviceContext::activate() { check(cuda().SetDevice(device_), "cudaSetDevice"); }
@@ -22,7 +22,7 @@ std::pair<uint64_t, void*> DeviceContext::allocate(std::size_t bytes) {
   const int err = cuda().Malloc(&p, bytes == 0 ? 1 : bytes);
   if (err != cudaSuccess) {
     cuda().GetLastError();  // cudaMalloc failures are not sticky; do not leave them for a launcher
-    throw NativeError("E_CUDA", "cudaMalloc(" + std::to_string(bytes) + " bytes) failed: " + cuda().describe(err));
+    throw NativeError("E_CUDA", "cudaMalloc(" + std::to_string(bytes) + " bytes) failed: " + cuda().describe(err), err);
   }
   const uint64_t id = nextId_++;
   owned_.emplace(id, p);
@@ -62,7 +62,7 @@ void* DeviceContext::scratch(std::size_t bytes) {
   if (err != cudaSuccess) {
     cuda().GetLastError();
     scratch_ = nullptr;
-    throw NativeError("E_CUDA", "cudaMalloc of a " + std::to_string(bytes) + "-byte workspace failed: " + cuda().describe(err));
+    throw NativeError("E_CUDA", "cudaMalloc of a " + std::to_string(bytes) + "-byte workspace failed: " + cuda().describe(err), err);
   }
   scratchBytes_ = bytes;
   return scratch_;

@@ -85,6 +85,7 @@ void Engine::run() {
       task->failed = true;
       task->errorCode = e.code;
       task->errorMessage = e.what();
+      task->cudaError = e.cudaError;
     } catch (const std::exception& e) {
       task->failed = true;
       task->errorCode = "E_INTERNAL";
@@ -93,26 +94,40 @@ void Engine::run() {
     if (task->deferred != nullptr || !task->keepAlive.empty() || !task->engine.IsEmpty()) {
       Task* raw = task.release();
       const napi_status st = tsfn_.BlockingCall(raw, [this](Napi::Env env, Napi::Function, Task* t) { complete(env, t); });
-      if (st != napi_ok) task.reset(raw);  // environment is going away; nothing to settle
+      // The environment is going away: nothing can be settled, and the task's references belong to
+      // that environment (deleting them here, off its thread, is not allowed). They go with it.
+      if (st != napi_ok) (void)raw;
     }
     if (stop) return;
   }
 }
 
+// Settles a task's Promise on the JavaScript thread. While the environment shuts down
+// (worker.terminate(), process.exit() in a worker) N-API calls fail, node-addon-api throws them as
+// Napi::Error, and an exception leaving a thread-safe-function callback aborts the whole process:
+// nothing can be settled then, so such failures are dropped and the bookkeeping still runs.
 void Engine::complete(Napi::Env env, Task* raw) {
   std::unique_ptr<Task> task(raw);
-  Napi::HandleScope scope(env);
-  if (task->deferred != nullptr) {
-    if (task->failed) {
-      Napi::Error err = Napi::Error::New(env, task->errorMessage);
-      err.Set("flashmlaCode", task->errorCode);
-      task->deferred->Reject(err.Value());
-    } else {
-      Napi::Value v = task->settle ? task->settle(env) : env.Undefined();
-      task->deferred->Resolve(v);
+  try {
+    Napi::HandleScope scope(env);
+    if (task->deferred != nullptr) {
+      if (task->failed) {
+        Napi::Error err = Napi::Error::New(env, task->errorMessage);
+        err.Set("flashmlaCode", task->errorCode);
+        if (task->cudaError != 0) err.Set("cudaError", Napi::Number::New(env, task->cudaError));
+        task->deferred->Reject(err.Value());
+      } else {
+        Napi::Value v = task->settle ? task->settle(env) : env.Undefined();
+        task->deferred->Resolve(v);
+      }
     }
+  } catch (const Napi::Error&) {
+  } catch (const std::exception&) {
   }
-  if (--pending_ == 0 && tsfnActive_ && !*tsfnGone_) tsfn_.Unref(env);
+  try {
+    if (--pending_ == 0 && tsfnActive_ && !*tsfnGone_) tsfn_.Unref(env);
+  } catch (const Napi::Error&) {
+  }
   if (task->stop) {
     if (thread_.joinable()) thread_.join();
     if (tsfnActive_ && !*tsfnGone_) tsfn_.Release();

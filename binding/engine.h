@@ -28,6 +28,7 @@ struct Task {
   bool failed = false;
   std::string errorCode;
   std::string errorMessage;
+  int cudaError = 0;  // the CUDA error behind errorCode E_CUDA, when there is one
   bool stop = false;  // the last task: release everything, then end the thread
 };
 

@@ -9,7 +9,9 @@ namespace fmla {
 
 struct NativeError : std::runtime_error {
   std::string code;
-  NativeError(std::string c, const std::string& message) : std::runtime_error(message), code(std::move(c)) {}
+  int cudaError = 0;  // the cudaError_t behind an E_CUDA error (JavaScript tells faults and out-of-memory apart by it)
+  NativeError(std::string c, const std::string& message, int cuda = 0)
+      : std::runtime_error(message), code(std::move(c)), cudaError(cuda) {}
 };
 
 }  // namespace fmla

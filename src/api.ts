@@ -1,6 +1,7 @@
 import { FlashMLAError } from './errors.js';
 import { defaultCuda } from './native/default.js';
 import { referenceDecode } from './reference/index.js';
+import { readDecodeArgs, readDecodeOptions } from './validate/args.js';
 import type { Tensor } from './tensor.js';
 import type { DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
 
@@ -10,7 +11,9 @@ import type { DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
  * 'auto' (default) uses CUDA when usable, else the reference. Outputs are device tensors when q is
  * one, host tensors otherwise.
  */
-export async function flashMlaWithKvCache(args: DecodeArgs, options: DecodeOptions = {}): Promise<DecodeResult<Tensor>> {
+export async function flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
+  const args = readDecodeArgs(callerArgs);
+  const options = readDecodeOptions(callerOptions);
   const backend = options.backend ?? 'auto';
   if (backend !== 'auto' && backend !== 'cuda' && backend !== 'reference') {
     throw new FlashMLAError('E_VALUE', `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`, 'options.backend');

@@ -1,9 +1,7 @@
-import { execFile } from 'node:child_process';
 import type { BackendName } from './types.js';
 import { resolveThreads, resolveTier, TIERS, tierUnavailable, type Tier } from './reference/index.js';
-import { loadAddon, type NativeLibraryInfo, type NativeProbe } from './native/addon.js';
 import { assessCuda, type CudaReport } from './native/assess.js';
-import { loadFailure, loadInProcess, type Loaded, type Loader } from './native/library.js';
+import { loadInChild, loadInProcess, probeTimeoutMs } from './native/library.js';
 import { FEATURE_LABELS, type FeatureName, type FeatureStatus } from './native/usability.js';
 
 export type { DeviceInfo } from './native/assess.js';
@@ -56,45 +54,13 @@ export async function backendInfo(options: BackendInfoOptions = {}): Promise<Bac
   return withReference((await assessCuda(options, loadInProcess, 'this process')).report);
 }
 
-// Run by `node -e` in the child: loads the addon by path, loads the build, prints one JSON line.
-const CHILD_PROBE = `
-const [addonPath, payload] = process.argv.slice(1);
-const { path, preloads, alternates } = JSON.parse(payload);
-const addon = require(addonPath);
-const lib = addon.load(path, preloads, alternates);
-process.stdout.write(JSON.stringify('error' in lib ? { loadError: lib.error } : { info: lib.info(), probe: lib.probe() }) + '\\n');
-`;
-
 /**
  * `backendInfo` with the dangerous part (dlopen of the build, CUDA initialisation) in a child
- * process, so a broken build or driver cannot take the caller down; gives up after `timeoutMs`.
+ * process, so a broken build or driver cannot take the caller down; gives up after `timeoutMs`
+ * (default FLASHMLA_PROBE_TIMEOUT_MS, else 60 s) and kills the child.
  */
 export async function doctorReport(options: BackendInfoOptions & { timeoutMs?: number } = {}): Promise<BackendInfo> {
-  const timeout = options.timeoutMs ?? 60_000;
-  const inChild: Loader = (lib, alternates) => new Promise<Loaded>((resolve) => {
-    const { path, preloads } = lib;
-    const addon = loadAddon();
-    if (!addon.ok) return resolve({ ok: false, reason: addon.reason });
-    const payload = JSON.stringify({ path, preloads: preloads.map((p) => ({ path: p.path, global: p.global })), alternates });
-    execFile(process.execPath, ['-e', CHILD_PROBE, addon.path, payload], { timeout, killSignal: 'SIGKILL', maxBuffer: 1 << 22 }, (err, stdout, stderr) => {
-      const line = stdout.trim().split('\n').pop() ?? '';
-      if (err) {
-        const e = err as NodeJS.ErrnoException & { killed?: boolean; signal?: string | null; code?: number | string };
-        const why = e.killed ? `did not finish within ${timeout} ms`
-          : e.signal ? `was killed by ${e.signal}` : `exited with status ${String(e.code)}`;
-        const tail = stderr.trim().split('\n').slice(-3).join(' | ');
-        return resolve({ ok: false, reason: `loading ${path} in a probe process failed: the process ${why}${tail ? ` (${tail})` : ''}` });
-      }
-      try {
-        const r = JSON.parse(line) as { loadError?: { stage: 'preload' | 'library'; path: string; message: string }; info?: NativeLibraryInfo; probe?: NativeProbe };
-        if (r.loadError) return resolve({ ok: false, reason: loadFailure(lib, r.loadError) });
-        resolve({ ok: true, info: r.info!, probe: r.probe! });
-      } catch {
-        resolve({ ok: false, reason: `the probe process printed no report (${line.slice(0, 200)})` });
-      }
-    });
-  });
-  return withReference((await assessCuda(options, inChild, 'child process')).report);
+  return withReference((await assessCuda(options, loadInChild(options.timeoutMs ?? probeTimeoutMs()), 'child process')).report);
 }
 
 const mark = (f: FeatureStatus): string => (f.ok ? (f.reason === 'available' ? 'yes' : `yes (${f.reason})`) : `no — ${f.reason}`);

@@ -27,6 +27,10 @@ export type FlashMLAErrorCode =
   | 'E_DISPOSED'
   /** The CUDA runtime or a FlashMLA launcher reported an error. */
   | 'E_CUDA'
+  /** Device memory ran out (after the memory of dropped device tensors was collected). */
+  | 'E_OUT_OF_MEMORY'
+  /** An earlier device fault left the device's CUDA context unusable for the rest of the process. */
+  | 'E_DEVICE_LOST'
   /** An internal invariant failed: a bug in flashmla-node. */
   | 'E_INTERNAL';
 

@@ -3,6 +3,7 @@ import { check, FlashMLAError } from './errors.js';
 import { DeviceTensor } from './native/device-tensor.js';
 import { openCudaSession, type CudaSession } from './native/session.js';
 import { callKindOf } from './native/usability.js';
+import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
 import { isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
 import type { BackendChoice, BackendName, DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
@@ -37,13 +38,19 @@ export class FlashMLA {
     this.#library = library;
   }
 
-  static async open(options: FlashMLAOpenOptions = {}): Promise<FlashMLA> {
-    check(options !== null && typeof options === 'object', 'E_VALUE', 'options', 'options must be an object');
+  static async open(callerOptions: FlashMLAOpenOptions = {}): Promise<FlashMLA> {
+    expectNoThenPollution();
+    check(callerOptions !== null && typeof callerOptions === 'object', 'E_VALUE', 'options', 'options must be an object');
+    const options = {
+      backend: ownValue(callerOptions, 'backend', 'options.backend') as FlashMLAOpenOptions['backend'],
+      device: ownValue(callerOptions, 'device', 'options.device') as number | undefined,
+      library: ownValue(callerOptions, 'library', 'options.library') as string | undefined,
+    };
     const backend = options.backend ?? 'auto';
     check(backend === 'auto' || backend === 'cuda' || backend === 'reference', 'E_VALUE', 'options.backend',
       `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`);
-    check(options.device === undefined || (Number.isSafeInteger(options.device) && options.device >= 0), 'E_VALUE', 'options.device',
-      'options.device must be a non-negative integer');
+    check(options.device === undefined || (Number.isSafeInteger(options.device) && options.device >= 0 && options.device <= 2 ** 31 - 1),
+      'E_VALUE', 'options.device', 'options.device must be an integer from 0 to 2^31 - 1 (a CUDA device ordinal)');
     check(options.library === undefined || typeof options.library === 'string', 'E_VALUE', 'options.library', 'options.library must be a path');
     if (backend === 'reference') return new FlashMLA('reference', null, undefined, false);
     const opened = await openCudaSession({ device: options.device, library: options.library });
@@ -60,8 +67,10 @@ export class FlashMLA {
   }
 
   /** FlashMLA's flash_mla_with_kvcache (SPEC §1.2). Device outputs when q is a DeviceTensor. */
-  async flashMlaWithKvCache(args: DecodeArgs, options: DecodeOptions = {}): Promise<DecodeResult<Tensor>> {
+  async flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
+    const args = readDecodeArgs(callerArgs);
+    const options = readDecodeOptions(callerOptions);
     if (this.#session === null) return referenceDecode(args, options);
     if (this.#fallback && this.cannotRun(args) !== null) return referenceDecode(args, options);
     return this.#session.decode(args, options);

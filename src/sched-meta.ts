@@ -53,19 +53,43 @@ export interface SchedMetaSlot {
  * layers), as in FlashMLA.
  */
 export class FlashMLASchedMeta {
-  haveInitialized = false;
-  config: SchedConfig | null = null;
-  /** Backend-owned state (e.g. device buffers of the CUDA scheduler's output), keyed by owner. */
-  readonly slots = new Map<object, SchedMetaSlot>();
+  // Private: resetting them would skip the consistency check and silently reuse a stale device
+  // schedule. (Private fields also stay writable for this class when a caller freezes the object.)
+  #config: SchedConfig | null = null;
+  readonly #slots = new Map<object, SchedMetaSlot>();
+
+  /** Whether a decode call has recorded its configuration. */
+  get haveInitialized(): boolean {
+    return this.#config !== null;
+  }
+
+  /** The configuration of the first call (frozen), or null. */
+  get config(): SchedConfig | null {
+    return this.#config;
+  }
+
+  /** How many backends keep state on this sched meta. @internal */
+  get slotCount(): number {
+    return this.#slots.size;
+  }
+
+  /** The state `owner` keeps here, if any. @internal */
+  slot(owner: object): SchedMetaSlot | undefined {
+    return this.#slots.get(owner);
+  }
+
+  /** Keeps `owner`'s state (disposed with the sched meta). @internal */
+  setSlot(owner: object, slot: SchedMetaSlot): void {
+    this.#slots.set(owner, slot);
+  }
 
   /** First call records `config`; later calls must match it field by field (SPEC §1.3). */
   bind(config: SchedConfig): void {
-    if (!this.haveInitialized) {
-      this.config = config;
-      this.haveInitialized = true;
+    if (this.#config === null) {
+      this.#config = Object.freeze({ ...config });
       return;
     }
-    const have = this.config!;
+    const have = this.#config;
     for (const f of CONFIG_FIELDS) {
       if (have[f] !== config[f]) {
         throw new FlashMLAError('E_SCHED_META',
@@ -88,8 +112,8 @@ export class FlashMLASchedMeta {
 
   /** Frees backend state (device buffers). The object can be used again afterwards. */
   dispose(): void {
-    for (const s of this.slots.values()) s.dispose();
-    this.slots.clear();
+    for (const s of this.#slots.values()) s.dispose();
+    this.#slots.clear();
   }
 }
 

@@ -58,8 +58,19 @@ export interface DeviceTensorMeta<D extends DType = DType> extends TensorMeta<D>
 
 export type Tensor<D extends DType = DType> = HostTensor<D> | DeviceTensorMeta<D>;
 
+/** A host tensor has its own `data` (an inherited one, planted on Object.prototype, does not count). */
 export function isHostTensor(t: Tensor): t is HostTensor {
-  return (t as HostTensor).data !== undefined;
+  return Object.hasOwn(t, 'data') && (t as HostTensor).data !== undefined;
+}
+
+/**
+ * A field of a tensor object: for a plain object only its own property (Object.prototype may carry
+ * planted ones); class instances (DeviceTensor) answer through their own getters.
+ */
+function field(t: object, key: string): unknown {
+  const proto = Object.getPrototypeOf(t) as unknown;
+  if (proto !== Object.prototype && proto !== null) return (t as Record<string, unknown>)[key];
+  return Object.hasOwn(t, key) ? (t as Record<string, unknown>)[key] : undefined;
 }
 
 /** A tensor's geometry with defaults filled in. */
@@ -109,8 +120,11 @@ const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isS
  */
 export function viewOf(t: unknown, name: string, rank?: number): View {
   check(t !== null && typeof t === 'object', 'E_VALUE', name, `${name} must be a tensor object`);
-  const tt = t as Partial<HostTensor & DeviceTensorMeta>;
-  check(typeof tt.dtype === 'string' && tt.dtype in ELEMENT_BYTES, 'E_DTYPE', name,
+  const tt = {
+    dtype: field(t, 'dtype'), shape: field(t, 'shape'), strides: field(t, 'strides'), offset: field(t, 'offset'),
+    device: field(t, 'device'), capacity: field(t, 'capacity'), disposed: field(t, 'disposed'),
+  } as Partial<HostTensor & DeviceTensorMeta>;
+  check(typeof tt.dtype === 'string' && Object.hasOwn(ELEMENT_BYTES, tt.dtype), 'E_DTYPE', name,
     () => `${name}.dtype must be one of ${Object.keys(ELEMENT_BYTES).join(', ')}, got ${String(tt.dtype)}`);
   const dtype = tt.dtype as DType;
   check(Array.isArray(tt.shape), 'E_SHAPE', name, `${name}.shape must be an array`);
@@ -146,7 +160,7 @@ export function viewOf(t: unknown, name: string, rank?: number): View {
         `strides [${strides.join(', ')}] and offset ${offset} need ${extent}` +
         ((data as Uint8Array).buffer.byteLength === 0 ? ' (is the buffer detached?)' : ''));
   } else {
-    const dt = t as DeviceTensorMeta;
+    const dt = tt as DeviceTensorMeta;
     check(typeof dt.device === 'number' && typeof dt.capacity === 'number', 'E_VALUE', name,
       `${name} must be a host tensor ({ dtype, shape, data }) or a DeviceTensor`);
     check(!dt.disposed, 'E_DISPOSED', name, `${name} is a disposed DeviceTensor`);

@@ -1,7 +1,8 @@
 // The `flashmla-node` CLI as users run it: the compiled dist/cli/main.js in a child process
 // (built by tests/setup/build.ts when a source is newer).
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import type { CompareReport } from '../src/harness/compare.js';
@@ -51,12 +52,64 @@ describe('flashmla-node conventions', () => {
     [['compare', '--nope'], /Unknown option '--nope'/],
     [['bench', '--threads', '1,x'], /--threads must be/],
     [['compare', '--a', 'oracle', '--b', 'oracle'], /both 'oracle'/],
+    // A negative number is the option's value in either form, and fails the option's own range check.
+    [['bench', '--reps', '-5'], /--reps must be a positive integer, got '-5'/],
+    [['bench', '--reps=-5'], /--reps must be a positive integer, got '-5'/],
+    [['bench', '--warmup', '-1'], /--warmup must be an integer ≥ 0, got '-1'/],
+    [['bench', '--threads', '-1'], /--threads must be a comma-separated list, each an integer from 1 to 1024, got '-1'/],
+    [['doctor', '--device', '-1'], /--device must be an integer from 0 to 2147483647, got '-1'/],
+    [['compare', '--seed', '-1'], /--seed must be an integer from 0 to 4294967295, got '-1'/],
+    [['compare', '--max-oracle-work', '-2'], /--max-oracle-work must be a positive number, got '-2'/],
+    // Out of range: a device past a C int, a seed past 32 bits, a typo'd thread count.
+    [['compare', '--device', '2147483648'], /--device must be an integer from 0 to 2147483647/],
+    [['compare', '--seed', '4294967296'], /--seed must be an integer from 0 to 4294967295/],
+    [['compare', '--threads', '5000'], /--threads must be an integer from 1 to 1024, got '5000'/],
+    [['bench', '--threads', '2,4096'], /--threads must be a comma-separated list, each an integer from 1 to 1024/],
+    // A missing value, or one that starts with '-' (not a number), says how to write it.
+    [['bench', '--backend'], /--backend needs a value \(NAME\)/],
+    [['compare', '--filter', '-x'], /--filter needs a value \(TEXT\), got '-x'; write a value that starts with '-' as --filter=-x/],
+    // No advice about positional arguments: no command takes any.
+    [['bench', '--device', '-1'], /^flashmla-node bench: Unknown option '--device' \(see flashmla-node bench --help\)$/m],
   ])('usage error %j exits 2 with one line', async (args, message) => {
     const r = await cli(args);
     expect(r.status).toBe(2);
     expect(r.stdout).toBe('');
     expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(message);
+  });
+
+  describe('--svg to a path that cannot be written fails before any measuring', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'flashmla-cli-'));
+    const cases: [string, string][] = [
+      ['in /proc', '/proc/nope/x.svg'],
+      ['in a missing folder', join(dir, 'missing', 'x.svg')],
+      ['a folder', dir],
+    ];
+    test.each(cases)('%s', async (_, path) => {
+      const r = await cli(['bench', '--reps', '1', '--warmup', '0', '--threads', '1', '--json', '--svg', path]);
+      expect(r.status).toBe(2);
+      expect(r.stdout).toBe('');
+      // One line and no progress lines: nothing ran.
+      expect(r.stderr.trimEnd().split('\n')).toEqual([expect.stringContaining(`--svg: cannot write '${path}' (E`)]);
+    });
+
+    // root writes into read-only folders, so this case only means something for other users.
+    test.skipIf(process.getuid?.() === 0)('in a folder without write permission', async () => {
+      const ro = join(dir, 'read-only');
+      mkdirSync(ro);
+      chmodSync(ro, 0o555);
+      const r = await cli(['bench', '--reps', '1', '--svg', join(ro, 'x.svg')]);
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/^flashmla-node bench: --svg: cannot write '.*' \(EACCES: permission denied\)/);
+    });
+
+    test('a usage error leaves an existing file alone', async () => {
+      const path = join(dir, 'kept.svg');
+      writeFileSync(path, 'old chart');
+      const r = await cli(['bench', '--reps', '0', '--svg', path]);
+      expect(r.status).toBe(2);
+      expect(readFileSync(path, 'utf8')).toBe('old chart');
+    });
   });
 
   test('no command prints the help to stderr and exits 2', async () => {
@@ -112,6 +165,25 @@ describe('commands', () => {
     const r = await cli(['demo', '--backend', 'cuda', '--library', join(root, 'no', 'such', 'libflash_mla.so')]);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/\[E_BACKEND\] .*CUDA backend is not usable/);
+  });
+
+  test('bench --json --svg: the rows as JSON on stdout, the chart in the file', async () => {
+    const path = join(mkdtempSync(join(tmpdir(), 'flashmla-cli-')), 'chart.svg');
+    const r = await cli(['bench', '--reps', '1', '--warmup', '0', '--threads', '1', '--json', '--svg', path]);
+    expect(r.status).toBe(0);
+    const report = JSON.parse(r.stdout) as { backend: string; rows: { medianMs: number }[] };
+    expect(report.backend).toBe('reference');
+    expect(report.rows.length).toBeGreaterThan(0);
+    expect(readFileSync(path, 'utf8')).toMatch(/^<svg /);
+  });
+
+  // /dev/full opens but every write fails with ENOSPC.
+  test.skipIf(!existsSync('/dev/full'))('bench --json --svg: a failing chart write keeps the JSON and is one line', async () => {
+    const r = await cli(['bench', '--reps', '1', '--warmup', '0', '--threads', '1', '--json', '--svg', '/dev/full']);
+    expect(r.status).toBe(1);
+    expect((JSON.parse(r.stdout) as { rows: unknown[] }).rows.length).toBeGreaterThan(0);
+    expect(r.stderr.trimEnd().split('\n').at(-1)).toMatch(/^flashmla-node bench: error: ENOSPC: no space left on device/);
+    expect(r.stderr).not.toMatch(/^\s+at /m);
   });
 
   test('compare --a cuda (the emulator as the FlashMLA build) vs reference passes the quick matrix', async () => {

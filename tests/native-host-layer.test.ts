@@ -17,7 +17,7 @@ const KEYS = ['dense_bf16', 'dense_fp16', 'sm90_sparse_v32_h64', 'sm90_sparse_v3
   'sm100_head64_v32', 'sm100_head64_model1', 'sm100_head128_model1', 'combine_bf16', 'combine_fp16', 'sched_meta'];
 // A build that resolves `keys` and carries sm_90a and sm_100f code whose kernels cannot be attributed (so it covers every launcher).
 const file: BuildFile = {
-  path: '/build.so', needed: [], soname: null, exports: new Set(),
+  path: '/build.so', size: 0, mtimeMs: 0, needed: [], soname: null, exports: new Set(),
   fatbin: { ok: true, entries: [{ kind: 'cubin', sm: 90, variant: 'a', compressed: true, kernels: null }, { kind: 'cubin', sm: 100, variant: 'f', compressed: true, kernels: null }] },
 };
 const withLaunchers = (keys: readonly string[]) => (d: DeviceFacts) => {

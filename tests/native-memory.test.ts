@@ -67,10 +67,24 @@ describe('device tensors', () => {
     const small = await FlashMLA.open({ backend: 'cuda', library });
     try {
       const a = await small.allocate('uint8', [40 << 20]);
-      await rejectsWith(small.allocate('uint8', [40 << 20]), 'E_CUDA');
+      await rejectsWith(small.allocate('uint8', [40 << 20]), 'E_OUT_OF_MEMORY');
       a.dispose();
       const b = await small.allocate('uint8', [40 << 20]);
       b.dispose();
+    } finally {
+      await small.dispose();
+      delete process.env.FLASHMLA_EMU_MEMORY;
+    }
+  });
+
+  it('under memory pressure, the memory of dropped device tensors is collected before out-of-memory is reported', async () => {
+    process.env.FLASHMLA_EMU_MEMORY = String(64 << 20);
+    const small = await FlashMLA.open({ backend: 'cuda', library });
+    try {
+      // Dropped, never disposed: only garbage collection can give their memory back.
+      for (let i = 0; i < 20; i++) await small.allocate('uint8', [40 << 20]);
+      const err = await small.allocate('uint8', [100 << 20]).then(() => null, (e: unknown) => e);
+      expect(err).toMatchObject({ code: 'E_OUT_OF_MEMORY', message: expect.stringMatching(/104857600 bytes/) });
     } finally {
       await small.dispose();
       delete process.env.FLASHMLA_EMU_MEMORY;
@@ -135,11 +149,11 @@ describe('worker, sched meta and errors', () => {
     for (const r of results) expectClose('sparse', r as DecodeResult<HostTensor>, want);
     expect(session.stats.decodes - before.decodes).toBe(4);
     expect(session.stats.schedMetaRuns - before.schedMetaRuns).toBe(1);
-    expect(meta.slots.size).toBe(1);
+    expect(meta.slotCount).toBe(1);
     await session.decode({ ...c.args, schedMeta: getMlaMetadata() });
     expect(session.stats.schedMetaRuns - before.schedMetaRuns).toBe(2);
     meta.dispose();
-    expect(meta.slots.size).toBe(0);
+    expect(meta.slotCount).toBe(0);
     await session.decode({ ...c.args, schedMeta: meta }); // recomputed after dispose
     expect(session.stats.schedMetaRuns - before.schedMetaRuns).toBe(3);
   });

@@ -36,10 +36,15 @@ async function openOn(arch: 'sm90' | 'sm100', sms?: number): Promise<FlashMLA> {
   return FlashMLA.open({ backend: 'cuda', library });
 }
 
-/** Device tensors of any size, backed by one small allocation (validation reads no values). */
+/**
+ * Device tensors of any shape over a small allocation: zero strides on every dim but the last
+ * (unless given), so the extent, and the memory wrap() checks, stay small (validation reads no values).
+ */
 async function huge(fm: FlashMLA, dtype: DType, shape: number[], strides?: number[]) {
-  const backing = await fm.allocate('uint8', [4096]);
-  return fm.wrap(backing.address, { dtype, shape, strides, capacity: Math.max(numel(shape), 1) * 4 });
+  const s = strides ?? shape.map((_, i) => (i === shape.length - 1 ? 1 : 0));
+  const extent = numel(shape) === 0 ? 1 : 1 + shape.reduce((a, d, i) => a + (d - 1) * s[i]!, 0);
+  const backing = await fm.allocate(dtype, [extent]);
+  return fm.wrap(backing.address, { dtype, shape, strides: s, capacity: extent });
 }
 
 const denseArgs = async (fm: FlashMLA, b: number, dQK = 576): Promise<DecodeArgs> => ({

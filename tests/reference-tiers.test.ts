@@ -193,4 +193,17 @@ describe('native tier', () => {
     expect(() => ws.endTokens('v32', 1)).not.toThrow();
     expect(() => new api.Tile(4, 100, 64)).toThrow(RangeError);
   });
+
+  test('the range checks do not wrap: counts and strides near 2^63 are a RangeError, not a read past the array', () => {
+    // Each of these once passed its check through a wrapped int64 product or sum (found under ASan).
+    const tile = new api.Tile(1, 16, 16);
+    expect(() => tile.bf16(new Uint16Array(64), 0, 2 ** 62, 3)).toThrow(RangeError);
+    expect(() => api.gather!(new Uint8Array(128), new Uint8Array(128), new Float64Array(24), 2 ** 62)).toThrow(RangeError);
+    const f = (n: number) => new Float32Array(n);
+    expect(() => api.merge!(f(4), f(4), f(32), f(4), f(4), f(32), 4, 2 ** 62)).toThrow(RangeError);
+    expect(() => api.bf16Rows!(f(1), new Float64Array(4), new Uint16Array(1), new Float64Array(4).fill(-1), 4, 2 ** 62)).toThrow(RangeError);
+    // The boundary itself still passes.
+    expect(() => tile.bf16(new Uint16Array(2 * 5 + 16), 0, 5, 3)).not.toThrow();
+    expect(() => api.gather!(new Uint8Array(8), new Uint8Array(8), new Float64Array([0, 0, 8]), 1)).not.toThrow();
+  });
 });

@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { closeSync, writeFileSync } from 'node:fs';
 import type { AnchorRow } from '../bench/anchors.js';
 import { flashmlaShapes, type BenchInputs, type BenchShape } from '../bench/flashmla-shapes.js';
 import { lineChartSvg, type ChartSeries } from '../bench/svg.js';
@@ -8,7 +8,7 @@ import { referenceDecode } from '../reference/index.js';
 import { getMlaMetadata } from '../sched-meta.js';
 import { isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
 import type { DecodeArgs } from '../types.js';
-import { choice, integer, str, UsageError, type Command, type OptionValues } from './args.js';
+import { choice, integer, integerList, MAX_THREADS, outputFile, str, UsageError, type Command, type OptionValues } from './args.js';
 import { fmtMs, fmtRate, formatTable } from './table.js';
 
 /** One measured FlashMLA benchmark shape. */
@@ -78,14 +78,9 @@ function row(shape: BenchShape, inputs: BenchInputs, backend: 'cuda' | 'referenc
   };
 }
 
+/** Reference thread counts to measure: by default serial and parallel. */
 function parseThreads(values: OptionValues): number[] {
-  const v = str(values, 'threads');
-  if (v === undefined) return [1, 2];
-  const list = v.split(',').map((s) => Number(s.trim()));
-  if (list.length === 0 || list.some((n) => !Number.isSafeInteger(n) || n < 1)) {
-    throw new UsageError(`--threads must be a comma-separated list of positive integers, got '${v}'`);
-  }
-  return list;
+  return integerList(values, 'threads', [1, 2], 1, MAX_THREADS);
 }
 
 function shapesTable(rows: ShapeRow[]): string {
@@ -120,8 +115,29 @@ async function runShapes(values: OptionValues, backend: 'cuda' | 'reference', js
   const cuda = backend === 'cuda';
   const reps = integer(values, 'reps', cuda ? 20 : 3, 1);
   const warmup = integer(values, 'warmup', cuda ? 3 : 1, 0);
-  const inst = cuda ? await FlashMLA.open({ backend: 'cuda', library: str(values, 'library') }) : null;
-  const { shapes, note } = flashmlaShapes(cuda ? 'gpu' : 'cpu');
+  const svg = outputFile(values, 'svg');
+  try {
+    const { shapes, note } = flashmlaShapes(cuda ? 'gpu' : 'cpu');
+    const rows = await measureShapes(shapes, backend, threads, warmup, reps, str(values, 'library'));
+    const timingNote = cuda
+      ? `median of ${reps} calls after ${warmup} warm-up; time = call to resolved promise (launch, kernels, wait), inputs on the device`
+      : `median of ${reps} calls after ${warmup} warm-up; host tensors`;
+    // The results first: a failing chart write must not lose them.
+    if (json) process.stdout.write(`${JSON.stringify({ backend, shapes: 'flashmla', note, timing: timingNote, rows }, null, 2)}\n`);
+    else process.stdout.write(`${note}\n${timingNote}\n\n${shapesTable(rows)}\n`);
+    if (svg) {
+      writeFileSync(svg.fd, chart(rows, backend));
+      if (!json) process.stdout.write(`\nchart written to ${svg.path}\n`);
+    }
+    return 0;
+  } finally {
+    if (svg) closeSync(svg.fd);
+  }
+}
+
+/** Times every shape: once on CUDA, once per thread count on the reference. */
+async function measureShapes(shapes: BenchShape[], backend: 'cuda' | 'reference', threads: number[], warmup: number, reps: number, library: string | undefined): Promise<ShapeRow[]> {
+  const inst = backend === 'cuda' ? await FlashMLA.open({ backend: 'cuda', library }) : null;
   const rows: ShapeRow[] = [];
   try {
     for (const shape of shapes) {
@@ -139,14 +155,7 @@ async function runShapes(values: OptionValues, backend: 'cuda' | 'reference', js
   } finally {
     await inst?.dispose();
   }
-  const svg = str(values, 'svg');
-  if (svg !== undefined) writeFileSync(svg, chart(rows, backend));
-  const timingNote = cuda
-    ? `median of ${reps} calls after ${warmup} warm-up; time = call to resolved promise (launch, kernels, wait), inputs on the device`
-    : `median of ${reps} calls after ${warmup} warm-up; host tensors`;
-  if (json) process.stdout.write(`${JSON.stringify({ backend, shapes: 'flashmla', note, timing: timingNote, rows }, null, 2)}\n`);
-  else process.stdout.write(`${note}\n${timingNote}\n\n${shapesTable(rows)}\n${svg !== undefined ? `\nchart written to ${svg}\n` : ''}`);
-  return 0;
+  return rows;
 }
 
 /** Anchor rows: ours at each thread count, the PyTorch peer and the ratio when measured. */
@@ -182,7 +191,7 @@ export const bench: Command = {
     reps: { type: 'string', value: 'N', help: 'timed calls per shape (default 3 on the reference, 20 on cuda)' },
     warmup: { type: 'string', value: 'N', help: 'untimed calls first (default 1 on the reference, 3 on cuda)' },
     library: { type: 'string', value: 'PATH', help: 'FlashMLA build for --backend cuda' },
-    svg: { type: 'string', value: 'FILE', help: 'write a chart of throughput against sequence length (flashmla shapes)' },
+    svg: { type: 'string', value: 'FILE', help: 'write a chart of throughput against sequence length (flashmla shapes; opened before the run)' },
     json: { type: 'boolean', help: 'print the rows as JSON' },
   },
   async run(values) {

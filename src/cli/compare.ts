@@ -1,9 +1,12 @@
 import { FlashMLA } from '../flashmla.js';
 import { compare as runCompare, type CaseResult, type CompareReport, type CompareSide } from '../harness/compare.js';
 import { MATRIX_NAMES } from '../harness/matrix.js';
-import { choice, integer, str, UsageError, type Command, type OptionValues } from './args.js';
+import { choice, integer, MAX_DEVICE, MAX_THREADS, str, UsageError, type Command, type OptionValues } from './args.js';
 import { createProgress } from './progress.js';
 import { fmtErr, fmtMs, formatTable } from './table.js';
+
+/** The case generators seed a 32-bit state: a larger seed would silently repeat a smaller one's cases. */
+const MAX_SEED = 0xffffffff;
 
 const SIDES = ['cuda', 'reference', 'oracle'] as const;
 type SideName = (typeof SIDES)[number];
@@ -67,9 +70,9 @@ export const compareCommand: Command = {
   },
   async run(values) {
     const matrix = choice(values, 'matrix', MATRIX_NAMES, 'quick');
-    const seed = integer(values, 'seed', 0);
-    const device = values.device === undefined ? undefined : integer(values, 'device', 0);
-    const threads = values.threads === undefined ? undefined : integer(values, 'threads', 1, 1);
+    const seed = integer(values, 'seed', 0, 0, MAX_SEED);
+    const device = values.device === undefined ? undefined : integer(values, 'device', 0, 0, MAX_DEVICE);
+    const threads = values.threads === undefined ? undefined : integer(values, 'threads', 1, 1, MAX_THREADS);
     const maxWork = str(values, 'max-oracle-work');
     if (maxWork !== undefined && !(Number(maxWork) > 0)) throw new UsageError(`--max-oracle-work must be a positive number, got '${maxWork}'`);
     const json = values.json === true;

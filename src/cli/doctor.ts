@@ -1,5 +1,5 @@
 import { doctorReport, formatDoctor } from '../backend-info.js';
-import { integer, str, type Command } from './args.js';
+import { integer, MAX_DEVICE, str, type Command } from './args.js';
 
 export const doctor: Command = {
   name: 'doctor',
@@ -13,7 +13,7 @@ export const doctor: Command = {
     json: { type: 'boolean', help: 'print the report as JSON' },
   },
   async run(values) {
-    const device = values.device === undefined ? undefined : integer(values, 'device', 0);
+    const device = values.device === undefined ? undefined : integer(values, 'device', 0, 0, MAX_DEVICE);
     const info = await doctorReport({ library: str(values, 'library'), device });
     process.stdout.write(values.json === true ? `${JSON.stringify(info, null, 2)}\n` : `${formatDoctor(info)}\n`);
     return 0;

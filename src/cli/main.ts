@@ -26,6 +26,9 @@ function toolHelp(): string {
 /** Writes and waits until the text is handed to the OS (a pipe may otherwise lose it at exit). */
 const write = (stream: NodeJS.WriteStream, text: string): Promise<void> => new Promise((resolve) => stream.write(text, () => resolve()));
 
+/** Node's errors from the OS (ENOSPC, EACCES, ...) say what went wrong in one line; a stack only helps with bugs. */
+const isSystemError = (e: unknown): e is NodeJS.ErrnoException => e instanceof Error && typeof (e as NodeJS.ErrnoException).syscall === 'string';
+
 async function main(argv: string[]): Promise<number> {
   const [first, ...rest] = argv;
   if (first === undefined) {
@@ -55,7 +58,7 @@ async function main(argv: string[]): Promise<number> {
       await write(process.stderr, `${where}: ${e.message} (see ${where} --help)\n`);
       return 2;
     }
-    const msg = e instanceof FlashMLAError ? `[${e.code}] ${e.message}` : e instanceof Error ? (e.stack ?? e.message) : String(e);
+    const msg = e instanceof FlashMLAError ? `[${e.code}] ${e.message}` : isSystemError(e) ? e.message : e instanceof Error ? (e.stack ?? e.message) : String(e);
     await write(process.stderr, `${where}: error: ${msg}\n`);
     return 1;
   }

@@ -1,5 +1,8 @@
 import { check, FlashMLAError } from '../errors.js';
-import { offsetAt, viewOf, zeros, type HostTensor } from '../tensor.js';
+import { isHostTensor, offsetAt, viewOf, zeros, type HostTensor } from '../tensor.js';
+import { readTensor } from '../validate/args.js';
+
+const INT32_MAX = 2 ** 31 - 1;
 
 /**
  * FlashMLA's `abs_indices2indices_in_kvcache` (tests/lib.py, SPEC §7.3): turns positions inside each
@@ -9,9 +12,13 @@ import { offsetAt, viewOf, zeros, type HostTensor } from '../tensor.js';
 export function absIndicesToKvcacheIndices(
   absIndices: HostTensor<'int32'>, blockTable: HostTensor<'int32'>, pageBlockSize: number,
 ): HostTensor<'int32'> {
-  const iv = viewOf(absIndices, 'absIndices', 3);
+  // Read once: the arguments are snapshots from here on (docs/robustness.md#read-once).
+  const abs = readTensor(absIndices, 'absIndices') as HostTensor<'int32'>;
+  const bt = readTensor(blockTable, 'blockTable') as HostTensor<'int32'>;
+  check(isHostTensor(abs) && isHostTensor(bt), 'E_DEVICE', 'absIndices', 'absIndices and blockTable must be host tensors');
+  const iv = viewOf(abs, 'absIndices', 3);
   check(iv.dtype === 'int32', 'E_DTYPE', 'absIndices', `absIndices must be int32, got ${iv.dtype}`);
-  const bv = viewOf(blockTable, 'blockTable', 2);
+  const bv = viewOf(bt, 'blockTable', 2);
   check(bv.dtype === 'int32', 'E_DTYPE', 'blockTable', `blockTable must be int32, got ${bv.dtype}`);
   check(Number.isSafeInteger(pageBlockSize) && pageBlockSize > 0, 'E_VALUE', 'pageBlockSize',
     `pageBlockSize must be a positive integer, got ${String(pageBlockSize)}`);
@@ -23,7 +30,7 @@ export function absIndicesToKvcacheIndices(
   for (let i = 0; i < b; i++) {
     for (let s = 0; s < sQ; s++) {
       for (let p = 0; p < topk; p++) {
-        const pos = absIndices.data[offsetAt(iv, i, s, p)]!;
+        const pos = abs.data[offsetAt(iv, i, s, p)]!;
         let v = -1;
         if (pos !== -1) {
           const page = Math.floor(pos / pageBlockSize);
@@ -31,7 +38,14 @@ export function absIndicesToKvcacheIndices(
             throw new FlashMLAError('E_RANGE',
               `absIndices[${i}][${s}][${p}] = ${pos} must be -1 or a position in [0, ${cols * pageBlockSize})`, 'absIndices');
           }
-          v = blockTable.data[offsetAt(bv, i, page)]! * pageBlockSize + (pos % pageBlockSize);
+          const block = bt.data[offsetAt(bv, i, page)]!;
+          v = block * pageBlockSize + (pos % pageBlockSize);
+          // A negative block id or one whose token ids pass int32 would wrap into a valid-looking id.
+          if (block < 0 || v > INT32_MAX) {
+            throw new FlashMLAError('E_RANGE',
+              `blockTable[${i}][${page}] = ${block} (used by absIndices[${i}][${s}][${p}]) must be a block id in [0, ${Math.floor(INT32_MAX / pageBlockSize)}] ` +
+                `so that block · ${pageBlockSize} + row fits int32`, 'blockTable');
+          }
         }
         out.data[(i * sQ + s) * topk + p] = v;
       }

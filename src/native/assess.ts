@@ -1,4 +1,5 @@
 import { loadAddon, type NativeAddon, type NativeLibrary, type NativeLibraryInfo, type NativeProbe } from './addon.js';
+import { lostReason } from './device-state.js';
 import type { Arch } from './host-layer.js';
 import { targetsByLauncher, targetsOf } from './kernels.js';
 import { alternatesFor, cudaVersionString, deviceProblem, runtimeProblem, vetBuild, type Loader } from './library.js';
@@ -134,8 +135,10 @@ export async function assessCuda(options: AssessOptions, load: Loader, probedIn:
   const common = { architectures, cuda, devices, entryPoints: info.launchers, featuresByArch };
   const notABuild = resolvedCount === 0
     ? `${lib.path} is not a FlashMLA build (0/${Object.keys(info.launchers).length} entry points resolved)` : null;
+  const lost = lostReason(device);
   const blocked = notABuild ?? cudaProblem ??
-    (dev === undefined ? `device ${device} does not exist (${devices.length} CUDA device(s) visible)` : deviceProblem(dev));
+    (dev === undefined ? `device ${device} does not exist (${devices.length} CUDA device(s) visible)` : deviceProblem(dev)) ??
+    (lost === null ? null : `CUDA device ${device} is lost for the rest of this process; its first fault was: ${lost}`);
   if (blocked !== null) return refuse(blocked, libraryInfo(true, 'loaded'), cuda, { ...common, device: dev === undefined ? null : device });
 
   const onDevice = assess(build, dev!);

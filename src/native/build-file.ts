@@ -7,6 +7,8 @@ import { parseFatbin, type FatbinEntry } from './fatbin.js';
  */
 export interface BuildFile {
   readonly path: string;
+  readonly size: number;
+  readonly mtimeMs: number;
   readonly needed: readonly string[];
   readonly soname: string | null;
   /** Defined dynamic symbols (what dlsym can find). */
@@ -37,7 +39,7 @@ export function inspectBuild(path: string): BuildFile {
         fatbin = { ok: false, reason: `the GPU code of ${path} cannot be read (${e.message})` };
       }
     }
-    const file: BuildFile = { path, needed, soname, exports: new Set(elf.definedSymbols()), fatbin };
+    const file: BuildFile = { path, size: stat.size, mtimeMs: stat.mtimeMs, needed, soname, exports: new Set(elf.definedSymbols()), fatbin };
     cache.set(path, { key, file });
     return file;
   });

@@ -27,34 +27,84 @@ export interface DeviceTensorInit<D extends DType> {
   readonly allocation: number | null;
 }
 
+/** Only this package makes DeviceTensors: the constructor needs this token. */
+const MINT: unique symbol = Symbol('DeviceTensor');
+
+/** Makes a DeviceTensor (package-internal: upload, allocate, wrap and decode outputs). */
+export function mintDeviceTensor<D extends DType>(owner: TensorOwner, init: DeviceTensorInit<D>): DeviceTensor<D> {
+  return new DeviceTensor(MINT, owner, init);
+}
+
 /**
  * Device memory of one FlashMLA instance (`upload`, `allocate`, `wrap`, or a decode output). Owned
  * memory is freed by `dispose()` (idempotent), by garbage collection, or when the instance is
- * disposed; a wrapped pointer is never freed by this package.
+ * disposed; a wrapped pointer is never freed by this package. Its fields cannot be changed and
+ * it cannot be constructed outside the package, so its address and capacity are always ones the
+ * package allocated or checked.
  */
 export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D> {
-  readonly dtype: D;
-  readonly shape: readonly number[];
-  readonly strides: readonly number[];
-  readonly offset: number;
-  readonly device: number;
-  readonly capacity: number;
-  readonly address: bigint;
+  readonly #dtype: D;
+  readonly #shape: readonly number[];
+  readonly #strides: readonly number[];
+  readonly #offset: number;
+  readonly #capacity: number;
+  readonly #address: bigint;
   readonly #owner: TensorOwner;
   readonly #allocation: number | null;
   #disposed = false;
 
-  constructor(owner: TensorOwner, init: DeviceTensorInit<D>) {
-    this.dtype = init.dtype;
-    this.shape = Object.freeze([...init.shape]);
-    this.strides = Object.freeze([...(init.strides ?? contiguousStrides(init.shape))]);
-    this.offset = init.offset ?? 0;
-    this.device = owner.device;
-    this.capacity = init.capacity;
-    this.address = init.address;
+  /** @internal Made by FlashMLA.upload/allocate/wrap and decode calls only. */
+  constructor(token: typeof MINT, owner: TensorOwner, init: DeviceTensorInit<D>) {
+    check(token === MINT, 'E_VALUE', 'DeviceTensor', 'DeviceTensor objects are made by FlashMLA.upload, allocate and wrap, not constructed');
+    this.#dtype = init.dtype;
+    this.#shape = Object.freeze([...init.shape]);
+    this.#strides = Object.freeze([...(init.strides ?? contiguousStrides(init.shape))]);
+    this.#offset = init.offset ?? 0;
+    this.#capacity = init.capacity;
+    this.#address = init.address;
     this.#owner = owner;
     this.#allocation = init.allocation;
     if (init.allocation !== null) collected.register(this, { owner, id: init.allocation }, this);
+  }
+
+  /** Whether `x` is a DeviceTensor made by this package (a look-alike object or prototype is not). */
+  static isDeviceTensor(x: unknown): x is DeviceTensor {
+    return typeof x === 'object' && x !== null && #owner in x;
+  }
+
+  /** Element type. */
+  get dtype(): D {
+    return this.#dtype;
+  }
+
+  /** Shape (frozen). */
+  get shape(): readonly number[] {
+    return this.#shape;
+  }
+
+  /** Element strides (frozen). */
+  get strides(): readonly number[] {
+    return this.#strides;
+  }
+
+  /** Element offset of element [0, ...] from `address`. */
+  get offset(): number {
+    return this.#offset;
+  }
+
+  /** CUDA device ordinal of the memory. */
+  get device(): number {
+    return this.#owner.device;
+  }
+
+  /** Elements addressable from `address`. */
+  get capacity(): number {
+    return this.#capacity;
+  }
+
+  /** Byte address of the allocation (before `offset`). */
+  get address(): bigint {
+    return this.#address;
   }
 
   /** True after dispose(), and once the instance that made it is disposed. */
@@ -75,9 +125,10 @@ export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D
   /** Byte address of element [0, ...] (address + offset · element size). */
   get base(): bigint {
     check(!this.disposed, 'E_DISPOSED', 'tensor', 'tensor is a disposed DeviceTensor');
-    return this.address + BigInt(this.offset * ELEMENT_BYTES[this.dtype]);
+    return this.#address + BigInt(this.#offset * ELEMENT_BYTES[this.#dtype]);
   }
 
+  /** Frees owned memory after the work queued before it (idempotent; a wrapped pointer is left alone). */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
@@ -87,4 +138,3 @@ export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D
     }
   }
 }
-

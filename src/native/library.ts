@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import type { BuildFile } from './build-file.js';
 import { loadAddon, type NativeAddon, type NativeDeviceProbe, type NativeLibrary, type NativeLibraryInfo, type NativeLoadError, type NativeProbe } from './addon.js';
 import type { LocatedLibrary } from './locate.js';
@@ -123,10 +124,74 @@ export type Loaded =
 /** Loads a vetted build somewhere (this process, or a child) and reports what it found. */
 export type Loader = (located: LocatedLibrary, alternates: (string | null)[]) => Promise<Loaded>;
 
-/** A Loader that loads the build into this process, as the CUDA backend does. */
-export const loadInProcess: Loader = async (located) => {
+// Run by `node -e` in the child: loads the addon by path, loads the build, prints one JSON line.
+const CHILD_PROBE = `
+const [addonPath, payload] = process.argv.slice(1);
+const { path, preloads, alternates } = JSON.parse(payload);
+const addon = require(addonPath);
+const lib = addon.load(path, preloads, alternates);
+process.stdout.write(JSON.stringify('error' in lib ? { loadError: lib.error } : { info: lib.info(), probe: lib.probe() }) + '\\n');
+`;
+
+/**
+ * A Loader that loads the build in a child process (killed after `timeoutMs`): a build whose
+ * constructor exits, crashes or hangs, or a driver that does, ends the child, not the caller.
+ */
+export function loadInChild(timeoutMs: number): Loader {
+  return (located, alternates) => new Promise<Loaded>((resolve) => {
+    const { path, preloads } = located;
+    const addon = loadAddon();
+    if (!addon.ok) return resolve({ ok: false, reason: addon.reason });
+    const payload = JSON.stringify({ path, preloads: preloads.map((p) => ({ path: p.path, global: p.global })), alternates });
+    execFile(process.execPath, ['-e', CHILD_PROBE, addon.path, payload], { timeout: timeoutMs, killSignal: 'SIGKILL', maxBuffer: 1 << 22 }, (err, stdout, stderr) => {
+      const line = stdout.trim().split('\n').pop() ?? '';
+      if (err) {
+        const e = err as NodeJS.ErrnoException & { killed?: boolean; signal?: string | null; code?: number | string };
+        const why = e.killed ? `did not finish within ${timeoutMs} ms`
+          : e.signal ? `was killed by ${e.signal}` : `exited with status ${String(e.code)}`;
+        const tail = stderr.trim().split('\n').slice(-3).join(' | ');
+        return resolve({ ok: false, reason: `loading ${path} in a probe process failed: the process ${why}${tail ? ` (${tail})` : ''}` });
+      }
+      try {
+        const r = JSON.parse(line) as { loadError?: NativeLoadError['error']; info?: NativeLibraryInfo; probe?: NativeProbe };
+        if (r.loadError) return resolve({ ok: false, reason: loadFailure(located, r.loadError) });
+        resolve({ ok: true, info: r.info!, probe: r.probe! });
+      } catch {
+        resolve({ ok: false, reason: `the probe process printed no report (${line.slice(0, 200)})` });
+      }
+    });
+  });
+}
+
+/**
+ * How long the first in-process load waits for the child that tries the build first
+ * (FLASHMLA_PROBE_TIMEOUT_MS, default 60 s: the first CUDA initialisation on a large machine is slow).
+ */
+export function probeTimeoutMs(): number {
+  const v = Number(process.env.FLASHMLA_PROBE_TIMEOUT_MS);
+  return Number.isSafeInteger(v) && v > 0 ? v : 60_000;
+}
+/** Child verdicts by path, size and mtime: a build is tried in a child once per process. */
+const vetted = new Map<string, { key: string; reason: string | null }>();
+
+/**
+ * A Loader that loads the build into this process, as the CUDA backend does, after a child
+ * process has loaded the same file without crashing, exiting or hanging (dlopen runs the build's
+ * constructors, and a bad one would end this process).
+ */
+export const loadInProcess: Loader = async (located, alternates) => {
   const addon = loadAddon();
   if (!addon.ok) return { ok: false, reason: addon.reason };
-  const opened = openLibrary(addon.addon, located);
-  return opened.ok ? { ok: true, info: opened.library.info, probe: opened.library.probe, native: opened.library.native } : { ok: false, reason: opened.reason };
+  if (!opened.has(located.path)) {
+    const key = `${located.file.size}:${located.file.mtimeMs}`;
+    let verdict = vetted.get(located.path);
+    if (verdict === undefined || verdict.key !== key) {
+      const tried = await loadInChild(probeTimeoutMs())(located, alternates);
+      verdict = { key, reason: tried.ok ? null : tried.reason };
+      vetted.set(located.path, verdict);
+    }
+    if (verdict.reason !== null) return { ok: false, reason: verdict.reason };
+  }
+  const result = openLibrary(addon.addon, located);
+  return result.ok ? { ok: true, info: result.library.info, probe: result.library.probe, native: result.library.native } : { ok: false, reason: result.reason };
 };

@@ -78,13 +78,31 @@ export function pythonExecutable(): string {
   return process.env.FLASHMLA_PYTHON || 'python3';
 }
 
-export async function askPython(python = pythonExecutable()): Promise<PythonFacts | { error: string }> {
+/**
+ * A Python that finds packages answers in well under a second (nothing is imported); one that
+ * sleeps, hangs or ignores SIGTERM is killed after this long and reported.
+ */
+const PYTHON_TIMEOUT_MS = 5_000;
+const pythonAnswers = new Map<string, Promise<PythonFacts | { error: string }>>();
+
+/** What `python` says about flash_mla and torch; asked once per interpreter per process. */
+export function askPython(python = pythonExecutable()): Promise<PythonFacts | { error: string }> {
+  let answer = pythonAnswers.get(python);
+  if (answer === undefined) {
+    answer = queryPython(python);
+    pythonAnswers.set(python, answer);
+  }
+  return answer;
+}
+
+async function queryPython(python: string): Promise<PythonFacts | { error: string }> {
   try {
-    const { stdout } = await run(python, ['-c', PYTHON_PROBE], { timeout: 20_000, maxBuffer: 1 << 20 });
+    const { stdout } = await run(python, ['-c', PYTHON_PROBE], { timeout: PYTHON_TIMEOUT_MS, killSignal: 'SIGKILL', maxBuffer: 1 << 20 });
     return JSON.parse(stdout.trim().split('\n').pop()!) as PythonFacts;
   } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: string };
+    const err = e as NodeJS.ErrnoException & { stderr?: string; killed?: boolean };
     if (err.code === 'ENOENT') return { error: `${python} was not found (set FLASHMLA_PYTHON to the Python that has flash_mla installed)` };
+    if (err.killed) return { error: `${python} did not answer within ${PYTHON_TIMEOUT_MS / 1000} s and was killed` };
     return { error: `${python} failed: ${(err.stderr || err.message).trim().split('\n').pop()}` };
   }
 }

@@ -6,9 +6,11 @@ import {
   type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
 } from '../tensor.js';
 import type { DecodeArgs, DecodeOptions, DecodeResult } from '../types.js';
+import { ownValue, readDecodeArgs, readDecodeOptions, readTensor } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
 import { nativeCode, type NativeEngine } from './addon.js';
-import { DeviceTensor, type TensorOwner } from './device-tensor.js';
+import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
+import { DeviceTensor, mintDeviceTensor, type TensorOwner } from './device-tensor.js';
 import { assessCuda } from './assess.js';
 import { operandsOf, planLaunch, requestFields, type CallKind, type DeviceFacts } from './host-layer.js';
 import { loadInProcess } from './library.js';
@@ -18,12 +20,14 @@ const ARRAYS: Readonly<Record<DType, new (n: number) => DataOf[DType]>> = {
   bf16: Uint16Array, fp16: Uint16Array, fp32: Float32Array, int32: Int32Array, uint8: Uint8Array,
 };
 
-/** Rethrows a native rejection as a FlashMLAError with the code the addon gave. */
-function rethrow(e: unknown): never {
-  if (e instanceof FlashMLAError) throw e;
-  const code = (nativeCode(e) ?? 'E_CUDA') as FlashMLAErrorCode;
-  throw new FlashMLAError(code, (e as Error).message);
+/** A native rejection as a FlashMLAError with the code the addon gave. */
+function asFlashMLAError(e: unknown): FlashMLAError {
+  if (e instanceof FlashMLAError) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  return new FlashMLAError((nativeCode(e) ?? 'E_CUDA') as FlashMLAErrorCode, message);
 }
+
+const cudaErrorOf = (e: unknown): number | undefined => (e as { cudaError?: number } | null)?.cudaError;
 
 export type SessionResult = { readonly ok: true; readonly session: CudaSession } | { readonly ok: false; readonly reason: string };
 
@@ -91,6 +95,36 @@ export class CudaSession implements TensorOwner {
 
   #open(): void {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
+    const lost = lostReason(this.device);
+    check(lost === null, 'E_DEVICE_LOST', undefined,
+      () => `CUDA device ${this.device} is lost for the rest of this process; its first fault was: ${lost}. Restart the process`);
+  }
+
+  /**
+   * Turns a native rejection into the FlashMLAError callers see: a sticky CUDA error marks the
+   * device lost (every later call then fails at once, naming this first fault); out-of-memory has
+   * its own code.
+   */
+  #fail(e: unknown): never {
+    const cuda = cudaErrorOf(e);
+    const err = asFlashMLAError(e);
+    if (isSticky(cuda)) {
+      const first = markLost(this.device, err.message);
+      throw new FlashMLAError('E_DEVICE_LOST', `CUDA device ${this.device} is lost for the rest of this process; its first fault was: ${first}. Restart the process`);
+    }
+    if (cuda === CUDA_ERROR_OUT_OF_MEMORY) throw new FlashMLAError('E_OUT_OF_MEMORY', err.message);
+    throw err;
+  }
+
+  /** Runs `alloc`; on out-of-memory collects the memory of dropped device tensors once and tries again. */
+  async #withMemory<T>(alloc: () => Promise<T>): Promise<T> {
+    try {
+      return await alloc();
+    } catch (e) {
+      if (!(e instanceof FlashMLAError) || e.code !== 'E_OUT_OF_MEMORY') throw e;
+      await collectDroppedDeviceMemory();
+      return alloc();
+    }
   }
 
   /**
@@ -99,7 +133,7 @@ export class CudaSession implements TensorOwner {
    * and live on this instance's device (SPEC §9.2: one device per call).
    */
   #deviceTensor(t: Tensor, name: string): DeviceTensorMeta {
-    check(t instanceof DeviceTensor, 'E_VALUE', name,
+    check(DeviceTensor.isDeviceTensor(t) && t.owner instanceof CudaSession, 'E_VALUE', name,
       `${name} must be a host tensor ({ dtype, shape, data }) or a DeviceTensor made by FlashMLA.upload/allocate/wrap`);
     const d = t as DeviceTensorMeta;
     check(!d.disposed, 'E_DISPOSED', name, `${name} is a disposed DeviceTensor`);
@@ -116,23 +150,26 @@ export class CudaSession implements TensorOwner {
     this.#open();
     const view = viewOf({ dtype, shape, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false }, 'shape');
     const n = numel(view.shape);
-    const a = await this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch(rethrow);
-    return new DeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
+    const a = await this.#withMemory(() => this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch((e: unknown) => this.#fail(e)));
+    return mintDeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
   }
 
-  async upload<D extends DType>(t: HostTensor<D>): Promise<DeviceTensor<D>> {
+  async upload<D extends DType>(tensor: HostTensor<D>): Promise<DeviceTensor<D>> {
     this.#open();
+    const t = readTensor(tensor, 'tensor');
     check(isHostTensor(t), 'E_VALUE', 'tensor', 'upload takes a host tensor ({ dtype, shape, data })');
     const view = viewOf(t, 'tensor');
     const extent = Math.max(extentOf(view), view.offset);
     const count = extent - view.offset;
-    const a = await this.engine.malloc(count * ELEMENT_BYTES[view.dtype]).catch(rethrow);
-    const out = new DeviceTensor(this, { dtype: t.dtype, shape: view.shape, strides: view.strides, offset: 0, capacity: count, address: a.address, allocation: a.id });
-    if (count > 0) {
-      const data = t.data.subarray(view.offset, extent);
+    // The elements are copied now, into memory the caller cannot detach or shrink while the copy
+    // to the device is queued.
+    const data = count > 0 ? t.data.slice(view.offset, extent) : null;
+    const a = await this.#withMemory(() => this.engine.malloc(count * ELEMENT_BYTES[view.dtype]).catch((e: unknown) => this.#fail(e)));
+    const out = mintDeviceTensor(this, { dtype: t.dtype as D, shape: view.shape, strides: view.strides, offset: 0, capacity: count, address: a.address, allocation: a.id });
+    if (data !== null) {
       await this.engine.upload(a.address, data).catch((e: unknown) => {
         out.dispose();
-        rethrow(e);
+        this.#fail(e);
       });
     }
     return out;
@@ -150,7 +187,7 @@ export class CudaSession implements TensorOwner {
     if (n === 0) return { dtype: t.dtype, shape: [...view.shape], data: new Arr(0) as DataOf[D] };
     if (isContiguous(view)) {
       const data = new Arr(n);
-      await this.engine.download(t.address + BigInt(view.offset * eb), data).catch(rethrow);
+      await this.engine.download(t.address + BigInt(view.offset * eb), data).catch((e: unknown) => this.#fail(e));
       return { dtype: t.dtype, shape: [...view.shape], data: data as DataOf[D] };
     }
     const raw = await this.downloadExtent(t, view);
@@ -161,39 +198,50 @@ export class CudaSession implements TensorOwner {
   async downloadExtent(t: DeviceTensorMeta, view: View): Promise<DataOf[DType]> {
     const count = extentOf(view) - view.offset;
     const data = new ARRAYS[view.dtype](Math.max(count, 0));
-    if (count > 0) await this.engine.download(t.address + BigInt(view.offset * ELEMENT_BYTES[view.dtype]), data).catch(rethrow);
+    if (count > 0) await this.engine.download(t.address + BigInt(view.offset * ELEMENT_BYTES[view.dtype]), data).catch((e: unknown) => this.#fail(e));
     return data;
   }
 
   /** Wraps device memory owned elsewhere; checked with cudaPointerGetAttributes. */
   async wrap<D extends DType>(address: bigint, meta: TensorMeta<D> & { capacity?: number }): Promise<DeviceTensor<D>> {
     this.#open();
-    check(typeof address === 'bigint' && address > 0n, 'E_VALUE', 'address', 'address must be a non-zero bigint');
-    const view = viewOf({ ...meta, device: this.device, capacity: meta.capacity ?? Number.MAX_SAFE_INTEGER, address, disposed: false }, 'meta');
-    const capacity = meta.capacity ?? Math.max(extentOf(view), view.offset);
-    check(Number.isSafeInteger(capacity) && capacity >= extentOf(view), 'E_BUFFER', 'meta.capacity',
-      `meta.capacity (${capacity}) is smaller than the extent of the view (${extentOf(view)})`);
-    const attrs = await this.engine.pointerInfo(address).catch(rethrow);
-    check(attrs.type === 2, 'E_DEVICE', 'address', `0x${address.toString(16)} is not CUDA device memory (cudaPointerGetAttributes type ${attrs.type})`);
-    check(attrs.device === this.device, 'E_DEVICE', 'address',
-      `0x${address.toString(16)} is memory of device ${attrs.device}, but this FlashMLA instance uses device ${this.device}`);
-    return new DeviceTensor(this, { dtype: meta.dtype, shape: view.shape, strides: view.strides, offset: view.offset, capacity, address, allocation: null });
+    check(typeof address === 'bigint' && address > 0n && address < 2n ** 64n, 'E_VALUE', 'address', 'address must be a non-zero 64-bit bigint');
+    check(meta !== null && typeof meta === 'object', 'E_VALUE', 'meta', 'meta must be an object ({ dtype, shape, strides?, offset?, capacity? })');
+    const field = (k: string) => ownValue(meta, k, `meta.${k}`);
+    const given = { dtype: field('dtype'), shape: field('shape'), strides: field('strides'), offset: field('offset') };
+    const view = viewOf({ ...given, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address, disposed: false }, 'meta');
+    const rawCapacity = field('capacity');
+    const capacity = rawCapacity ?? Math.max(extentOf(view), view.offset);
+    check(typeof capacity === 'number' && Number.isSafeInteger(capacity) && capacity >= extentOf(view) && capacity >= 1, 'E_BUFFER', 'meta.capacity',
+      `meta.capacity (${String(capacity)}) must be a positive integer at least the extent of the view (${extentOf(view)})`);
+    const bytes = BigInt(capacity * ELEMENT_BYTES[view.dtype]);
+    // Both ends of the claimed range must be memory of this device. (The runtime API tells the
+    // owner of an address, not where its allocation ends; see docs/cuda-path.md#wrap.)
+    for (const [at, what] of [[address, 'address'], [address + bytes - 1n, 'the last byte of meta.capacity']] as const) {
+      const attrs = await this.engine.pointerInfo(at).catch((e: unknown) => this.#fail(e));
+      check(attrs.type === 2, 'E_DEVICE', 'address', `${what} (0x${at.toString(16)}) is not CUDA device memory (cudaPointerGetAttributes type ${attrs.type})`);
+      check(attrs.device === this.device, 'E_DEVICE', 'address',
+        `${what} (0x${at.toString(16)}) is memory of device ${attrs.device}, but this FlashMLA instance uses device ${this.device}`);
+    }
+    return mintDeviceTensor(this, { dtype: view.dtype as D, shape: view.shape, strides: view.strides, offset: view.offset, capacity, address, allocation: null });
   }
 
-  async decode(args: DecodeArgs, options: DecodeOptions = {}): Promise<DecodeResult<Tensor>> {
+  async decode(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
     this.#open();
+    const args = readDecodeArgs(callerArgs);
+    const options = readDecodeOptions(callerOptions);
     let downloaded: Map<Tensor, HostTensor> | undefined;
     if (options.validate === true) downloaded = await this.#downloadForValidation(args);
     const plan = validateDecode(args, { downloaded });
     const operands = this.#operands(plan);
     const launch = planLaunch(plan, this.facts, (key) => launcherProblem(this.build, key, this.facts), (b) => (isHostTensor(b.tensor) ? null : this.#baseOf(b.tensor, b.view, 'tensor')));
     args.schedMeta.bind(plan.config);
-    let slot = args.schedMeta.slots.get(this) as (SchedMetaSlot & { id: number }) | undefined;
+    let slot = args.schedMeta.slot(this) as (SchedMetaSlot & { id: number }) | undefined;
     if (slot === undefined) {
       const id = this.engine.newSchedSlot();
       const token = {};
       slot = { id, dispose: () => { droppedSchedMetas.unregister(token); this.releaseSchedSlot(id); } };
-      args.schedMeta.slots.set(this, slot);
+      args.schedMeta.setSlot(this, slot);
       droppedSchedMetas.register(args.schedMeta, { session: this, id }, token);
     }
     const hostOutputs = isHostTensor(plan.q.tensor);
@@ -205,7 +253,7 @@ export class CudaSession implements TensorOwner {
       ...requestFields(plan, launch, (k) => this.launcherIds.get(k)!),
       slot: slot.id, operands, hostOut, hostLse,
     };
-    const outcome = await this.engine.decode(request).catch(rethrow);
+    const outcome = await this.#withMemory(() => this.engine.decode(request).catch((e: unknown) => this.#fail(e)));
     this.stats.decodes++;
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
     const outShape = [plan.b, plan.sQ, plan.hQ, 512];
@@ -216,8 +264,8 @@ export class CudaSession implements TensorOwner {
     const out = outcome.out!;
     const lse = outcome.lse!;
     return {
-      out: new DeviceTensor(this, { dtype: outDtype, shape: outShape, capacity: rows * 512, address: out.address, allocation: out.id }),
-      lse: new DeviceTensor(this, { dtype: 'fp32', shape: lseShape, capacity: rows, address: lse.address, allocation: lse.id }),
+      out: mintDeviceTensor(this, { dtype: outDtype, shape: outShape, capacity: rows * 512, address: out.address, allocation: out.id }),
+      lse: mintDeviceTensor(this, { dtype: 'fp32', shape: lseShape, capacity: rows, address: lse.address, allocation: lse.id }),
     };
   }
 
@@ -230,7 +278,8 @@ export class CudaSession implements TensorOwner {
 
   #operand(b: Bound, name: string): bigint | ArrayBufferView {
     if (!isHostTensor(b.tensor)) return this.#baseOf(b.tensor, b.view, name);
-    return b.tensor.data.subarray(b.view.offset, Math.max(extentOf(b.view), b.view.offset));
+    // A copy the caller cannot detach or shrink while the launch is queued.
+    return b.tensor.data.slice(b.view.offset, Math.max(extentOf(b.view), b.view.offset));
   }
 
   /** validate: true — host copies of device-resident indices, block tables and lengths. */

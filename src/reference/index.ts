@@ -1,8 +1,9 @@
 import { availableParallelism } from 'node:os';
-import { isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
+import { extentOf, isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
 import { check, FlashMLAError } from '../errors.js';
 import type { DecodePlan, SparsePlan } from '../plan.js';
 import type { DecodeArgs, DecodeOptions, DecodeResult } from '../types.js';
+import { liveLength, readDecodeArgs, readDecodeOptions } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
 import { allocateOutputs, writeRows, type RowPlaces } from './finalize.js';
 import { ITEM, itemRows, planFlops, runItem, workItems } from './items.js';
@@ -54,11 +55,32 @@ function requireHost(plan: DecodePlan): void {
   }
 }
 
-/** `threads` checked: a positive integer, default the number of cores. */
+/**
+ * The most threads a call may use: twice the cores (at least 8). More only adds threads that wait
+ * for a core, each holding its own stack and compiled code.
+ */
+export const MAX_THREADS = Math.max(8, 2 * availableParallelism());
+
+/**
+ * While a call awaits its workers, the caller's code runs and may detach, transfer or shrink the
+ * buffers of q and the caches (the int32 inputs are the call's own copies). Reading such a buffer
+ * gives nothing or garbage, so the call ends with an error instead of computing on it.
+ */
+function expectIntact(plan: DecodePlan): void {
+  const bound = plan.kind === 'dense' ? [['q', plan.q], ['kCache', plan.kCache]] as const
+    : [['q', plan.q], ['kCache', plan.main.cache], ['extraKCache', plan.extra?.cache], ['attnSink', plan.attnSink]] as const;
+  for (const [name, b] of bound) {
+    if (b === null || b === undefined || !isHostTensor(b.tensor)) continue;
+    check(liveLength(b.tensor.data) >= extentOf(b.view), 'E_BUFFER', name,
+      `${name}'s buffer was detached, transferred or shrunk while the call was running`);
+  }
+}
+
+/** `threads` checked: an integer in [1, MAX_THREADS], default the number of cores. */
 export function resolveThreads(threads: unknown): number {
   if (threads === undefined) return availableParallelism();
-  check(typeof threads === 'number' && Number.isSafeInteger(threads) && threads >= 1, 'E_VALUE', 'options.threads',
-    () => `options.threads must be a positive integer, got ${String(threads)}`);
+  check(typeof threads === 'number' && Number.isSafeInteger(threads) && threads >= 1 && threads <= MAX_THREADS, 'E_VALUE', 'options.threads',
+    () => `options.threads must be an integer from 1 to ${MAX_THREADS} (twice the cores, at least 8), got ${String(threads)}`);
   return threads;
 }
 
@@ -176,6 +198,7 @@ async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<Decode
   }
 
   await pool.exclusive(async () => {
+    expectIntact(plan);
     arena.reset();
     const staged = stagePlan(plan);
     const wave = Math.min(n, MAX_WAVE_ITEMS, Math.max(threads, Math.floor(WAVE_BYTES / (4 * slot))));
@@ -207,6 +230,7 @@ async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<Decode
         throw e;
       }
       await workers;
+      expectIntact(plan);
       mergeDone();
     }
   });
@@ -214,7 +238,9 @@ async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<Decode
 }
 
 /** `flashMlaWithKvCache` on the reference backend: validate, bind the sched meta, run. */
-export async function referenceDecode(args: DecodeArgs, options: DecodeOptions & ReferenceOptions = {}): Promise<DecodeResult<HostTensor>> {
+export async function referenceDecode(callerArgs: DecodeArgs, callerOptions?: DecodeOptions & ReferenceOptions): Promise<DecodeResult<HostTensor>> {
+  const args = readDecodeArgs(callerArgs);
+  const options = readDecodeOptions(callerOptions);
   const threads = resolveThreads(options.threads);
   const plan = validateDecode(args);
   args.schedMeta.bind(plan.config);

@@ -42,14 +42,19 @@ function spawn(): Worker {
   return w;
 }
 
+/** Workers idle this long are stopped (a later call starts them again). */
+const IDLE_RETIRE_MS = 30_000;
+
 /**
- * Persistent worker threads (started on first need, kept for later calls). Calls take the pool
- * one at a time (`exclusive`): a second call waits for the first, which also keeps the staging
- * arena (share.ts) to one user.
+ * Persistent worker threads (started on first need, stopped after IDLE_RETIRE_MS without work).
+ * Calls take the pool one at a time (`exclusive`): a second call waits for the first, which also
+ * keeps the staging arena (share.ts) to one user.
  */
 class Pool {
   private readonly workers: Worker[] = [];
   private tail: Promise<unknown> = Promise.resolve();
+  private busy = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
 
   exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const next = this.tail.then(fn);
@@ -57,10 +62,35 @@ class Pool {
     return next;
   }
 
+  /** Live worker threads (for tests and reports). */
+  get size(): number {
+    return this.workers.length;
+  }
+
   /** Runs `job` on `threads` workers; call inside `exclusive`. */
   async run(job: Job, threads: number): Promise<void> {
-    while (this.workers.length < threads) this.workers.push(spawn());
-    await Promise.all(this.workers.slice(0, threads).map((w) => this.runOn(w, job)));
+    clearTimeout(this.idleTimer);
+    this.busy++;
+    try {
+      while (this.workers.length < threads) this.workers.push(spawn());
+      await Promise.all(this.workers.slice(0, threads).map((w) => this.runOn(w, job)));
+    } finally {
+      if (--this.busy === 0) this.scheduleRetire();
+    }
+  }
+
+  /** Stops every worker once the pool has been idle for IDLE_RETIRE_MS (the timer keeps nothing alive). */
+  private scheduleRetire(): void {
+    this.idleTimer = setTimeout(() => {
+      if (this.busy > 0) return;
+      for (const w of this.workers.splice(0)) void w.terminate();
+    }, IDLE_RETIRE_MS);
+    this.idleTimer.unref();
+  }
+
+  private forget(w: Worker): void {
+    const i = this.workers.indexOf(w);
+    if (i >= 0) this.workers.splice(i, 1);
   }
 
   private runOn(w: Worker, job: Job): Promise<void> {
@@ -68,6 +98,7 @@ class Pool {
       const done = (): void => {
         w.off('message', onMessage);
         w.off('error', onError);
+        w.off('exit', onExit);
         w.unref();
       };
       const onMessage = (reply: JobReply): void => {
@@ -78,13 +109,24 @@ class Pool {
       const onError = (e: Error): void => {
         done();
         // A worker that died is replaced on the next call.
-        this.workers.splice(this.workers.indexOf(w), 1);
+        this.forget(w);
         reject(new FlashMLAError('E_INTERNAL', `reference worker died: ${e.message}`));
+      };
+      const onExit = (code: number): void => {
+        done();
+        this.forget(w);
+        reject(new FlashMLAError('E_INTERNAL', `reference worker exited (status ${code}) during a call`));
       };
       w.on('message', onMessage);
       w.on('error', onError);
+      w.on('exit', onExit);
       w.ref();
-      w.postMessage(job);
+      try {
+        w.postMessage(job);
+      } catch (e) {
+        done();
+        reject(new FlashMLAError('E_INTERNAL', `posting work to a reference worker failed: ${(e as Error).message}`));
+      }
     });
   }
 }

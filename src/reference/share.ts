@@ -24,7 +24,8 @@ class Arena {
   }
 
   take<T extends Typed>(Ctor: TypedCtor, length: number): T {
-    const bytes = (Math.max(length, 1) * (Ctor as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT + 15) & ~15;
+    // Sizes pass 2^31 bytes for large caches: plain arithmetic, no bit operators.
+    const bytes = Math.ceil((Math.max(length, 1) * (Ctor as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT) / 16) * 16;
     if (this.used + bytes > this.buffer.byteLength) {
       // Earlier regions of this call stay valid in the old buffer; the new one serves later calls.
       this.buffer = new SharedArrayBuffer(Math.max(2 * this.buffer.byteLength, bytes));
@@ -80,7 +81,7 @@ function shareDense(plan: DensePlan): Staged {
   const kv = plan.kCache.view;
   const [, s1, s2, s3] = kv.strides as [number, number, number, number];
   const span = (TILE - 1) * s1 + (plan.hK - 1) * s2 + plan.dQK;
-  const stride0 = (span + 7) & ~7;
+  const stride0 = Math.ceil(span / 8) * 8;
   const bt = (plan.blockTable.tensor as HostTensor).data as Int32Array;
   const btv = plan.blockTable.view;
   const firstSlot = new Int32Array(plan.b + 1);

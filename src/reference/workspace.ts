@@ -40,23 +40,35 @@ export interface Workspace {
   step(tokens: number, scaleLog2: number): void;
 }
 
-const wordViews = new WeakMap<ArrayBufferLike, Int32Array>();
+const wordViews = new WeakMap<ArrayBufferLike, Int32Array | null>();
+/** The most elements one typed array can have. */
+const MAX_ELEMENTS = 2 ** 32;
 
-function wordsOf(buffer: ArrayBufferLike): Int32Array {
+/** A word view of a whole buffer (null for buffers too large for one; cached per buffer). */
+function wordsOf(buffer: ArrayBufferLike): Int32Array | null {
   let w = wordViews.get(buffer);
-  if (!w) wordViews.set(buffer, (w = new Int32Array(buffer, 0, buffer.byteLength >>> 2)));
+  if (w === undefined) {
+    const n = Math.floor(buffer.byteLength / 4);
+    w = n <= MAX_ELEMENTS ? new Int32Array(buffer, 0, n) : null;
+    wordViews.set(buffer, w);
+  }
   return w;
 }
 
 /** dst[to …+n) ← src[at …+n) without allocating: 32-bit moves when everything is word-aligned. */
 export function copyBytes(src: Uint8Array, at: number, dst: Uint8Array, to: number, n: number): void {
+  // Byte positions can pass 2^32 (a view far into a large buffer): plain arithmetic, no bit operators.
   const a = src.byteOffset + at;
   const b = dst.byteOffset + to;
-  if (((a | b | n) & 3) === 0) {
+  if (a % 4 === 0 && b % 4 === 0 && n % 4 === 0) {
     const s = wordsOf(src.buffer);
     const d = wordsOf(dst.buffer);
-    for (let i = a >>> 2, j = b >>> 2, e = i + (n >>> 2); i < e;) d[j++] = s[i++]!;
-  } else {
-    for (let i = 0; i < n; i++) dst[to + i] = src[at + i]!;
+    const i0 = a / 4, j0 = b / 4, m = n / 4;
+    // A buffer that grew since its word view was made is copied bytewise past the view's end.
+    if (s !== null && d !== null && i0 + m <= s.length && j0 + m <= d.length) {
+      for (let k = 0; k < m; k++) d[j0 + k] = s[i0 + k]!;
+      return;
+    }
   }
+  for (let i = 0; i < n; i++) dst[to + i] = src[at + i]!;
 }

@@ -1,6 +1,6 @@
 import { check, FlashMLAError } from '../errors.js';
 import type { Bound } from '../plan.js';
-import { isHostTensor, viewOf, type DType, type HostTensor, type Tensor, type View } from '../tensor.js';
+import { extentOf, isHostTensor, viewOf, type DType, type HostTensor, type Tensor, type View } from '../tensor.js';
 
 /** Host copies of device-resident tensors, for value checks with `validate: true`. */
 export type Downloaded = ReadonlyMap<Tensor, HostTensor>;
@@ -17,7 +17,20 @@ export function bind(t: unknown, name: string, rank: number, dtypes: readonly DT
   const view = viewOf(t, name, rank);
   check(dtypes.includes(view.dtype), 'E_DTYPE', name,
     () => `${name} must be ${dtypes.join(' or ')}, got ${view.dtype}`);
+  if (view.dtype === 'int32' && isHostTensor(t as Tensor)) return ownCopy(t as HostTensor<'int32'>, view);
   return { tensor: t as Tensor, view };
+}
+
+/**
+ * Indices, block tables and lengths are range-checked here and then dereferenced by the kernels:
+ * the call keeps its own copy of the elements it reads, so a caller rewriting its buffer while the
+ * call runs cannot change what was checked (they are small: at most b·s_q·topk values).
+ */
+function ownCopy(t: HostTensor<'int32'>, view: View): Bound {
+  const extent = extentOf(view);
+  const data = extent === 0 ? new Int32Array(0) : t.data.slice(view.offset, extent);
+  const copy: HostTensor<'int32'> = { dtype: 'int32', shape: view.shape, strides: view.strides, offset: 0, data };
+  return { tensor: copy, view: { ...view, offset: 0 } };
 }
 
 export function expectShape(b: Bound, name: string, expected: readonly (number | null)[], what?: string): void {
@@ -128,4 +141,28 @@ export function expectFiniteValues(b: Bound, name: string, downloaded?: Download
     while (k >= 0 && ++idx[k]! === shape[k]) idx[k--] = 0;
     if (k < 0) return;
   }
+}
+
+const INT32_LIMIT = 2 ** 31;
+
+/**
+ * FlashMLA indexes outputs and split workspaces with int32 (b·s_q·h_q·512 elements and more), so
+ * larger calls cannot run on a GPU; checked before any per-row loop, which also keeps a tensor whose
+ * zero strides claim a huge shape from looping for days.
+ */
+export function expectRowsFit(b: number, sQ: number, hQ: number): void {
+  check(b * sQ * hQ * 512 < INT32_LIMIT, 'E_UNSUPPORTED', 'q',
+    () => `b·s_q·h_q·512 = ${b * sQ * hQ * 512} must be below 2^31 (FlashMLA indexes outputs with int32); got b = ${b}, s_q = ${sQ}, h_q = ${hQ}`);
+}
+
+/** An int32 tensor the kernels index with int32 offsets (block tables, indices) has fewer than 2^31 elements. */
+export function expectIndexable(b: Bound, name: string): void {
+  let n = 1;
+  for (const d of b.view.shape) n *= d;
+  check(n < INT32_LIMIT, 'E_UNSUPPORTED', name, () => `${name} has ${n} elements; FlashMLA indexes it with int32 (at most 2^31 - 1)`);
+}
+
+/** One rule for flags on both paths: absent (undefined) or a boolean. */
+export function expectOptionalBoolean(x: unknown, name: string): void {
+  check(x === undefined || typeof x === 'boolean', 'E_VALUE', name, () => `${name} must be a boolean, got ${typeof x}`);
 }

@@ -3,7 +3,7 @@ import type { DensePlan } from '../plan.js';
 import type { DecodeArgs } from '../types.js';
 import {
   bind, expectContiguous, expectFiniteScalar, expectFiniteValues, expectLastDimContiguous, expectShape,
-  expectTmaFriendly, hostData, isGiven, readInt32Vector, type Downloaded,
+  expectIndexable, expectOptionalBoolean, expectRowsFit, expectTmaFriendly, hostData, isGiven, readInt32Vector, type Downloaded,
 } from './common.js';
 
 /** The dense kernel's fixed geometry (SPEC §2.2, §8; `config.h`: HEAD_DIM_K 576, PAGE_BLOCK_SIZE 64). */
@@ -51,6 +51,7 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
   check(hQ > 0, 'E_SHAPE', 'q', 'h_q (q.shape[2]) must be > 0');
   check(hK > 0 && hQ % hK === 0, 'E_SHAPE', 'kCache',
     () => `h_q (${hQ}) must be a multiple of h_k = kCache.shape[2] (${hK})`);
+  expectRowsFit(b, sQ, hQ);
 
   // Step 8.
   expectShape(kCache, 'kCache', [null, DENSE_PAGE_BLOCK_SIZE, hK, d], '(num_blocks, 64, h_k, d_qk)');
@@ -60,6 +61,7 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
   check(blockTable.view.shape[0] === b, 'E_SHAPE', 'blockTable',
     () => `blockTable must have shape (b, max_num_blocks_per_seq) with b = ${b}, got (${blockTable.view.shape.join(', ')})`);
   const maxBlocksPerSeq = blockTable.view.shape[1]!;
+  expectIndexable(blockTable, 'blockTable');
   check(maxBlocksPerSeq >= 1, 'E_SHAPE', 'blockTable', 'blockTable needs at least one column (SPEC §0.A8)');
 
   // TMA operands of the dense kernel: q, k_cache (and out, which we allocate) (SPEC §0.A2, §0.A9).
@@ -67,9 +69,8 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
   expectTmaFriendly(kCache, 'kCache', 2);
 
   const softmaxScale = isGiven(args.softmaxScale) ? expectFiniteScalar(args.softmaxScale, 'softmaxScale') : d ** -0.5;
-  check(args.causal === undefined || typeof args.causal === 'boolean', 'E_VALUE', 'causal', 'causal must be a boolean');
-  check(args.isFp8Kvcache === undefined || typeof args.isFp8Kvcache === 'boolean', 'E_VALUE', 'isFp8Kvcache',
-    'isFp8Kvcache must be a boolean');
+  expectOptionalBoolean(args.causal, 'causal');
+  expectOptionalBoolean(args.isFp8Kvcache, 'isFp8Kvcache');
   const causalArg = args.causal ?? false;
 
   // What FlashMLA does not check: every used block id and every length must be inside the cache.

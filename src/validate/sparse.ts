@@ -2,8 +2,8 @@ import { check, FlashMLAError } from '../errors.js';
 import type { Bound, SparsePlan, SparseScope } from '../plan.js';
 import type { DecodeArgs, KvLayout } from '../types.js';
 import {
-  bind, expectContiguous, expectFiniteScalar, expectFiniteValues, expectIntStrides, expectLastDimContiguous,
-  expectShape, expectTmaFriendly, hostData, isGiven, readInt32Vector, type Downloaded,
+  bind, expectContiguous, expectFiniteScalar, expectFiniteValues, expectIndexable, expectIntStrides, expectLastDimContiguous,
+  expectOptionalBoolean, expectRowsFit, expectShape, expectTmaFriendly, hostData, isGiven, readInt32Vector, type Downloaded,
 } from './common.js';
 import { D_V } from './dense.js';
 
@@ -20,6 +20,7 @@ const TOPK_MULTIPLE = 64;
  * launcher checks that hold on every architecture (SPEC §2.4, §0.A1, §0.A10), and our range rules.
  */
 export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefined): SparsePlan {
+  expectOptionalBoolean(args.causal, 'causal');
   check(args.causal !== true, 'E_UNSUPPORTED', 'causal', 'causal must be false for sparse decode (indices given)');
   check(args.isFp8Kvcache === true, 'E_UNSUPPORTED', 'isFp8Kvcache',
     'sparse decode (indices given) needs an FP8 KV cache: pass isFp8Kvcache: true');
@@ -35,6 +36,7 @@ export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefi
   check(b > 0, 'E_SHAPE', 'q', 'batch size (q.shape[0]) must be > 0');
   check(sQ > 0, 'E_SHAPE', 'q', 's_q (q.shape[1]) must be > 0');
   check(hQ > 0, 'E_SHAPE', 'q', 'h_q (q.shape[2]) must be > 0');
+  expectRowsFit(b, sQ, hQ);
   check(hKV === 1, 'E_UNSUPPORTED', 'kCache', `sparse decode supports only MQA: kCache.shape[2] must be 1, got ${hKV}`);
   const kind = LAYOUT_OF_D_QK[dQK];
   check(kind !== undefined, 'E_SHAPE', 'q', `q's head dim must be 576 (V3.2) or 512 (MODEL1), got ${dQK}`);
@@ -69,6 +71,7 @@ export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefi
   // Step 8 (shapes) and 10 (h_q).
   const { layout, bytesPerToken } = kind;
   expectShape(indices, 'indices', [b, sQ, topk], '(b, s_q, topk)');
+  expectIndexable(indices, 'indices');
   if (topkLength) expectShape(topkLength, 'topkLength', [b], '(b,)');
   if (attnSink) expectShape(attnSink, 'attnSink', [hQ], '(h_q,)');
   check(hQ === 64 || hQ === 128, 'E_UNSUPPORTED', 'q', `sparse decode supports h_q = 64 or 128, got ${hQ}`);
@@ -84,6 +87,7 @@ export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefi
   if (extraKv && extraIndices) {
     const extraTopk = extraIndices.view.shape[2]!;
     expectShape(extraIndices, 'extraIndicesInKvcache', [b, sQ, extraTopk], '(b, s_q, extra_topk)');
+    expectIndexable(extraIndices, 'extraIndicesInKvcache');
     if (extraTopkLength) expectShape(extraTopkLength, 'extraTopkLength', [b], '(b,)');
     check(extraKv.view.shape[2] === 1, 'E_UNSUPPORTED', 'extraKCache', 'extraKCache.shape[2] must be 1 (MQA)');
     check(extraTopk > 0 && extraTopk % TOPK_MULTIPLE === 0, 'E_UNSUPPORTED', 'extraIndicesInKvcache',

@@ -14,7 +14,12 @@ const run = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '..', '..');
 const bindingDir = join(root, 'binding');
-const outDir = join(here, 'build');
+/**
+ * FLASHMLA_EMU_SANITIZE=address builds with AddressSanitizer into build-asan/ instead, so the
+ * normal libraries are untouched; node must then run with the ASan runtime in LD_PRELOAD.
+ */
+const sanitize = process.env.FLASHMLA_EMU_SANITIZE === 'address' ? ['-fsanitize=address', '-fno-omit-frame-pointer', '-g'] : [];
+const outDir = join(here, sanitize.length > 0 ? 'build-asan' : 'build');
 const objDir = join(outDir, 'obj');
 /** The self-test driver is a separate program, not part of the library. */
 const driverSource = 'selftest.cc';
@@ -87,7 +92,7 @@ async function objects() {
   await mkdir(objDir, { recursive: true });
   const sources = await librarySources();
   const newestHeader = Math.max(...(await Promise.all((await headers()).map(mtime))));
-  const flags = ['-std=c++20', '-O2', '-fPIC', '-fvisibility=hidden', '-Wall', '-Wextra', '-I', bindingDir, '-I', here];
+  const flags = ['-std=c++20', '-O2', '-fPIC', '-fvisibility=hidden', '-Wall', '-Wextra', ...sanitize, '-I', bindingDir, '-I', here];
   const outs = [];
   const pending = [];
   for (const src of sources) {
@@ -228,7 +233,7 @@ export async function buildEmulator(variant = {}) {
   const globals = EXPORTS[variant.exports ?? 'all'];
   await writeFile(mapFile, `{\n  global:\n${globals.map((g) => `    ${g};`).join('\n')}\n  local:\n    *;\n};\n`);
   try {
-    await compile(['-std=c++20', '-O2', '-fPIC', '-shared', '-fvisibility=hidden', '-I', bindingDir, '-I', here,
+    await compile(['-std=c++20', '-O2', '-fPIC', '-shared', '-fvisibility=hidden', ...sanitize, '-I', bindingDir, '-I', here,
       ...objs, tmpSource, `-Wl,--version-script=${mapFile}`, '-lm', '-pthread'], output);
     await rename(tmpSource, sourceFile);
   } finally {
