@@ -51,14 +51,15 @@ if (opt.help) {
 async function child(job) {
   const { fuzz } = await import('../dist/harness/fuzz.js');
   const { referenceDecode } = await import('../dist/reference/index.js');
+  const { FlashMLA } = await import('../dist/flashmla.js');
   const say = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
   const common = { calls: job.calls, seed: job.seed, timeBoundMs: job.timeBoundMs, exclude: job.exclude,
+    openBuild: (library) => FlashMLA.open({ backend: 'cuda', library }),
     onProgress: (done, r) => { if (done % 50 === 0) say({ progress: done, failures: r.failures.length }); } };
   let report;
   if (job.backend === 'reference') {
     report = await fuzz({ ...common, decode: (args, options) => referenceDecode(args, options) });
   } else {
-    const { FlashMLA } = await import('../dist/flashmla.js');
     const { buildEmulator } = await import('../tests/emulator/build.mjs');
     const library = await buildEmulator();
     const fm = await FlashMLA.open({ backend: 'cuda', library, device: 0 });

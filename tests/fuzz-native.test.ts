@@ -40,7 +40,7 @@ const memoryLog = (): string => {
 
 describe.each([
   { arch: 'sm90', kinds: ['dense', 'sparse'] as const, seed: 7 },
-  // sm100 has no dense kernel (SPEC §2.2): only sparse base cases.
+  // sm100 has no dense kernel: only sparse base cases.
   { arch: 'sm100', kinds: ['sparse'] as const, seed: 8 },
 ])('native backend on an emulated $arch', ({ arch, kinds, seed }) => {
   it('seeded hostile calls end in a result matching the oracle or a FlashMLAError; the memory checker stays silent', async () => {
@@ -57,6 +57,7 @@ describe.each([
       const report = await fuzz({
         decode: (args, options) => fm.flashMlaWithKvCache(args, options),
         other: (args) => referenceDecode(args),
+        openBuild: (path) => FlashMLA.open({ backend: 'cuda', library: path }),
         device, kinds, calls: 250, seed, timeBoundMs: 20_000,
       });
       expect(report.failures).toEqual([]);

@@ -58,8 +58,9 @@ export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D
     check(token === MINT, 'E_VALUE', 'DeviceTensor', 'DeviceTensor objects are made by FlashMLA.upload, allocate and wrap, not constructed');
     this.#dtype = init.dtype;
     this.#shape = Object.freeze([...init.shape]);
-    this.#strides = Object.freeze([...(init.strides ?? contiguousStrides(init.shape))]);
-    this.#offset = init.offset ?? 0;
+    // Own properties only: the init objects are the package's own, but Object.prototype may carry planted ones.
+    this.#strides = Object.freeze([...(Object.hasOwn(init, 'strides') && init.strides !== undefined ? init.strides : contiguousStrides(init.shape))]);
+    this.#offset = Object.hasOwn(init, 'offset') && init.offset !== undefined ? init.offset : 0;
     this.#capacity = init.capacity;
     this.#address = init.address;
     this.#owner = owner;

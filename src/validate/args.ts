@@ -150,11 +150,12 @@ export function readDecodeArgs(args: unknown): DecodeArgs {
   if (typeof args === 'object' && args !== null && snapshots.has(args)) return args as DecodeArgs;
   expectNoThenPollution();
   check(args !== null && typeof args === 'object', 'E_VALUE', 'args', 'args must be an object');
+  // Every key is an own property of the snapshot (undefined when not given), so nothing planted on
+  // Object.prototype can stand in for an argument that was left out.
   const out: Record<string, unknown> = {};
   for (const k of ARG_KEYS) {
     const v = ownValue(args, k, k);
-    if (v === undefined) continue;
-    out[k] = TENSOR_KEYS.has(k) && v !== null ? readTensor(v, k) : v;
+    out[k] = TENSOR_KEYS.has(k) && v !== null && v !== undefined ? readTensor(v, k) : v;
   }
   Object.freeze(out);
   snapshots.add(out);
@@ -163,12 +164,9 @@ export function readDecodeArgs(args: unknown): DecodeArgs {
 
 /** Per-call options read once, own properties only (the reference's `tier`/`kernels` pass through). */
 export function readDecodeOptions<O extends object>(options: O | undefined): O {
-  if (options === undefined) return {} as O;
+  if (options === undefined) return readDecodeOptions({} as O);
   check(options !== null && typeof options === 'object', 'E_VALUE', 'options', 'options must be an object');
   const out: Record<string, unknown> = {};
-  for (const k of ['backend', 'validate', 'threads', 'tier', 'kernels']) {
-    const v = ownValue(options, k, `options.${k}`);
-    if (v !== undefined) out[k] = v;
-  }
+  for (const k of ['backend', 'validate', 'threads', 'tier', 'kernels']) out[k] = ownValue(options, k, `options.${k}`);
   return Object.freeze(out) as O;
 }
