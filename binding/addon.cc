@@ -13,7 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("load", Napi::Function::New(env, fmla::LoadLibrary, "load"));
   exports.Set("FlashMlaLibrary", fmla::LibraryWrap::Define(env));
   exports.Set("Engine", fmla::Engine::Define(env));
-  // SPEC §4.1 names, in Launcher order, so JavaScript uses the ids and tests can compare exports.
+  // docs/flashmla-interface.md#mangled-names names, in Launcher order, so JavaScript uses the ids and tests can compare exports.
   Napi::Array launchers = Napi::Array::New(env);
   for (const auto& s : flashmla_abi::kLauncherSymbols) {
     Napi::Object o = Napi::Object::New(env);

@@ -18,7 +18,7 @@ namespace {
 
 #define FMLA_INLINE inline __attribute__((always_inline))
 
-// FP8 token layouts (SPEC §5.2, §5.3): e4m3 tiles from byte 0 of the record, then bf16 RoPE.
+// FP8 token layouts (docs/flashmla-interface.md#v32-cache, docs/flashmla-interface.md#model1-cache): e4m3 tiles from byte 0 of the record, then bf16 RoPE.
 struct Fp8Shape {
   int dim, tiles, tile, ropeAt, recordBytes, scaleBytes;
   bool e8m0;  // MODEL1: one e8m0 byte per tile; V32: one float32 (LE) per tile
@@ -102,7 +102,7 @@ struct Kernels {
     }
   }
 
-  // e4m3fn codes × scale, rounded to bf16 (SPEC §5.4: the kernels dequantise to bf16), exactly as
+  // e4m3fn codes × scale, rounded to bf16 (docs/flashmla-interface.md#quantization: the kernels dequantise to bf16), exactly as
   // wasm/tile.wat: the magnitude bits at bit 20 form a float32 2^120 too small (subnormals
   // included), 0x7F is NaN, then round-to-nearest-even to bf16 kept as float32 bits.
   static FMLA_INLINE void E4m3(const uint8_t* codes, int n, float scale, float* dst) {
@@ -126,7 +126,7 @@ struct Kernels {
       for (int j = 0; j < s.tiles; j++) {
         float scale;
         if (s.e8m0) {
-          // e8m0: 2^(e − 127), 0xFF is NaN (SPEC §5.3).
+          // e8m0: 2^(e − 127), 0xFF is NaN (docs/flashmla-interface.md#model1-cache).
           scale = scl[j] == 0xff ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, scl[j] - 127);
         } else {
           std::memcpy(&scale, scl + 4 * j, sizeof scale);
@@ -213,7 +213,7 @@ struct Kernels {
     return x < -126.0f ? F{} : p;
   }
 
-  // Online softmax (base 2, SPEC §2.6) for N rows at a time (rows in lanes): logits × scale for
+  // Online softmax (base 2, docs/flashmla-interface.md#split-kv) for N rows at a time (rows in lanes): logits × scale for
   // t < vis[r], −∞ otherwise; p = 2^(s − m_new); l ← l·alpha + Σ p with alpha = 2^(m_old − m_new);
   // o is rescaled by alpha in Pv. A row with nothing visible so far gets p = 0 and alpha = 1.
   static FMLA_INLINE void Softmax(const TileBuffers& b, int tokens, float scale) {
@@ -495,7 +495,7 @@ const TileKernels& KernelsFor(Isa isa) {
 namespace {
 
 // merge(dm, dl, do, sm, sl, so, rows, dv): folds the partial (sm, sl, so) into (dm, dl, do) by LSE
-// (SPEC §2.6), in double as src/reference/partial.ts `mergeInto` computes it, so both give the same
+// (docs/flashmla-interface.md#split-kv), in double as src/reference/partial.ts `mergeInto` computes it, so both give the same
 // floats; here the caller's serial merges of 2-thread calls cost ~10 µs instead of ~85 µs.
 Napi::Value MergePartial(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -1,8 +1,8 @@
 // The `native` tier of the reference backend (src/reference/tile-native.ts): one 64-token attention
 // tile in C++ with AVX-512 or AVX2 + FMA, chosen at run time (the addon itself is built with the
 // baseline x86-64 flags, so it loads on any x86-64; elsewhere the tier is unavailable). Same
-// operations and numerics as wasm/tile.wat: bf16 and FP8 tile conversion (SPEC §5.2–5.4), Q·Kᵀ,
-// base-2 online softmax with the same exp2 polynomial (SPEC §2.6), P·V.
+// operations and numerics as wasm/tile.wat: bf16 and FP8 tile conversion (docs/flashmla-interface.md#kv-caches), Q·Kᵀ,
+// base-2 online softmax with the same exp2 polynomial (docs/flashmla-interface.md#split-kv), P·V.
 #pragma once
 
 #include <napi.h>
@@ -11,7 +11,7 @@
 
 namespace fmla::cpu {
 
-/** Tokens per tile: a dense page (SPEC §5.1), a 64-index block of the sparse kernels (§0.A7). */
+/** Tokens per tile: a dense page (docs/flashmla-interface.md#dense-cache), a 64-index block of the sparse kernels (docs/flashmla-interface.md#sparse-block-ranges). */
 constexpr int kTile = 64;
 
 enum class Isa { None, Avx2, Avx512 };
@@ -41,7 +41,7 @@ struct TileBuffers {
   double* scl = nullptr;   // kTile: byte offset of that token's scales (doubles: caches over 2 GB)
 };
 
-/** FP8 token layouts (SPEC §5.2 V32, §5.3 MODEL1). */
+/** FP8 token layouts (docs/flashmla-interface.md#v32-cache V32, docs/flashmla-interface.md#model1-cache MODEL1). */
 enum class Fp8Layout { V32 = 0, Model1 = 1 };
 
 /** The per-ISA kernels. */

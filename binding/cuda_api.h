@@ -1,5 +1,5 @@
 // The CUDA runtime function table, filled by dlsym on the FlashMLA build's handle so the addon and
-// the kernels share one runtime instance (SPEC §9.2). Entries come from cuda_runtime_abi.h.
+// the kernels share one runtime instance (docs/flashmla-interface.md#device-and-stream). Entries come from cuda_runtime_abi.h.
 #pragma once
 
 #include <string>

@@ -1,6 +1,6 @@
-// The CUDA runtime functions the addon uses, declared without any CUDA header (DESIGN §4: the addon
+// The CUDA runtime functions the addon uses, declared without any CUDA header (docs/architecture.md#native-addon: the addon
 // builds with no CUDA toolkit). They are resolved at run time through the FlashMLA build's handle
-// (dlsym finds the libcudart it NEEDs), so addon and kernels share one runtime instance (SPEC §9.2).
+// (dlsym finds the libcudart it NEEDs), so addon and kernels share one runtime instance (docs/flashmla-interface.md#device-and-stream).
 // The CI emulator exports these same C symbols.
 #pragma once
 

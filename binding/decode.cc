@@ -30,11 +30,11 @@ void lastLineChecks(const LoadedLibrary& lib, int major, int minor, const Decode
     if (lib.launcher(id) == nullptr) throw NativeError("E_BACKEND", std::string("launcher ") + launcherKey(id) + " did not resolve");
   }
   const bool sm90 = major == 9 && minor == 0, sm100 = major == 10;
-  switch (r.main) {  // SPEC §0.A4: the wrong arch traps on the device
+  switch (r.main) {  // docs/flashmla-interface.md#wrong-arch: the wrong arch traps on the device
     case Launcher::DenseBf16:
     case Launcher::DenseFp16:
       if (!sm90) fail("dense decode needs compute capability 9.0");
-      if (r.dQK != 576 || r.dV != 512) fail("dense decode needs d_qk 576, d_v 512 (SPEC §2.2)");
+      if (r.dQK != 576 || r.dV != 512) fail("dense decode needs d_qk 576, d_v 512");
       break;
     case Launcher::Sm90SparseV32H64:
     case Launcher::Sm90SparseModel1H64:
@@ -42,7 +42,7 @@ void lastLineChecks(const LoadedLibrary& lib, int major, int minor, const Decode
     case Launcher::Sm90SparseModel1H128: {
       if (!sm90) fail("sm90 sparse decode needs compute capability 9.0");
       const int heads = (r.main == Launcher::Sm90SparseV32H64 || r.main == Launcher::Sm90SparseModel1H64) ? 64 : 128;
-      if (r.hQ != heads) fail("NUM_HEADS != h_q (SPEC §0.A3)");
+      if (r.hQ != heads) fail("NUM_HEADS != h_q");
       break;
     }
     case Launcher::Sm100Head64V32:
@@ -52,7 +52,7 @@ void lastLineChecks(const LoadedLibrary& lib, int major, int minor, const Decode
       break;
     case Launcher::Sm100Head128Model1:
       if (!sm100) fail("sm100 decode needs compute capability 10.x");
-      if (r.hQ != 128 || r.qStrides[1] == 0) fail("head128 needs h_q 128 and stride_q_s_q != 0 (SPEC §0.A3)");
+      if (r.hQ != 128 || r.qStrides[1] == 0) fail("head128 needs h_q 128 and stride_q_s_q != 0");
       break;
     default:
       fail("not a main decode launcher");
@@ -62,10 +62,10 @@ void lastLineChecks(const LoadedLibrary& lib, int major, int minor, const Decode
   if (r.numSmParts < 1 || r.numSmParts > 160) fail("num_sm_parts must be in [1, 160] (combine exits otherwise)");
   if (4LL * (5LL * r.b + 1) > 227LL * 1024) fail("batch too large for the sched-meta kernel's shared memory");
   const int64_t t = static_cast<int64_t>(r.b) + r.numSmParts;
-  if (t * r.sQ * r.hQ * 512 >= (int64_t{1} << 31)) fail("(b + P)·s_q·h_q·512 must stay below 2^31 (SPEC §8)");
+  if (t * r.sQ * r.hQ * 512 >= (int64_t{1} << 31)) fail("(b + P)·s_q·h_q·512 must stay below 2^31");
 }
 
-// Clears a stale error so that a launcher's own check does not exit(1) on it (SPEC §9.4); a sticky
+// Clears a stale error so that a launcher's own check does not exit(1) on it (docs/flashmla-interface.md#pending-errors); a sticky
 // error (the context is dead) cannot be cleared and stops the call.
 void clearStaleError(const DeviceContext& ctx, Launcher before) {
   ctx.cuda().GetLastError();
@@ -82,7 +82,7 @@ void callLauncher(const DeviceContext& ctx, Launcher id, Params& params) {
   using Fn = void (*)(Params&);
   auto fn = reinterpret_cast<Fn>(ctx.library().launcher(id));
   try {
-    fn(params);  // SPEC §2.4: KU_ASSERT failures throw kerutils::KUException (a std::exception)
+    fn(params);  // docs/flashmla-interface.md#launcher-checks: KU_ASSERT failures throw kerutils::KUException (a std::exception)
   } catch (const std::exception& e) {
     const int err = ctx.cuda().GetLastError();
     throw NativeError("E_CUDA", std::string("FlashMLA launcher ") + launcherKey(id) + " failed: " + e.what(), err);
@@ -197,7 +197,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
   void* const stream = ctx.stream();
   auto check = [&](int err, const char* what) { ctx.check(err, what); };
 
-  // Buffer sizes (SPEC §2.2 / §2.3 "Workspaces": T = b + P rows of split results).
+  // Buffer sizes (docs/flashmla-interface.md#dense-host-layer / docs/flashmla-interface.md#sparse-host-layer "Workspaces": T = b + P rows of split results).
   const std::size_t rows = static_cast<std::size_t>(r.b) * r.sQ * r.hQ;
   const std::size_t totalSplits = static_cast<std::size_t>(r.b) + r.numSmParts;
   const std::size_t outBytes = rows * 512 * r.elemBytes;
@@ -263,7 +263,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
   uint8_t* q = ptr[kQ];
   int64_t qRe[3] = {r.qReStrides[0], r.qReStrides[1], r.qReStrides[2]};
   if (r.regroupQ) {
-    // SPEC §2.2 q regrouping as a physical copy laid out (b, h_k, q_seq_per_hk, d):
+    // docs/flashmla-interface.md#dense-host-layer q regrouping as a physical copy laid out (b, h_k, q_seq_per_hk, d):
     // q_re[b, k, s·hpk + j, :] = q[b, s, k·hpk + j, :].
     uint8_t* dst = ws + qReAt;
     const std::size_t row = static_cast<std::size_t>(r.dQK) * r.elemBytes;
@@ -288,7 +288,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
     qRe[2] = static_cast<int64_t>(qSeqPerHk) * r.dQK;
   }
 
-  // Sched meta, computed once per FlashMLASchedMeta and kept on the device (SPEC §1.3).
+  // Sched meta, computed once per FlashMLASchedMeta and kept on the device (docs/flashmla-interface.md#sched-meta-caching).
   SchedSlot& slot = ctx.slot(r.slot);
   if (slot.computed && (slot.numSmParts != r.numSmParts || slot.b != r.b)) {
     throw NativeError("E_SCHED_META", "schedMeta was computed for b = " + std::to_string(slot.b) + ", num_sm_parts = " +
@@ -330,7 +330,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
   const int hq512 = r.hQ * 512;
 
   if (r.dense) {
-    // SPEC §2.2 DenseAttnDecodeParams filling.
+    // docs/flashmla-interface.md#dense-host-layer DenseAttnDecodeParams filling.
     DenseAttnDecodeParams p;
     std::memset(&p, 0, sizeof p);
     p.b = r.b;
@@ -371,7 +371,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
     p.stream = stream;
     callLauncher(ctx, r.main, p);
   } else {
-    // SPEC §2.3 SparseAttnDecodeParams filling.
+    // docs/flashmla-interface.md#sparse-host-layer SparseAttnDecodeParams filling.
     SparseAttnDecodeParams p;
     std::memset(&p, 0, sizeof p);
     p.b = r.b;
@@ -429,7 +429,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
     if (!r.twice) {
       callLauncher(ctx, r.main, p);
     } else {
-      // SPEC §2.3 "Head64 ×2": heads 0–63 then 64–127, shifted pointers, shared sched meta.
+      // docs/flashmla-interface.md#sparse-host-layer "Head64 ×2": heads 0–63 then 64–127, shifted pointers, shared sched meta.
       for (int start : {0, 64}) {
         SparseAttnDecodeParams half = p;
         half.q = p.q + static_cast<int64_t>(start) * p.stride_q_h_q;
@@ -444,7 +444,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
     }
   }
 
-  // Combine, on the same stream right after the main kernel(s) (SPEC §2.5), flat strides.
+  // Combine, on the same stream right after the main kernel(s) (docs/flashmla-interface.md#stream-order), flat strides.
   CombineParams c;
   std::memset(&c, 0, sizeof c);
   c.b = r.b;
@@ -473,7 +473,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
   callLauncher(ctx, r.combine, c);
 
   if (!r.outDirect) {
-    // SPEC §2.2 step 4: out[b, s, k·hpk + j] = out_raw[b, k, s·hpk + j].
+    // docs/flashmla-interface.md#dense-host-layer step 4: out[b, s, k·hpk + j] = out_raw[b, k, s·hpk + j].
     const std::size_t row = 512 * static_cast<std::size_t>(r.elemBytes);
     const uint8_t* raw = ws + outRawAt;
     for (int bi = 0; bi < r.b; bi++)
@@ -486,7 +486,7 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
         }
   }
   if (!r.lseDirect) {
-    // lse[b, k·hpk + j, s] = lse_raw[b, k·q_seq_per_hk + s·hpk + j] (SPEC §2.2 step 4; sparse is the
+    // lse[b, k·hpk + j, s] = lse_raw[b, k·q_seq_per_hk + s·hpk + j] (docs/flashmla-interface.md#dense-host-layer step 4; sparse is the
     // h_k = 1 case). A small transposition, done on the host: the addon has no kernels of its own.
     std::vector<float> raw(rows), pub(rows);
     check(cuda.MemcpyAsync(raw.data(), lseK, lseBytes, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync (lse)");

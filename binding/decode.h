@@ -1,8 +1,8 @@
 // One decode call on the device: uploads of host operands, q regrouping, sched meta (first use),
-// main kernel(s), combine and output reshapes, on one stream (SPEC §2.2, §2.3, §9.12). What to do
+// main kernel(s), combine and output reshapes, on one stream (docs/flashmla-interface.md#dense-host-layer, docs/flashmla-interface.md#sparse-host-layer, docs/flashmla-interface.md#call-sequence). What to do
 // is decided by the TypeScript host layer (src/native/host-layer.ts); this fills FlashMLA's param
 // structs from it and re-checks, as a last line of defence, every condition under which a launcher
-// would exit(1) or trap (SPEC §2.4, §0.A3, §0.A4).
+// would exit(1) or trap (docs/flashmla-interface.md#launcher-checks, docs/flashmla-interface.md#launcher-gaps, docs/flashmla-interface.md#wrong-arch).
 #pragma once
 
 #include <napi.h>
@@ -28,7 +28,7 @@ struct DecodeRequest {
   bool dense = false;
   flashmla_abi::Launcher main{};
   flashmla_abi::Launcher combine{};
-  bool twice = false;  // SPEC §2.3 "Head64 ×2"
+  bool twice = false;  // docs/flashmla-interface.md#sparse-host-layer "Head64 ×2"
   uint64_t slot = 0;
   int b = 0, sQ = 0, hQ = 0, hK = 1, dQK = 0, dV = 0, numSmParts = 0, fixedOverhead = 0, topk = -1, extraTopk = -1;
   float scale = 0, scaleLog2 = 0;
@@ -36,7 +36,7 @@ struct DecodeRequest {
   int numBlocks = 0, pageBlockSize = 0, extraNumBlocks = 0, extraPageBlockSize = 0;
   int elemBytes = 2;
   int64_t qStrides[3] = {0, 0, 0};  // q (b, s_q, h_q) element strides
-  bool regroupQ = false;            // dense h_k > 1: physical q regrouping (SPEC §2.2)
+  bool regroupQ = false;            // dense h_k > 1: physical q regrouping
   int64_t qReStrides[3] = {0, 0, 0};  // dense, when q_re is a view: batch, row, head
   int64_t kStrides[3] = {0, 0, 0};
   int64_t blockTableStride = 0;

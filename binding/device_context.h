@@ -13,7 +13,7 @@
 
 namespace fmla {
 
-// SPEC §1.3: the device-side tile-scheduler output of one FlashMLASchedMeta, computed once.
+// docs/flashmla-interface.md#sched-meta-caching: the device-side tile-scheduler output of one FlashMLASchedMeta, computed once.
 struct SchedSlot {
   bool computed = false;
   int numSmParts = 0;

@@ -1,4 +1,4 @@
-// RAII for dlopen handles (DESIGN §4). A handle closes itself unless released on purpose.
+// RAII for dlopen handles (docs/architecture.md#native-addon). A handle closes itself unless released on purpose.
 #pragma once
 
 #include <dlfcn.h>

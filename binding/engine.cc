@@ -168,7 +168,7 @@ static Napi::Value rejectNow(Napi::Env env, const NativeError& e) {
 }
 
 // start() → { major, minor, sms, name, freeMemory, totalMemory }: select the device, make the
-// stream, and read the facts the host layer needs (SPEC §2.1 Arch).
+// stream, and read the facts the host layer needs (docs/flashmla-interface.md#host-helpers Arch).
 Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
   auto task = std::make_unique<Task>();
   auto out = std::make_shared<std::tuple<int, int, int, std::size_t, std::size_t>>();
@@ -299,7 +299,7 @@ Napi::Value Engine::PointerInfo(const Napi::CallbackInfo& info) {
 }
 
 // newSchedSlot() → id. Ids are handed out here, on the JavaScript thread; the worker creates the
-// slot's buffers when the first decode that names it runs (SPEC §1.3).
+// slot's buffers when the first decode that names it runs (docs/flashmla-interface.md#sched-meta-caching).
 Napi::Value Engine::NewSchedSlot(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(nextSlot_++));
 }

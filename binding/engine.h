@@ -1,5 +1,5 @@
 // One FlashMLA instance's native side: a dedicated worker thread that owns a DeviceContext and runs
-// every copy, launch and synchronisation in order, off the JavaScript thread (DESIGN §4). Each
+// every copy, launch and synchronisation in order, off the JavaScript thread (docs/architecture.md#native-addon). Each
 // operation returns a Promise settled on the JavaScript thread through a thread-safe function; the
 // JavaScript objects whose memory the work reads or writes are referenced until it completes.
 #pragma once

@@ -32,7 +32,7 @@ std::shared_ptr<LoadedLibrary> loadFlashMla(const std::string& path, const std::
   lib->path = path;
   for (const Preload& p : preloads) {
     std::string error;
-    // LOADING.md: libpython RTLD_NOW|RTLD_GLOBAL (data relocations are never lazy); torch's
+    // docs/cuda-path.md#which-build: libpython RTLD_NOW|RTLD_GLOBAL (data relocations are never lazy); torch's
     // libraries by absolute path, RTLD_LOCAL, which still satisfies later NEEDED entries by SONAME.
     DlHandle h = DlHandle::open(p.path, RTLD_NOW | (p.global ? RTLD_GLOBAL : RTLD_LOCAL), error);
     if (!h) {
@@ -52,7 +52,7 @@ std::shared_ptr<LoadedLibrary> loadFlashMla(const std::string& path, const std::
     void* fn = lib->handle.symbol(s.mangled);
     std::string name = s.mangled;
     if (fn == nullptr && i < static_cast<int>(alternates.size()) && !alternates[i].empty()) {
-      fn = lib->handle.symbol(alternates[i].c_str());  // SPEC §4.1 head128 fallback
+      fn = lib->handle.symbol(alternates[i].c_str());  // docs/flashmla-interface.md#mangled-names head128 fallback
       name = alternates[i];
     }
     lib->launchers[i] = fn;

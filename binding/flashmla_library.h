@@ -1,5 +1,5 @@
 // A loaded FlashMLA build: its dlopen handle, the preloaded libraries it needs (libpython, torch;
-// LOADING.md), the resolved decode launchers (SPEC §4.1) and the CUDA runtime table (SPEC §9.2).
+// docs/cuda-path.md#which-build), the resolved decode launchers (docs/flashmla-interface.md#mangled-names) and the CUDA runtime table (docs/flashmla-interface.md#device-and-stream).
 #pragma once
 
 #include <array>
@@ -38,7 +38,7 @@ struct LoadFailure {
 };
 
 // Loads `path` after `preloads` (in order). `alternates[i]`, when not empty, is a symbol name to try
-// for launcher i if its SPEC §4.1 name is missing (the head128 fallback found by scanning the
+// for launcher i if its docs/flashmla-interface.md#mangled-names name is missing (the head128 fallback found by scanning the
 // dynamic symbol table). Loaded builds stay loaded for the life of the process: unloading a CUDA
 // runtime or libtorch while the process runs (or during exit) is not safe, and Python never unloads
 // extension modules either. On failure returns nullptr and fills `failure`; handles opened so far

@@ -1,4 +1,4 @@
-// FlashMLA's decode parameter structs, re-declared from SPEC §3 (x86-64 Linux ABI, FlashMLA
+// FlashMLA's decode parameter structs, re-declared from docs/flashmla-interface.md#struct-layouts (x86-64 Linux ABI, FlashMLA
 // commit 9241ae3). This header is the one place that knows these layouts; every offset and size
 // is pinned by static_assert so a drift fails the build instead of corrupting a launch.
 // Nothing here includes a CUDA header: CUDA handle types are opaque pointers.
@@ -8,17 +8,17 @@
 #include <cstdint>
 
 namespace flashmla_abi {
-using cudaStream_t = void*;  // CUstream_st*, pointer-sized (SPEC §3 preamble)
+using cudaStream_t = void*;  // CUstream_st*, pointer-sized (docs/flashmla-interface.md#struct-layouts preamble)
 }  // namespace flashmla_abi
 
-// The launcher symbols are mangled with these exact global names (SPEC §4), so the structs live in
+// The launcher symbols are mangled with these exact global names (docs/flashmla-interface.md#launcher-symbols), so the structs live in
 // the global namespace like FlashMLA's.
 
-// SPEC §3.6
+// docs/flashmla-interface.md#struct-enums
 enum ModelType : int { V32 = 0, MODEL1 = 1 };
 enum SparseAttnFwdMode : int { Prefill = 0, DecodeWithSplitKV = 1 };
 
-// SPEC §3.1 — sizeof 32, alignof 32 (DecodingSchedMetaSize = 32).
+// docs/flashmla-interface.md#struct-decoding-sched-meta — sizeof 32, alignof 32 (DecodingSchedMetaSize = 32).
 struct alignas(32) DecodingSchedMeta {
   int begin_req_idx;
   int end_req_idx;
@@ -30,7 +30,7 @@ struct alignas(32) DecodingSchedMeta {
   int _pad[1];
 };
 
-// SPEC §3.2 — sizeof 240, alignof 8.
+// docs/flashmla-interface.md#struct-dense-params — sizeof 240, alignof 8.
 struct DenseAttnDecodeParams {
   using index_t = int64_t;
   int b;
@@ -71,13 +71,13 @@ struct DenseAttnDecodeParams {
   flashmla_abi::cudaStream_t stream;
 };
 
-// Stand-ins for cutlass::bfloat16_t / half_t: only their names matter (mangling, SPEC §4.1).
+// Stand-ins for cutlass::bfloat16_t / half_t: only their names matter (mangling, docs/flashmla-interface.md#mangled-names).
 namespace cutlass {
 struct bfloat16_t { uint16_t storage; };
 struct half_t { uint16_t storage; };
 }  // namespace cutlass
 
-// SPEC §3.3 — sizeof 280, alignof 8.
+// docs/flashmla-interface.md#struct-sparse-params — sizeof 280, alignof 8.
 struct SparseAttnDecodeParams {
   int b;
   int s_q;
@@ -133,7 +133,7 @@ struct SparseAttnDecodeParams {
   int num_sm_parts;
 };
 
-// SPEC §3.4 — sizeof 136, alignof 8.
+// docs/flashmla-interface.md#struct-combine-params — sizeof 136, alignof 8.
 struct CombineParams {
   int b;
   int s_q;
@@ -160,7 +160,7 @@ struct CombineParams {
   flashmla_abi::cudaStream_t stream;
 };
 
-// SPEC §3.5 — sizeof 80, alignof 8.
+// docs/flashmla-interface.md#struct-sched-meta-params — sizeof 80, alignof 8.
 struct GetDecodeSchedMetaParams {
   int b;
   int s_q;
@@ -177,7 +177,7 @@ struct GetDecodeSchedMetaParams {
   flashmla_abi::cudaStream_t stream;
 };
 
-// SPEC §3.7 — sizeof 144 (prefill; declared for the head128 symbol's std::conditional, SPEC §4.1).
+// docs/flashmla-interface.md#struct-sparse-fwd-params — sizeof 144 (prefill; declared for the head128 symbol's std::conditional, docs/flashmla-interface.md#mangled-names).
 struct SparseAttnFwdParams {
   int s_q, s_kv, h_q, h_kv, d_qk, d_v, topk;
   float sm_scale;
@@ -197,9 +197,9 @@ struct SparseAttnFwdParams {
   flashmla_abi::cudaStream_t stream;
 };
 
-#define FLASHMLA_ABI_FIELD(T, f, off) static_assert(offsetof(T, f) == (off), #T "::" #f " offset (SPEC §3)")
+#define FLASHMLA_ABI_FIELD(T, f, off) static_assert(offsetof(T, f) == (off), #T "::" #f " offset (docs/flashmla-interface.md#struct-layouts)")
 
-static_assert(sizeof(DecodingSchedMeta) == 32 && alignof(DecodingSchedMeta) == 32, "SPEC §3.1");
+static_assert(sizeof(DecodingSchedMeta) == 32 && alignof(DecodingSchedMeta) == 32, "docs/flashmla-interface.md#struct-decoding-sched-meta");
 FLASHMLA_ABI_FIELD(DecodingSchedMeta, begin_req_idx, 0);
 FLASHMLA_ABI_FIELD(DecodingSchedMeta, end_req_idx, 4);
 FLASHMLA_ABI_FIELD(DecodingSchedMeta, begin_block_idx, 8);
@@ -209,7 +209,7 @@ FLASHMLA_ABI_FIELD(DecodingSchedMeta, is_first_req_splitted, 20);
 FLASHMLA_ABI_FIELD(DecodingSchedMeta, is_last_req_splitted, 24);
 FLASHMLA_ABI_FIELD(DecodingSchedMeta, _pad, 28);
 
-static_assert(sizeof(DenseAttnDecodeParams) == 240 && alignof(DenseAttnDecodeParams) == 8, "SPEC §3.2");
+static_assert(sizeof(DenseAttnDecodeParams) == 240 && alignof(DenseAttnDecodeParams) == 8, "docs/flashmla-interface.md#struct-dense-params");
 FLASHMLA_ABI_FIELD(DenseAttnDecodeParams, b, 0);
 FLASHMLA_ABI_FIELD(DenseAttnDecodeParams, s_q, 4);
 FLASHMLA_ABI_FIELD(DenseAttnDecodeParams, q_seq_per_hk, 8);
@@ -247,7 +247,7 @@ FLASHMLA_ABI_FIELD(DenseAttnDecodeParams, softmax_lseaccum_ptr, 216);
 FLASHMLA_ABI_FIELD(DenseAttnDecodeParams, oaccum_ptr, 224);
 FLASHMLA_ABI_FIELD(DenseAttnDecodeParams, stream, 232);
 
-static_assert(sizeof(SparseAttnDecodeParams) == 280 && alignof(SparseAttnDecodeParams) == 8, "SPEC §3.3");
+static_assert(sizeof(SparseAttnDecodeParams) == 280 && alignof(SparseAttnDecodeParams) == 8, "docs/flashmla-interface.md#struct-sparse-params");
 FLASHMLA_ABI_FIELD(SparseAttnDecodeParams, b, 0);
 FLASHMLA_ABI_FIELD(SparseAttnDecodeParams, s_q, 4);
 FLASHMLA_ABI_FIELD(SparseAttnDecodeParams, h_q, 8);
@@ -301,7 +301,7 @@ FLASHMLA_ABI_FIELD(SparseAttnDecodeParams, tile_scheduler_metadata_ptr, 256);
 FLASHMLA_ABI_FIELD(SparseAttnDecodeParams, num_splits_ptr, 264);
 FLASHMLA_ABI_FIELD(SparseAttnDecodeParams, num_sm_parts, 272);
 
-static_assert(sizeof(CombineParams) == 136 && alignof(CombineParams) == 8, "SPEC §3.4");
+static_assert(sizeof(CombineParams) == 136 && alignof(CombineParams) == 8, "docs/flashmla-interface.md#struct-combine-params");
 FLASHMLA_ABI_FIELD(CombineParams, b, 0);
 FLASHMLA_ABI_FIELD(CombineParams, s_q, 4);
 FLASHMLA_ABI_FIELD(CombineParams, h_q, 8);
@@ -326,7 +326,7 @@ FLASHMLA_ABI_FIELD(CombineParams, num_sm_parts, 112);
 FLASHMLA_ABI_FIELD(CombineParams, attn_sink, 120);
 FLASHMLA_ABI_FIELD(CombineParams, stream, 128);
 
-static_assert(sizeof(GetDecodeSchedMetaParams) == 80 && alignof(GetDecodeSchedMetaParams) == 8, "SPEC §3.5");
+static_assert(sizeof(GetDecodeSchedMetaParams) == 80 && alignof(GetDecodeSchedMetaParams) == 8, "docs/flashmla-interface.md#struct-sched-meta-params");
 FLASHMLA_ABI_FIELD(GetDecodeSchedMetaParams, b, 0);
 FLASHMLA_ABI_FIELD(GetDecodeSchedMetaParams, s_q, 4);
 FLASHMLA_ABI_FIELD(GetDecodeSchedMetaParams, block_size_n, 8);
@@ -341,7 +341,7 @@ FLASHMLA_ABI_FIELD(GetDecodeSchedMetaParams, num_splits_ptr, 56);
 FLASHMLA_ABI_FIELD(GetDecodeSchedMetaParams, num_sm_parts, 64);
 FLASHMLA_ABI_FIELD(GetDecodeSchedMetaParams, stream, 72);
 
-static_assert(sizeof(SparseAttnFwdParams) == 144 && alignof(SparseAttnFwdParams) == 8, "SPEC §3.7");
+static_assert(sizeof(SparseAttnFwdParams) == 144 && alignof(SparseAttnFwdParams) == 8, "docs/flashmla-interface.md#struct-sparse-fwd-params");
 FLASHMLA_ABI_FIELD(SparseAttnFwdParams, sm_scale, 28);
 FLASHMLA_ABI_FIELD(SparseAttnFwdParams, q, 40);
 FLASHMLA_ABI_FIELD(SparseAttnFwdParams, stride_q_s_q, 80);

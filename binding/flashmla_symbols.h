@@ -1,4 +1,4 @@
-// Mangled names of FlashMLA's decode launchers (SPEC §4.1, Itanium C++ ABI, libstdc++). The one
+// Mangled names of FlashMLA's decode launchers (docs/flashmla-interface.md#mangled-names, Itanium C++ ABI, libstdc++). The one
 // place that knows them: the addon resolves exactly these, and a test checks the CI emulator
 // exports exactly these.
 #pragma once
@@ -24,7 +24,7 @@ enum class Launcher : int {
 struct LauncherSymbol {
   Launcher id;
   const char* key;      // short name reported to JavaScript
-  const char* mangled;  // SPEC §4.1
+  const char* mangled;  // docs/flashmla-interface.md#mangled-names
 };
 
 inline constexpr LauncherSymbol kLauncherSymbols[] = {
@@ -55,7 +55,7 @@ inline constexpr LauncherSymbol kLauncherSymbols[] = {
 };
 static_assert(sizeof(kLauncherSymbols) / sizeof(kLauncherSymbols[0]) == static_cast<int>(Launcher::Count));
 
-// SPEC §4.1 "Surprise": if the exact head128 name is missing (another standard library's
+// docs/flashmla-interface.md#mangled-names "Surprise": if the exact head128 name is missing (another standard library's
 // std::conditional_t spelling), scan the dynamic symbol table for a defined symbol containing this.
 inline constexpr const char* kHead128Fallback = "36run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode1ELi512E";
 

@@ -27,7 +27,7 @@ inline int64_t i64(const Napi::Object& o, const char* name) {
 
 inline int i32(const Napi::Object& o, const char* name) {
   const int64_t v = i64(o, name);
-  // SPEC §2.1 int64_stride_to_int: every int field of the param structs must fit.
+  // docs/flashmla-interface.md#host-helpers int64_stride_to_int: every int field of the param structs must fit.
   if (v > INT32_MAX || v < INT32_MIN) throw NativeError("E_INTERNAL", std::string(name) + " exceeds the int32 range");
   return static_cast<int>(v);
 }

@@ -67,7 +67,7 @@ Napi::Value LibraryWrap::Probe(const Napi::CallbackInfo& info) {
   if (err != cudaSuccess) {
     out.Set("deviceCountError", Napi::Number::New(env, err));
     out.Set("deviceCountErrorText", cuda.describe(err));
-    cuda.GetLastError();  // not FlashMLA's to find later (SPEC §9.4)
+    cuda.GetLastError();  // not FlashMLA's to find later
     count = 0;
   }
   out.Set("deviceCount", count);

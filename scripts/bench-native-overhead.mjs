@@ -56,7 +56,7 @@ const cases = [
 console.log(`native host overhead (emulator ${process.env.FLASHMLA_EMU_ARCH}, FLASHMLA_EMU_MODE=noop), ${calls} calls each; reference: ${Math.max(5, calls / 20) | 0} calls`);
 console.log('case | native, device inputs (median [p10, p90]) | native, host inputs | reference | reference / native');
 for (const c of cases) {
-  const meta = getMlaMetadata(); // one per step, shared by all calls (SPEC §1.3)
+  const meta = getMlaMetadata(); // one per step, shared by all calls
   const dev = { ...(await onDevice(c.args)), schedMeta: meta };
   const native = await time(calls, async () => {
     const r = await cuda.flashMlaWithKvCache(dev);

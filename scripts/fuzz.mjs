@@ -3,7 +3,7 @@
 // each in a child process so that a crash (exit signal, exit code) or a hang (no progress within
 // --stall-s) is observed and counted instead of taking the run down. The native backend runs
 // through the CPU emulator of tests/emulator (two emulated devices for mixed-device calls,
-// launchers that exit(1) like FlashMLA's on a failed check, SPEC §2.4) with FLASHMLA_EMU_LOG set;
+// launchers that exit(1) like FlashMLA's on a failed check, docs/flashmla-interface.md#launcher-checks) with FLASHMLA_EMU_LOG set;
 // the log of memory-checker violations and device faults must stay empty.
 //
 //   npm run build                      # compiles src/ to dist/

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-call check of flashmla-node on a GPU machine (issue 5): doctor, the `full` compare of the
+# One-call check of flashmla-node on a GPU machine: doctor, the `full` compare of the
 # CUDA backend against the reference, CUDA against the float64 oracle on the small `quick` cases,
 # and FlashMLA's benchmark shapes on CUDA; a short table last. Needs no network and builds nothing
 # but (if missing, and cmake and a C++ compiler exist) the native addon, offline.

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The package's `install` script: builds the native addon with cmake-js. It never fails the
-// install (DESIGN §4): without the addon the package runs its reference backend, and backendInfo()
+// install (docs/architecture.md#native-addon): without the addon the package runs its reference backend, and backendInfo()
 // reports the reason written to build/native-build-error.txt.
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';

@@ -6,7 +6,7 @@ import type { Tensor } from './tensor.js';
 import type { DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
 
 /**
- * FlashMLA's `flash_mla_with_kvcache` (SPEC §1.2, semantics §6). `backend`: 'reference' runs on
+ * FlashMLA's `flash_mla_with_kvcache` (docs/flashmla-interface.md#kvcache-arguments, semantics docs/flashmla-interface.md#reference-semantics). `backend`: 'reference' runs on
  * the CPU; 'cuda' needs a usable FlashMLA build and GPU (else a FlashMLAError E_BACKEND saying why);
  * 'auto' (default) uses CUDA when usable, else the reference. Outputs are device tensors when q is
  * one, host tensors otherwise.

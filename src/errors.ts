@@ -17,7 +17,7 @@ export type FlashMLAErrorCode =
   | 'E_RANGE'
   /** A combination FlashMLA does not support (e.g. causal with indices, h_q = 96 sparse). */
   | 'E_UNSUPPORTED'
-  /** The FlashMLASchedMeta was first used with another configuration (SPEC §1.3). */
+  /** The FlashMLASchedMeta was first used with another configuration (docs/flashmla-interface.md#sched-meta-caching). */
   | 'E_SCHED_META'
   /** The requested backend cannot run here (no addon, no library, no device, wrong arch). */
   | 'E_BACKEND'

@@ -18,7 +18,7 @@ export interface FlashMLAOpenOptions {
 }
 
 /**
- * Explicit control over a backend (DESIGN §3): one device, one FlashMLA build, and the device
+ * Explicit control over a backend (docs/architecture.md#public-api): one device, one FlashMLA build, and the device
  * tensors made through it. Calls on one instance run in order on its own worker thread.
  */
 export class FlashMLA {
@@ -66,7 +66,7 @@ export class FlashMLA {
     return this.#session;
   }
 
-  /** FlashMLA's flash_mla_with_kvcache (SPEC §1.2). Device outputs when q is a DeviceTensor. */
+  /** FlashMLA's flash_mla_with_kvcache (docs/flashmla-interface.md#kvcache-arguments). Device outputs when q is a DeviceTensor. */
   async flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
     const args = readDecodeArgs(callerArgs);

@@ -9,26 +9,26 @@ export interface Bound {
 }
 
 /**
- * A validated dense decode (SPEC §2.2): everything a backend needs, already checked against
+ * A validated dense decode (docs/flashmla-interface.md#dense-host-layer): everything a backend needs, already checked against
  * FlashMLA's host and launcher rules and our range rules. Produced by `validateDecode`.
  */
 export interface DensePlan {
   readonly kind: 'dense';
-  /** What the call records in / checks against its FlashMLASchedMeta (SPEC §1.3). */
+  /** What the call records in / checks against its FlashMLASchedMeta (docs/flashmla-interface.md#sched-meta-caching). */
   readonly config: SchedConfig;
   readonly dtype: 'bf16' | 'fp16';
   readonly b: number;
   readonly sQ: number;
   readonly hQ: number;
   readonly hK: number;
-  /** Always 576 (SPEC §2.2: the launcher exits for 512). */
+  /** Always 576 (docs/flashmla-interface.md#dense-host-layer: the launcher exits for 512). */
   readonly dQK: number;
   readonly dV: number;
   readonly numBlocks: number;
   /** Always 64 for dense. */
   readonly pageBlockSize: number;
   readonly maxBlocksPerSeq: number;
-  /** After the host's `s_q == 1 ⇒ causal = false` override (SPEC §2.2 step 7). */
+  /** After the host's `s_q == 1 ⇒ causal = false` override (docs/flashmla-interface.md#dense-host-layer step 7). */
   readonly causal: boolean;
   readonly softmaxScale: number;
   readonly q: Bound;
@@ -39,7 +39,7 @@ export interface DensePlan {
   readonly seqlens: Int32Array | null;
 }
 
-/** One FP8 cache and the indices that point into it (main or extra, SPEC §6.3–6.4). */
+/** One FP8 cache and the indices that point into it (main or extra, docs/flashmla-interface.md#sparse-semantics). */
 export interface SparseScope {
   readonly cache: Bound;
   readonly numBlocks: number;
@@ -54,7 +54,7 @@ export interface SparseScope {
   readonly lengths: Int32Array | null;
 }
 
-/** A validated sparse FP8 decode (SPEC §2.3). */
+/** A validated sparse FP8 decode (docs/flashmla-interface.md#sparse-host-layer). */
 export interface SparsePlan {
   readonly kind: 'sparse';
   readonly config: SchedConfig;

@@ -1,6 +1,6 @@
 import { FlashMLAError } from './errors.js';
 
-/** Snapshot of the first call's configuration (SPEC §1.1 `Config`, same fields and order). */
+/** Snapshot of the first call's configuration (docs/flashmla-interface.md#sched-meta `Config`, same fields and order). */
 export interface SchedConfig {
   readonly b: number;
   readonly sQ: number;
@@ -14,13 +14,13 @@ export interface SchedConfig {
   readonly extraTopk: number | null;
   /**
    * Host-readable values the schedule is computed from (null where device-resident). Not part of
-   * FlashMLA's Config: it does not compare them and silently reuses a stale schedule (SPEC §1.3);
+   * FlashMLA's Config: it does not compare them and silently reuses a stale schedule (docs/flashmla-interface.md#sched-meta-caching);
    * we refuse a changed value instead.
    */
   readonly schedule?: ScheduleValues;
 }
 
-/** The inputs of FlashMLA's tile scheduler (SPEC Appendix A) that change between decoding steps. */
+/** The inputs of FlashMLA's tile scheduler (docs/flashmla-interface.md#tile-scheduler) that change between decoding steps. */
 export interface ScheduleValues {
   readonly cacheSeqlens: Int32Array | null;
   readonly topkLength: Int32Array | null;
@@ -40,14 +40,14 @@ const CONFIG_FIELDS: readonly (keyof SchedConfig)[] = [
 
 /**
  * Per-backend state kept on a sched meta between calls (the CUDA backend keeps its device-side
- * tile-scheduler metadata here, computed once and reused, SPEC §1.3). Disposable.
+ * tile-scheduler metadata here, computed once and reused, docs/flashmla-interface.md#sched-meta-caching). Disposable.
  */
 export interface SchedMetaSlot {
   dispose(): void;
 }
 
 /**
- * FlashMLA's `FlashMLASchedMeta` (SPEC §1.1): the first decode call records its configuration;
+ * FlashMLA's `FlashMLASchedMeta` (docs/flashmla-interface.md#sched-meta): the first decode call records its configuration;
  * later calls must match it. Reuse is only valid while the shapes *and* the values of
  * cacheSeqlens / topkLength / extraTopkLength are unchanged (one per decoding step, shared by all
  * layers), as in FlashMLA.
@@ -83,7 +83,7 @@ export class FlashMLASchedMeta {
     this.#slots.set(owner, slot);
   }
 
-  /** First call records `config`; later calls must match it field by field (SPEC §1.3). */
+  /** First call records `config`; later calls must match it field by field (docs/flashmla-interface.md#sched-meta-caching). */
   bind(config: SchedConfig): void {
     if (this.#config === null) {
       this.#config = Object.freeze({ ...config });
@@ -117,7 +117,7 @@ export class FlashMLASchedMeta {
   }
 }
 
-/** FlashMLA's `get_mla_metadata()`: a fresh, lazily initialised sched meta (SPEC §1.1). */
+/** FlashMLA's `get_mla_metadata()`: a fresh, lazily initialised sched meta (docs/flashmla-interface.md#sched-meta). */
 export function getMlaMetadata(): FlashMLASchedMeta {
   return new FlashMLASchedMeta();
 }

@@ -1,6 +1,6 @@
 import { check, FlashMLAError } from './errors.js';
 
-/** Element types of the public API (DESIGN §3). bf16/fp16 are raw bits in a Uint16Array. */
+/** Element types of the public API (docs/architecture.md#public-api). bf16/fp16 are raw bits in a Uint16Array. */
 export type DType = 'bf16' | 'fp16' | 'fp32' | 'int32' | 'uint8';
 
 export interface DataOf {

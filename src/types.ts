@@ -5,12 +5,12 @@ import type { FlashMLASchedMeta } from './sched-meta.js';
 export type BackendChoice = 'auto' | 'cuda' | 'reference';
 export type BackendName = 'cuda' | 'reference';
 
-/** FP8 KV-cache layouts (SPEC §5.2, §5.3). */
+/** FP8 KV-cache layouts (docs/flashmla-interface.md#v32-cache, docs/flashmla-interface.md#model1-cache). */
 export type KvLayout = 'v32' | 'model1';
 
 /**
  * Arguments of `flashMlaWithKvCache`, FlashMLA's `flash_mla_with_kvcache` in camelCase
- * (SPEC §1.2). Optional tensors may be omitted or `null`.
+ * (docs/flashmla-interface.md#kvcache-arguments). Optional tensors may be omitted or `null`.
  */
 export interface DecodeArgs {
   /** (b, s_q, h_q, d_qk); bf16 (dense: bf16 or fp16); last dim contiguous. */
@@ -23,7 +23,7 @@ export interface DecodeArgs {
   cacheSeqlens?: Tensor | null;
   /** Must be 512. */
   headDimV: number;
-  /** From `getMlaMetadata()`; one per decoding step, shared by all layers (SPEC §1.3). */
+  /** From `getMlaMetadata()`; one per decoding step, shared by all layers (docs/flashmla-interface.md#sched-meta-caching). */
   schedMeta: FlashMLASchedMeta;
   /** Default d_qk^-0.5. */
   softmaxScale?: number | null;

@@ -1,6 +1,6 @@
-// The CI emulator (tests/emulator/, DESIGN §6): it builds, exports exactly FlashMLA's launcher
-// symbols and the CUDA functions the addon resolves, and its C++ self-test (scheduler vs SPEC
-// Appendix A, memory checker and sticky faults, numerics vs float64) passes.
+// The CI emulator (tests/emulator/, docs/architecture.md#ci-emulator): it builds, exports exactly FlashMLA's launcher
+// symbols and the CUDA functions the addon resolves, and its C++ self-test (scheduler vs
+// docs/flashmla-interface.md#tile-scheduler, memory checker and sticky faults, numerics vs float64) passes.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -78,7 +78,7 @@ describe('emulator self-test', () => {
   const runDriver = (test: string, env: Record<string, string> = {}) =>
     spawnSync(driver, [lib, test], { encoding: 'utf8', env: { ...process.env, ...env } });
 
-  it('scheduler agrees with SPEC Appendix A + §0.A5 on random cases', () => {
+  it('scheduler agrees with docs/flashmla-interface.md#tile-scheduler + docs/flashmla-interface.md#scheduler-leftover on random cases', () => {
     const r = runDriver('sched');
     expect(r.stdout).toBe('sched: ok\n');
     expect(r.status).toBe(0);
@@ -94,7 +94,7 @@ describe('emulator self-test', () => {
     expect(lines.some((l) => /device trap in kernel flash_fwd_splitkv_mla_kernel/.test(l))).toBe(true);
   });
 
-  it('dense and sparse results match a float64 computation within SPEC §7.1 tolerances', () => {
+  it("dense and sparse results match a float64 computation within FlashMLA's tolerances", () => {
     const r = runDriver('numeric');
     expect(r.stdout).toBe('numeric: ok\n');
     expect(r.status).toBe(0);

@@ -33,7 +33,7 @@ function formulaValue(code: number, expBits: number, mantBits: number, bias: num
 }
 const bf16Formula = (c: number): number => formulaValue(c, 8, 7, 127);
 const fp16Formula = (c: number): number => formulaValue(c, 5, 10, 15);
-/** e4m3fn: no infinities, only S.1111.111 is NaN (SPEC §5.4). */
+/** e4m3fn: no infinities, only S.1111.111 is NaN (docs/flashmla-interface.md#quantization). */
 function e4m3Formula(c: number): number {
   const sign = c & 0x80 ? -1 : 1;
   const e = (c >>> 3) & 15;
@@ -238,7 +238,7 @@ describe('float8_e4m3fn', () => {
     }
   });
 
-  it('does not saturate: c10 semantics above 448 (SPEC §5.4, §0.A14)', () => {
+  it('does not saturate: c10 semantics above 448', () => {
     expect(f32ToE4m3(448)).toBe(0x7e);
     // 464 is the tie between 448 (mantissa 110, even) and the NaN code (111, odd): even wins.
     expect(f32ToE4m3(464)).toBe(0x7e);
@@ -271,7 +271,7 @@ describe('float8_e8m0fnu', () => {
     expect(Number.isNaN(e8m0ToF32(0xff))).toBe(true);
   });
 
-  it('encodes the SPEC §5.4 examples and every power of two', () => {
+  it('encodes the docs/flashmla-interface.md#quantization examples and every power of two', () => {
     expect([2 ** -13, 2 ** -9, 2 ** -8, 2 ** -7, 2 ** -6].map(f32ToE8m0)).toEqual([0x72, 0x76, 0x77, 0x78, 0x79]);
     for (let k = -127; k <= 127; k++) expect(f32ToE8m0(2 ** k)).toBe(k + 127);
   });

@@ -1,7 +1,7 @@
 // The hostile-input fuzzer (src/harness/fuzz.ts) on the native path: the CPU emulator of
 // tests/emulator loaded as the FlashMLA build, two emulated devices (mixed-device calls), the
 // reference backend sharing sched metas, and launchers that exit(1) like FlashMLA's on a failed
-// check (SPEC §2.4) — so a call that reaches a launcher with bad input ends this test process.
+// check (docs/flashmla-interface.md#launcher-checks) — so a call that reaches a launcher with bad input ends this test process.
 // The emulator's memory checker must stay silent. A device fault is sticky for the whole process
 // (as on a GPU), so a fault in the first arch's run also fails the second one when it opens.
 import { readFileSync, rmSync } from 'node:fs';

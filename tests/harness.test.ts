@@ -11,7 +11,7 @@ import type { DecodeArgs, DecodeResult } from '../src/types.js';
 const fp32 = (values: number[], shape = [values.length]): HostTensor<'fp32'> => ({ dtype: 'fp32', shape, data: Float32Array.from(values) });
 const loose: Tolerance = { absTol: 1e-3, relTol: 0.01, cosDiffTol: 1 };
 
-describe('checkIsAllclose (SPEC §7.1)', () => {
+describe('checkIsAllclose', () => {
   test('an element passes on the abs rule or on the rel rule, and fails only when both fail', () => {
     // |Δ| = 0.5 ≥ abs_tol but |Δ|/|r| = 0.005 < rel_tol: passes.
     expect(checkIsAllclose('x', fp32([100.5]), fp32([100]), loose).pass).toBe(true);
@@ -150,7 +150,7 @@ describe('compare()', () => {
   });
 });
 
-describe('matrices (SPEC §7.2–7.3)', () => {
+describe('matrices', () => {
   const features = (entries: MatrixEntry[]) => {
     const dense = entries.flatMap((e) => (e.kind === 'dense' ? [e.params] : []));
     const sparse = entries.flatMap((e) => (e.kind === 'sparse' ? [e.params] : []));
@@ -165,7 +165,7 @@ describe('matrices (SPEC §7.2–7.3)', () => {
       sink: sparse.some((p) => p.sink),
       extra: sparse.some((p) => p.extra),
       scopeFlags: ['allInvalid', 'zeroSeqlen', 'withLength', 'varlen'].filter((f) => scopes.some((s) => s[f as keyof typeof s])),
-      // V3.2 takes neither topk_length nor an extra cache (SPEC §8).
+      // V3.2 takes neither topk_length nor an extra cache (docs/flashmla-interface.md#supported-shapes).
       v32Clean: sparse.filter((p) => p.dQK === 576).every((p) => !p.extra && !p.main.withLength),
     };
   };

@@ -203,6 +203,15 @@ describe('sizes', () => {
 });
 
 describe('defined extremes', () => {
+  test('a finite softmaxScale beyond float32 range (or whose log2(e) factor overflows) is refused', async () => {
+    const s = sparse();
+    for (const softmaxScale of [1e39, -1e39, 3e38]) {
+      expect(await code(referenceDecode(withMeta({ ...s.args, softmaxScale })))).toBe('E_VALUE');
+    }
+    const d = dense();
+    expect(await code(referenceDecode(withMeta({ ...d.args, softmaxScale: 2.4e38 })))).toBe('E_VALUE');
+  });
+
   test('a non-boolean causal is refused on both paths', async () => {
     const s = sparse();
     expect(await code(referenceDecode(withMeta({ ...s.args, causal: 'yes' as unknown as boolean })))).toBe('E_VALUE');

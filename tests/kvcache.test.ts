@@ -56,7 +56,7 @@ function e4m3Nearest(q: number): number {
   return q < 0 || Object.is(q, -0) ? -best.value : best.value;
 }
 
-/** SPEC §5.4 with float64 logs: the expected dequantized values of one tile (NaN tile → all NaN). */
+/** docs/flashmla-interface.md#quantization with float64 logs: the expected dequantized values of one tile (NaN tile → all NaN). */
 function expectedTile(xs: number[]): { scale: number; values: number[] } {
   if (xs.some(Number.isNaN)) return { scale: NaN, values: xs.map(() => NaN) };
   const amax = Math.max(...xs.map(Math.abs));
@@ -111,7 +111,7 @@ const geometry = {
   model1: { nope: 448, tile: 64, tiles: 7 },
 } as const;
 
-/** Byte position of token (n, t) parts in quantizeKCache's output, from the SPEC tables directly. */
+/** Byte position of token (n, t) parts in quantizeKCache's output, from the layout tables of docs/flashmla-interface.md directly. */
 function tokenPlaces(layout: KvLayout, B: number, n: number, t: number): { nope: number; rope: number; scales: number } {
   if (layout === 'v32') {
     const row = n * (B + 1) * 656 + t * 656;
@@ -140,7 +140,7 @@ const hex = (bytes: Uint8Array, from: number, n: number): string =>
 // ---- tests ----
 
 describe('layout', () => {
-  it('block strides follow quant.py for both layouts (SPEC §5.2, §5.3)', () => {
+  it('block strides follow quant.py for both layouts', () => {
     const model1 = { 1: 1152, 2: 1728, 53: 31104, 61: 35712, 64: 37440, 69: 40320, 128: 74880, 256: 149760, 576: 336384 };
     for (const [B, stride] of Object.entries(model1)) {
       expect(model1BlockStride(Number(B))).toBe(stride);
@@ -153,7 +153,7 @@ describe('layout', () => {
     expect([bytesPerToken('v32'), bytesPerToken('model1'), dQK('v32'), dQK('model1')]).toEqual([656, 584, 576, 512]);
   });
 
-  it('places token parts at the SPEC §5.5 offsets', () => {
+  it('places token parts at the docs/flashmla-interface.md#worked-example offsets', () => {
     // MODEL1, B = 64, token 5 of block 2.
     expect(nopeOffset('model1', 74880, 64, 5)).toBe(77760);
     expect(ropeOffset('model1', 74880, 64, 5)).toBe(78208);
@@ -181,7 +181,7 @@ describe('tileScale', () => {
   });
 });
 
-describe('SPEC §5.5 worked examples', () => {
+describe('docs/flashmla-interface.md#worked-example worked examples', () => {
   it('V32 token, byte for byte', () => {
     const c = [1 / 256, 1 / 16, 1 / 4, 1.75 / 8];
     const numBlocks = 2;
@@ -200,7 +200,7 @@ describe('SPEC §5.5 worked examples', () => {
     expect(hex(q.data, tok + 528, 8)).toBe('80 c0 78 c0 70 c0 68 c0');
     expect(hex(q.data, tok + 654, 2)).toBe('78 40');
 
-    // Max dequantization error on this token is 0.0625 (SPEC §5.5).
+    // Max dequantization error on this token is 0.0625 (docs/flashmla-interface.md#worked-example).
     const back = dequantizeKCache(q, 'v32');
     let maxErr = 0;
     for (let i = 0; i < 576; i++) {
@@ -209,7 +209,7 @@ describe('SPEC §5.5 worked examples', () => {
     expect(maxErr).toBe(0.0625);
   });
 
-  it('MODEL1 token 5 of block 2 with B = 64, byte for byte at the SPEC offsets', () => {
+  it('MODEL1 token 5 of block 2 with B = 64, byte for byte at the documented offsets', () => {
     const c = [1 / 256, 1 / 16, 1 / 4, 1.75 / 8, 1 / 2, 1, 2];
     const B = 64;
     const cache = randomCache(3, B, 512, 2);

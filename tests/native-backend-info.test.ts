@@ -31,7 +31,7 @@ describe('the addon', () => {
     expect(a.ok, a.ok ? '' : a.reason).toBe(true);
   });
 
-  it('looks up exactly the names the emulator exports (SPEC §4.1 and the CUDA runtime table)', () => {
+  it('looks up exactly the names the emulator exports (docs/flashmla-interface.md#mangled-names and the CUDA runtime table)', () => {
     const a = loadAddon();
     if (!a.ok) throw new Error(a.reason);
     const exported = inspectBuild(library).exports;

@@ -1,5 +1,5 @@
 // The whole native path (addon → FlashMLA build → launchers) against the CPU emulator of
-// tests/emulator, compared with the reference backend within FlashMLA's tolerances (SPEC §7.1).
+// tests/emulator, compared with the reference backend within FlashMLA's tolerances (docs/flashmla-interface.md#tolerances).
 import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,4 +1,4 @@
-// FlashMLA's host layer as re-implemented in src/native/host-layer.ts (SPEC §2.2, §2.3): pure
+// FlashMLA's host layer as re-implemented in src/native/host-layer.ts (docs/flashmla-interface.md#dense-host-layer, docs/flashmla-interface.md#sparse-host-layer): pure
 // computations on validated plans, for devices described by their facts.
 import { describe, expect, it } from 'vitest';
 import { FlashMLAError } from '../src/errors.js';
@@ -34,7 +34,7 @@ const sparse = (sQ: number, hQ: 64 | 128, dQK: 576 | 512) =>
   plan(generateSparseCase({ b: 1, sQ, hQ, dQK, main: { sK: 64, topk: 64, blockSize: 64 } }, 2).args);
 
 describe('num_sm_parts and implementation choice', () => {
-  it('dense: P = max(num_sms / h_k / ceil(s_q·h_q/h_k / 64), 1) (SPEC §2.2 examples)', () => {
+  it('dense: P = max(num_sms / h_k / ceil(s_q·h_q/h_k / 64), 1) (docs/flashmla-interface.md#dense-host-layer examples)', () => {
     expect(planLaunch(dense(1, 128, 1), H100, ALL(H100), hostBases).numSmParts).toBe(66);
     expect(planLaunch(dense(2, 128, 1), H100, ALL(H100), hostBases).numSmParts).toBe(33);
     expect(planLaunch(dense(1, 64, 1), H100, ALL(H100), hostBases).numSmParts).toBe(132);
@@ -43,7 +43,7 @@ describe('num_sm_parts and implementation choice', () => {
     expect(l.oAccumBytes).toBe(4 * 512 * 133 * 64);
   });
 
-  it('sparse: the SPEC §2.3 table', () => {
+  it('sparse: the docs/flashmla-interface.md#sparse-host-layer table', () => {
     const pick = (p: ReturnType<typeof sparse>, d: DeviceFacts) => {
       const l = planLaunch(p, d, ALL(d), hostBases);
       return [l.implementation, l.main, l.twice, l.numSmParts, l.fixedOverhead];
@@ -56,7 +56,7 @@ describe('num_sm_parts and implementation choice', () => {
   });
 });
 
-describe('q regrouping and output reshapes (SPEC §2.2, §0.A13)', () => {
+describe('q regrouping and output reshapes', () => {
   it('h_k = 1 or s_q = 1 or h_q = h_k is a view; h_k > 1, hpk > 1, s_q > 1 is a copy', () => {
     const v = planLaunch(dense(2, 8, 1), H100, ALL(H100), hostBases);
     expect([v.regroupQ, v.outDirect, v.lseDirect]).toEqual([false, true, false]);

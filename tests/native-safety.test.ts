@@ -1,4 +1,4 @@
-// SPEC §2.4: FlashMLA's dense, combine and sched-meta launchers exit(1) on a failed check, and
+// docs/flashmla-interface.md#launcher-checks: FlashMLA's dense, combine and sched-meta launchers exit(1) on a failed check, and
 // wrong-arch or misaligned launches poison the device. With FLASHMLA_EMU_EXIT=1 the emulator's
 // launchers exit like FlashMLA's, so every case below would end this test process if it reached a
 // launcher: each must be a FlashMLAError raised before any launch.
@@ -112,7 +112,7 @@ describe('exit(1) and trap conditions are rejected before any launcher runs', ()
       const c = generateSparseCase({ b: 2, sQ: 1, hQ: 64, dQK: 512, main: { sK: 120, topk: 64, blockSize: 61 } }, 3);
       const kv = c.args.kCache as HostTensor;
       const [n, B] = kv.shape as [number, number];
-      // sm90 needs stride0 % 16 (SPEC §0.A1), sm100 stride0 % 576 (TMA rows, SPEC §2.4).
+      // sm90 needs stride0 % 16 (docs/flashmla-interface.md#sm90-cache-loads), sm100 stride0 % 576 (TMA rows, docs/flashmla-interface.md#launcher-checks).
       const stride0 = arch === 'sm90' ? B * 584 : Math.ceil((B * 584) / 16) * 16;
       await rejected(fm.flashMlaWithKvCache({ ...c.args, kCache: { ...kv, shape: [n, B, 1, 584], strides: [stride0, 584, 584, 1] }, schedMeta: getMlaMetadata() }),
         'E_STRIDE', arch === 'sm90' ? /multiple of 16/ : /multiple of 576/);

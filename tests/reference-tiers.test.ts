@@ -1,5 +1,5 @@
 // The four tile tiers of the reference backend (native, relaxed, simd, js) on the same generated
-// cases, each against the float64 oracle with FlashMLA's tolerances (SPEC §7.1); then the native
+// cases, each against the float64 oracle with FlashMLA's tolerances (docs/flashmla-interface.md#tolerances); then the native
 // tier's kernels (both instruction sets) against the TypeScript ones tile by tile.
 import { setFlagsFromString } from 'node:v8';
 // Node 20 has relaxed SIMD only behind this V8 flag; it must be set before the module is compiled.
@@ -107,7 +107,7 @@ describe('native tier', () => {
 
   /**
    * Random FP8 token bytes: e4m3 codes without NaN (0x7f, 0xff), power-of-two scales that keep
-   * values near those of the bf16 pages (so softmax weights spread), bf16 RoPE (SPEC §5.2–5.3).
+   * values near those of the bf16 pages (so softmax weights spread), bf16 RoPE (docs/flashmla-interface.md#kv-caches).
    */
   function fp8Cache(rng: Rng, layout: 'v32' | 'model1', tokens: number): Uint8Array {
     const bytes = new Uint8Array(tokens * 1024 + 8);

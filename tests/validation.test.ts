@@ -41,7 +41,7 @@ describe('valid inputs pass', () => {
   });
 });
 
-describe('dense: FlashMLA host checks (SPEC §2.2) and launcher checks', () => {
+describe('dense: FlashMLA host checks and launcher checks', () => {
   test('schedMeta must come from getMlaMetadata', () => {
     expectError({ ...denseArgs(), schedMeta: {} as never }, 'E_VALUE', 'schedMeta');
   });
@@ -91,7 +91,7 @@ describe('dense: FlashMLA host checks (SPEC §2.2) and launcher checks', () => {
     expectError({ ...a, blockTable: { dtype: 'int32', shape: [1, 4], data: new Int32Array(4) } }, 'E_SHAPE', 'blockTable');
     expectError({ ...a, blockTable: { dtype: 'int32', shape: [2, 0], data: new Int32Array(0) }, cacheSeqlens: { dtype: 'int32', shape: [2], data: new Int32Array(2) } }, 'E_SHAPE', 'blockTable');
   });
-  test('TMA: q strides must be multiples of 16 bytes, base aligned (SPEC §0.A2)', () => {
+  test('TMA: q strides must be multiples of 16 bytes, base aligned', () => {
     const a = denseArgs();
     const q = a.q as HostTensor;
     expectError({ ...a, q: { ...q, offset: 3, data: new Uint16Array(q.data.length + 8) } as HostTensor }, 'E_STRIDE', 'q', /16-byte/);
@@ -153,7 +153,7 @@ describe('dense: FlashMLA host checks (SPEC §2.2) and launcher checks', () => {
   });
 });
 
-describe('sparse: FlashMLA host checks (SPEC §2.3), launcher checks (§2.4) and ranges', () => {
+describe('sparse: FlashMLA host checks, launcher checks (docs/flashmla-interface.md#launcher-checks) and ranges', () => {
   test('causal and isFp8Kvcache', () => {
     expectError({ ...v32Args(), causal: true }, 'E_UNSUPPORTED', 'causal');
     expectError({ ...v32Args(), isFp8Kvcache: false }, 'E_UNSUPPORTED', 'isFp8Kvcache');
@@ -232,13 +232,13 @@ describe('sparse: FlashMLA host checks (SPEC §2.3), launcher checks (§2.4) and
     (m.attnSink!.data as Float32Array)[3] = -Infinity;
     expect(() => validateDecode(withMeta(m))).not.toThrow();
   });
-  test('an empty cache (no block for -1 entries to read, SPEC §0.A1)', () => {
+  test('an empty cache (no block for -1 entries to read)', () => {
     const a = v32Args();
     expectError({ ...a, kCache: { dtype: 'uint8', shape: [0, 64, 1, 656], data: new Uint8Array(0) } }, 'E_SHAPE', 'kCache');
   });
 });
 
-describe('FlashMLASchedMeta (SPEC §1.3)', () => {
+describe('FlashMLASchedMeta', () => {
   test('the first call records the configuration; later calls must match', async () => {
     const meta = getMlaMetadata();
     const a = model1Args();

@@ -24,7 +24,7 @@
         (local.set $tokens (i32.sub (local.get $tokens) (i32.const 1)))
         (br $row))))
 
-  ;; Four e4m3fn codes (one per i32 lane) → fp32, times the tile scale, rounded to bf16 (SPEC §5.4:
+  ;; Four e4m3fn codes (one per i32 lane) → fp32, times the tile scale, rounded to bf16 (docs/flashmla-interface.md#quantization:
   ;; the kernels dequantise to bf16; exact for power-of-two scales). The magnitude bits placed at
   ;; bit 20 form a float32 2^120 times too small, subnormals included; 0x7F is NaN.
   (func $e4m3 (param $b v128) (param $scale v128) (result v128)
@@ -43,7 +43,7 @@
 
   ;; Dequantises `tokens` FP8 token records (record t at src + t·ld) into dst[t][0 … dim):
   ;; `tiles` tiles of `tile` e4m3 codes from byte 0, one float32 scale per tile at `scales`,
-  ;; then dim − tiles·tile bf16 values at `rope` (SPEC §5.2 V32; §5.3 MODEL1 after staging).
+  ;; then dim − tiles·tile bf16 values at `rope` (docs/flashmla-interface.md#v32-cache V32; docs/flashmla-interface.md#model1-cache MODEL1 after staging).
   (func (export "dq_fp8") (param $src i32) (param $ld i32) (param $tokens i32) (param $tiles i32) (param $tile i32)
     (param $scales i32) (param $rope i32) (param $dim i32) (param $dst i32)
     (local $j i32) (local $p i32) (local $e i32) (local $scale v128) (local $v v128) (local $lo v128) (local $hi v128)
@@ -228,7 +228,7 @@
       (i32x4.shl (i32x4.add (i32x4.trunc_sat_f32x4_s (local.get $n)) (i32x4.splat (i32.const 127))) (i32.const 23))))
     (v128.andnot (local.get $p) (f32x4.lt (local.get $x) (f32x4.splat (f32.const -126)))))
 
-  ;; Online softmax (base 2, SPEC §2.6) over one tile, per row r < rows: logits s[r][t]·scale for
+  ;; Online softmax (base 2, docs/flashmla-interface.md#split-kv) over one tile, per row r < rows: logits s[r][t]·scale for
   ;; t < vis[r], −Infinity otherwise (t < tokens4, a multiple of 4); then s ← 2^(s − m_new),
   ;; l ← l·2^(m_old − m_new) + Σ s, o[r] ← o[r]·2^(m_old − m_new). A row with nothing visible
   ;; gets zero probabilities and keeps its state.

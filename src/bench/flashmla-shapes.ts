@@ -27,7 +27,7 @@ export type BenchTarget = 'gpu' | 'cpu';
 const clamp1 = (x: number): number => (x < -1 ? -1 : x > 1 ? 1 : x);
 
 /**
- * Fills `dst` by repeating a small random pool (randn/10 clamped, SPEC §7.2): benchmark timing does
+ * Fills `dst` by repeating a small random pool (randn/10 clamped, docs/flashmla-interface.md#dense-generator): benchmark timing does
  * not depend on the values, and drawing gigabytes of normals in JavaScript would take minutes.
  */
 function poolFill(dst: Uint16Array, rng: Rng, scale: number): void {
@@ -44,7 +44,7 @@ interface DenseBench {
   causal: boolean;
 }
 
-/** A dense bf16 case (h_k = 1, block 64) with FlashMLA's metrics (SPEC §7.2 and §7.5 agree). */
+/** A dense bf16 case (h_k = 1, block 64) with FlashMLA's metrics (docs/flashmla-interface.md#dense-generator and docs/flashmla-interface.md#bench-flash-mla agree). */
 function buildDense(p: DenseBench, seed: number): BenchInputs {
   const rng = new Rng(seed);
   const d = 576;
@@ -64,7 +64,7 @@ function buildDense(p: DenseBench, seed: number): BenchInputs {
       headDimV: 512,
       causal: p.causal,
     },
-    // SPEC §7.5: FLOPS = s_q·ΣL·h_q·(d+dv)·2; bytes = (ΣL·h_kv·d + b·s_q·h_q·(d+dv))·2.
+    // docs/flashmla-interface.md#bench-flash-mla: FLOPS = s_q·ΣL·h_q·(d+dv)·2; bytes = (ΣL·h_kv·d + b·s_q·h_q·(d+dv))·2.
     flops: p.sQ * sumL * p.hQ * (576 + 512) * 2,
     bytes: (sumL * 576 + p.b * p.sQ * p.hQ * (576 + 512)) * 2,
   };
@@ -87,7 +87,7 @@ interface SparseBench {
 }
 
 /**
- * One sparse KV scope. As in SPEC §7.3, each query row picks `topk` distinct positions of
+ * One sparse KV scope. As in docs/flashmla-interface.md#sparse-generator, each query row picks `topk` distinct positions of
  * [0, s_k); unlike FlashMLA's generator only the tokens some index refers to are materialised (in
  * randomly permuted blocks), so the cache holds exactly the N_unique tokens the byte formula counts
  * instead of b·s_k mostly unread ones.
@@ -123,7 +123,7 @@ function buildScope(rng: Rng, b: number, sQ: number, d: 576 | 512, sp: SparseSco
     const v = idx[j]!;
     if (v !== -1) idx[j] = perm[Math.floor(v / B)]! * B + (v % B);
   }
-  // A quantised pool of whole blocks (SPEC §5.4), repeated over the cache block by block.
+  // A quantised pool of whole blocks (docs/flashmla-interface.md#quantization), repeated over the cache block by block.
   const poolBlocks = Math.max(1, Math.min(numBlocks, Math.ceil(1024 / B)));
   const bf = new Uint16Array(poolBlocks * B * d);
   poolFill(bf, rng, 0.1);
@@ -142,7 +142,7 @@ function buildScope(rng: Rng, b: number, sQ: number, d: 576 | 512, sp: SparseSco
   };
 }
 
-/** A sparse FP8 case with a finite sink per head and FlashMLA's metrics (SPEC §7.3). */
+/** A sparse FP8 case with a finite sink per head and FlashMLA's metrics (docs/flashmla-interface.md#sparse-generator). */
 function buildSparse(p: SparseBench, seed: number): BenchInputs {
   const rng = new Rng(seed);
   const d = p.dQK;
@@ -154,7 +154,7 @@ function buildSparse(p: SparseBench, seed: number): BenchInputs {
   return sparseCaseArgs({ dtype: 'bf16', shape: [p.b, p.sQ, p.hQ, d], data: q }, sink, main, extra);
 }
 
-/** SPEC §7.2: max(Normal(s_k, s_k/2), s_q) per request. */
+/** docs/flashmla-interface.md#dense-generator: max(Normal(s_k, s_k/2), s_q) per request. */
 function varlen(b: number, sK: number, sQ: number, seed: number): Int32Array {
   const rng = new Rng(seed);
   return Int32Array.from({ length: b }, () => Math.max(Math.floor(sK + (sK / 2) * rng.randn()), sQ));
@@ -168,15 +168,15 @@ function sparseShape(group: string, p: SparseBench, seed: number): BenchShape {
   return { group, name, seqlen: null, build: () => buildSparse(p, seed) };
 }
 
-/** MODEL1 configurations of SPEC §7.3 (main topk 128 in blocks of 256 plus an extra scope). */
+/** MODEL1 configurations of docs/flashmla-interface.md#sparse-generator (main topk 128 in blocks of 256 plus an extra scope). */
 const MODEL1_CONFIGS = [
   { hQ: 64, extra: { sK: 8192, topk: 512, blockSize: 64 } },
   { hQ: 128, extra: { sK: 8192, topk: 1024, blockSize: 2, withLength: true } },
 ] as const;
 
 /**
- * FlashMLA's benchmark shapes: the §7.5 dense sweep, the §7.2 dense and §7.3 sparse performance
- * cases. On the GPU at FlashMLA's sizes, except that the §7.5 sweep stops at 16384 and the §7.2
+ * FlashMLA's benchmark shapes: the docs/flashmla-interface.md#bench-flash-mla dense sweep, the docs/flashmla-interface.md#dense-generator dense and docs/flashmla-interface.md#sparse-generator sparse performance
+ * cases. On the GPU at FlashMLA's sizes, except that the docs/flashmla-interface.md#bench-flash-mla sweep stops at 16384 and the docs/flashmla-interface.md#dense-generator
  * cases at s_k 8192 (a larger bf16 cache exceeds Node 20's 4 GiB typed-array limit) and the batch
  * lists are thinned to fit the GPU check's time budget. On the CPU, every batch is cut to 2 (1 for
  * the peak cases: 148 → 1), so the whole set runs in well under a minute.
@@ -186,33 +186,33 @@ export function flashmlaShapes(target: BenchTarget): { shapes: BenchShape[]; not
   const shapes: BenchShape[] = [];
   const bigB = gpu ? 128 : 2;
   for (const seqlen of [1024, 2048, 4096, 8192, 16384]) {
-    // SPEC §7.5: cache_seqlens[i] = seqlen + 2i, s_q 1, h_q 128, causal.
+    // docs/flashmla-interface.md#bench-flash-mla: cache_seqlens[i] = seqlen + 2i, s_q 1, h_q 128, causal.
     const lengths = Int32Array.from({ length: bigB }, (_, i) => seqlen + 2 * i);
     shapes.push({
-      group: 'dense §7.5', name: `dense b=${bigB} s_q=1 h_q=128 seqlen=${seqlen}+2i causal`, seqlen,
+      group: 'dense sweep', name: `dense b=${bigB} s_q=1 h_q=128 seqlen=${seqlen}+2i causal`, seqlen,
       build: () => buildDense({ b: bigB, sQ: 1, hQ: 128, lengths, causal: true }, seqlen),
     });
   }
   for (const sK of [4096, 8192]) {
     shapes.push({
-      group: 'dense §7.2', name: `dense b=${bigB} s_q=2 h_q=128 s_k=${sK} varlen causal`, seqlen: sK,
+      group: 'dense test cases', name: `dense b=${bigB} s_q=2 h_q=128 s_k=${sK} varlen causal`, seqlen: sK,
       build: () => buildDense({ b: bigB, sQ: 2, hQ: 128, lengths: varlen(bigB, sK, 2, sK), causal: true }, sK + 1),
     });
   }
   for (const b of gpu ? [2, 64, 74, 128] : [2]) {
-    shapes.push(sparseShape('V3.2 §7.3', { b, sQ: 2, hQ: 128, dQK: 576, main: { sK: 32768, topk: 2048, blockSize: 64 } }, 100 + b));
+    shapes.push(sparseShape('V3.2 test cases', { b, sQ: 2, hQ: 128, dQK: 576, main: { sK: 32768, topk: 2048, blockSize: 64 } }, 100 + b));
   }
   for (const cfg of MODEL1_CONFIGS) {
     for (const b of gpu ? [2, 74, 148] : [2]) {
-      shapes.push(sparseShape('MODEL1 §7.3', { b, sQ: 2, hQ: cfg.hQ, dQK: 512, main: { sK: 32768, topk: 128, blockSize: 256 }, extra: cfg.extra }, 200 + b));
+      shapes.push(sparseShape('MODEL1 test cases', { b, sQ: 2, hQ: cfg.hQ, dQK: 512, main: { sK: 32768, topk: 128, blockSize: 256 }, extra: cfg.extra }, 200 + b));
     }
   }
   for (const [hQ, dQK] of [[128, 576], [64, 512]] as const) {
     const b = gpu ? 148 : 1;
-    shapes.push(sparseShape('peak §7.3', { b, sQ: 2, hQ, dQK, main: { sK: 32768, topk: 16384, blockSize: 64 } }, 300 + hQ));
+    shapes.push(sparseShape('sparse peak', { b, sQ: 2, hQ, dQK, main: { sK: 32768, topk: 16384, blockSize: 64 } }, 300 + hQ));
   }
   const note = gpu
-    ? 'FlashMLA benchmark shapes (SPEC §7.2, §7.3, §7.5); dense sweep up to 16384 and §7.2 up to s_k 8192 (Node 20 4 GiB buffer limit); sparse caches hold only referenced tokens'
+    ? 'FlashMLA benchmark shapes; dense sweep up to 16384 and dense test cases up to s_k 8192 (Node 20 4 GiB buffer limit); sparse caches hold only referenced tokens'
     : 'FlashMLA benchmark shapes scaled for a CPU: every batch cut to 2 (peak cases b=148 → 1), other dimensions as FlashMLA; sparse caches hold only referenced tokens';
   return { shapes, note };
 }

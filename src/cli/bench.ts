@@ -23,7 +23,7 @@ export interface ShapeRow {
   minMs: number;
   flops: number;
   bytes: number;
-  /** GFLOP/s and GB/s at the median (SPEC §7.2, §7.3, §7.5 formulas). */
+  /** GFLOP/s and GB/s at the median (docs/flashmla-interface.md#dense-generator, docs/flashmla-interface.md#sparse-generator, docs/flashmla-interface.md#bench-flash-mla formulas). */
   gflops: number;
   gbps: number;
   /** CUDA: median time the calling (JS) thread spends in one call before it can go on. */
@@ -52,7 +52,7 @@ async function uploadArgs(inst: FlashMLA, args: BenchInputs['args']): Promise<{ 
 
 async function benchCuda(inst: FlashMLA, shape: BenchShape, inputs: BenchInputs, warmup: number, reps: number): Promise<ShapeRow> {
   const dev = await uploadArgs(inst, inputs.args);
-  // One sched meta per shape, reused by every call as FlashMLA does within a decoding step (SPEC §1.3).
+  // One sched meta per shape, reused by every call as FlashMLA does within a decoding step (docs/flashmla-interface.md#sched-meta-caching).
   const schedMeta = getMlaMetadata();
   const jsMs: number[] = [];
   try {
@@ -182,7 +182,7 @@ export const bench: Command = {
   name: 'bench',
   usage: '[--backend reference|cuda] [--shapes flashmla|anchors] [--threads 1,2] [--reps N] [--library PATH] [--svg FILE] [--json]',
   summary: "Times decode calls and prints median ms, FLOP/s and bytes/s with FlashMLA's formulas.\n" +
-    '  flashmla: FlashMLA\'s benchmark shapes (SPEC §7.2, §7.3, §7.5); scaled down on the reference backend.\n' +
+    '  flashmla: FlashMLA\'s benchmark shapes; scaled down on the reference backend.\n' +
     '  anchors:  the five CPU anchor shapes, with the PyTorch CPU peer when Debian\'s python3-torch is installed.',
   options: {
     backend: { type: 'string', value: 'NAME', help: 'reference (default) or cuda' },

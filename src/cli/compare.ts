@@ -31,7 +31,7 @@ function reportText(report: CompareReport): string {
   });
   const source = report.source === 'cases' ? 'given cases' : `${report.source} matrix, seed ${report.seed}`;
   const summary = `${report.pass ? 'PASS' : 'FAIL'}: ${report.a} vs ${report.b} on the ${source}: ${report.passed} passed, ` +
-    `${report.failed} failed, ${report.skipped} skipped (${(report.ms / 1000).toFixed(1)} s; SPEC §7.1 tolerances)`;
+    `${report.failed} failed, ${report.skipped} skipped (${(report.ms / 1000).toFixed(1)} s; FlashMLA's tolerances)`;
   return [table, ...(notes.length > 0 ? ['', ...notes] : []), '', summary, ''].join('\n');
 }
 
@@ -53,8 +53,8 @@ async function sides(values: OptionValues, device: number | undefined): Promise<
 export const compareCommand: Command = {
   name: 'compare',
   usage: '[--a cuda|reference|oracle] [--b ...] [--matrix quick|full] [--seed N] [--filter TEXT] [--library PATH] [--json]',
-  summary: "Runs a matrix of generated decode cases (SPEC §7.2–7.3) on two backends and judges a against b\n" +
-    "with FlashMLA's check_is_allclose (SPEC §7.1). Default: cuda vs reference when CUDA is usable, else\n" +
+  summary: "Runs a matrix of generated decode cases on two backends and judges a against b\n" +
+    "with FlashMLA's check_is_allclose. Default: cuda vs reference when CUDA is usable, else\n" +
     'reference vs the float64 oracle. Exit status 0 only when every case passes.',
   options: {
     a: { type: 'string', value: 'SIDE', help: 'judged side: cuda, reference or oracle' },

@@ -33,7 +33,7 @@ function stepText(c: DecodeCase, r: CaseResult, backend: string): string {
   const lines = [`${r.pass ? 'PASS' : 'FAIL'}  ${c.name}`, `      ${describeArgs(c)}`];
   if (r.ms.a !== null) lines.push(`      ${backend}: ${fmtMs(r.ms.a)} ms after one warm-up call (${fmtRate(perSecond(c.flops, r.ms.a), 'FLOP/s')}); float64 oracle: ${fmtMs(r.ms.b)} ms`);
   for (const t of [r.out, r.lse]) {
-    if (t) lines.push(`      ${t.name}: max |Δ| ${fmtErr(t.maxAbsErr)}, cos_diff ${fmtErr(t.cosDiff)} ${t.pass ? 'within' : 'OUTSIDE'} SPEC §7.1 tolerances${t.pass ? '' : ` (${t.reason})`}`);
+    if (t) lines.push(`      ${t.name}: max |Δ| ${fmtErr(t.maxAbsErr)}, cos_diff ${fmtErr(t.cosDiff)} ${t.pass ? 'within' : 'OUTSIDE'} FlashMLA's tolerances${t.pass ? '' : ` (${t.reason})`}`);
   }
   for (const e of r.errors) lines.push(`      ${e.side === 'a' ? backend : 'oracle'} failed: [${e.code}] ${e.message}`);
   return lines.join('\n');
@@ -43,7 +43,7 @@ export const demo: Command = {
   name: 'demo',
   usage: '[--backend auto|cuda|reference] [--library PATH] [--json]',
   summary: 'Runs one decode step each of dense (DeepSeek V3), MODEL1 sparse (extra cache, sinks) and V3.2 sparse\n' +
-    'on the chosen backend and checks every result against the float64 oracle (SPEC §7.1 tolerances).',
+    'on the chosen backend and checks every result against the float64 oracle (FlashMLA\'s tolerances).',
   options: {
     backend: { type: 'string', value: 'NAME', help: "auto (default: CUDA when usable), cuda or reference" },
     library: { type: 'string', value: 'PATH', help: 'FlashMLA build to load (default: FLASHMLA_LIBRARY, then the installed flash_mla package)' },

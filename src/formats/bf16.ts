@@ -1,5 +1,5 @@
 /**
- * bfloat16 <-> float32 (DESIGN §3: bf16 tensors hold raw bits in a Uint16Array). Used in the hot
+ * bfloat16 <-> float32 (docs/architecture.md#public-api: bf16 tensors hold raw bits in a Uint16Array). Used in the hot
  * loops of the reference backend, so nothing here allocates per call: scalar conversions bit-cast
  * through one shared scratch word, bulk conversions write through a cached Uint32Array view of the
  * Float32Array's buffer.
@@ -73,7 +73,7 @@ export function bf16ArrayToF32(
 
 /**
  * Widens `n` little-endian bf16 values stored at `bytes[byteOffset …]` (any alignment) into
- * `dst[dstOffset …]` (exact). This is how the FP8 KV caches store their RoPE part (SPEC §5.2, §5.3).
+ * `dst[dstOffset …]` (exact). This is how the FP8 KV caches store their RoPE part (docs/flashmla-interface.md#v32-cache, docs/flashmla-interface.md#model1-cache).
  */
 export function bf16BytesToF32(
   bytes: Uint8Array,

@@ -1,5 +1,5 @@
 /**
- * IEEE binary16 <-> float32 (DESIGN §3: fp16 tensors hold raw bits in a Uint16Array). Decoding is
+ * IEEE binary16 <-> float32 (docs/architecture.md#public-api: fp16 tensors hold raw bits in a Uint16Array). Decoding is
  * a lookup in a 65,536-entry table; encoding is bit arithmetic on the float32 bits. Nothing here
  * allocates per call.
  */

@@ -1,9 +1,9 @@
 /**
- * The two 8-bit formats of FlashMLA's FP8 KV caches (SPEC §5.2–5.4):
+ * The two 8-bit formats of FlashMLA's FP8 KV caches (docs/flashmla-interface.md#kv-caches):
  * - float8_e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; exponent 0 → subnormal m/8·2^-6;
  *   S.1111.111 is NaN; no infinities; max 448 (0x7E).
  * - float8_e8m0fnu: an unsigned biased exponent, value 2^(byte−127); 0xFF is NaN.
- * Encoders follow c10 (torch's CPU conversions, SPEC §0.A14), decoders are exact tables.
+ * Encoders follow c10 (torch's CPU conversions, docs/flashmla-interface.md#fp8-formats), decoders are exact tables.
  */
 
 const scratch = new ArrayBuffer(4);
@@ -48,7 +48,7 @@ const E4M3_SUBNORMAL_MAGIC_BITS = 0x46800000;
 
 /**
  * e4m3fn code of `x`, first rounded to float32 (Math.fround semantics), converted exactly as c10's
- * `Float8_e4m3fn(float)` (SPEC §5.4, §0.A14): round-to-nearest-even, no saturation.
+ * `Float8_e4m3fn(float)` (docs/flashmla-interface.md#quantization, docs/flashmla-interface.md#fp8-formats): round-to-nearest-even, no saturation.
  * - |x| ≥ 480, ±Inf and NaN → 0x7F | sign (NaN; the sign of a NaN input is kept).
  * - |x| in (464, 480) rounds to the mantissa 111 of exponent 8, which is the NaN code.
  * - |x| = 464 exactly is the midpoint between 448 (0x7E, mantissa 110, even) and that NaN code
@@ -78,8 +78,8 @@ export function e8m0ToF32(byte: number): number {
 }
 
 /**
- * e8m0fnu code of `x` (first rounded to float32), exactly as c10's `Float8_e8m0fnu(float)` (SPEC
- * §5.4, §0.A14): the biased float32 exponent, rounded up when the mantissa is at least one half
+ * e8m0fnu code of `x` (first rounded to float32), exactly as c10's `Float8_e8m0fnu(float)`
+ * (docs/flashmla-interface.md#quantization, #fp8-formats): the biased float32 exponent, rounded up when the mantissa is at least one half
  * (ties go up because the implied leading 1 is the "odd" LSB of a normal number; for subnormals,
  * whose LSB is 0, an exact half rounds down). The sign is ignored; NaN and ±Inf → 0xFF, and
  * rounding up from exponent 254 also gives 0xFF.

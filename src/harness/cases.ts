@@ -5,7 +5,7 @@ import type { HostTensor } from '../tensor.js';
 import type { HostDecodeArgs } from '../types.js';
 import { Rng } from './random.js';
 
-/** FlashMLA's unused block-table filler (SPEC §7.2). */
+/** FlashMLA's unused block-table filler (docs/flashmla-interface.md#dense-generator). */
 export const UNUSED_BLOCK_ID = 2147480000;
 
 export interface DenseCaseParams {
@@ -17,7 +17,7 @@ export interface DenseCaseParams {
   hK: number;
   varlen: boolean;
   causal: boolean;
-  /** ~50 % of requests get length 0 (SPEC §7.2 corner cases). */
+  /** ~50 % of requests get length 0 (docs/flashmla-interface.md#dense-generator corner cases). */
   zeroSeqlen?: boolean;
   dtype?: 'bf16' | 'fp16';
   /** q and the cache live in padded buffers (non-contiguous views, strides still TMA-friendly). */
@@ -30,7 +30,7 @@ export interface SparseScopeParams {
   blockSize: number;
   varlen?: boolean;
   zeroSeqlen?: boolean;
-  /** Every index −1 (SPEC §7.3 "all indices invalid"). */
+  /** Every index −1 (docs/flashmla-interface.md#sparse-generator "all indices invalid"). */
   allInvalid?: boolean;
   /** Pass a topk_length (resp. extra_topk_length) of randint(0, topk + 1) per request. */
   withLength?: boolean;
@@ -53,7 +53,7 @@ export interface DecodeCase {
   kind: 'dense' | 'sparse';
   params: DenseCaseParams | SparseCaseParams;
   args: Omit<HostDecodeArgs, 'schedMeta'>;
-  /** SPEC §7.2 / §7.3 formulas. */
+  /** docs/flashmla-interface.md#dense-generator / docs/flashmla-interface.md#sparse-generator formulas. */
   flops: number;
   bytes: number;
 }
@@ -61,7 +61,7 @@ export interface DecodeCase {
 const clamp = (x: number, lo: number, hi: number): number => (x < lo ? lo : x > hi ? hi : x);
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
 
-/** SPEC §7.2: lengths all s_k, or max(Normal(s_k, s_k/2), minLen); ~50 % zeros when asked. */
+/** docs/flashmla-interface.md#dense-generator: lengths all s_k, or max(Normal(s_k, s_k/2), minLen); ~50 % zeros when asked. */
 function seqlens(rng: Rng, b: number, sK: number, varlen: boolean, zero: boolean, minLen: number): Int32Array {
   const L = new Int32Array(b);
   for (let i = 0; i < b; i++) {
@@ -77,7 +77,7 @@ function denseName(p: DenseCaseParams): string {
 }
 
 /**
- * SPEC §7.2: q = randn/10 clamped to [−1, 1]; a randomly permuted paged cache of randn/10; every
+ * docs/flashmla-interface.md#dense-generator: q = randn/10 clamped to [−1, 1]; a randomly permuted paged cache of randn/10; every
  * slot past a request's length (and every unused block) NaN; unused table entries 2147480000.
  */
 export function generateDenseCase(p: DenseCaseParams, seed: number): DecodeCase {
@@ -94,7 +94,7 @@ export function generateDenseCase(p: DenseCaseParams, seed: number): DecodeCase 
   const table = new Int32Array(p.b * perSeq);
   for (let i = 0; i < table.length; i++) table[i] = perm[i]!;
 
-  // Optional padding: +64 elements per row keeps strides multiples of 8 (TMA, SPEC §0.A2).
+  // Optional padding: +64 elements per row keeps strides multiples of 8 (TMA, docs/flashmla-interface.md#tma-alignment).
   const pad = p.nonContiguous ? 64 : 0;
   const qRow = d + pad;
   const q = new Uint16Array(p.b * p.sQ * p.hQ * qRow);
@@ -134,13 +134,13 @@ export function generateDenseCase(p: DenseCaseParams, seed: number): DecodeCase 
       headDimV: 512,
       causal: p.causal,
     },
-    // SPEC §7.2 metrics.
+    // docs/flashmla-interface.md#dense-generator metrics.
     flops: p.b * p.hQ * p.sQ * (2 * 576 * meanL + 2 * meanL * 512),
     bytes: p.b * (p.sQ * p.hQ * 576 * 2 + meanL * p.hK * 576 * 2 + p.sQ * p.hQ * 512 * 2),
   };
 }
 
-/** One generated FP8 scope: cache, indices, optional lengths, and its counts for SPEC §7.3's metrics. */
+/** One generated FP8 scope: cache, indices, optional lengths, and its counts for docs/flashmla-interface.md#sparse-generator's metrics. */
 export interface ScopeData {
   cache: HostTensor<'uint8'>;
   indices: HostTensor<'int32'>;
@@ -149,7 +149,7 @@ export interface ScopeData {
   unique: number;
 }
 
-/** SPEC §7.3 for one KV scope: paged cache, distinct random indices, NaN for unreferenced tokens, quantised. */
+/** docs/flashmla-interface.md#sparse-generator for one KV scope: paged cache, distinct random indices, NaN for unreferenced tokens, quantised. */
 function sparseScope(rng: Rng, b: number, sQ: number, d: number, sp: SparseScopeParams): ScopeData {
   const B = sp.blockSize;
   const L = seqlens(rng, b, sp.sK, sp.varlen ?? false, sp.zeroSeqlen ?? false, 1);
@@ -178,7 +178,7 @@ function sparseScope(rng: Rng, b: number, sQ: number, d: number, sp: SparseScope
       }
     }
   }
-  // bf16 cache of randn/10 clamped, NaN where no valid in-length index points (SPEC §7.3).
+  // bf16 cache of randn/10 clamped, NaN where no valid in-length index points (docs/flashmla-interface.md#sparse-generator).
   const kv = new Uint16Array(numBlocks * B * d);
   for (let t = 0; t < numBlocks * B; t++) {
     for (let x = 0; x < d; x++) kv[t * d + x] = referenced[t] ? f32ToBf16(clamp(rng.randn() / 10, -1, 1)) : 0x7fc0;
@@ -202,7 +202,7 @@ function sparseName(p: SparseCaseParams): string {
 }
 
 /**
- * SPEC §7.3: q randn clamped to [−1, 1] in a padded (non-contiguous) buffer; sinks randn with
+ * docs/flashmla-interface.md#sparse-generator: q randn clamped to [−1, 1] in a padded (non-contiguous) buffer; sinks randn with
  * ±inf entries; per scope a quantised paged FP8 cache and indices; sm_scale = d_qk^−0.55.
  */
 export function generateSparseCase(p: SparseCaseParams, seed: number): DecodeCase {
@@ -234,7 +234,7 @@ export function generateSparseCase(p: SparseCaseParams, seed: number): DecodeCas
 
 /**
  * Sparse decode arguments from generated parts (sm_scale = d_qk^−0.55 as FlashMLA's tests) and
- * SPEC §7.3's metrics: FLOPs = 2·h_q·N_att·(d_qk + d_v); bytes = 2·b·s_q·h_q·(d_qk + d_v) + N_unique·token bytes.
+ * docs/flashmla-interface.md#sparse-generator's metrics: FLOPs = 2·h_q·N_att·(d_qk + d_v); bytes = 2·b·s_q·h_q·(d_qk + d_v) + N_unique·token bytes.
  */
 export function sparseCaseArgs(
   q: HostTensor<'bf16'>, sink: HostTensor<'fp32'> | null, main: ScopeData, extra: ScopeData | null,

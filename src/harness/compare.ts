@@ -34,15 +34,15 @@ export interface CompareProgress {
 }
 
 export interface CompareOptions {
-  /** Judged side ("ans" of SPEC §7.1). */
+  /** Judged side ("ans" of docs/flashmla-interface.md#tolerances). */
   a: CompareSide;
-  /** Yardstick side ("ref" of SPEC §7.1: relative errors are relative to it). */
+  /** Yardstick side ("ref" of docs/flashmla-interface.md#tolerances: relative errors are relative to it). */
   b: CompareSide;
   cases: readonly DecodeCase[] | MatrixSource;
   /** Only cases whose name contains this substring. */
   filter?: string;
   /**
-   * With the oracle on a side, cases above this many FLOPs (SPEC §7.2/§7.3 formulas) are skipped:
+   * With the oracle on a side, cases above this many FLOPs (the test-generator formulas of docs/flashmla-interface.md#test-generators) are skipped:
    * the float64 oracle runs at well under 1 GFLOP/s. Default 2e9.
    */
   maxOracleWork?: number;
@@ -136,7 +136,7 @@ function asCaseError(side: 'a' | 'b', e: unknown): CaseError {
   return { side, code: e instanceof Error ? e.name : 'Error', message: e instanceof Error ? e.message : String(e) };
 }
 
-/** Runs one side on a fresh sched meta (SPEC §1.3: one per configuration) and times it. */
+/** Runs one side on a fresh sched meta (docs/flashmla-interface.md#sched-meta-caching: one per configuration) and times it. */
 async function timed(runner: Runner, c: DecodeCase, warmup: number): Promise<{ res: DecodeResult<HostTensor>; ms: number }> {
   const schedMeta = getMlaMetadata();
   try {
@@ -167,7 +167,7 @@ async function runCase(c: DecodeCase, a: Runner, b: Runner, warmup: number): Pro
   }
   const [ra, rb] = outs;
   if (ra && rb) {
-    // SPEC §7.1: dense and sparse decode have their own tolerances.
+    // docs/flashmla-interface.md#tolerances: dense and sparse decode have their own tolerances.
     const [tOut, tLse] = c.kind === 'dense' ? [TOLERANCES.denseOut, TOLERANCES.denseLse] : [TOLERANCES.sparseOut, TOLERANCES.sparseLse];
     result.out = { ...checkIsAllclose('out', ra.out, rb.out, tOut), tolerance: tOut };
     result.lse = { ...checkIsAllclose('lse', ra.lse, rb.lse, tLse), tolerance: tLse };
@@ -193,7 +193,7 @@ function candidateCount(source: CompareOptions['cases']): number {
 
 /**
  * Runs the same cases on two sides and judges `a` against `b` with FlashMLA's `check_is_allclose`
- * (SPEC §7.1) on `out` and `lse`. A side that throws fails that case with the error's code and
+ * (docs/flashmla-interface.md#tolerances) on `out` and `lse`. A side that throws fails that case with the error's code and
  * message; the other cases still run.
  */
 export async function compare(opts: CompareOptions): Promise<CompareReport> {

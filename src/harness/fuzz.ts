@@ -88,11 +88,11 @@ export interface FuzzOptions {
   seed: number;
   /** Per-call time bound (a call past it counts as a hang). Default 30 s. */
   timeBoundMs?: number;
-  /** Kinds of base case (default both; sm100 has no dense kernel, SPEC §2.2). */
+  /** Kinds of base case (default both; sm100 has no dense kernel, docs/flashmla-interface.md#dense-host-layer). */
   kinds?: readonly ('dense' | 'sparse')[];
   /** Device-resident calls for a CUDA backend (see FuzzDevice). */
   device?: FuzzDevice;
-  /** Another backend sharing sched metas with the one under test (SPEC §1.3 consistency across backends). */
+  /** Another backend sharing sched metas with the one under test (docs/flashmla-interface.md#sched-meta-caching consistency across backends). */
   other?: DecodeFn;
   /** Mutation names left out (to measure the rest while a known bug is open). */
   exclude?: readonly string[];
@@ -401,7 +401,7 @@ const CALL_MUTATIONS: readonly CallMutation[] = [
     const uploads: DeviceTensor[] = [];
     return { args: await uploadFields(device, host, presentFields(host), uploads), options: { validate: rng.next() < 0.5 }, host, uploads };
   } },
-  // Device-resident indices are the caller's contract unless validate: true (issue 3, safety).
+  // Device-resident indices are the caller's contract unless validate: true (docs/robustness.md).
   { name: 'device: hostile index values, validate: true', expect: 'error', codes: ['E_RANGE'], needs: 'device', prepare: async (c, rng, { device }) => {
     const host = pick(rng, VALUE_MUTATIONS).apply(c, rng);
     if (host === null) return null;
@@ -416,7 +416,7 @@ const CALL_MUTATIONS: readonly CallMutation[] = [
     (args[pick(rng, fields)] as DeviceTensor).dispose();
     return { args, host, uploads };
   } },
-  // SPEC §9.2: one device per call.
+  // docs/flashmla-interface.md#device-and-stream: one device per call.
   { name: 'device: tensor of another device', expect: 'error', codes: ['E_DEVICE'], needs: 'elsewhere', prepare: async (c, rng, { device }) => {
     const host = withMeta(c.args);
     const uploads: DeviceTensor[] = [];
@@ -427,7 +427,7 @@ const CALL_MUTATIONS: readonly CallMutation[] = [
     uploads.push(foreign);
     return { args: { ...args, [victim]: foreign }, host, uploads };
   } },
-  // SPEC §0.A1 / §0.A2: q and the cache need 16-byte aligned bases; a wrapped pointer 2–8 bytes past one.
+  // docs/flashmla-interface.md#sm90-cache-loads / docs/flashmla-interface.md#tma-alignment: q and the cache need 16-byte aligned bases; a wrapped pointer 2–8 bytes past one.
   { name: 'device: misaligned base', expect: 'error', codes: ['E_STRIDE'], needs: 'device', prepare: async (c, rng, { device }) => {
     const host = withMeta(c.args);
     const victim = pick(rng, ['q', 'kCache'] as const);
@@ -445,7 +445,7 @@ const CALL_MUTATIONS: readonly CallMutation[] = [
     const args = await uploadFields(device, host, presentFields(host).filter((f) => f !== victim && rng.next() < 0.5), uploads);
     return { args: { ...args, [victim]: wrapped }, host, uploads };
   } },
-  // SPEC §1.3: a sched meta records the first call's config, whichever backend made it.
+  // docs/flashmla-interface.md#sched-meta-caching: a sched meta records the first call's config, whichever backend made it.
   { name: 'schedMeta shared with another backend', expect: 'match', needs: 'other', prepare: async (c, _rng, { other }) => {
     const host = withMeta(c.args);
     await other(host);
@@ -547,9 +547,9 @@ async function prepare(c: DecodeCase, rng: Rng, opts: FuzzOptions, extra: readon
 }
 
 /**
- * Seeded fuzzing of a decode entry point with malformed and valid-but-extreme calls (issue: hostile
+ * Seeded fuzzing of a decode entry point with malformed and valid-but-extreme calls (hostile
  * input). Every call must end in a FlashMLAError (malformed) or in a result that matches the
- * float64 oracle within SPEC §7.1 tolerances (valid), within the time bound.
+ * float64 oracle within FlashMLA's tolerances (valid), within the time bound.
  */
 export async function fuzz(opts: FuzzOptions): Promise<FuzzReport> {
   const rng = new Rng(opts.seed);

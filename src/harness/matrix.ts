@@ -19,13 +19,13 @@ const scope = (sK: number, topk: number, blockSize: number, extra: Partial<Spars
   ({ sK, topk, blockSize, ...extra });
 
 /**
- * `quick`: every feature of SPEC §7.2–7.3 once, at sizes the float64 oracle runs in seconds on two
+ * `quick`: every feature of docs/flashmla-interface.md#test-generators once, at sizes the float64 oracle runs in seconds on two
  * cores (dense h_k > 1, varlen, zero lengths, causal, fp16, strided q/cache; V3.2 and MODEL1 with
  * sinks, topk_length, extra caches, all-invalid rows, page sizes 2/53/61/64/69/576).
  */
 function quickMatrix(): MatrixEntry[] {
   return [
-    // SPEC §7.2 dense: h_q from {1, 3, 9, 63, 64, 126, 128}, h_k from {1, 2, 3, 8}, s_k from {20, 140, 4096}.
+    // docs/flashmla-interface.md#dense-generator dense: h_q from {1, 3, 9, 63, 64, 126, 128}, h_k from {1, 2, 3, 8}, s_k from {20, 140, 4096}.
     dense({ b: 2, sQ: 1, sK: 140, hQ: 64, hK: 1, varlen: false, causal: false }),
     dense({ b: 2, sQ: 1, sK: 20, hQ: 1, hK: 1, varlen: false, causal: false }),
     dense({ b: 2, sQ: 2, sK: 140, hQ: 16, hK: 2, varlen: true, causal: true }),
@@ -35,7 +35,7 @@ function quickMatrix(): MatrixEntry[] {
     dense({ b: 6, sQ: 1, sK: 20, hQ: 126, hK: 2, varlen: true, causal: false }),
     dense({ b: 2, sQ: 2, sK: 300, hQ: 16, hK: 1, varlen: true, causal: true, dtype: 'fp16' }),
     dense({ b: 2, sQ: 1, sK: 140, hQ: 63, hK: 1, varlen: true, causal: false, nonContiguous: true }),
-    // SPEC §7.3 V3.2 (d_qk 576): sinks; no topk_length or extra cache on this layout (SPEC §8).
+    // docs/flashmla-interface.md#sparse-generator V3.2 (d_qk 576): sinks; no topk_length or extra cache on this layout (docs/flashmla-interface.md#supported-shapes).
     sparse({ b: 2, sQ: 1, hQ: 64, dQK: 576, main: scope(512, 64, 2, { varlen: true }), sink: true }),
     sparse({ b: 2, sQ: 3, hQ: 128, dQK: 576, main: scope(512, 64, 69), sink: true }),
     sparse({ b: 1, sQ: 1, hQ: 64, dQK: 576, main: scope(1024, 576, 61, { varlen: true }), sink: true }),
@@ -52,13 +52,13 @@ function quickMatrix(): MatrixEntry[] {
   ];
 }
 
-/** The (s_k, topk, block_size) triples of FlashMLA's sparse decode grid (SPEC §7.3). */
+/** The (s_k, topk, block_size) triples of FlashMLA's sparse decode grid (docs/flashmla-interface.md#sparse-generator). */
 const SPARSE_TRIPLES: readonly [number, number, number][] = [
   [512, 64, 2], [512, 64, 64], [512, 64, 69], [1024, 576, 2], [1024, 576, 61], [2046, 2048, 2], [2046, 2048, 64], [2046, 2048, 576],
 ];
 
 /**
- * `full`: FlashMLA's correctness grids (SPEC §7.2, §7.3), thinned so the reference backend can
+ * `full`: FlashMLA's correctness grids (docs/flashmla-interface.md#dense-generator, docs/flashmla-interface.md#sparse-generator), thinned so the reference backend can
  * keep up with a GPU: every (h_q, h_k) pair of the dense grid at every s_k and s_q, plain and
  * varlen+causal; every sparse (s_k, topk, block) triple for both layouts and both head counts,
  * with an extra scope on MODEL1; the corner cases (b = 64/74/128, all-invalid × zero-length ×
@@ -77,7 +77,7 @@ function fullMatrix(): MatrixEntry[] {
       }
     }
   }
-  // Corner cases (SPEC §7.2): many requests, zero lengths, fp16, strided inputs.
+  // Corner cases (docs/flashmla-interface.md#dense-generator): many requests, zero lengths, fp16, strided inputs.
   out.push(dense({ b: 128, sQ: 2, sK: 140, hQ: 64, hK: 1, varlen: true, causal: true, zeroSeqlen: true }));
   out.push(dense({ b: 64, sQ: 1, sK: 140, hQ: 128, hK: 1, varlen: true, causal: false }));
   out.push(dense({ b: 4, sQ: 2, sK: 4096, hQ: 16, hK: 2, varlen: true, causal: true, zeroSeqlen: true }));
@@ -100,7 +100,7 @@ function fullMatrix(): MatrixEntry[] {
       }));
     }
   });
-  // b = 74 without varlen (SPEC §7.3 "non-varlen for b=74").
+  // b = 74 without varlen (docs/flashmla-interface.md#sparse-generator "non-varlen for b=74").
   out.push(sparse({ b: 74, sQ: 1, hQ: 64, dQK: 576, main: scope(512, 64, 64), sink: true }));
   out.push(sparse({ b: 74, sQ: 1, hQ: 128, dQK: 512, main: scope(512, 64, 2, { withLength: true }), extra: scope(512, 64, 64), sink: true }));
   // Corner cases: blocks 61 and 53, s_q = 3, every combination of all-invalid / zero length / sink.
@@ -121,7 +121,7 @@ function fullMatrix(): MatrixEntry[] {
   return out;
 }
 
-/** The entries of a named matrix (SPEC §7.2–7.3). */
+/** The entries of a named matrix (docs/flashmla-interface.md#test-generators). */
 export function matrixEntries(name: MatrixName): MatrixEntry[] {
   return name === 'quick' ? quickMatrix() : fullMatrix();
 }

@@ -2,14 +2,14 @@ import { bf16ToF32 } from '../formats/bf16.js';
 import { fp16ToF32 } from '../formats/fp16.js';
 import { contiguousStrides, viewOf, type HostTensor } from '../tensor.js';
 
-/** Tolerances of FlashMLA's `check_is_allclose` (SPEC §7.1). */
+/** Tolerances of FlashMLA's `check_is_allclose` (docs/flashmla-interface.md#tolerances). */
 export interface Tolerance {
   absTol: number;
   relTol: number;
   cosDiffTol: number;
 }
 
-/** SPEC §7.1 table: decode `out` and `lse`, dense and sparse. */
+/** docs/flashmla-interface.md#tolerances table: decode `out` and `lse`, dense and sparse. */
 export const TOLERANCES = {
   denseOut: { absTol: 8e-4, relTol: 2.01 / 128, cosDiffTol: 5e-6 },
   denseLse: { absTol: 1e-6, relTol: 8.01 / 65536, cosDiffTol: 1e-7 },
@@ -57,7 +57,7 @@ export function toFloat64(t: HostTensor): Float64Array {
 const anomalyClass = (x: number): number => (Number.isNaN(x) ? 1 : x === Infinity ? 2 : x === -Infinity ? 3 : 0);
 
 /**
- * FlashMLA's `check_is_allclose` (SPEC §7.1): same shape and dtype; ±inf/NaN at the same
+ * FlashMLA's `check_is_allclose` (docs/flashmla-interface.md#tolerances): same shape and dtype; ±inf/NaN at the same
  * positions (then zeroed); every element within abs_tol or rel_tol; |cos_diff| ≤ cos_diff_tol.
  */
 export function checkIsAllclose(name: string, ans: HostTensor, ref: HostTensor, tol: Tolerance): AllcloseResult {

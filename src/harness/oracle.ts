@@ -7,7 +7,7 @@ import type { DecodeArgs, DecodeResult } from '../types.js';
 import { validateDecode } from '../validate/index.js';
 
 /**
- * A float64 oracle of SPEC §6: straightforward loops, one query row at a time, no tiling, no
+ * A float64 oracle of docs/flashmla-interface.md#reference-semantics: straightforward loops, one query row at a time, no tiling, no
  * online softmax, the FP8 caches dequantised whole by `dequantizeKCache`. Slow by design: it is
  * the yardstick the reference and the CUDA backend are judged against.
  */
@@ -120,7 +120,7 @@ function oracleSparse(plan: SparsePlan): DecodeResult<HostTensor> {
         });
         const lse = attend(logits, keys, plan.dV, outRow);
         (res.lse.data as Float32Array)[(i * plan.hQ + h) * plan.sQ + s] = lse;
-        // Sink: out *= 1 / (1 + exp(sink − lse)); lonely rows stay 0 (SPEC §6.3).
+        // Sink: out *= 1 / (1 + exp(sink − lse)); lonely rows stay 0 (docs/flashmla-interface.md#sparse-semantics).
         const sv = sink ? sink.data[offsetAt(plan.attnSink!.view, h)]! : -Infinity;
         const factor = lse === Infinity ? 0 : 1 / (1 + Math.exp(sv - lse));
         const o = ((i * plan.sQ + s) * plan.hQ + h) * plan.dV;

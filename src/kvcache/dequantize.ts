@@ -1,5 +1,5 @@
 /**
- * FP8 sparse cache → bf16 K cache, as FlashMLA's `dequantize_k_cache` (SPEC §5.4): each NoPE value
+ * FP8 sparse cache → bf16 K cache, as FlashMLA's `dequantize_k_cache` (docs/flashmla-interface.md#quantization): each NoPE value
  * is `bf16(float32(fp8 × scale))`, the RoPE part is copied. V32 multiplies in float32 then rounds to
  * bf16; MODEL1 multiplies two bf16 values, which torch also does in float32 and rounds to bf16, so
  * one formula serves both. With the power-of-two scales quantizeKCache writes, the product is exact.
@@ -25,8 +25,8 @@ import {
 
 /**
  * Checks that `cache` (named `name`) is a host uint8 FP8 cache `(num_blocks, B, 1, 656 | 584)` in
- * `layout` that FlashMLA could read: last dim contiguous, `stride(1)` = bytes per token (SPEC §2.3),
- * and for MODEL1 blocks that do not overlap (`stride(0) ≥ B·584`, SPEC §5.3). Returns its view.
+ * `layout` that FlashMLA could read: last dim contiguous, `stride(1)` = bytes per token (docs/flashmla-interface.md#sparse-host-layer),
+ * and for MODEL1 blocks that do not overlap (`stride(0) ≥ B·584`, docs/flashmla-interface.md#model1-cache). Returns its view.
  */
 export function checkFp8Cache(cache: unknown, layout: KvLayout, name: string): View {
   const view = viewOf(cache, name, 4);

@@ -5,7 +5,7 @@ import { readTensor } from '../validate/args.js';
 const INT32_MAX = 2 ** 31 - 1;
 
 /**
- * FlashMLA's `abs_indices2indices_in_kvcache` (tests/lib.py, SPEC §7.3): turns positions inside each
+ * FlashMLA's `abs_indices2indices_in_kvcache` (tests/lib.py, docs/flashmla-interface.md#sparse-generator): turns positions inside each
  * request's sequence (b, s_q, topk) into flat cache token ids `blockTable[i][pos / B] · B + pos % B`;
  * −1 stays −1. Returns a new contiguous int32 tensor.
  */

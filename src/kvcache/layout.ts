@@ -1,12 +1,12 @@
 /**
- * Byte layouts of FlashMLA's two FP8 sparse KV caches (SPEC §5.2, §5.3), as produced by its
+ * Byte layouts of FlashMLA's two FP8 sparse KV caches (docs/flashmla-interface.md#v32-cache, docs/flashmla-interface.md#model1-cache), as produced by its
  * `tests/quant.py`. All offsets are in bytes.
  */
 
 import { check } from '../errors.js';
 import type { KvLayout } from '../types.js';
 
-/** V32 (DeepSeek V3.x, d_qk 576): one 656-byte row per token (SPEC §5.2). */
+/** V32 (DeepSeek V3.x, d_qk 576): one 656-byte row per token (docs/flashmla-interface.md#v32-cache). */
 export const V32 = {
   dQK: 576,
   /** Dims 0–511, stored as e4m3fn. */
@@ -26,7 +26,7 @@ export const V32 = {
 /**
  * MODEL1 (d_qk 512): API shape says 584 bytes per token, but each block holds B token records of
  * 576 bytes (448 fp8 + 64 bf16 RoPE) followed by B scale records of 8 bytes (7 e8m0 + 1 pad)
- * (SPEC §5.3).
+ * (docs/flashmla-interface.md#model1-cache).
  */
 export const MODEL1 = {
   dQK: 512,
@@ -63,12 +63,12 @@ export function dQK(layout: KvLayout): number {
   return layout === 'v32' ? V32.dQK : MODEL1.dQK;
 }
 
-/** `quant.py`'s V32 block stride: it allocates B+1 rows per block and slices to B (SPEC §5.2). */
+/** `quant.py`'s V32 block stride: it allocates B+1 rows per block and slices to B (docs/flashmla-interface.md#v32-cache). */
 export function v32BlockStride(B: number): number {
   return (B + 1) * V32.bytesPerToken;
 }
 
-/** `quant.py`'s MODEL1 block stride: B·584 rounded up to a multiple of 576 (SPEC §5.3). */
+/** `quant.py`'s MODEL1 block stride: B·584 rounded up to a multiple of 576 (docs/flashmla-interface.md#model1-cache). */
 export function model1BlockStride(B: number): number {
   return Math.ceil((B * MODEL1.bytesPerToken) / MODEL1.recordBytes) * MODEL1.recordBytes;
 }

@@ -1,5 +1,5 @@
 /**
- * bf16 K cache → FP8 sparse cache, byte-exact with FlashMLA's `tests/quant.py` (SPEC §5.2–5.4).
+ * bf16 K cache → FP8 sparse cache, byte-exact with FlashMLA's `tests/quant.py` (docs/flashmla-interface.md#kv-caches).
  */
 
 import { check } from '../errors.js';
@@ -29,7 +29,7 @@ const scratchU32 = new Uint32Array(scratch);
 const MIN_SCALE_INV = Math.fround(1e-4);
 
 /**
- * The power-of-two scale of a tile whose max |x| is `amax` (SPEC §5.4 step 2):
+ * The power-of-two scale of a tile whose max |x| is `amax` (docs/flashmla-interface.md#quantization step 2):
  * `s = 2^ceil(log2(max(float32(amax / 448), 1e-4)))`. Computed from the float32 bits instead of a
  * log: ceil(log2 y) is y's exponent, plus one unless y is a power of two. For bf16 inputs this is
  * what torch's float32 `log2().ceil()` gives too (tests/kvcache.test.ts checks every bf16 amax).
@@ -46,9 +46,9 @@ export function tileScale(amax: number): number {
 
 /**
  * Quantizes one tile of `n` bf16 values `src[at + i·step]` into `out[outAt + i]` and returns its
- * scale. A NaN anywhere makes amax, the scale and every quotient NaN (SPEC §5.4). All NaN quotients
+ * scale. A NaN anywhere makes amax, the scale and every quotient NaN (docs/flashmla-interface.md#quantization). All NaN quotients
  * are stored as 0x7F: torch on CUDA produces canonical (positive) NaNs, and torch on CPU does too
- * except when the input element itself is a negative NaN (then c10 would write 0xFF, SPEC §0.A14).
+ * except when the input element itself is a negative NaN (then c10 would write 0xFF, docs/flashmla-interface.md#fp8-formats).
  * The sign of a NaN carries no meaning in the cache, so we follow the CUDA behaviour throughout.
  */
 function quantizeTile(src: Uint16Array, at: number, step: number, n: number, out: Uint8Array, outAt: number): number {
@@ -70,7 +70,7 @@ function quantizeTile(src: Uint16Array, at: number, step: number, n: number, out
   return s;
 }
 
-/** Copies 64 bf16 RoPE values `src[at + i·step]` to little-endian bytes at `out[outAt]` (SPEC §5.4 step 5). */
+/** Copies 64 bf16 RoPE values `src[at + i·step]` to little-endian bytes at `out[outAt]` (docs/flashmla-interface.md#quantization step 5). */
 function copyRope(src: Uint16Array, at: number, step: number, out: Uint8Array, outAt: number): void {
   for (let i = 0; i < 64; i++) {
     const bits = src[at + i * step]!;
@@ -83,7 +83,7 @@ function copyRope(src: Uint16Array, at: number, step: number, out: Uint8Array, o
  * Quantizes a bf16 K cache `(num_blocks, B, 1, d)` (d = 576 for 'v32', 512 for 'model1'; any
  * strides) into FlashMLA's FP8 layout: a uint8 tensor `(num_blocks, B, 1, 656 | 584)` with strides
  * `[blockStride, bpt, bpt, 1]` over a fresh, zero-initialised buffer of `num_blocks·blockStride`
- * bytes, where blockStride is quant.py's (`v32BlockStride`, `model1BlockStride`; SPEC §5.2, §5.3).
+ * bytes, where blockStride is quant.py's (`v32BlockStride`, `model1BlockStride`; docs/flashmla-interface.md#v32-cache, docs/flashmla-interface.md#model1-cache).
  * Padding rows, block padding and MODEL1's pad bytes are zero.
  */
 export function quantizeKCache(kCache: HostTensor<'bf16'>, layout: KvLayout): HostTensor<'uint8'> {
@@ -92,7 +92,7 @@ export function quantizeKCache(kCache: HostTensor<'bf16'>, layout: KvLayout): Ho
   check(isHostTensor(kCache as Tensor), 'E_DEVICE', 'kCache', 'kCache must be a host tensor (quantize a device cache after downloading it)');
   check(view.dtype === 'bf16', 'E_DTYPE', 'kCache', () => `kCache must be bf16, got ${view.dtype}`);
   const [numBlocks, B, hK, d] = view.shape as [number, number, number, number];
-  // quant.py asserts h_k == 1 and d == 576 / 512 (SPEC §5.4).
+  // quant.py asserts h_k == 1 and d == 576 / 512 (docs/flashmla-interface.md#quantization).
   check(hK === 1, 'E_SHAPE', 'kCache', () => `kCache must be (num_blocks, B, 1, ${dQK(layout)}), got h_k = ${hK}`);
   check(d === dQK(layout), 'E_SHAPE', 'kCache',
     () => `kCache's last dim must be ${dQK(layout)} for layout '${layout}', got ${d}`);
@@ -112,7 +112,7 @@ export function quantizeKCache(kCache: HostTensor<'bf16'>, layout: KvLayout): Ho
       const scales = scalesOffset(layout, blockBase, B, t);
       for (let j = 0; j < g.numTiles; j++) {
         const s = quantizeTile(src, at + j * g.tileSize * s3, s3, g.tileSize, out, nope + j * g.tileSize);
-        // V32 keeps the float32 scale, MODEL1 its e8m0 code (SPEC §5.4 step 4).
+        // V32 keeps the float32 scale, MODEL1 its e8m0 code (docs/flashmla-interface.md#quantization step 4).
         if (layout === 'v32') writeF32LE(out, scales + 4 * j, s);
         else out[scales + j] = f32ToE8m0(s);
       }

@@ -1,6 +1,6 @@
 /**
  * Hot-path token readers of the reference backend: one FP8 cache token → float32, with the values
- * of `dequantizeKCache` (bf16, SPEC §5.4) exactly. No validation and no allocation per call: the
+ * of `dequantizeKCache` (bf16, docs/flashmla-interface.md#quantization) exactly. No validation and no allocation per call: the
  * caller has validated the cache (checkFp8Cache) and the indices.
  */
 
@@ -37,7 +37,7 @@ function dequantTile(bytes: Uint8Array, at: number, n: number, s: number, dst: F
 /**
  * Dequantizes the V32 token whose 656-byte row starts at `bytes[tokenByteOffset]` into
  * `dst[dstOffset …+576)`: 512 NoPE values (fp8 × float32 tile scale), then the 64 RoPE values
- * (SPEC §5.2).
+ * (docs/flashmla-interface.md#v32-cache).
  */
 export function dequantTokenV32(bytes: Uint8Array, tokenByteOffset: number, dst: Float32Array, dstOffset: number): void {
   for (let j = 0; j < V32.numTiles; j++) {
@@ -50,7 +50,7 @@ export function dequantTokenV32(bytes: Uint8Array, tokenByteOffset: number, dst:
 /**
  * Dequantizes token `row` of the MODEL1 block starting at `bytes[blockByteOffset]` (page block size
  * `B`) into `dst[dstOffset …+512)`: 448 NoPE values (fp8 × e8m0 tile scale), then the 64 RoPE values.
- * The token's record is at `row·576`, its scales at `B·576 + row·8` (SPEC §5.3).
+ * The token's record is at `row·576`, its scales at `B·576 + row·8` (docs/flashmla-interface.md#model1-cache).
  */
 export function dequantTokenModel1(
   bytes: Uint8Array,

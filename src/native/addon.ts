@@ -79,7 +79,7 @@ export interface NativeEngine {
 export interface NativeAddon {
   load(path: string, preloads: readonly { path: string; global: boolean }[], alternates: readonly (string | null)[]): NativeLibrary | NativeLoadError;
   Engine: new (library: NativeLibrary, device: number) => NativeEngine;
-  /** SPEC §4.1, in launcher-id order. */
+  /** docs/flashmla-interface.md#mangled-names, in launcher-id order. */
   readonly launchers: readonly { id: number; key: string; mangled: string }[];
   readonly head128Fallback: string;
   readonly cudaFunctions: readonly string[];

@@ -5,13 +5,13 @@ import { softmaxScaleLog2 } from '../softmax-scale.js';
 import { ELEMENT_BYTES } from '../tensor.js';
 
 /**
- * FlashMLA's C++ host layer (SPEC §2), re-implemented: implementation choice, num_sm_parts, fixed
+ * FlashMLA's C++ host layer (docs/flashmla-interface.md#host-layer), re-implemented: implementation choice, num_sm_parts, fixed
  * overhead, q regrouping, workspace sizes and output reshapes, plus every architecture-specific
- * check the shared validation (src/validate) leaves to the CUDA backend (SPEC §2.4 with §0.A1–A4,
- * §0.A10, §8, §9.6–9.7). Pure computation: no device access.
+ * check the shared validation (src/validate) leaves to the CUDA backend (docs/flashmla-interface.md#launcher-checks with docs/flashmla-interface.md#launchers,
+ * docs/flashmla-interface.md#extra-topk-multiple, docs/flashmla-interface.md#supported-shapes, docs/flashmla-interface.md#alignment). Pure computation: no device access.
  */
 
-/** The device facts the host layer depends on (SPEC §2.1 `Arch`). */
+/** The device facts the host layer depends on (docs/flashmla-interface.md#host-helpers `Arch`). */
 export interface DeviceFacts {
   readonly major: number;
   readonly minor: number;
@@ -25,15 +25,15 @@ export interface LaunchPlan {
   /** Launcher keys of binding/flashmla_symbols.h. */
   readonly main: string;
   readonly combine: string;
-  /** SPEC §2.3 "Head64 ×2": the head64 launcher twice with shifted pointers. */
+  /** docs/flashmla-interface.md#sparse-host-layer "Head64 ×2": the head64 launcher twice with shifted pointers. */
   readonly twice: boolean;
   readonly numSmParts: number;
   readonly fixedOverhead: number;
-  /** T = b + P rows of split results (SPEC §2.2, §2.3 "Workspaces"). */
+  /** T = b + P rows of split results (docs/flashmla-interface.md#dense-host-layer, docs/flashmla-interface.md#sparse-host-layer "Workspaces"). */
   readonly totalSplits: number;
   readonly lseAccumBytes: number;
   readonly oAccumBytes: number;
-  /** Dense h_k > 1: q must be physically regrouped (SPEC §2.2, §0.A13). */
+  /** Dense h_k > 1: q must be physically regrouped (docs/flashmla-interface.md#dense-host-layer, docs/flashmla-interface.md#q-regrouping). */
   readonly regroupQ: boolean;
   /** q_re strides (batch, row, head) when it is a view of q. */
   readonly qReStrides: readonly [number, number, number];
@@ -49,8 +49,8 @@ export type BaseOf = (b: Bound) => bigint | null;
 
 const INT_MAX = 2 ** 31 - 1;
 const MAX_GRID_Y = 65535;
-const MAX_SPLITS = 160; // SPEC §2.4: combine's largest MAX_SPLITS
-const SCHED_META_SMEM = 227 * 1024; // SPEC §2.4 sched meta: 4·(5b+1) bytes of dynamic shared memory
+const MAX_SPLITS = 160; // docs/flashmla-interface.md#launcher-checks: combine's largest MAX_SPLITS
+const SCHED_META_SMEM = 227 * 1024; // docs/flashmla-interface.md#launcher-checks sched meta: 4·(5b+1) bytes of dynamic shared memory
 
 export type Arch = 'sm90' | 'sm100';
 
@@ -80,20 +80,20 @@ function expectAligned(base: bigint | null, bytes: number, name: string, why: st
     () => `${name} must start at a ${bytes}-byte aligned device address (${why}), got 0x${base!.toString(16)}`);
 }
 
-/** SPEC §0.A2: TMA strides below 2^40 bytes. */
+/** docs/flashmla-interface.md#tma-alignment: TMA strides below 2^40 bytes. */
 function expectTmaStrides(b: Bound, name: string): void {
   const eb = ELEMENT_BYTES[b.view.dtype];
   b.view.strides.forEach((s, i) => {
-    check(s * eb < 2 ** 40, 'E_STRIDE', name, () => `${name}.strides[${i}] is ${s * eb} bytes; TMA needs < 2^40 (SPEC §0.A2)`);
+    check(s * eb < 2 ** 40, 'E_STRIDE', name, () => `${name}.strides[${i}] is ${s * eb} bytes; TMA needs < 2^40`);
   });
 }
 
 function expectIntStrides(b: Bound, name: string): void {
   check(b.view.strides.every((s) => s <= INT_MAX), 'E_STRIDE', name,
-    () => `${name} has a stride above INT_MAX (${b.view.strides.join(', ')}); FlashMLA stores it in an int (SPEC §2.1)`);
+    () => `${name} has a stride above INT_MAX (${b.view.strides.join(', ')}); FlashMLA stores it in an int`);
 }
 
-/** Checks shared by every path: SPEC §2.4 combine and sched-meta limits, §8 int32 offsets. */
+/** Checks shared by every path: docs/flashmla-interface.md#launcher-checks combine and sched-meta limits, docs/flashmla-interface.md#supported-shapes int32 offsets. */
 function commonLimits(b: number, sQ: number, hQ: number, numSmParts: number, d: DeviceFacts): number {
   // Builds from 082094b up to 9241ae3 launch the combine with grid (b, s_q, ⌈h_q/8⌉): s_q is grid
   // dimension y, at most 65535, else the launch fails and the launcher exits the process. Their
@@ -101,12 +101,12 @@ function commonLimits(b: number, sQ: number, hQ: number, numSmParts: number, d: 
   check(sQ <= MAX_GRID_Y, 'E_UNSUPPORTED', 'q',
     `s_q = ${sQ} query tokens per request is more than FlashMLA builds before 9241ae3 can combine (at most ${MAX_GRID_Y}, a CUDA grid dimension)`);
   check(numSmParts <= MAX_SPLITS, 'E_UNSUPPORTED', undefined,
-    `num_sm_parts = ${numSmParts} on this ${d.sms}-SM device exceeds ${MAX_SPLITS}, the most FlashMLA's combine kernel supports (SPEC §2.4)`);
+    `num_sm_parts = ${numSmParts} on this ${d.sms}-SM device exceeds ${MAX_SPLITS}, the most FlashMLA's combine kernel supports`);
   check(4 * (5 * b + 1) <= SCHED_META_SMEM, 'E_UNSUPPORTED', 'q',
-    `batch size ${b} is too large for FlashMLA's scheduler (needs 4·(5b+1) bytes of shared memory, at most ${SCHED_META_SMEM}; SPEC §2.4)`);
+    `batch size ${b} is too large for FlashMLA's scheduler (needs 4·(5b+1) bytes of shared memory, at most ${SCHED_META_SMEM})`);
   const totalSplits = b + numSmParts;
   check(totalSplits * sQ * hQ * 512 < 2 ** 31, 'E_UNSUPPORTED', 'q',
-    `(b + num_sm_parts)·s_q·h_q·512 = ${totalSplits * sQ * hQ * 512} must be below 2^31 (int32 offsets in the kernels, SPEC §8); use a smaller batch`);
+    `(b + num_sm_parts)·s_q·h_q·512 = ${totalSplits * sQ * hQ * 512} must be below 2^31 (int32 offsets in the kernels); use a smaller batch`);
   return totalSplits;
 }
 
@@ -115,12 +115,12 @@ export type CallKind =
   | { readonly kind: 'dense'; readonly dtype: 'bf16' | 'fp16' }
   | { readonly kind: 'sparse'; readonly layout: KvLayout; readonly hQ: number };
 
-/** The launchers a call runs on an architecture (SPEC §2.2 and the §2.3 implementation table). */
+/** The launchers a call runs on an architecture (docs/flashmla-interface.md#dense-host-layer and the docs/flashmla-interface.md#sparse-host-layer implementation table). */
 export interface KernelChoice {
   readonly implementation: Implementation;
   readonly main: string;
   readonly combine: string;
-  /** SPEC §2.3 "Head64 ×2": the head64 launcher twice with shifted pointers. */
+  /** docs/flashmla-interface.md#sparse-host-layer "Head64 ×2": the head64 launcher twice with shifted pointers. */
   readonly twice: boolean;
 }
 
@@ -138,7 +138,7 @@ export function kernelChoice(call: CallKind, arch: Arch): KernelChoice {
   const v32 = call.layout === 'v32';
   check(call.hQ === 64 || call.hQ === 128, 'E_UNSUPPORTED', 'q', `sparse decode needs h_q 64 or 128, got ${call.hQ}`);
   if (arch === 'sm90') {
-    // SPEC §0.A3: the NUM_HEADS template argument must equal h_q.
+    // docs/flashmla-interface.md#launcher-gaps: the NUM_HEADS template argument must equal h_q.
     return { implementation: 'sm90-sparse', main: `sm90_sparse_${call.layout}_h${call.hQ}`, combine: 'combine_bf16', twice: false };
   }
   if (call.hQ === 64) return { implementation: 'sm100-head64', main: v32 ? 'sm100_head64_v32' : 'sm100_head64_model1', combine: 'combine_bf16', twice: false };
@@ -153,22 +153,22 @@ function densePlan(p: DensePlan, d: DeviceFacts, problem: LauncherProblem, baseO
   const choice = kernelChoice({ kind: 'dense', dtype: p.dtype }, archOf(d)!);
   expectRunnable(problem, launchersOf(choice));
   const { main, combine } = choice;
-  check(p.numBlocks >= 1, 'E_SHAPE', 'kCache', 'kCache needs at least one block (unused block-table entries read block 0, SPEC §0.A8)');
-  // SPEC §0.A2: the q, k and out TMA descriptors need 16-byte aligned bases (offsets and strides
+  check(p.numBlocks >= 1, 'E_SHAPE', 'kCache', 'kCache needs at least one block (unused block-table entries read block 0)');
+  // docs/flashmla-interface.md#tma-alignment: the q, k and out TMA descriptors need 16-byte aligned bases (offsets and strides
   // are checked by validateDecode).
-  expectAligned(baseOf(p.q), 16, 'q', 'TMA, SPEC §0.A2');
-  expectAligned(baseOf(p.kCache), 16, 'kCache', 'TMA, SPEC §0.A2');
+  expectAligned(baseOf(p.q), 16, 'q', 'TMA');
+  expectAligned(baseOf(p.kCache), 16, 'kCache', 'TMA');
   expectTmaStrides(p.q, 'q');
   expectTmaStrides(p.kCache, 'kCache');
-  check(p.numBlocks * p.pageBlockSize * p.hK <= 2 ** 32, 'E_SHAPE', 'kCache', 'kCache has more than 2^32 rows (a TMA dimension, SPEC §0.A2)');
+  check(p.numBlocks * p.pageBlockSize * p.hK <= 2 ** 32, 'E_SHAPE', 'kCache', 'kCache has more than 2^32 rows (a TMA dimension)');
 
   const hpk = p.hQ / p.hK;
-  // SPEC §2.2: P = max(num_sms / h_k / ceil_div(s_q·h_q/h_k, 64), 1), integer division left to right.
+  // docs/flashmla-interface.md#dense-host-layer: P = max(num_sms / h_k / ceil_div(s_q·h_q/h_k, 64), 1), integer division left to right.
   const numSmParts = Math.max(Math.floor(Math.floor(d.sms / p.hK) / Math.ceil((p.sQ * hpk) / 64)), 1);
   const totalSplits = commonLimits(p.b, p.sQ, p.hQ, numSmParts, d);
   const [, qs1, qs2] = p.q.view.strides as [number, number, number];
   const qs0 = p.q.view.strides[0]!;
-  // SPEC §2.2 / §0.A13: q_re[b, s·hpk + j, k] = q[b, s, k·hpk + j] is a view unless h_k > 1,
+  // docs/flashmla-interface.md#dense-host-layer / docs/flashmla-interface.md#q-regrouping: q_re[b, s·hpk + j, k] = q[b, s, k·hpk + j] is a view unless h_k > 1,
   // hpk > 1 and s_q > 1 (or s and h cannot merge).
   let regroupQ = false;
   let qReStrides: [number, number, number];
@@ -183,7 +183,7 @@ function densePlan(p: DensePlan, d: DeviceFacts, problem: LauncherProblem, baseO
     implementation: 'sm90-dense', main, combine, twice: false, numSmParts, fixedOverhead: 5, totalSplits,
     lseAccumBytes: 4 * totalSplits * rows, oAccumBytes: 4 * 512 * totalSplits * rows,
     regroupQ, qReStrides,
-    // SPEC §2.2 step 4: out_raw (b, h_k, q_seq_per_hk, 512) is the public layout when h_k == 1 or
+    // docs/flashmla-interface.md#dense-host-layer step 4: out_raw (b, h_k, q_seq_per_hk, 512) is the public layout when h_k == 1 or
     // s_q == 1; lse_raw (b, h_k, q_seq_per_hk) is (b, h_q, s_q) only when s_q == 1.
     outDirect: p.hK === 1 || p.sQ === 1,
     lseDirect: p.sQ === 1,
@@ -195,22 +195,22 @@ function densePlan(p: DensePlan, d: DeviceFacts, problem: LauncherProblem, baseO
 function sparseScopeChecks(s: SparseScope, name: string, idxName: string, arch: 'sm90' | 'sm100', layout: 'v32' | 'model1', baseOf: BaseOf): void {
   expectIntStrides(s.cache, name);
   expectIntStrides(s.indices, idxName);
-  check(s.numBlocks >= 1, 'E_SHAPE', name, `${name} needs at least one block (invalid indices read block 0, SPEC §0.A1)`);
-  // SPEC §0.A1 (sm90, 128-bit loads) and §2.4 (sm100, TMA): 16-byte aligned cache base.
-  expectAligned(baseOf(s.cache), 16, name, arch === 'sm90' ? '128-bit loads, SPEC §0.A1' : 'TMA, SPEC §2.4');
+  check(s.numBlocks >= 1, 'E_SHAPE', name, `${name} needs at least one block (invalid indices read block 0)`);
+  // docs/flashmla-interface.md#sm90-cache-loads (sm90, 128-bit loads) and docs/flashmla-interface.md#launcher-checks (sm100, TMA): 16-byte aligned cache base.
+  expectAligned(baseOf(s.cache), 16, name, arch === 'sm90' ? '128-bit loads' : 'TMA');
   if (arch === 'sm90') {
     check(s.blockStride % 16 === 0, 'E_STRIDE', name,
-      `${name}.strides[0] = ${s.blockStride} bytes must be a multiple of 16 on sm90 (SPEC §0.A1); ` +
+      `${name}.strides[0] = ${s.blockStride} bytes must be a multiple of 16 on sm90; ` +
         (layout === 'model1' ? 'pad MODEL1 blocks to ceil(B·584/576)·576 bytes as quantizeKCache does' : 'use a 16-byte multiple block stride'));
   } else {
     const row = layout === 'v32' ? 656 : 576;
     check(s.blockStride % row === 0, 'E_STRIDE', name,
-      `${name}.strides[0] = ${s.blockStride} bytes must be a multiple of ${row} on sm100 (TMA rows of ${row} bytes, SPEC §2.4, §5.3)`);
+      `${name}.strides[0] = ${s.blockStride} bytes must be a multiple of ${row} on sm100 (TMA rows of ${row} bytes)`);
   }
-  // SPEC §2.4 [inferred]: int2 index loads need 8-byte aligned index rows.
-  expectAligned(baseOf(s.indices), 8, idxName, 'int2 loads, SPEC §2.4');
+  // docs/flashmla-interface.md#launcher-checks [inferred]: int2 index loads need 8-byte aligned index rows.
+  expectAligned(baseOf(s.indices), 8, idxName, 'int2 loads');
   check(s.indices.view.strides.slice(0, 2).every((x, i) => x % 2 === 0 || s.indices.view.shape[i]! <= 1), 'E_STRIDE', idxName,
-    () => `${idxName} rows must be 8-byte aligned (even strides), got strides (${s.indices.view.strides.join(', ')}) (SPEC §2.4)`);
+    () => `${idxName} rows must be 8-byte aligned (even strides), got strides (${s.indices.view.strides.join(', ')})`);
 }
 
 function sparsePlan(p: SparsePlan, d: DeviceFacts, problem: LauncherProblem, baseOf: BaseOf): LaunchPlan {
@@ -218,35 +218,35 @@ function sparsePlan(p: SparsePlan, d: DeviceFacts, problem: LauncherProblem, bas
   const v32 = p.layout === 'v32';
   const choice = kernelChoice({ kind: 'sparse', layout: p.layout, hQ: p.hQ }, arch);
   const { implementation, main, twice } = choice;
-  // SPEC §2.3: P per implementation.
+  // docs/flashmla-interface.md#sparse-host-layer: P per implementation.
   const perQ = Math.floor(d.sms / p.sQ);
   const numSmParts = Math.max(implementation === 'sm90-sparse' ? Math.floor(perQ / (p.hQ / 64))
     : implementation === 'sm100-head128' ? Math.floor(perQ / 2) : perQ, 1);
   const fixedOverhead = implementation === 'sm100-head128' ? 3 : 5;
   if (arch === 'sm90') {
-    // SPEC §2.3 caveat / §2.4: the sm90 V32 launcher throws on these.
+    // docs/flashmla-interface.md#sparse-host-layer caveat / docs/flashmla-interface.md#launcher-checks: the sm90 V32 launcher throws on these.
     check(!(v32 && p.main.topkLength !== null), 'E_UNSUPPORTED', 'topkLength',
-      'topkLength is not supported for V3.2 (d_qk 576) caches on sm90 (SPEC §2.4, §8)');
+      'topkLength is not supported for V3.2 (d_qk 576) caches on sm90');
     check(!(v32 && p.extra !== null), 'E_UNSUPPORTED', 'extraKCache',
-      'extraKCache is not supported for V3.2 (d_qk 576) caches on sm90 (SPEC §2.4, §8)');
+      'extraKCache is not supported for V3.2 (d_qk 576) caches on sm90');
   }
   expectRunnable(problem, launchersOf(choice));
 
   expectIntStrides(p.q, 'q');
-  expectAligned(baseOf(p.q), 16, 'q', 'TMA, SPEC §0.A2');
+  expectAligned(baseOf(p.q), 16, 'q', 'TMA');
   expectTmaStrides(p.q, 'q');
   sparseScopeChecks(p.main, 'kCache', 'indices', arch, p.layout, baseOf);
   if (p.extra !== null) {
     sparseScopeChecks(p.extra, 'extraKCache', 'extraIndicesInKvcache', arch, p.layout, baseOf);
-    // SPEC §0.A10: head64 asserts it, head128 and sm90 read extra indices in 64-wide blocks.
+    // docs/flashmla-interface.md#extra-topk-multiple: head64 asserts it, head128 and sm90 read extra indices in 64-wide blocks.
     check(p.extra.topk % 64 === 0, 'E_SHAPE', 'extraIndicesInKvcache',
-      `extraIndicesInKvcache.shape[2] (extra_topk) = ${p.extra.topk} must be a multiple of 64 (SPEC §0.A10)`);
+      `extraIndicesInKvcache.shape[2] (extra_topk) = ${p.extra.topk} must be a multiple of 64`);
   }
   if (implementation === 'sm100-head128') {
     const [qb, qs] = p.q.view.strides as [number, number];
-    // SPEC §0.A3: the launcher computes stride_q_b % stride_q_s_q (0 divides by zero: SIGFPE).
+    // docs/flashmla-interface.md#launcher-gaps: the launcher computes stride_q_b % stride_q_s_q (0 divides by zero: SIGFPE).
     check(qs !== 0 && qb % qs === 0, 'E_STRIDE', 'q',
-      `q.strides[1] must be non-zero and divide q.strides[0] for the sm100 head128 kernel (SPEC §2.4, §0.A3), got strides (${p.q.view.strides.join(', ')})`);
+      `q.strides[1] must be non-zero and divide q.strides[0] for the sm100 head128 kernel, got strides (${p.q.view.strides.join(', ')})`);
   }
   const totalSplits = commonLimits(p.b, p.sQ, p.hQ, numSmParts, d);
   const rows = p.sQ * p.hQ;
@@ -256,7 +256,7 @@ function sparsePlan(p: SparsePlan, d: DeviceFacts, problem: LauncherProblem, bas
     lseAccumBytes: 4 * totalSplits * rows, oAccumBytes: 4 * 512 * totalSplits * rows,
     regroupQ: false, qReStrides: [0, 0, 0],
     outDirect: true,
-    // SPEC §2.3: lse (b, s_q, h_q); the public (b, h_q, s_q) is the same memory only when s_q == 1.
+    // docs/flashmla-interface.md#sparse-host-layer: lse (b, s_q, h_q); the public (b, h_q, s_q) is the same memory only when s_q == 1.
     lseDirect: p.sQ === 1,
     scale,
     scaleLog2: softmaxScaleLog2('sparse', p.softmaxScale),

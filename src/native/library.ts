@@ -22,7 +22,7 @@ export function cudaVersionString(v: number | null | undefined): string | null {
 }
 
 /**
- * The SPEC §4.1 fallback: when the exact head128 name is missing, a defined dynamic symbol that
+ * The docs/flashmla-interface.md#mangled-names fallback: when the exact head128 name is missing, a defined dynamic symbol that
  * contains the stable part of its mangling (another standard library spells std::conditional_t
  * differently). Returns the alternates array the addon takes (index = launcher id).
  */
@@ -70,7 +70,7 @@ export function loadFailure(located: LocatedLibrary, error: NativeLoadError['err
 }
 
 /**
- * Loads the located build (preloads first, LOADING.md) and asks its CUDA runtime for versions and
+ * Loads the located build (preloads first, docs/cuda-path.md#which-build) and asks its CUDA runtime for versions and
  * devices. A build is loaded once per process (the addon never unloads it).
  */
 export function openLibrary(addon: NativeAddon, located: LocatedLibrary): OpenResult {
@@ -102,7 +102,7 @@ export function runtimeProblem(lib: { readonly info: NativeLibraryInfo; readonly
     if (probe.deviceCountError === 100) return 'no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi)';
     return `cudaGetDeviceCount failed: ${probe.deviceCountErrorText ?? probe.deviceCountError}`;
   }
-  // SPEC §2.4 / LOADING.md: "driver version is insufficient" makes the launchers exit(1).
+  // docs/flashmla-interface.md#launcher-checks / docs/cuda-path.md#which-build: "driver version is insufficient" makes the launchers exit(1).
   if (runtime !== null && driver !== null && Math.floor(driver / 1000) < Math.floor(runtime / 1000)) {
     return `the NVIDIA driver supports CUDA ${cudaVersionString(driver)}, older than the CUDA runtime ${cudaVersionString(runtime)} of this build; update the driver`;
   }
@@ -110,7 +110,7 @@ export function runtimeProblem(lib: { readonly info: NativeLibraryInfo; readonly
   return null;
 }
 
-/** FlashMLA's kernels exist for compute capability 9.0 (sm90a) and 10.x (sm100f) only (SPEC §8). */
+/** FlashMLA's kernels exist for compute capability 9.0 (sm90a) and 10.x (sm100f) only (docs/flashmla-interface.md#supported-shapes). */
 export function deviceProblem(d: NativeDeviceProbe): string | null {
   if ((d.major === 9 && d.minor === 0) || d.major === 10) return null;
   return `${d.name || `device ${d.index}`} has compute capability ${d.major}.${d.minor}; FlashMLA's decode kernels run on 9.0 (Hopper) and 10.x (Blackwell) only`;

@@ -9,7 +9,7 @@ const run = promisify(execFile);
 
 /** Where the FlashMLA build came from. */
 export type LibrarySource = 'option' | 'env' | 'python';
-/** A kernels-only build NEEDs only libcudart; a PyTorch extension NEEDs libtorch (LOADING.md). */
+/** A kernels-only build NEEDs only libcudart; a PyTorch extension NEEDs libtorch (docs/cuda-path.md#which-build). */
 export type LibraryKind = 'kernels-only' | 'torch-extension';
 
 export interface Preload {
@@ -41,7 +41,7 @@ export interface LocatedLibrary {
   readonly needed: readonly string[];
   /** What the file says about itself (read without loading it). */
   readonly file: BuildFile;
-  /** Loaded first, in this order (LOADING.md). */
+  /** Loaded first, in this order (docs/cuda-path.md#which-build). */
   readonly preloads: readonly Preload[];
   readonly python: PythonFacts | null;
 }
@@ -50,7 +50,7 @@ export type LocateResult =
   | { readonly ok: true; readonly library: LocatedLibrary }
   | { readonly ok: false; readonly reason: string; readonly python: PythonFacts | null };
 
-// importlib.util.find_spec on top-level names does not execute the packages (LOADING.md).
+// importlib.util.find_spec on top-level names does not execute the packages (docs/cuda-path.md#which-build).
 const PYTHON_PROBE = `
 import importlib.util, json, os, sys, sysconfig
 def folder(name):
@@ -108,7 +108,7 @@ async function queryPython(python: string): Promise<PythonFacts | { error: strin
 }
 
 const TORCH_EXTENSION_NAME = /^cuda\.cpython-.*\.so$/;
-// LOADING.md: torch's libraries by absolute path, in this order.
+// docs/cuda-path.md#which-build: torch's libraries by absolute path, in this order.
 const TORCH_LIBS = ['libc10.so', 'libtorch_cpu.so', 'libtorch_python.so', 'libc10_cuda.so', 'libtorch_cuda.so', 'libtorch.so'];
 
 export function kindOf(path: string, needed: readonly string[]): LibraryKind {

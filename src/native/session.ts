@@ -60,7 +60,7 @@ const droppedSchedMetas = new FinalizationRegistry<{ session: CudaSession; id: n
 /** The CUDA side of one FlashMLA instance: its worker, device memory and decode calls. */
 export class CudaSession implements TensorOwner {
   readonly facts: DeviceFacts;
-  /** Completed decode calls and how many of them ran the scheduler (SPEC §1.3: once per sched meta). */
+  /** Completed decode calls and how many of them ran the scheduler (docs/flashmla-interface.md#sched-meta-caching: once per sched meta). */
   readonly stats = { decodes: 0, schedMetaRuns: 0 };
   #disposed = false;
 
@@ -130,7 +130,7 @@ export class CudaSession implements TensorOwner {
   /**
    * Device tensors must be real DeviceTensors (made by upload/allocate/wrap, whose address was
    * allocated or checked with cudaPointerGetAttributes: a look-alike object could point anywhere)
-   * and live on this instance's device (SPEC §9.2: one device per call).
+   * and live on this instance's device (docs/flashmla-interface.md#device-and-stream: one device per call).
    */
   #deviceTensor(t: Tensor, name: string): DeviceTensorMeta {
     check(DeviceTensor.isDeviceTensor(t) && t.owner instanceof CudaSession, 'E_VALUE', name,

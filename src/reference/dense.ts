@@ -17,13 +17,13 @@ export interface DenseItem {
   r1: number;
 }
 
-/** Rows of a dense item: (s, j) → query s, head k·hpk + j (FlashMLA's q regrouping, SPEC §2.2). */
+/** Rows of a dense item: (s, j) → query s, head k·hpk + j (FlashMLA's q regrouping, docs/flashmla-interface.md#dense-host-layer). */
 export function denseRows(plan: DensePlan): number {
   return plan.sQ * (plan.hQ / plan.hK);
 }
 
 /**
- * SPEC §6.2 for one item, into `out`: key t of request i is row t % 64 of page blockTable[i][t / 64];
+ * docs/flashmla-interface.md#dense-semantics for one item, into `out`: key t of request i is row t % 64 of page blockTable[i][t / 64];
  * causal rows see keys t ≤ L − s_q + s. Each page is converted to fp32 once and serves every row.
  */
 export function attendDense(plan: DensePlan, item: DenseItem, kernels: TileKernels, out: Partial): void {

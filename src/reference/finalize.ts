@@ -6,7 +6,7 @@ import type { DecodeResult } from '../types.js';
 import { rowLse, type Partial } from './partial.js';
 import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 
-/** Output buffers of a decode: out (b, s_q, h_q, 512) in q's dtype, lse (b, h_q, s_q) fp32 (DESIGN §3). */
+/** Output buffers of a decode: out (b, s_q, h_q, 512) in q's dtype, lse (b, h_q, s_q) fp32 (docs/architecture.md#public-api). */
 export function allocateOutputs(plan: DecodePlan): DecodeResult<HostTensor> {
   const dtype = plan.kind === 'dense' ? plan.dtype : 'bf16';
   return {
@@ -27,8 +27,8 @@ let nativeBf16: CpuTileApi['bf16Rows'] | null | undefined;
 
 /**
  * Writes a group's rows: out = o / l rounded to q's dtype (RNE), lse natural log; lonely rows get
- * out 0 and lse +Infinity (SPEC §6.2–6.3). With an attention sink (sparse), out is scaled by
- * 1 / (1 + exp(sink − lse)); lse stays without the sink (SPEC §6.3). bf16 rows are rounded in the
+ * out 0 and lse +Infinity (docs/flashmla-interface.md#empty-rows). With an attention sink (sparse), out is scaled by
+ * 1 / (1 + exp(sink − lse)); lse stays without the sink (docs/flashmla-interface.md#sparse-semantics). bf16 rows are rounded in the
  * addon when it is loaded (same bits as f32ToBf16): this runs on the calling thread after the
  * last item of a call, so it is serial time.
  */

@@ -93,7 +93,7 @@ function sinkValues(plan: SparsePlan): Float32Array | null {
 
 /**
  * Folds item partials, in item order, into the group they belong to and writes each group's rows
- * when its last item arrives (LSE merge as FlashMLA's combine, SPEC §2.6).
+ * when its last item arrives (LSE merge as FlashMLA's combine, docs/flashmla-interface.md#split-kv).
  */
 function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>): (j: number, p: Partial) => void {
   const rows = itemRows(plan);
@@ -119,7 +119,7 @@ function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTenso
     places.i = field(j, 0);
     for (let r = 0; r < acc.rows; r++) {
       const row = r0 + r;
-      // Dense rows are (s, head of KV head g) (SPEC §2.2); sparse rows are the heads of token g.
+      // Dense rows are (s, head of KV head g) (docs/flashmla-interface.md#dense-host-layer); sparse rows are the heads of token g.
       places.s[r] = plan.kind === 'dense' ? Math.floor(row / hpk) : g;
       places.h[r] = plan.kind === 'dense' ? g * hpk + (row % hpk) : row;
     }
@@ -167,7 +167,7 @@ function runCallerShare(
   }
 }
 
-/** Runs a validated plan on the CPU with FlashMLA's semantics (SPEC §6). */
+/** Runs a validated plan on the CPU with FlashMLA's semantics (docs/flashmla-interface.md#reference-semantics). */
 export async function runReference(plan: DecodePlan, opts: ReferenceOptions = {}): Promise<DecodeResult<HostTensor>> {
   try {
     return await runPlan(plan, opts);

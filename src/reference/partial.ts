@@ -5,7 +5,7 @@ import type { Workspace } from './workspace.js';
 /**
  * Per-row results of attending over a slice of the keys: base-2 running max m, sum l and the
  * unnormalised output o (rows × dv). Slices of one row merge by LSE, as FlashMLA's combine does
- * (SPEC §2.6).
+ * (docs/flashmla-interface.md#split-kv).
  */
 export interface Partial {
   rows: number;
@@ -72,7 +72,7 @@ export function mergeIntoJs(dst: Partial, src: Partial): void {
   }
 }
 
-/** Natural-log LSE of a row, +Infinity for a row that saw no key (SPEC §6.2–6.3 lonely rows). */
+/** Natural-log LSE of a row, +Infinity for a row that saw no key (docs/flashmla-interface.md#empty-rows lonely rows). */
 export function rowLse(p: Partial, r: number): number {
   const l = p.l[r]!;
   return l === 0 ? Infinity : (p.m[r]! + Math.log2(l)) * LN2;

@@ -214,7 +214,7 @@ function shareSparse(plan: SparsePlan): Staged {
   const staged = scopes.map((scope) => shareScope(plan, scope));
   const shared: SparsePlan = { ...plan, q: shareBound(plan.q), main: staged[0]!.scope, extra: staged[1]?.scope ?? null, attnSink: null };
   if (staged.every((s) => s.stage === null)) return { plan: shared, stage: null };
-  // Candidate positions [p0, p1) run over main ++ extra; each scope stages its in-length part (SPEC §6.4).
+  // Candidate positions [p0, p1) run over main ++ extra; each scope stages its in-length part (docs/flashmla-interface.md#extra-cache).
   const stage = (items: Int32Array, j: number): void => {
     const i = items[ITEM * j]!, s = items[ITEM * j + 1]!, p0 = items[ITEM * j + 2]!, p1 = items[ITEM * j + 3]!;
     let base = 0;

@@ -1,5 +1,5 @@
 /**
- * Online softmax over tiles (base 2, like FlashMLA's kernels, SPEC §2.6): per query row a running
+ * Online softmax over tiles (base 2, like FlashMLA's kernels, docs/flashmla-interface.md#split-kv): per query row a running
  * max `m`, a running sum `l` of exp2(x − m) and an unnormalised output row in `o`.
  * Masked logits are −Infinity; a row that has seen no key keeps m = −Infinity and l = 0.
  */

@@ -20,11 +20,11 @@ export function candidateCount(plan: SparsePlan): number {
 }
 
 /**
- * SPEC §6.3–6.4 for one item, into `out`: candidates are indices[i, s, :topk] then extra indices;
+ * docs/flashmla-interface.md#sparse-semantics for one item, into `out`: candidates are indices[i, s, :topk] then extra indices;
  * a candidate is used iff its value is not −1 and its position is below topk_length (resp.
- * extra_topk_length). Only used tokens are read: gathered 64 at a time, dequantised once (§5) and
+ * extra_topk_length). Only used tokens are read: gathered 64 at a time, dequantised once (docs/flashmla-interface.md#kv-caches) and
  * served to all h_q heads. V is dims 0–511 of the token: NoPE only for V3.2, NoPE + RoPE for
- * MODEL1 (§6.7).
+ * MODEL1 (docs/flashmla-interface.md#value-vector).
  */
 export function attendSparse(plan: SparsePlan, item: SparseItem, kernels: TileKernels, out: Partial): void {
   const { hQ, dQK, dV, layout } = plan;
@@ -71,7 +71,7 @@ function indexAt(scope: SparseScope, item: SparseItem, p: number): number {
   return ((scope.indices.tensor as HostTensor).data as Int32Array)[v.offset + item.i * v.strides[0]! + item.s * v.strides[1]! + p * v.strides[2]!]!;
 }
 
-/** Token slot u ← cache token `index` (block index / B, row index % B; SPEC §5.2–5.3). */
+/** Token slot u ← cache token `index` (block index / B, row index % B; docs/flashmla-interface.md#kv-caches). */
 function gather(ws: Workspace, plan: SparsePlan, scope: SparseScope, index: number, u: number): void {
   const bytes = (scope.cache.tensor as HostTensor).data as Uint8Array;
   const cv = scope.cache.view;

@@ -44,7 +44,7 @@ export function wasmModule(tier: WasmTier): WasmModule | null {
 
 /**
  * Staged FP8 token records in wasm memory: V3.2 rows are copied as they are (656 bytes); MODEL1
- * records (576 bytes) get their 7 e8m0 scales appended as float32 (SPEC §5.3), so one dequantiser
+ * records (576 bytes) get their 7 e8m0 scales appended as float32 (docs/flashmla-interface.md#model1-cache), so one dequantiser
  * serves both layouts.
  */
 const STAGED = {

@@ -1,6 +1,6 @@
 import type { KvLayout } from '../types.js';
 
-/** Tokens per KV tile: one dense page (SPEC §5.1), one 64-index block of the sparse kernels (§0.A7). */
+/** Tokens per KV tile: one dense page (docs/flashmla-interface.md#dense-cache), one 64-index block of the sparse kernels (docs/flashmla-interface.md#sparse-block-ranges). */
 export const TILE = 64;
 
 /**
@@ -30,9 +30,9 @@ export interface Workspace {
   reset(): void;
   /** Tile = `tokens` bf16 rows of `dim` values, row u at src[at + u·ld …]. */
   loadBf16(src: Uint16Array, at: number, ld: number, tokens: number): void;
-  /** Token slot u of the tile ← the V3.2 FP8 token whose 656-byte row starts at bytes[at] (SPEC §5.2). */
+  /** Token slot u of the tile ← the V3.2 FP8 token whose 656-byte row starts at bytes[at] (docs/flashmla-interface.md#v32-cache). */
   tokenV32(bytes: Uint8Array, at: number, u: number): void;
-  /** Token slot u ← token `row` of the MODEL1 block at bytes[blockAt] with page size B (SPEC §5.3). */
+  /** Token slot u ← token `row` of the MODEL1 block at bytes[blockAt] with page size B (docs/flashmla-interface.md#model1-cache). */
   tokenModel1(bytes: Uint8Array, blockAt: number, B: number, row: number, u: number): void;
   /** Completes a tile gathered with token*(): dequantises where that was deferred. */
   endTokens(layout: KvLayout, tokens: number): void;

@@ -1,4 +1,5 @@
 import { check, FlashMLAError } from '../errors.js';
+import { softmaxScaleLog2 } from '../softmax-scale.js';
 import type { Bound } from '../plan.js';
 import { extentOf, isHostTensor, viewOf, type DType, type HostTensor, type Tensor, type View } from '../tensor.js';
 
@@ -40,7 +41,7 @@ export function expectShape(b: Bound, name: string, expected: readonly (number |
       `got (${b.view.shape.join(', ')})`);
 }
 
-/** FlashMLA's "last dim contiguous" rule: stride 1, or size 1 (SPEC §2.3 step 7). */
+/** FlashMLA's "last dim contiguous" rule: stride 1, or size 1 (docs/flashmla-interface.md#sparse-host-layer step 7). */
 export function expectLastDimContiguous(b: Bound, name: string): void {
   const n = b.view.shape.length;
   check(b.view.strides[n - 1] === 1 || b.view.shape[n - 1] === 1, 'E_STRIDE', name,
@@ -58,26 +59,26 @@ export function expectContiguous(b: Bound, name: string): void {
   }
 }
 
-/** SPEC §2.1 int64_stride_to_int: every stride stored in the sparse params must fit an int. */
+/** docs/flashmla-interface.md#host-helpers int64_stride_to_int: every stride stored in the sparse params must fit an int. */
 export function expectIntStrides(b: Bound, name: string): void {
   check(b.view.strides.every((s) => s <= INT_MAX), 'E_STRIDE', name,
     () => `${name} has a stride above INT_MAX (${b.view.strides.join(', ')}), which FlashMLA rejects ("Stride exceeds int32 limit")`);
 }
 
 /**
- * TMA descriptors (SPEC §0.A2, §0.A9): base 16-byte aligned and every outer stride (size-1 dims
+ * TMA descriptors (docs/flashmla-interface.md#tma-alignment, docs/flashmla-interface.md#tma-alignment): base 16-byte aligned and every outer stride (size-1 dims
  * included: FlashMLA passes them all) a multiple of 16 bytes. The offset stands for the base
  * address (an uploaded host tensor keeps its geometry).
  */
 export function expectTmaFriendly(b: Bound, name: string, elementBytes: number): void {
   const unit = 16 / elementBytes;
   check(b.view.offset % unit === 0, 'E_STRIDE', name,
-    () => `${name}.offset must be a multiple of ${unit} elements (16-byte aligned base for TMA, SPEC §0.A2), got ${b.view.offset}`);
+    () => `${name}.offset must be a multiple of ${unit} elements (16-byte aligned base for TMA), got ${b.view.offset}`);
   // A descriptor takes every outer stride, also those of size-1 dims; only the innermost is unit.
   const last = b.view.strides.length - 1;
   b.view.strides.forEach((s, i) => {
     check(i === last || s % unit === 0, 'E_STRIDE', name,
-      () => `${name}.strides[${i}] = ${s} must be a multiple of ${unit} elements (16 bytes, TMA, SPEC §0.A2)`);
+      () => `${name}.strides[${i}] = ${s} must be a multiple of ${unit} elements (16 bytes, TMA)`);
   });
 }
 
@@ -165,4 +166,16 @@ export function expectIndexable(b: Bound, name: string): void {
 /** One rule for flags on both paths: absent (undefined) or a boolean. */
 export function expectOptionalBoolean(x: unknown, name: string): void {
   check(x === undefined || typeof x === 'boolean', 'E_VALUE', name, () => `${name} must be a boolean, got ${typeof x}`);
+}
+
+/**
+ * softmax_scale is a float in FlashMLA, and the kernels multiply logits by scale·log2(e) in float:
+ * a scale that is not finite there (a finite double beyond float range, or one whose factor
+ * overflows) would make every logit infinite.
+ */
+export function expectSoftmaxScale(x: unknown, kind: 'dense' | 'sparse'): number {
+  const s = expectFiniteScalar(x, 'softmaxScale');
+  check(Number.isFinite(Math.fround(s)) && Number.isFinite(softmaxScaleLog2(kind, s)), 'E_VALUE', 'softmaxScale',
+    () => `softmaxScale = ${s} is beyond float32 range once multiplied by log2(e) (at most ${(3.4028234663852886e38 / Math.LOG2E).toPrecision(6)} in magnitude)`);
+  return s;
 }

@@ -2,11 +2,11 @@ import { check, FlashMLAError } from '../errors.js';
 import type { DensePlan } from '../plan.js';
 import type { DecodeArgs } from '../types.js';
 import {
-  bind, expectContiguous, expectFiniteScalar, expectFiniteValues, expectLastDimContiguous, expectShape,
+  bind, expectContiguous, expectSoftmaxScale, expectFiniteValues, expectLastDimContiguous, expectShape,
   expectIndexable, expectOptionalBoolean, expectRowsFit, expectTmaFriendly, hostData, isGiven, readInt32Vector, type Downloaded,
 } from './common.js';
 
-/** The dense kernel's fixed geometry (SPEC §2.2, §8; `config.h`: HEAD_DIM_K 576, PAGE_BLOCK_SIZE 64). */
+/** The dense kernel's fixed geometry (docs/flashmla-interface.md#dense-host-layer, docs/flashmla-interface.md#supported-shapes; `config.h`: HEAD_DIM_K 576, PAGE_BLOCK_SIZE 64). */
 export const DENSE_D_QK = 576;
 export const D_V = 512;
 export const DENSE_PAGE_BLOCK_SIZE = 64;
@@ -14,8 +14,8 @@ export const DENSE_PAGE_BLOCK_SIZE = 64;
 const SPARSE_ONLY = ['attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength'] as const;
 
 /**
- * Dense decode checks: FlashMLA's Python layer (SPEC §1.4), host layer in its order (SPEC §2.2),
- * the dense launcher's exit(1) checks (d == 576) and TMA rules (§0.A2, §0.A9), and what FlashMLA
+ * Dense decode checks: FlashMLA's Python layer (docs/flashmla-interface.md#python-dispatch), host layer in its order (docs/flashmla-interface.md#dense-host-layer),
+ * the dense launcher's exit(1) checks (d == 576) and TMA rules (docs/flashmla-interface.md#tma-alignment, docs/flashmla-interface.md#tma-alignment), and what FlashMLA
  * does not check: sequence lengths within the block table, used block ids inside the cache.
  */
 export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefined): DensePlan {
@@ -25,7 +25,7 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
   check(isGiven(args.blockTable), 'E_VALUE', 'blockTable', 'blockTable is required for dense decode');
   check(isGiven(args.cacheSeqlens), 'E_VALUE', 'cacheSeqlens', 'cacheSeqlens is required for dense decode');
 
-  // §2.2 steps 2-4: dtypes, then layouts.
+  // docs/flashmla-interface.md#dense-host-layer steps 2-4: dtypes, then layouts.
   const q = bind(args.q, 'q', 4, ['bf16', 'fp16']);
   const dtype = q.view.dtype as 'bf16' | 'fp16';
   const kCache = bind(args.kCache, 'kCache', 4, [dtype]);
@@ -40,13 +40,13 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
   const [b, sQ, hQ, d] = q.view.shape as [number, number, number, number];
   check(d === 576 || d === 512, 'E_SHAPE', 'q', `q's head dim must be 576 or 512, got ${d}`);
   check(d === DENSE_D_QK, 'E_UNSUPPORTED', 'q',
-    `dense decode supports d_qk = 576 only (FlashMLA's dense launcher exits the process for ${d}, SPEC §2.2)`);
+    `dense decode supports d_qk = 576 only (FlashMLA's dense launcher exits the process for ${d})`);
   check(args.headDimV === D_V, 'E_VALUE', 'headDimV', `headDimV must be 512, got ${String(args.headDimV)}`);
   const [numBlocks, pageBlockSize, hK] = kCache.view.shape as [number, number, number, number];
   check(pageBlockSize === DENSE_PAGE_BLOCK_SIZE, 'E_UNSUPPORTED', 'kCache',
     `dense decode needs a page block size of 64 (kCache.shape[1]), got ${pageBlockSize}`);
   check(b > 0, 'E_SHAPE', 'q', 'batch size (q.shape[0]) must be > 0');
-  // s_q == 0 or h_q == 0 would make FlashMLA's num_sm_parts divide by zero (SPEC §2.2).
+  // s_q == 0 or h_q == 0 would make FlashMLA's num_sm_parts divide by zero (docs/flashmla-interface.md#dense-host-layer).
   check(sQ > 0, 'E_SHAPE', 'q', 's_q (q.shape[1]) must be > 0');
   check(hQ > 0, 'E_SHAPE', 'q', 'h_q (q.shape[2]) must be > 0');
   check(hK > 0 && hQ % hK === 0, 'E_SHAPE', 'kCache',
@@ -55,20 +55,20 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
 
   // Step 8.
   expectShape(kCache, 'kCache', [null, DENSE_PAGE_BLOCK_SIZE, hK, d], '(num_blocks, 64, h_k, d_qk)');
-  // The kernel reads block 0 for unused table entries and entry 0 of empty requests (SPEC §0.A8).
-  check(numBlocks >= 1, 'E_SHAPE', 'kCache', 'kCache needs at least one block (FlashMLA reads block 0 for unused entries, SPEC §0.A8)');
+  // The kernel reads block 0 for unused table entries and entry 0 of empty requests (docs/flashmla-interface.md#dense-kernel-assumptions).
+  check(numBlocks >= 1, 'E_SHAPE', 'kCache', 'kCache needs at least one block (FlashMLA reads block 0 for unused entries)');
   expectShape(cacheSeqlens, 'cacheSeqlens', [b], '(b,)');
   check(blockTable.view.shape[0] === b, 'E_SHAPE', 'blockTable',
     () => `blockTable must have shape (b, max_num_blocks_per_seq) with b = ${b}, got (${blockTable.view.shape.join(', ')})`);
   const maxBlocksPerSeq = blockTable.view.shape[1]!;
   expectIndexable(blockTable, 'blockTable');
-  check(maxBlocksPerSeq >= 1, 'E_SHAPE', 'blockTable', 'blockTable needs at least one column (SPEC §0.A8)');
+  check(maxBlocksPerSeq >= 1, 'E_SHAPE', 'blockTable', 'blockTable needs at least one column');
 
-  // TMA operands of the dense kernel: q, k_cache (and out, which we allocate) (SPEC §0.A2, §0.A9).
+  // TMA operands of the dense kernel: q, k_cache (and out, which we allocate) (docs/flashmla-interface.md#tma-alignment, docs/flashmla-interface.md#tma-alignment).
   expectTmaFriendly(q, 'q', 2);
   expectTmaFriendly(kCache, 'kCache', 2);
 
-  const softmaxScale = isGiven(args.softmaxScale) ? expectFiniteScalar(args.softmaxScale, 'softmaxScale') : d ** -0.5;
+  const softmaxScale = isGiven(args.softmaxScale) ? expectSoftmaxScale(args.softmaxScale, 'dense') : d ** -0.5;
   expectOptionalBoolean(args.causal, 'causal');
   expectOptionalBoolean(args.isFp8Kvcache, 'isFp8Kvcache');
   const causalArg = args.causal ?? false;
@@ -109,7 +109,7 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
       schedule: { cacheSeqlens: seqlens, topkLength: null, extraTopkLength: null },
     },
     dtype, b, sQ, hQ, hK, dQK: d, dV: D_V, numBlocks, pageBlockSize, maxBlocksPerSeq,
-    causal: causalArg && sQ > 1, // SPEC §2.2 step 7
+    causal: causalArg && sQ > 1, // docs/flashmla-interface.md#dense-host-layer step 7
     softmaxScale, q, kCache, blockTable, cacheSeqlens, seqlens,
   };
 }

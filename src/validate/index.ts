@@ -9,7 +9,7 @@ import { validateSparse } from './sparse.js';
 export type { Downloaded } from './common.js';
 
 /**
- * Validates a decode call exactly as FlashMLA would on any GPU (SPEC §1.3–1.4, §2.2–2.4, §8), plus
+ * Validates a decode call exactly as FlashMLA would on any GPU (docs/flashmla-interface.md#python-checks, docs/flashmla-interface.md#host-layer, docs/flashmla-interface.md#supported-shapes), plus
  * the range checks FlashMLA leaves out, and returns the plan both backends run. Architecture-
  * specific limits are the CUDA backend's to add. Throws FlashMLAError naming the argument.
  */

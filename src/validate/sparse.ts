@@ -2,22 +2,22 @@ import { check, FlashMLAError } from '../errors.js';
 import type { Bound, SparsePlan, SparseScope } from '../plan.js';
 import type { DecodeArgs, KvLayout } from '../types.js';
 import {
-  bind, expectContiguous, expectFiniteScalar, expectFiniteValues, expectIndexable, expectIntStrides, expectLastDimContiguous,
+  bind, expectContiguous, expectSoftmaxScale, expectFiniteValues, expectIndexable, expectIntStrides, expectLastDimContiguous,
   expectOptionalBoolean, expectRowsFit, expectShape, expectTmaFriendly, hostData, isGiven, readInt32Vector, type Downloaded,
 } from './common.js';
 import { D_V } from './dense.js';
 
-/** SPEC §2.3 step 8: bytes per token by (d_qk, d_v). */
+/** docs/flashmla-interface.md#sparse-host-layer step 8: bytes per token by (d_qk, d_v). */
 const LAYOUT_OF_D_QK: Readonly<Record<number, { layout: KvLayout; bytesPerToken: number }>> = {
   576: { layout: 'v32', bytesPerToken: 656 },
   512: { layout: 'model1', bytesPerToken: 584 },
 };
-/** Index blocks are 64 positions wide in every sparse kernel (SPEC §2.4, §0.A7, §0.A10). */
+/** Index blocks are 64 positions wide in every sparse kernel (docs/flashmla-interface.md#launcher-checks, docs/flashmla-interface.md#sparse-block-ranges, docs/flashmla-interface.md#extra-topk-multiple). */
 const TOPK_MULTIPLE = 64;
 
 /**
- * Sparse FP8 decode checks: Python layer (SPEC §1.3–1.4), host layer in its order (SPEC §2.3), the
- * launcher checks that hold on every architecture (SPEC §2.4, §0.A1, §0.A10), and our range rules.
+ * Sparse FP8 decode checks: Python layer (docs/flashmla-interface.md#python-checks), host layer in its order (docs/flashmla-interface.md#sparse-host-layer), the
+ * launcher checks that hold on every architecture (docs/flashmla-interface.md#launcher-checks, docs/flashmla-interface.md#sm90-cache-loads, docs/flashmla-interface.md#extra-topk-multiple), and our range rules.
  */
 export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefined): SparsePlan {
   expectOptionalBoolean(args.causal, 'causal');
@@ -75,11 +75,11 @@ export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefi
   if (topkLength) expectShape(topkLength, 'topkLength', [b], '(b,)');
   if (attnSink) expectShape(attnSink, 'attnSink', [hQ], '(h_q,)');
   check(hQ === 64 || hQ === 128, 'E_UNSUPPORTED', 'q', `sparse decode supports h_q = 64 or 128, got ${hQ}`);
-  // Launcher checks on every architecture (SPEC §2.4, §0.A10).
+  // Launcher checks on every architecture (docs/flashmla-interface.md#launcher-checks, docs/flashmla-interface.md#extra-topk-multiple).
   check(topk % TOPK_MULTIPLE === 0, 'E_UNSUPPORTED', 'indices', `topk (indices.shape[2] = ${topk}) must be a multiple of 64`);
   expectIntStrides(q, 'q');
   expectIntStrides(indices, 'indices');
-  // q is loaded by TMA on every sparse path (SPEC §0.A2).
+  // q is loaded by TMA on every sparse path (docs/flashmla-interface.md#tma-alignment).
   expectTmaFriendly(q, 'q', 2);
 
   const main = validateScope(kv, 'kCache', indices, 'indices', topkLength, 'topkLength', layout, bytesPerToken, downloaded);
@@ -91,15 +91,15 @@ export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefi
     if (extraTopkLength) expectShape(extraTopkLength, 'extraTopkLength', [b], '(b,)');
     check(extraKv.view.shape[2] === 1, 'E_UNSUPPORTED', 'extraKCache', 'extraKCache.shape[2] must be 1 (MQA)');
     check(extraTopk > 0 && extraTopk % TOPK_MULTIPLE === 0, 'E_UNSUPPORTED', 'extraIndicesInKvcache',
-      `extra_topk (extraIndicesInKvcache.shape[2] = ${extraTopk}) must be a positive multiple of 64 (SPEC §2.4, §0.A10)`);
+      `extra_topk (extraIndicesInKvcache.shape[2] = ${extraTopk}) must be a positive multiple of 64`);
     expectIntStrides(extraIndices, 'extraIndicesInKvcache');
     extra = validateScope(extraKv, 'extraKCache', extraIndices, 'extraIndicesInKvcache', extraTopkLength,
       'extraTopkLength', layout, bytesPerToken, downloaded);
   }
 
-  const softmaxScale = isGiven(args.softmaxScale) ? expectFiniteScalar(args.softmaxScale, 'softmaxScale') : dQK ** -0.5;
+  const softmaxScale = isGiven(args.softmaxScale) ? expectSoftmaxScale(args.softmaxScale, 'sparse') : dQK ** -0.5;
   if (attnSink) {
-    // ±Infinity are meaningful sinks (SPEC §6.3); NaN would turn whole heads into NaN.
+    // ±Infinity are meaningful sinks (docs/flashmla-interface.md#sparse-semantics); NaN would turn whole heads into NaN.
     const sink = hostData(attnSink, downloaded);
     if (sink !== null) {
       for (let h = 0; h < hQ; h++) {
@@ -130,21 +130,21 @@ function validateScope(
   expectShape(cache, cacheName, [numBlocks, pageBlockSize, 1, bytesPerToken],
     `(num_blocks, page_block_size, 1, ${bytesPerToken}) for the ${layout === 'v32' ? 'V3.2' : 'MODEL1'} layout`);
   check(pageBlockSize >= 1, 'E_SHAPE', cacheName, `${cacheName}.shape[1] (page block size) must be >= 1`);
-  // Invalid (-1) entries are read from block 0 (SPEC §0.A1).
-  check(numBlocks >= 1, 'E_SHAPE', cacheName, `${cacheName} needs at least one block (FlashMLA reads block 0 for -1 indices, SPEC §0.A1)`);
+  // Invalid (-1) entries are read from block 0 (docs/flashmla-interface.md#sm90-cache-loads).
+  check(numBlocks >= 1, 'E_SHAPE', cacheName, `${cacheName} needs at least one block (FlashMLA reads block 0 for -1 indices)`);
   const [stride0, stride1] = cache.view.strides as [number, number];
   check(stride1 === bytesPerToken, 'E_STRIDE', cacheName,
-    () => `${cacheName}.strides[1] must be ${bytesPerToken} bytes (SPEC §2.3 step 8), got ${stride1}`);
+    () => `${cacheName}.strides[1] must be ${bytesPerToken} bytes, got ${stride1}`);
   expectIntStrides(cache, cacheName);
-  // A block holds B tokens of 656 bytes (V3.2) or B·576 + B·8 bytes (MODEL1, SPEC §5.3): a smaller
+  // A block holds B tokens of 656 bytes (V3.2) or B·576 + B·8 bytes (MODEL1, docs/flashmla-interface.md#model1-cache): a smaller
   // block stride makes blocks overlap.
   check(numBlocks === 1 || stride0 >= pageBlockSize * bytesPerToken, 'E_STRIDE', cacheName,
     () => `${cacheName}.strides[0] = ${stride0} is smaller than one block (${pageBlockSize} × ${bytesPerToken} bytes): blocks would overlap`);
-  // 128-bit loads / TMA on every architecture: 16-byte aligned base and block stride (SPEC §0.A1).
+  // 128-bit loads / TMA on every architecture: 16-byte aligned base and block stride (docs/flashmla-interface.md#sm90-cache-loads).
   check(cache.view.offset % 16 === 0, 'E_STRIDE', cacheName,
-    () => `${cacheName}.offset must be a multiple of 16 bytes (SPEC §0.A1), got ${cache.view.offset}`);
+    () => `${cacheName}.offset must be a multiple of 16 bytes, got ${cache.view.offset}`);
   check(numBlocks === 1 || stride0 % 16 === 0, 'E_STRIDE', cacheName,
-    () => `${cacheName}.strides[0] must be a multiple of 16 bytes (SPEC §0.A1), got ${stride0}` +
+    () => `${cacheName}.strides[0] must be a multiple of 16 bytes, got ${stride0}` +
       (layout === 'model1' ? ` (use quantizeKCache's block stride ceil(B·584/576)·576)` : ''));
 
   const topk = indices.view.shape[2]!;
@@ -159,7 +159,7 @@ function validateScope(
       }
     }
   }
-  // Only exactly -1 is invalid; any other value inside the used length is dereferenced (SPEC §6.3).
+  // Only exactly -1 is invalid; any other value inside the used length is dereferenced (docs/flashmla-interface.md#sparse-semantics).
   const idx = hostData(indices, downloaded);
   if (idx !== null && (lengths === null || lens !== null)) {
     const tokens = numBlocks * pageBlockSize;

@@ -1,5 +1,5 @@
-// smxx::decode::run_flash_mla_combine_kernel<T>: merges the split-KV partial results (SPEC §2.6,
-// §0.A6). One "CTA" per (request, query token, group of 8 heads), one "warp" per head; the LSE
+// smxx::decode::run_flash_mla_combine_kernel<T>: merges the split-KV partial results (docs/flashmla-interface.md#split-kv,
+// docs/flashmla-interface.md#split-kv). One "CTA" per (request, query token, group of 8 heads), one "warp" per head; the LSE
 // reductions follow the warp's lane structure (32 lanes, xor-shuffle tree) so the fp32 results
 // match the kernel's summation order.
 #include <algorithm>
@@ -18,7 +18,7 @@ namespace {
 constexpr int kHeadsPerCta = 8;  // BLOCK_SIZE_M
 constexpr int kDv = 512;
 
-// MAX_SPLITS, the template argument the launcher picks from num_sm_parts (<= 160, SPEC §2.4).
+// MAX_SPLITS, the template argument the launcher picks from num_sm_parts (<= 160, docs/flashmla-interface.md#launcher-checks).
 int maxSplitsFor(int numSmParts) {
   for (int m : {32, 64, 96, 128, 160}) {
     if (numSmParts <= m) return m;
@@ -26,7 +26,7 @@ int maxSplitsFor(int numSmParts) {
   return 0;
 }
 
-// CUDA's float max(), i.e. fmaxf: a NaN operand is ignored (SPEC §0.A6).
+// CUDA's float max(), i.e. fmaxf: a NaN operand is ignored (docs/flashmla-interface.md#split-kv).
 float warpMax(const float* lanes) {
   float v[32];
   for (int l = 0; l < 32; ++l) v[l] = lanes[l];
@@ -108,7 +108,7 @@ template <class T> void combineKernel(KernelScope& k, const CombineParams& p, in
     const int batch = bs / p.s_q;
     const int s = bs - batch * p.s_q;
     for (int g = 0; g < groups; ++g) {
-      // num_splits is read before the grid-dependency wait, by every CTA (SPEC §0.A6).
+      // num_splits is read before the grid-dependency wait, by every CTA (docs/flashmla-interface.md#split-kv).
       const int start = k.load<int>(p.num_splits_ptr + batch);
       const int end = k.load<int>(p.num_splits_ptr + batch + 1);
       const int count = end - start;

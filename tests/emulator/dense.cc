@@ -1,5 +1,5 @@
-// sm90::run_flash_splitkv_mla_kernel<T>: dense BF16/FP16 paged-KV decode (SPEC §2.2, §6.2,
-// §0.A2, §0.A6, §0.A8). Follows the tile-scheduler metadata part by part like the kernel's
+// sm90::run_flash_splitkv_mla_kernel<T>: dense BF16/FP16 paged-KV decode (docs/flashmla-interface.md#dense-host-layer, docs/flashmla-interface.md#dense-semantics,
+// docs/flashmla-interface.md#tma-alignment, docs/flashmla-interface.md#split-kv, docs/flashmla-interface.md#dense-kernel-assumptions). Follows the tile-scheduler metadata part by part like the kernel's
 // persistent CTAs: each part handles requests begin..end, the block range the metadata gives, and
 // writes out/lse directly for an unsplit request or its split's o_accum/lse_accum rows otherwise.
 #include <algorithm>
@@ -36,7 +36,7 @@ template <class T> struct DenseKernel {
   void run() {
     for (int part = 0; part < p.num_sm_parts; ++part) {
       DecodingSchedMeta m = k.load<DecodingSchedMeta>(p.tile_scheduler_metadata_ptr + part);
-      if (m.begin_req_idx >= p.b) continue;  // leftover part (SPEC §0.A5)
+      if (m.begin_req_idx >= p.b) continue;  // leftover part
       for (int i = m.begin_req_idx; i <= m.end_req_idx; ++i) request(m, i);
     }
   }
@@ -49,7 +49,7 @@ template <class T> struct DenseKernel {
     const bool split = i == m.begin_req_idx ? m.is_first_req_splitted != 0
                                             : (i == m.end_req_idx ? m.is_last_req_splitted != 0 : false);
     const int* tableRow = p.block_table + static_cast<std::int64_t>(i) * p.block_table_batch_stride;
-    // The first block's entry is read unconditionally, even for L = 0 (SPEC §0.A8).
+    // The first block's entry is read unconditionally, even for L = 0 (docs/flashmla-interface.md#dense-kernel-assumptions).
     const int firstEntry = k.load<int>(tableRow + startBlock);
 
     const int nBlocks = endBlock > startBlock ? endBlock - startBlock : 0;
@@ -97,7 +97,7 @@ template <class T> struct DenseKernel {
   }
 
   void finish(const SoftmaxRow<kDv>& st, int i, int kh, int row, bool split, int splitIdx) {
-    // A NaN row sum counts as empty (SPEC §0.A6); O is then left undivided.
+    // A NaN row sum counts as empty (docs/flashmla-interface.md#split-kv); O is then left undivided.
     const bool empty = st.l == 0.0f || std::isnan(st.l);
     const float denom = empty ? 1.0f : st.l;
     const std::int64_t flatRow = (static_cast<std::int64_t>(split ? splitIdx : i) * p.h_k + kh) * p.q_seq_per_hk + row;
@@ -107,10 +107,10 @@ template <class T> struct DenseKernel {
       k.write(static_cast<std::uint16_t*>(p.o_ptr) + static_cast<std::int64_t>(i) * p.o_batch_stride +
                   static_cast<std::int64_t>(kh) * p.o_head_stride + static_cast<std::int64_t>(row) * p.o_row_stride,
               sizeof out, out);
-      // lse is a contiguous [b, h_k, q_seq_per_hk] buffer (SPEC §0.A8), natural log.
+      // lse is a contiguous [b, h_k, q_seq_per_hk] buffer (docs/flashmla-interface.md#dense-kernel-assumptions), natural log.
       k.store<float>(p.softmax_lse_ptr + flatRow, empty ? INFINITY : std::log(st.l) + st.m / static_cast<float>(M_LOG2E));
     } else {
-      // Split: normalised fp32 partial output and base-2 LSE; an empty split writes 0 and −inf (SPEC §0.A6).
+      // Split: normalised fp32 partial output and base-2 LSE; an empty split writes 0 and −inf (docs/flashmla-interface.md#split-kv).
       float acc[kDv];
       for (int d = 0; d < kDv; ++d) acc[d] = st.o[d] / denom;
       k.write(p.oaccum_ptr + flatRow * kDv, sizeof acc, acc);
@@ -123,7 +123,7 @@ template <class T> void runDense(DenseAttnDecodeParams& p) {
   const std::string launcher = std::string("sm90::run_flash_splitkv_mla_kernel<") + Elem<T>::name + ">";
   require(FailStyle::Exit, p.d == kD, launcher.c_str(), "params.d == Config::HEAD_DIM_K");
   require(FailStyle::Exit, p.d_v == kDv, launcher.c_str(), "params.d_v == Config::HEAD_DIM_V");
-  // Q, K and O descriptors are built by CuTe: a bad one only prints, then the kernel faults (SPEC §0.A2).
+  // Q, K and O descriptors are built by CuTe: a bad one only prints, then the kernel faults (docs/flashmla-interface.md#tma-alignment).
   const bool tmaOk = tmaEncodable(p.q_ptr, 2, {p.q_batch_stride, p.q_row_stride, p.q_head_stride}) &&
                      tmaEncodable(p.k_ptr, 2, {p.k_batch_stride, p.k_row_stride, p.k_head_stride}) &&
                      tmaEncodable(p.o_ptr, 2, {p.o_batch_stride, p.o_row_stride, p.o_head_stride});

@@ -1,4 +1,4 @@
-// What every emulated launcher shares: FlashMLA's failure styles (SPEC §2.4, §0.A2–A4), the
+// What every emulated launcher shares: FlashMLA's failure styles (docs/flashmla-interface.md#launcher-checks, docs/flashmla-interface.md#failure-styles), the
 // "launch" step with its CUDA-error checks, and the checked global-memory accessor through which
 // every kernel read and write goes.
 #pragma once
@@ -27,7 +27,7 @@ class KUException : public std::exception {
 namespace emu {
 
 // FLASH_ASSERT / CHECK_CUDA print and exit(1) (dense, combine, sched-meta); KU_ASSERT and
-// KU_CUDA_CHECK print and throw (the sparse launchers). SPEC §2.4.
+// KU_CUDA_CHECK print and throw (the sparse launchers). docs/flashmla-interface.md#launcher-checks
 enum class FailStyle { Exit, Throw };
 
 // Prints and logs `message`, then exits (FLASHMLA_EMU_EXIT=1) or throws std::runtime_error for the
@@ -40,7 +40,7 @@ inline void require(FailStyle style, bool ok, const char* launcher, const char* 
 }
 
 // Which compute capability a kernel has SASS for; a mismatch hits CUTE_INVALID_CONTROL_PATH,
-// a device trap (SPEC §0.A4).
+// a device trap (docs/flashmla-interface.md#wrong-arch).
 enum class KernelArch { Any, Sm90, Sm100 };
 
 // Thrown inside a kernel body on a device fault; ends the kernel (caught by launch()).
@@ -99,7 +99,7 @@ struct LaunchSpec {
 // (cudaFuncSetAttribute, the launch) fail on a dead context, a missing device, an insufficient
 // driver or a foreign stream; then the kernel runs (or traps on the wrong arch, or is skipped in
 // FLASHMLA_EMU_MODE=noop); then the post-launch cudaGetLastError() reports any pending error of an
-// earlier call (SPEC §2.4, §9.4).
+// earlier call (docs/flashmla-interface.md#launcher-checks, docs/flashmla-interface.md#pending-errors).
 template <class Body> void launch(const LaunchSpec& spec, Body&& body);
 
 // Implementation details of launch().

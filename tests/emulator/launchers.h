@@ -1,6 +1,6 @@
 // FlashMLA's decode launchers, declared exactly as FlashMLA declares them (same namespaces,
 // template parameters and parameter types) so that their explicit instantiations carry the
-// mangled names of binding/flashmla_symbols.h (SPEC §4.1). EMU_EXPORT gives them default
+// mangled names of binding/flashmla_symbols.h (docs/flashmla-interface.md#mangled-names). EMU_EXPORT gives them default
 // visibility (the library builds with -fvisibility=hidden): these are its exports.
 #pragma once
 
@@ -10,7 +10,7 @@
 
 #define EMU_EXPORT __attribute__((visibility("default")))
 
-// SPEC §4.1 "Surprise": the head128 launcher takes the dependent alias, so its mangled name spells
+// docs/flashmla-interface.md#mangled-names "Surprise": the head128 launcher takes the dependent alias, so its mangled name spells
 // the unresolved std::conditional<is_decode_v<T_>, ...>::type.
 template <SparseAttnFwdMode M> constexpr bool is_decode_v = M == SparseAttnFwdMode::DecodeWithSplitKV;
 template <SparseAttnFwdMode M>

@@ -1,6 +1,6 @@
 // Number formats as the GPU converts them: bf16/fp16 round-to-nearest-even (NaN -> 0x7FFF like
-// __float2bfloat16_rn / __float2half_rn), float8_e4m3fn and e8m0 decoding (SPEC §5.4), and the
-// sm100 float32 -> e8m0 scale conversion with round-toward-zero (SPEC §5.2).
+// __float2bfloat16_rn / __float2half_rn), float8_e4m3fn and e8m0 decoding (docs/flashmla-interface.md#quantization), and the
+// sm100 float32 -> e8m0 scale conversion with round-toward-zero (docs/flashmla-interface.md#v32-cache).
 #pragma once
 
 #include <cmath>
@@ -87,7 +87,7 @@ template <> struct Elem<cutlass::half_t> {
   static std::uint16_t fromFloat(float f) { return floatToHalf(f); }
 };
 
-inline constexpr float kLog2e = 1.44269504f;  // FlashMLA's LOG_2_E (SPEC §2.1)
+inline constexpr float kLog2e = 1.44269504f;  // FlashMLA's LOG_2_E
 inline constexpr float kLn2 = 0.693147180559945309f;
 
 }  // namespace emu

@@ -46,7 +46,7 @@ void setCurrentDevice(int device);
 // invalid current device, then the device's sticky fault. Returns cudaSuccess or the error.
 cudaError_t contextState(int device);
 
-// A device fault poisons the context for the rest of the process (SPEC §0.A4, §2.4).
+// A device fault poisons the context for the rest of the process (docs/flashmla-interface.md#wrong-arch, docs/flashmla-interface.md#launcher-checks).
 void setSticky(int device, cudaError_t e);
 cudaError_t sticky(int device);
 

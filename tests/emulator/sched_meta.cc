@@ -1,6 +1,6 @@
-// smxx::decode::run_get_decoding_sched_meta_kernel: FlashMLA's tile scheduler (SPEC Appendix A),
+// smxx::decode::run_get_decoding_sched_meta_kernel: FlashMLA's tile scheduler (docs/flashmla-interface.md#tile-scheduler),
 // emulated the way the single-warp kernel computes it, shared-memory layout included, because the
-// leftover parts read past the end of one shared array into the next (SPEC §0.A5).
+// leftover parts read past the end of one shared array into the next (docs/flashmla-interface.md#scheduler-leftover).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -11,7 +11,7 @@
 namespace emu {
 namespace {
 
-constexpr int kMaxDynamicSmemBytes = 227 * 1024;  // sm90/sm100 opt-in limit (SPEC §2.4)
+constexpr int kMaxDynamicSmemBytes = 227 * 1024;  // sm90/sm100 opt-in limit
 
 // The kernel's dynamic shared memory: 5b+1 ints holding, in order, num_blocks[b],
 // num_splits[b+1], seqlens[b], first_block[b], last_block[b]. Reads outside it return 0 (they do
@@ -46,7 +46,7 @@ void schedMetaKernel(KernelScope& k, const GetDecodeSchedMetaParams& p) {
   const int F = p.fixed_overhead_num_blocks;
   SchedSmem sm(b);
 
-  // Per-request lengths (Appendix A): dense = seqlens_k; sparse = topk_length or topk, forced to
+  // Per-request lengths (docs/flashmla-interface.md#tile-scheduler): dense = seqlens_k; sparse = topk_length or topk, forced to
   // >= 1, plus the extra list after rounding the main one up to a whole block.
   int total = 0;
   for (int i = 0; i < b; ++i) {
@@ -76,9 +76,9 @@ void schedMetaKernel(KernelScope& k, const GetDecodeSchedMetaParams& p) {
     const int payload = (total + p.num_sm_parts - 1) / p.num_sm_parts + F;
     for (int part = 0; part < p.num_sm_parts; ++part) {
       DecodingSchedMeta m;
-      std::memset(&m, 0xFF, sizeof m);  // _pad stays "uninitialised" (SPEC §0.A5)
+      std::memset(&m, 0xFF, sizeof m);  // _pad stays "uninitialised"
       m.begin_req_idx = req;
-      m.begin_block_idx = block + sm.firstBlock(req);  // for req == b: lastBlock(0) (SPEC §0.A5)
+      m.begin_block_idx = block + sm.firstBlock(req);  // for req == b: lastBlock(0)
       m.begin_split_idx = splitOrdinal;
       m.is_first_req_splitted = block != 0;
       int budget = payload;

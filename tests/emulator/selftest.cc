@@ -1,10 +1,10 @@
 // Self-test driver for the emulator: loads libflashmla_emu.so with dlopen exactly like the addon
 // (launchers by the mangled names of binding/flashmla_symbols.h, CUDA functions through the same
 // handle) and checks
-//   sched   — the scheduler against a direct re-derivation of SPEC Appendix A + §0.A5;
+//   sched   — the scheduler against a direct re-derivation of docs/flashmla-interface.md#tile-scheduler + docs/flashmla-interface.md#scheduler-leftover;
 //   memory  — the memory checker, sticky faults and last-error semantics;
 //   numeric — dense and sparse results (main + combine) against a naive float64 computation
-//             within the SPEC §7.1 tolerances.
+//             within the FlashMLA's tolerances.
 // Usage: selftest <path to libflashmla_emu.so> [sched|memory|numeric|image]...; prints one line per
 // failed check and exits non-zero if any failed.
 #include <dlfcn.h>
@@ -104,7 +104,7 @@ struct Buf {
 };
 
 // ---- sched ------------------------------------------------------------------------------------
-// Appendix A written out directly, with the leftover parts of §0.A5.
+// docs/flashmla-interface.md#tile-scheduler written out directly, with the leftover parts of docs/flashmla-interface.md#scheduler-leftover
 struct Expected {
   std::vector<DecodingSchedMeta> parts;
   std::vector<int> numSplits;
@@ -122,7 +122,7 @@ Expected deriveSchedule(const std::vector<int>& len, int P, int F) {
   int r = 0, o = 0, kk = 0, c = 0;
   for (int part = 0; part < P; ++part) {
     DecodingSchedMeta m{};
-    if (r >= b) {  // SPEC §0.A5
+    if (r >= b) {  // docs/flashmla-interface.md#scheduler-leftover
       m.begin_req_idx = b;
       m.end_req_idx = b - 1;
       m.begin_block_idx = lastBlock(0);
@@ -219,7 +219,7 @@ void testSched(Lib& lib) {
     for (int part = 0; part < P; ++part) {
       const DecodingSchedMeta& g = got.parts[part];
       const DecodingSchedMeta& w = want.parts[part];
-      // The 8th word is uninitialised in FlashMLA (SPEC §0.A5): not compared.
+      // The 8th word is uninitialised in FlashMLA (docs/flashmla-interface.md#scheduler-leftover): not compared.
       CHECK(std::memcmp(&g, &w, 28) == 0,
             "case %d part %d: got {%d,%d,%d,%d,%d,%d,%d} want {%d,%d,%d,%d,%d,%d,%d}", iter, part, g.begin_req_idx,
             g.end_req_idx, g.begin_block_idx, g.end_block_idx, g.begin_split_idx, g.is_first_req_splitted,
@@ -307,7 +307,7 @@ void testMemory(Lib& lib) {
   }
   // Freeing on the dead context reported the fault again (pending, per thread): drain it.
   CHECK(c.GetLastError() == cudaErrorIllegalAddress, "frees on the dead context report the fault");
-  // Other devices are unaffected; a trap (wrong arch, SPEC §0.A4) gives cudaErrorAssert.
+  // Other devices are unaffected; a trap (wrong arch, docs/flashmla-interface.md#wrong-arch) gives cudaErrorAssert.
   CHECK(c.SetDevice(2) == 0, "set device 2");
   { int e2 = c.GetLastError(); CHECK(e2 == cudaSuccess, "device 2 is clean (got %d)", e2); }
   {
@@ -335,7 +335,7 @@ void testMemory(Lib& lib) {
     try { lib.call(Launcher::Sm90SparseModel1H64, s); } catch (const std::exception&) { threw = true; }
     CHECK(threw, "sparse topk %% 64 != 0 throws");
   }
-  // A pending unrelated error is reported by the launcher's post-launch check (SPEC §9.4).
+  // A pending unrelated error is reported by the launcher's post-launch check (docs/flashmla-interface.md#pending-errors).
   {
     void* big = nullptr;
     CHECK(c.Malloc(&big, std::size_t(1) << 62) == cudaErrorMemoryAllocation, "allocation beyond memory");
@@ -370,7 +370,7 @@ double fromBf16(std::uint16_t b) {
   return f;
 }
 
-// SPEC §7.1: inf/NaN positions identical, then |a−r| < abs or |a−r|/(|r|+1e-6) < rel.
+// docs/flashmla-interface.md#tolerances: inf/NaN positions identical, then |a−r| < abs or |a−r|/(|r|+1e-6) < rel.
 void compare(const char* what, const std::vector<double>& got, const std::vector<double>& want, double absTol, double relTol) {
   int bad = 0;
   for (std::size_t i = 0; i < got.size(); ++i) {
@@ -431,7 +431,7 @@ void denseCase(Lib& lib, int b, int sQ, int hQ, int hK, bool causal, int P, std:
   std::vector<std::uint16_t> q(static_cast<std::size_t>(b) * sQ * hQ * D), kc(static_cast<std::size_t>(numBlocks) * 64 * hK * D);
   for (auto& x : q) x = bf16(uni(rng));
   for (auto& x : kc) x = bf16(uni(rng) / 2);
-  // Unused cache slots are NaN (SPEC §7.2): they must never matter.
+  // Unused cache slots are NaN (docs/flashmla-interface.md#dense-generator): they must never matter.
   for (int i = 0; i < b; ++i)
     for (int t = seqlens[i]; t < maxBlocks * 64; ++t)
       for (int kh = 0; kh < hK; ++kh)
@@ -633,7 +633,7 @@ void sparseCase(Lib& lib, SparseKind kind, ModelType mt, int b, int sQ, int topk
   std::vector<double> gotO, wantO, gotL, wantL;
   for (int i = 0; i < b; ++i)
     for (int s = 0; s < sQ; ++s) {
-      std::vector<const double*> keys;  // SPEC §6.3: valid entries of main then extra
+      std::vector<const double*> keys;  // docs/flashmla-interface.md#sparse-semantics: valid entries of main then extra
       for (int k = 0; k < topk; ++k) {
         int x = indices[(static_cast<std::size_t>(i) * sQ + s) * topk + k];
         if (x != -1 && (!useTl || k < topkLen[i])) keys.push_back(&main.tokens[static_cast<std::size_t>(x) * D]);

@@ -1,4 +1,4 @@
-// The sparse FP8 decode launchers (SPEC §2.3, §2.4, §6.3, §0.A1–A3, §0.A6, §0.A7, §0.A10):
+// The sparse FP8 decode launchers (docs/flashmla-interface.md#sparse-host-layer, docs/flashmla-interface.md#launcher-checks, docs/flashmla-interface.md#sparse-semantics, docs/flashmla-interface.md#launchers, docs/flashmla-interface.md#split-kv, docs/flashmla-interface.md#sparse-block-ranges, docs/flashmla-interface.md#extra-topk-multiple):
 // sm90::decode::sparse_fp8 <MT, NUM_HEADS>, sm100::decode::head64 <MT> and the sm100 head128
 // small-topk kernel in decode mode. One emulated kernel body serves all three; what differs is
 // the launcher's checks, the heads processed, the V32 scale conversion and the LSE formula.
@@ -19,14 +19,14 @@ namespace emu {
 namespace {
 
 constexpr int kDv = 512;
-constexpr int kBlock = 64;  // index positions per block (SPEC §0.A7)
+constexpr int kBlock = 64;  // index positions per block
 
 struct SparseVariant {
   const char* kernel;
   ModelType model;
-  int heads;          // heads the grid covers (sm90: the NUM_HEADS template argument, SPEC §0.A3)
-  bool sm100;         // e8m0 V32 scales and fmaf LSE (SPEC §5.2, §0.A6)
-  bool trapOnEmpty;   // sm100 head64 traps on a work item with start >= end block (SPEC §2.4)
+  int heads;          // heads the grid covers (sm90: the NUM_HEADS template argument)
+  bool sm100;         // e8m0 V32 scales and fmaf LSE
+  bool trapOnEmpty;   // sm100 head64 traps on a work item with start >= end block
 };
 
 struct SparseKernel {
@@ -35,13 +35,13 @@ struct SparseKernel {
   SparseVariant v;
 
   int dqk() const { return v.model == V32 ? 576 : 512; }
-  // sm90 V32 walks topk/64 blocks of the main list only and ignores topk_length (SPEC §0.A7).
+  // sm90 V32 walks topk/64 blocks of the main list only and ignores topk_length (docs/flashmla-interface.md#sparse-block-ranges).
   bool sm90V32() const { return !v.sm100 && v.model == V32; }
 
   void run() {
     for (int part = 0; part < p.num_sm_parts; ++part) {
       DecodingSchedMeta m = k.load<DecodingSchedMeta>(p.tile_scheduler_metadata_ptr + part);
-      if (m.begin_req_idx >= p.b) continue;  // leftover part (SPEC §0.A5)
+      if (m.begin_req_idx >= p.b) continue;  // leftover part
       for (int i = m.begin_req_idx; i <= m.end_req_idx; ++i) request(m, i);
     }
   }
@@ -91,7 +91,7 @@ struct SparseKernel {
                                     : KvCache{p.kv, p.stride_kv_block, p.page_block_size};
         const int limit = extra ? extraLen : topkLen;
         bool valid[kBlock];
-        // Invalid positions still load a token: block 0, row 0 (SPEC §0.A1).
+        // Invalid positions still load a token: block 0, row 0 (docs/flashmla-interface.md#sm90-cache-loads).
         loadToken(cache, 0, invalidToken.data());
         for (int u = 0; u < kBlock; ++u) {
           valid[u] = idx[u] != -1 && (sm90V32() || firstPos + u < limit);
@@ -105,7 +105,7 @@ struct SparseKernel {
             x[u] = valid[u] ? dot(&q[static_cast<std::size_t>(h) * d], &keys[static_cast<std::size_t>(u) * d], d) * p.sm_scale_div_log2
                             : -INFINITY;
           }
-          // V = dims 0–511: NoPE only for V32, NoPE + RoPE for MODEL1 (SPEC §6.7).
+          // V = dims 0–511: NoPE only for V32, NoPE + RoPE for MODEL1 (docs/flashmla-interface.md#value-vector).
           rows[static_cast<std::size_t>(h)].addBlock(
               x, kBlock, [&](int u) { return &keys[static_cast<std::size_t>(u) * d]; }, roundBf16);
         }
@@ -124,7 +124,7 @@ struct SparseKernel {
   void finish(const SoftmaxRow<kDv>& st, int i, int s, int h, bool split, int splitIdx) {
     const bool empty = st.l == 0.0f;
     if (!split) {
-      // Unsplit: the sink enters the denominator here (SPEC §0.A6).
+      // Unsplit: the sink enters the denominator here (docs/flashmla-interface.md#split-kv).
       float sinkTerm = 0.0f;
       if (p.attn_sink != nullptr) sinkTerm = std::exp2(k.load<float>(p.attn_sink + h) * kLog2e - st.m);
       std::uint16_t out[kDv];
@@ -150,7 +150,7 @@ struct SparseKernel {
 
 const char* modelName(ModelType mt) { return mt == V32 ? "V32" : "MODEL1"; }
 
-// Silent failures found only when the kernel runs (SPEC §0.A1, §0.A2): each ends as a device fault.
+// Silent failures found only when the kernel runs (docs/flashmla-interface.md#sm90-cache-loads, docs/flashmla-interface.md#tma-alignment): each ends as a device fault.
 struct DeviceFault {
   bool fault = false;
   std::string what;
@@ -188,7 +188,7 @@ template <ModelType MT, int NUM_HEADS> void sm90Sparse(const SparseAttnDecodePar
   require(T, p.topk % kBlock == 0, l, "params.topk % B_TOPK == 0");
   require(T, p.d_qk == (MT == V32 ? 576 : 512), l, "params.d_qk == D_Q");
   require(T, p.d_v == kDv, l, "params.d_v == D_V");
-  require(T, p.h_q % 64 == 0, l, "params.h_q % B_H == 0");  // the only head check (SPEC §0.A3)
+  require(T, p.h_q % 64 == 0, l, "params.h_q % B_H == 0");  // the only head check
   if constexpr (MT == MODEL1) {
     require(T, p.stride_kv_row == 584, l, "params.stride_kv_row == 584");
     if (p.extra_kv != nullptr) require(T, p.stride_extra_kv_row == 584, l, "params.stride_extra_kv_row == 584");
@@ -197,16 +197,16 @@ template <ModelType MT, int NUM_HEADS> void sm90Sparse(const SparseAttnDecodePar
     require(T, p.topk_length == nullptr, l, "params.topk_length == nullptr");
     require(T, p.stride_kv_row == 656, l, "params.stride_kv_row == 656");
   }
-  // The output tensor map is encoded with an explicit KU_ASSERT on the result (SPEC §0.A2).
+  // The output tensor map is encoded with an explicit KU_ASSERT on the result (docs/flashmla-interface.md#tma-alignment).
   require(T, tmaEncodable(p.out, 2, {p.stride_o_b, p.stride_o_s_q, p.stride_o_h_q}), l,
           "res == CUDA_SUCCESS (output tensor map encoding)");
   DeviceFault fault;
-  // Q's descriptor is CuTe-built: failure is silent (SPEC §0.A2).
+  // Q's descriptor is CuTe-built: failure is silent (docs/flashmla-interface.md#tma-alignment).
   if (!tmaEncodable(p.q, 2, {p.stride_q_b, p.stride_q_s_q, p.stride_q_h_q})) {
     logLine("Error: Failed to initialize the TMA descriptor (" + name + ")");
     fault.add(true, "TMA load through an invalid tensor map (q)");
   }
-  // 128-bit cache loads need 16-byte-aligned blocks (SPEC §0.A1).
+  // 128-bit cache loads need 16-byte-aligned blocks (docs/flashmla-interface.md#sm90-cache-loads).
   fault.add(!aligned16(p.kv) || p.stride_kv_block % 16 != 0, "misaligned address: 128-bit load from kv (base or stride_kv_block)");
   if (p.extra_kv != nullptr) {
     fault.add(!aligned16(p.extra_kv) || p.stride_extra_kv_block % 16 != 0,
@@ -219,7 +219,7 @@ template <ModelType MT> void sm100Head64(const SparseAttnDecodeParams& p) {
   const std::string name = std::string("sm100::decode::head64::run_flash_splitkv_mla_fp8_sparse_kernel<") + modelName(MT) + ">";
   const char* l = name.c_str();
   constexpr FailStyle T = FailStyle::Throw;
-  constexpr int rowBytes = MT == V32 ? 656 : 576;  // TMA row of the cache (SPEC §5.3)
+  constexpr int rowBytes = MT == V32 ? 656 : 576;  // TMA row of the cache
   require(T, p.topk % kBlock == 0, l, "params.topk % B_TOPK == 0");
   require(T, p.extra_topk % kBlock == 0, l, "params.extra_topk % B_TOPK == 0");
   require(T, p.h_q == 64, l, "params.h_q == 64");
@@ -249,7 +249,7 @@ void sm100Head128(const SparseAttnDecodeParams& p) {
   require(T, p.topk % kBlock == 0, l, "params.topk % B_TOPK == 0");
   require(T, p.h_q == 128, l, "params.h_q == 128");
   require(T, p.d_qk == 512, l, "params.d_qk == D_QK");
-  // Computed for real: a zero stride_q_s_q is an integer division by zero (SPEC §0.A3).
+  // Computed for real: a zero stride_q_s_q is an integer division by zero (docs/flashmla-interface.md#launcher-gaps).
   if (p.stride_q_s_q == 0) {
     logLine(std::string("[flashmla-emu] ") + l + ": integer division by zero in stride_q_b % stride_q_s_q (SIGFPE)");
     std::raise(SIGFPE);
@@ -261,7 +261,7 @@ void sm100Head128(const SparseAttnDecodeParams& p) {
     require(T, aligned16(p.extra_kv), l, "(int64_t)params.extra_kv % 16 == 0");
     require(T, p.stride_extra_kv_block % 576 == 0, l, "params.stride_extra_kv_block % 576 == 0");
   }
-  // Its q/out maps come from ku::make_tensor_map, which throws on an encoding failure (SPEC §0.A2).
+  // Its q/out maps come from ku::make_tensor_map, which throws on an encoding failure (docs/flashmla-interface.md#tma-alignment).
   require(T, tmaEncodable(p.q, 2, {p.stride_q_b, p.stride_q_s_q, p.stride_q_h_q}), l, "cuTensorMapEncodeTiled(q) == CUDA_SUCCESS");
   require(T, tmaEncodable(p.out, 2, {p.stride_o_b, p.stride_o_s_q, p.stride_o_h_q}), l,
           "cuTensorMapEncodeTiled(out) == CUDA_SUCCESS");

@@ -1,4 +1,4 @@
-// Reading and dequantising one token of an FP8 sparse KV cache (SPEC §5.2, §5.3), through the
+// Reading and dequantising one token of an FP8 sparse KV cache (docs/flashmla-interface.md#v32-cache, docs/flashmla-interface.md#model1-cache), through the
 // kernel's checked accessor, with each architecture's scale handling.
 #pragma once
 
@@ -9,7 +9,7 @@
 
 namespace emu {
 
-// V32 keeps float32 scales; sm90 rounds them to bf16, sm100 to e8m0 toward zero (SPEC §5.2).
+// V32 keeps float32 scales; sm90 rounds them to bf16, sm100 to e8m0 toward zero (docs/flashmla-interface.md#v32-cache).
 enum class V32Scale { Bf16, E8m0TowardZero };
 
 struct KvCache {

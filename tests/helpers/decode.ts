@@ -13,7 +13,7 @@ export async function reference(args: Omit<DecodeArgs, 'schedMeta'>, threads?: n
   return referenceDecode(withMeta(args), threads === undefined ? {} : { threads });
 }
 
-/** Asserts out and lse agree within FlashMLA's tolerances (SPEC §7.1) for the case's kind. */
+/** Asserts out and lse agree within FlashMLA's tolerances (docs/flashmla-interface.md#tolerances) for the case's kind. */
 export function expectClose(kind: 'dense' | 'sparse', got: DecodeResult<HostTensor>, want: DecodeResult<HostTensor>): void {
   const out = checkIsAllclose('out', got.out, want.out, kind === 'dense' ? TOLERANCES.denseOut : TOLERANCES.sparseOut);
   const lse = checkIsAllclose('lse', got.lse, want.lse, kind === 'dense' ? TOLERANCES.denseLse : TOLERANCES.sparseLse);
