@@ -1,6 +1,6 @@
 // Token-sparse decode over an FP8 MODEL1 (DeepSeek V4) KV cache, with an extra cache and a sink.
 // Run after `npm install`: node examples/sparse-model1-decode.mjs
-import { flashMlaWithKvCache, getMlaMetadata, quantizeKCache, f32ToBf16 } from 'flashmla-node';
+import { flashMlaWithKvCache, getMlaMetadata, quantizeKCache, f32ToBf16, oracleDecode, checkIsAllclose, TOLERANCES } from 'flashmla-node';
 
 const b = 1, sQ = 1, hQ = 64, d = 512, B = 64, numBlocks = 8, topk = 128;
 const bf16 = (n) => Uint16Array.from({ length: n }, () => f32ToBf16((Math.random() - 0.5) / 5));
@@ -15,9 +15,15 @@ const extraIndicesInKvcache = { dtype: 'int32', shape: [b, sQ, 64], data: Int32A
 const q = { dtype: 'bf16', shape: [b, sQ, hQ, d], data: bf16(b * sQ * hQ * d) };
 const attnSink = { dtype: 'fp32', shape: [hQ], data: new Float32Array(hQ).fill(0.5) };
 
-const { out, lse } = await flashMlaWithKvCache({
+const args = {
   q, kCache, indices, extraKCache, extraIndicesInKvcache, attnSink,
   topkLength: { dtype: 'int32', shape: [b], data: Int32Array.from([100]) },
-  headDimV: 512, isFp8Kvcache: true, schedMeta: getMlaMetadata(),
-});
+  headDimV: 512, isFp8Kvcache: true,
+};
+const { out, lse } = await flashMlaWithKvCache({ ...args, schedMeta: getMlaMetadata() });
 console.log(out.shape, lse.shape);
+
+// The same call in float64, judged with FlashMLA's own test tolerances.
+const want = oracleDecode({ ...args, schedMeta: getMlaMetadata() });
+const ok = checkIsAllclose('out', out, want.out, TOLERANCES.sparseOut).pass && checkIsAllclose('lse', lse, want.lse, TOLERANCES.sparseLse).pass;
+console.log('matches the float64 oracle:', ok);

@@ -210,8 +210,16 @@ async function main() {
       samples: { type: 'string', default: '100' },
       'dispose-metas': { type: 'boolean', default: false },
       json: { type: 'string' },
+      help: { type: 'boolean' },
     },
   });
+  if (opt.help) {
+    // The usage is the header comment of this file.
+    const lines = readFileSync(fileURLToPath(import.meta.url), 'utf8').split('\n').slice(1);
+    const header = lines.slice(0, lines.findIndex((l) => !l.startsWith('//')));
+    process.stdout.write(`${header.map((l) => l.slice(3)).join('\n')}\n`);
+    process.exit(0);
+  }
   if (typeof globalThis.gc !== 'function') {
     console.error('run with node --expose-gc scripts/soak.mjs');
     process.exit(2);
