@@ -5,7 +5,7 @@ import { flashMlaWithKvCache, getMlaMetadata, quantizeKCache, f32ToBf16, oracleD
 const b = 1, sQ = 1, hQ = 64, d = 512, B = 64, numBlocks = 8, topk = 128;
 const bf16 = (n) => Uint16Array.from({ length: n }, () => f32ToBf16((Math.random() - 0.5) / 5));
 
-// Quantize a bf16 cache (num_blocks, B, 1, 512) into MODEL1's FP8 blocks (SPEC §5.3).
+// Quantize a bf16 cache (num_blocks, B, 1, 512) into MODEL1's FP8 blocks (docs/flashmla-interface.md#model1-cache).
 const kCache = quantizeKCache({ dtype: 'bf16', shape: [numBlocks, B, 1, d], data: bf16(numBlocks * B * d) }, 'model1');
 const extraKCache = quantizeKCache({ dtype: 'bf16', shape: [2, B, 1, d], data: bf16(2 * B * d) }, 'model1');
 

@@ -174,7 +174,7 @@ async function runAnchors(values: OptionValues, json: boolean): Promise<number> 
   const rows = await runAnchorBench({ threads, reps, torch: true, log: (line: string) => process.stderr.write(`${line}\n`) });
   const note = `median of ${reps} calls after ${ANCHOR_WARMUP} warm-up; ratio = our ms / torch ms at the same thread count (< 1: faster)`;
   if (json) process.stdout.write(`${JSON.stringify({ backend: 'reference', shapes: 'anchors', note, rows }, null, 2)}\n`);
-  else process.stdout.write(`CPU anchor shapes (../shared/bench/README.md) on the reference backend\n${note}\n\n${anchorsTable(rows)}\n`);
+  else process.stdout.write(`CPU anchor shapes on the reference backend\n${note}\n\n${anchorsTable(rows)}\n`);
   return 0;
 }
 
