@@ -1,9 +1,11 @@
 #!/usr/bin/env node
-// The package's `install` script: builds the native addon with cmake-js. It never fails the
-// install (docs/architecture.md#native-addon): without the addon the package runs its reference backend, and backendInfo()
-// reports the reason written to build/native-build-error.txt.
+// The package's `install` script. It uses the prebuilt addon of the tarball
+// (prebuilds/<platform>-<arch>/) when that loads here, and otherwise builds the addon with
+// cmake-js (`--compile` always builds). It never fails the install
+// (docs/architecture.md#native-addon): without the addon the package runs its reference backend,
+// and backendInfo() reports the reason written to build/native-build-error.txt.
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +18,18 @@ if (process.env.FLASHMLA_SKIP_NATIVE_BUILD === '1') {
   writeFileSync(errorFile, 'the native build was skipped (FLASHMLA_SKIP_NATIVE_BUILD=1); run `npm rebuild flashmla-node` to build it\n');
   console.log('flashmla-node: native addon build skipped (FLASHMLA_SKIP_NATIVE_BUILD=1); the reference backend will be used.');
   process.exit(0);
+}
+
+const prebuilt = join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'flashmla_node.node');
+if (!process.argv.includes('--compile') && existsSync(prebuilt)) {
+  // Loaded in a child: a binary that does not fit this machine must not end the install.
+  const probe = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(prebuilt)})`], { encoding: 'utf8' });
+  if (probe.status === 0) {
+    rmSync(errorFile, { force: true });
+    console.log(`flashmla-node: using the prebuilt native addon (${process.platform}-${process.arch}).`);
+    process.exit(0);
+  }
+  console.warn(`flashmla-node: the prebuilt addon does not load here (${(probe.stderr || '').trim().split('\n')[0]}); building it.`);
 }
 
 let cmakeJs;

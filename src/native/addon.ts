@@ -91,15 +91,22 @@ export type AddonResult =
 
 let cached: AddonResult | undefined;
 
-/** Loads build/Release/flashmla_node.node with `bindings`, once. Never throws. */
+/** The addon compiled here, else the prebuilt one the package ships for this platform. */
+const CANDIDATES = [
+  join(PACKAGE_ROOT, 'build', 'Release', 'flashmla_node.node'),
+  join(PACKAGE_ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'flashmla_node.node'),
+];
+
+/** Loads the native addon (compiled here, else prebuilt), once. Never throws. */
 export function loadAddon(): AddonResult {
   if (cached) return cached;
   const buildError = existsSync(BUILD_ERROR_FILE) ? readFileSync(BUILD_ERROR_FILE, 'utf8').trim() : null;
   try {
     const require = createRequire(import.meta.url);
-    const bindings = require('bindings') as (o: { bindings: string; module_root: string }) => NativeAddon;
-    const addon = bindings({ bindings: 'flashmla_node', module_root: PACKAGE_ROOT });
-    cached = { ok: true, addon, path: join(PACKAGE_ROOT, 'build', 'Release', 'flashmla_node.node') };
+    const path = CANDIDATES.find((p) => existsSync(p));
+    if (path === undefined) throw new Error('no build/Release/flashmla_node.node and no prebuilt addon for this platform');
+    const addon = require(path) as NativeAddon;
+    cached = { ok: true, addon, path };
   } catch (e) {
     const first = (e as Error).message.split('\n')[0];
     const reason = buildError !== null
