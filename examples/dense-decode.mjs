@@ -1,6 +1,8 @@
 // Dense BF16 decode over a paged KV cache (DeepSeek V3-style MLA, d_qk 576, d_v 512).
 // Run after `npm install`: node examples/dense-decode.mjs
-import { flashMlaWithKvCache, getMlaMetadata, f32ToBf16, backendInfo, oracleDecode, checkIsAllclose, TOLERANCES } from 'flashmla-node';
+import { flashMlaWithKvCache, getMlaMetadata, backendInfo } from 'flashmla-node';
+import { f32ToBf16 } from 'flashmla-node/formats';
+import { oracleDecode, checkIsAllclose, TOLERANCES } from 'flashmla-node/testing';
 
 const b = 2, sQ = 1, hQ = 16, hK = 1, d = 576, page = 64;
 const seqlens = Int32Array.from([100, 300]);

@@ -1,6 +1,8 @@
 // Token-sparse decode over an FP8 MODEL1 (DeepSeek V4) KV cache, with an extra cache and a sink.
 // Run after `npm install`: node examples/sparse-model1-decode.mjs
-import { flashMlaWithKvCache, getMlaMetadata, quantizeKCache, f32ToBf16, oracleDecode, checkIsAllclose, TOLERANCES } from 'flashmla-node';
+import { flashMlaWithKvCache, getMlaMetadata, quantizeKCache } from 'flashmla-node';
+import { f32ToBf16 } from 'flashmla-node/formats';
+import { oracleDecode, checkIsAllclose, TOLERANCES } from 'flashmla-node/testing';
 
 const b = 1, sQ = 1, hQ = 64, d = 512, B = 64, numBlocks = 8, topk = 128;
 const bf16 = (n) => Uint16Array.from({ length: n }, () => f32ToBf16((Math.random() - 0.5) / 5));

@@ -2,18 +2,30 @@ import { FlashMLAError } from './errors.js';
 import { defaultCuda } from './native/default.js';
 import { referenceDecode } from './reference/index.js';
 import { readDecodeArgs, readDecodeOptions } from './validate/args.js';
-import type { Tensor } from './tensor.js';
-import type { DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
+import type { DeviceTensor } from './native/device-tensor.js';
+import type { HostTensor, Tensor } from './tensor.js';
+import type { CallOptions, DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
 
 /**
- * FlashMLA's `flash_mla_with_kvcache` (docs/flashmla-interface.md#kvcache-arguments, semantics docs/flashmla-interface.md#reference-semantics). `backend`: 'reference' runs on
- * the CPU; 'cuda' needs a usable FlashMLA build and GPU (else a FlashMLAError E_BACKEND saying why);
- * 'auto' (default) uses CUDA when usable, else the reference. Outputs are device tensors when q is
- * one, host tensors otherwise.
+ * FlashMLA's `flash_mla_with_kvcache`: one decode step of MLA attention over a paged BF16/FP16 KV
+ * cache (dense) or a token-sparse FP8 cache (`indices` given). Semantics, arguments and shapes:
+ * docs/api.md; every FlashMLA rule it follows: docs/flashmla-interface.md.
+ *
+ * `options.backend`: 'auto' (default) runs FlashMLA's kernels when a usable build and device can
+ * run this call, else the CPU reference; 'cuda' runs FlashMLA's kernels or throws; 'reference'
+ * runs the CPU reference. Outputs are host tensors when `q` is a host tensor, device tensors of
+ * q's instance when it is a DeviceTensor.
+ *
+ * @returns `out` (b, s_q, h_q, 512) in q's dtype and `lse` (b, h_q, s_q) fp32, natural log.
+ * @throws FlashMLAError for every invalid argument (its `code` and `argument` say which), before
+ *   anything reaches a kernel; `E_BACKEND` when 'cuda' is asked for and not usable.
  */
+export function flashMlaWithKvCache(args: DecodeArgs & { q: HostTensor }, options?: DecodeOptions): Promise<DecodeResult<HostTensor>>;
+export function flashMlaWithKvCache(args: DecodeArgs & { q: DeviceTensor }, options?: DecodeOptions): Promise<DecodeResult<DeviceTensor>>;
+export function flashMlaWithKvCache(args: DecodeArgs, options?: DecodeOptions): Promise<DecodeResult<Tensor>>;
 export async function flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
   const args = readDecodeArgs(callerArgs);
-  const options = readDecodeOptions(callerOptions);
+  const options: CallOptions = readDecodeOptions<CallOptions>(callerOptions);
   const backend = options.backend ?? 'auto';
   if (backend !== 'auto' && backend !== 'cuda' && backend !== 'reference') {
     throw new FlashMLAError('E_VALUE', `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`, 'options.backend');

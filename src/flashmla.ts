@@ -6,7 +6,7 @@ import { callKindOf } from './native/usability.js';
 import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
 import { isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
-import type { BackendChoice, BackendName, DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
+import type { BackendChoice, BackendName, CallOptions, DecodeArgs, DecodeResult, InstanceDecodeOptions } from './types.js';
 
 export interface FlashMLAOpenOptions {
   /** 'auto' (default): CUDA when usable, else the reference. */
@@ -66,11 +66,20 @@ export class FlashMLA {
     return this.#session;
   }
 
-  /** FlashMLA's flash_mla_with_kvcache (docs/flashmla-interface.md#kvcache-arguments). Device outputs when q is a DeviceTensor. */
-  async flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
+  /**
+   * FlashMLA's `flash_mla_with_kvcache` on this instance's backend (see the top-level
+   * `flashMlaWithKvCache`). Outputs are host tensors when `q` is a host tensor, device tensors of
+   * this instance when it is a DeviceTensor. An instance opened with 'auto' runs host-tensor calls
+   * its build cannot run on the reference.
+   * @throws FlashMLAError for invalid arguments; `E_DISPOSED` after dispose(); `E_DEVICE_LOST` after a device fault.
+   */
+  flashMlaWithKvCache(args: DecodeArgs & { q: HostTensor }, options?: InstanceDecodeOptions): Promise<DecodeResult<HostTensor>>;
+  flashMlaWithKvCache(args: DecodeArgs & { q: DeviceTensor }, options?: InstanceDecodeOptions): Promise<DecodeResult<DeviceTensor>>;
+  flashMlaWithKvCache(args: DecodeArgs, options?: InstanceDecodeOptions): Promise<DecodeResult<Tensor>>;
+  async flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: InstanceDecodeOptions): Promise<DecodeResult<Tensor>> {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
     const args = readDecodeArgs(callerArgs);
-    const options = readDecodeOptions(callerOptions);
+    const options = readDecodeOptions<CallOptions>(callerOptions);
     if (this.#session === null) return referenceDecode(args, options);
     if (this.#fallback && this.cannotRun(args) !== null) return referenceDecode(args, options);
     return this.#session.decode(args, options);

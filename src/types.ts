@@ -45,14 +45,52 @@ export interface DecodeArgs {
   extraTopkLength?: Tensor | null;
 }
 
-export interface DecodeOptions {
-  backend?: BackendChoice;
+/** Options of `flashMlaWithKvCache` with `backend: 'auto'` (the default). */
+export interface AutoDecodeOptions {
+  /** Default 'auto': FlashMLA's kernels when the build and device can run this call, else the CPU reference. */
+  backend?: 'auto';
+  /** Used when the call runs on CUDA: see {@link CudaDecodeOptions.validate}. Default false. */
+  validate?: boolean;
+  /** Used when the call runs on the reference: see {@link ReferenceDecodeOptions.threads}. */
+  threads?: number;
+}
+
+/** Options of `flashMlaWithKvCache` with `backend: 'cuda'`. */
+export interface CudaDecodeOptions {
+  backend: 'cuda';
   /**
    * Check device-resident indices, block tables and lengths on the host before launching (costs a
-   * download). Host-resident ones are always checked.
+   * download; FlashMLA dereferences any index other than -1). Host-resident ones are always
+   * checked. Default false.
    */
   validate?: boolean;
-  /** Reference backend: worker threads to use (default: available cores). */
+}
+
+/** Options of `flashMlaWithKvCache` with `backend: 'reference'`. */
+export interface ReferenceDecodeOptions {
+  backend: 'reference';
+  /**
+   * Threads, the calling one included. Default: the available cores; at most twice the cores
+   * (at least 8). 1 runs on the calling thread only.
+   */
+  threads?: number;
+}
+
+/** Per-call options of `flashMlaWithKvCache`, by backend. */
+export type DecodeOptions = AutoDecodeOptions | CudaDecodeOptions | ReferenceDecodeOptions;
+
+/** Per-call options of `FlashMLA#flashMlaWithKvCache` (the instance's backend is fixed at open). */
+export interface InstanceDecodeOptions {
+  /** CUDA instances: see {@link CudaDecodeOptions.validate}. Default false. */
+  validate?: boolean;
+  /** Reference instances: see {@link ReferenceDecodeOptions.threads}. */
+  threads?: number;
+}
+
+/** Every per-call option, as the backends read them. @internal */
+export interface CallOptions {
+  backend?: BackendChoice;
+  validate?: boolean;
   threads?: number;
 }
 

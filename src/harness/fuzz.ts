@@ -6,7 +6,7 @@ import { FlashMLAError, type FlashMLAErrorCode } from '../errors.js';
 import { DeviceTensor as DeviceTensorClass, type DeviceTensor } from '../native/device-tensor.js';
 import { getMlaMetadata } from '../sched-meta.js';
 import { extentOf, isHostTensor, viewOf, type DeviceTensorMeta, type HostTensor, type Tensor, type TensorMeta } from '../tensor.js';
-import type { DecodeArgs, DecodeOptions, DecodeResult, HostDecodeArgs } from '../types.js';
+import type { CallOptions, DecodeArgs, DecodeResult, HostDecodeArgs } from '../types.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase } from './cases.js';
 import { checkIsAllclose, TOLERANCES } from './metrics.js';
 import { oracleDecode } from './oracle.js';
@@ -31,7 +31,7 @@ interface Mutation {
   /** The call's objects misbehave when read again (getters, Proxies): the oracle gets the generated case instead. */
   oracleFromCase?: true;
   /** Per-call options (e.g. a thread count). */
-  options?(rng: Rng): DecodeOptions;
+  options?(rng: Rng): CallOptions;
   /** What the caller does right after issuing the call, while it runs (rewrites, detaches, …). */
   during?(args: DecodeArgs, rng: Rng): void;
   /**
@@ -43,7 +43,7 @@ interface Mutation {
 }
 
 /** A decode entry point under test: the public API with a fixed backend, or an instance's method. */
-export type DecodeFn = (args: DecodeArgs, options?: DecodeOptions) => Promise<DecodeResult<Tensor>>;
+export type DecodeFn = (args: DecodeArgs, options?: CallOptions) => Promise<DecodeResult<Tensor>>;
 
 /**
  * The device side of a CUDA backend under test (FlashMLA instances over one build). With it, the
@@ -337,7 +337,7 @@ const INDEX_LIKE: readonly TensorField[] = ['blockTable', 'cacheSeqlens', 'indic
 /** One prepared call: what is passed, its all-host equivalent (for the oracle), and device memory to free after it. */
 interface Call {
   args: DecodeArgs;
-  options?: DecodeOptions;
+  options?: CallOptions;
   host: DecodeArgs;
   uploads: DeviceTensor[];
   /** Instead of a decode: another operation that must fail cleanly (loading a hostile build). */

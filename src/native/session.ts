@@ -5,7 +5,7 @@ import {
   ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
   type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
 } from '../tensor.js';
-import type { DecodeArgs, DecodeOptions, DecodeResult } from '../types.js';
+import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
 import { ownValue, readDecodeArgs, readDecodeOptions, readTensor } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
 import { nativeCode, type NativeEngine } from './addon.js';
@@ -226,7 +226,7 @@ export class CudaSession implements TensorOwner {
     return mintDeviceTensor(this, { dtype: view.dtype as D, shape: view.shape, strides: view.strides, offset: view.offset, capacity, address, allocation: null });
   }
 
-  async decode(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
+  async decode(callerArgs: DecodeArgs, callerOptions?: CallOptions): Promise<DecodeResult<Tensor>> {
     this.#open();
     const args = readDecodeArgs(callerArgs);
     const options = readDecodeOptions(callerOptions);

@@ -2,7 +2,7 @@ import { availableParallelism } from 'node:os';
 import { extentOf, isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
 import { check, FlashMLAError } from '../errors.js';
 import type { DecodePlan, SparsePlan } from '../plan.js';
-import type { DecodeArgs, DecodeOptions, DecodeResult } from '../types.js';
+import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
 import { liveLength, readDecodeArgs, readDecodeOptions } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
 import { allocateOutputs, writeRows, type RowPlaces } from './finalize.js';
@@ -238,7 +238,7 @@ async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<Decode
 }
 
 /** `flashMlaWithKvCache` on the reference backend: validate, bind the sched meta, run. */
-export async function referenceDecode(callerArgs: DecodeArgs, callerOptions?: DecodeOptions & ReferenceOptions): Promise<DecodeResult<HostTensor>> {
+export async function referenceDecode(callerArgs: DecodeArgs, callerOptions?: CallOptions & ReferenceOptions): Promise<DecodeResult<HostTensor>> {
   const args = readDecodeArgs(callerArgs);
   const options = readDecodeOptions(callerOptions);
   const threads = resolveThreads(options.threads);

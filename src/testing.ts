@@ -1,0 +1,14 @@
+/**
+ * `flashmla-node/testing`: what checks FlashMLA semantics, for your own tests and benchmarks. The
+ * case generators of FlashMLA's tests, the matrices the `compare` CLI runs, a float64 oracle of
+ * FlashMLA's semantics, its `check_is_allclose` metrics and tolerances, and the seeded fuzzer of
+ * hostile calls.
+ */
+export { generateEntry, matrixEntries, MATRIX_NAMES, type MatrixEntry, type MatrixName } from './harness/matrix.js';
+export {
+  generateDenseCase, generateSparseCase, UNUSED_BLOCK_ID,
+  type DecodeCase, type DenseCaseParams, type SparseCaseParams, type SparseScopeParams,
+} from './harness/cases.js';
+export { checkIsAllclose, toFloat64, TOLERANCES, type AllcloseResult, type Tolerance } from './harness/metrics.js';
+export { oracleDecode } from './harness/oracle.js';
+export { fuzz, type DecodeFn, type FuzzDevice, type FuzzFailure, type FuzzOptions, type FuzzReport } from './harness/fuzz.js';

@@ -1,0 +1,57 @@
+// Compile-time checks of the public types (tsc runs over this file in `npm test`; nothing runs it).
+// Each `@ts-expect-error` line must fail to type-check, each other line must type-check.
+import {
+  DeviceTensor, FlashMLA, FlashMLAError, flashMlaWithKvCache, getMlaMetadata, zeros,
+  type DecodeArgs, type DecodeResult, type HostTensor, type Tensor,
+} from '../../src/index.js';
+import { f32ToBf16 } from '../../src/formats/index.js';
+import { oracleDecode } from '../../src/testing.js';
+
+declare const q: HostTensor<'bf16'>;
+declare const kCache: HostTensor<'bf16'>;
+declare const deviceQ: DeviceTensor<'bf16'>;
+declare const anyQ: Tensor;
+const rest = { kCache, blockTable: zeros('int32', [1, 1]), cacheSeqlens: zeros('int32', [1]), headDimV: 512, schedMeta: getMlaMetadata() };
+
+export async function hostInHostOut(): Promise<void> {
+  const { out, lse } = await flashMlaWithKvCache({ q, ...rest });
+  const bits: Uint16Array | Float32Array | Int32Array | Uint8Array = out.data; // host in, host out: data without a cast
+  const logs: ArrayLike<number> = lse.data;
+  void bits;
+  void logs;
+  const fromReference: DecodeResult<HostTensor> = await flashMlaWithKvCache({ q, ...rest }, { backend: 'reference', threads: 2 });
+  void fromReference;
+  const checked: DecodeResult<HostTensor> = oracleDecode({ q, ...rest });
+  void checked;
+  void f32ToBf16(1);
+}
+
+export async function deviceInDeviceOut(): Promise<void> {
+  const r = await flashMlaWithKvCache({ q: deviceQ, ...rest }, { backend: 'cuda', validate: true });
+  const d: DeviceTensor = r.out;
+  void d;
+  const mixed = await flashMlaWithKvCache({ q: anyQ, ...rest } as DecodeArgs);
+  // @ts-expect-error a call whose q may be on the device has no host data in its type
+  void mixed.out.data;
+}
+
+export async function optionsByBackend(): Promise<void> {
+  // @ts-expect-error threads belong to the reference backend
+  await flashMlaWithKvCache({ q, ...rest }, { backend: 'cuda', threads: 2 });
+  // @ts-expect-error validate belongs to the CUDA backend
+  await flashMlaWithKvCache({ q, ...rest }, { backend: 'reference', validate: true });
+  // @ts-expect-error not a backend
+  await flashMlaWithKvCache({ q, ...rest }, { backend: 'gpu' });
+  const fm = await FlashMLA.open({ backend: 'cuda', device: 0 });
+  const onInstance = await fm.flashMlaWithKvCache({ q, ...rest }, { validate: true });
+  const host: HostTensor = onInstance.out;
+  void host;
+}
+
+export function deviceTensorsCannotBeMade(): void {
+  // @ts-expect-error DeviceTensors are made by FlashMLA.upload/allocate/wrap only
+  void new DeviceTensor(Symbol('x'), {}, {});
+  const e = new FlashMLAError('E_VALUE', 'message', 'argument');
+  const code: 'E_VALUE' | string = e.code;
+  void code;
+}
