@@ -85,6 +85,8 @@ describe('device tensors', () => {
       for (let i = 0; i < 20; i++) await small.allocate('uint8', [40 << 20]);
       const err = await small.allocate('uint8', [100 << 20]).then(() => null, (e: unknown) => e);
       expect(err).toMatchObject({ code: 'E_OUT_OF_MEMORY', message: expect.stringMatching(/104857600 bytes/) });
+      // The error came back from the worker thread with the stack of the call that made it.
+      expect((err as Error).stack).toMatch(/native-memory\.test\.ts/);
     } finally {
       await small.dispose();
       delete process.env.FLASHMLA_EMU_MEMORY;

@@ -27,6 +27,16 @@ function asFlashMLAError(e: unknown): FlashMLAError {
   return new FlashMLAError((nativeCode(e) ?? 'E_CUDA') as FlashMLAErrorCode, message);
 }
 
+/**
+ * An error that comes back from the instance's worker thread has no JavaScript frames of its own;
+ * it gets the stack of the call that started the work (as sharp does for its async errors).
+ */
+function withCallerStack(err: FlashMLAError, caller: Error): FlashMLAError {
+  const frames = (caller.stack ?? '').split('\n').slice(1).join('\n');
+  err.stack = `${err.name}: ${err.message}\n${frames}`;
+  return err;
+}
+
 const cudaErrorOf = (e: unknown): number | undefined => (e as { cudaError?: number } | null)?.cudaError;
 
 export type SessionResult = { readonly ok: true; readonly session: CudaSession } | { readonly ok: false; readonly reason: string };
@@ -105,14 +115,14 @@ export class CudaSession implements TensorOwner {
    * device lost (every later call then fails at once, naming this first fault); out-of-memory has
    * its own code.
    */
-  #fail(e: unknown): never {
+  #fail(e: unknown, caller: Error): never {
     const cuda = cudaErrorOf(e);
-    const err = asFlashMLAError(e);
+    const err = withCallerStack(asFlashMLAError(e), caller);
     if (isSticky(cuda)) {
       const first = markLost(this.device, err.message);
-      throw new FlashMLAError('E_DEVICE_LOST', `CUDA device ${this.device} is lost for the rest of this process; its first fault was: ${first}. Restart the process`);
+      throw withCallerStack(new FlashMLAError('E_DEVICE_LOST', `CUDA device ${this.device} is lost for the rest of this process; its first fault was: ${first}. Restart the process`), caller);
     }
-    if (cuda === CUDA_ERROR_OUT_OF_MEMORY) throw new FlashMLAError('E_OUT_OF_MEMORY', err.message);
+    if (cuda === CUDA_ERROR_OUT_OF_MEMORY) throw withCallerStack(new FlashMLAError('E_OUT_OF_MEMORY', err.message), caller);
     throw err;
   }
 
@@ -147,14 +157,16 @@ export class CudaSession implements TensorOwner {
   }
 
   async allocate<D extends DType>(dtype: D, shape: readonly number[]): Promise<DeviceTensor<D>> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
     const view = viewOf({ dtype, shape, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false }, 'shape');
     const n = numel(view.shape);
-    const a = await this.#withMemory(() => this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch((e: unknown) => this.#fail(e)));
+    const a = await this.#withMemory(() => this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch((e: unknown) => this.#fail(e, caller)));
     return mintDeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
   }
 
   async upload<D extends DType>(tensor: HostTensor<D>): Promise<DeviceTensor<D>> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
     const t = readTensor(tensor, 'tensor');
     check(isHostTensor(t), 'E_VALUE', 'tensor', 'upload takes a host tensor ({ dtype, shape, data })');
@@ -164,12 +176,12 @@ export class CudaSession implements TensorOwner {
     // The elements are copied now, into memory the caller cannot detach or shrink while the copy
     // to the device is queued.
     const data = count > 0 ? t.data.slice(view.offset, extent) : null;
-    const a = await this.#withMemory(() => this.engine.malloc(count * ELEMENT_BYTES[view.dtype]).catch((e: unknown) => this.#fail(e)));
+    const a = await this.#withMemory(() => this.engine.malloc(count * ELEMENT_BYTES[view.dtype]).catch((e: unknown) => this.#fail(e, caller)));
     const out = mintDeviceTensor(this, { dtype: t.dtype as D, shape: view.shape, strides: view.strides, offset: 0, capacity: count, address: a.address, allocation: a.id });
     if (data !== null) {
       await this.engine.upload(a.address, data).catch((e: unknown) => {
         out.dispose();
-        this.#fail(e);
+        this.#fail(e, caller);
       });
     }
     return out;
@@ -177,6 +189,7 @@ export class CudaSession implements TensorOwner {
 
   /** A contiguous host copy of a device tensor. */
   async download<D extends DType>(t: DeviceTensorMeta<D>): Promise<HostTensor<D>> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
     check(t !== null && typeof t === 'object' && !isHostTensor(t as Tensor), 'E_VALUE', 'tensor', 'download takes a DeviceTensor');
     const view = viewOf(t, 'tensor');
@@ -187,7 +200,7 @@ export class CudaSession implements TensorOwner {
     if (n === 0) return { dtype: t.dtype, shape: [...view.shape], data: new Arr(0) as DataOf[D] };
     if (isContiguous(view)) {
       const data = new Arr(n);
-      await this.engine.download(t.address + BigInt(view.offset * eb), data).catch((e: unknown) => this.#fail(e));
+      await this.engine.download(t.address + BigInt(view.offset * eb), data).catch((e: unknown) => this.#fail(e, caller));
       return { dtype: t.dtype, shape: [...view.shape], data: data as DataOf[D] };
     }
     const raw = await this.downloadExtent(t, view);
@@ -196,14 +209,16 @@ export class CudaSession implements TensorOwner {
 
   /** Elements [offset, extent) of a device tensor, as a host tensor of the same geometry (offset 0). */
   async downloadExtent(t: DeviceTensorMeta, view: View): Promise<DataOf[DType]> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     const count = extentOf(view) - view.offset;
     const data = new ARRAYS[view.dtype](Math.max(count, 0));
-    if (count > 0) await this.engine.download(t.address + BigInt(view.offset * ELEMENT_BYTES[view.dtype]), data).catch((e: unknown) => this.#fail(e));
+    if (count > 0) await this.engine.download(t.address + BigInt(view.offset * ELEMENT_BYTES[view.dtype]), data).catch((e: unknown) => this.#fail(e, caller));
     return data;
   }
 
   /** Wraps device memory owned elsewhere; checked with cudaPointerGetAttributes. */
   async wrap<D extends DType>(address: bigint, meta: TensorMeta<D> & { capacity?: number }): Promise<DeviceTensor<D>> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
     check(typeof address === 'bigint' && address > 0n && address < 2n ** 64n, 'E_VALUE', 'address', 'address must be a non-zero 64-bit bigint');
     check(meta !== null && typeof meta === 'object', 'E_VALUE', 'meta', 'meta must be an object ({ dtype, shape, strides?, offset?, capacity? })');
@@ -218,7 +233,7 @@ export class CudaSession implements TensorOwner {
     // Both ends of the claimed range must be memory of this device. (The runtime API tells the
     // owner of an address, not where its allocation ends; see docs/cuda-path.md#wrap.)
     for (const [at, what] of [[address, 'address'], [address + bytes - 1n, 'the last byte of meta.capacity']] as const) {
-      const attrs = await this.engine.pointerInfo(at).catch((e: unknown) => this.#fail(e));
+      const attrs = await this.engine.pointerInfo(at).catch((e: unknown) => this.#fail(e, caller));
       check(attrs.type === 2, 'E_DEVICE', 'address', `${what} (0x${at.toString(16)}) is not CUDA device memory (cudaPointerGetAttributes type ${attrs.type})`);
       check(attrs.device === this.device, 'E_DEVICE', 'address',
         `${what} (0x${at.toString(16)}) is memory of device ${attrs.device}, but this FlashMLA instance uses device ${this.device}`);
@@ -227,6 +242,7 @@ export class CudaSession implements TensorOwner {
   }
 
   async decode(callerArgs: DecodeArgs, callerOptions?: CallOptions): Promise<DecodeResult<Tensor>> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
     const args = readDecodeArgs(callerArgs);
     const options = readDecodeOptions(callerOptions);
@@ -253,7 +269,7 @@ export class CudaSession implements TensorOwner {
       ...requestFields(plan, launch, (k) => this.launcherIds.get(k)!),
       slot: slot.id, operands, hostOut, hostLse,
     };
-    const outcome = await this.#withMemory(() => this.engine.decode(request).catch((e: unknown) => this.#fail(e)));
+    const outcome = await this.#withMemory(() => this.engine.decode(request).catch((e: unknown) => this.#fail(e, caller)));
     this.stats.decodes++;
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
     const outShape = [plan.b, plan.sQ, plan.hQ, 512];
