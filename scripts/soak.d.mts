@@ -1,4 +1,4 @@
-// Types of scripts/soak.mjs for the TypeScript test that runs it (tests/soak.test.ts).
+// Types of scripts/soak.mjs for the TypeScript test that runs it (tests/stress/soak.test.ts).
 export interface SoakSample {
   call: number;
   rss: number;

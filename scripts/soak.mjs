@@ -16,7 +16,7 @@
 // (launchers check, then skip the math), --calls calls; `compute` = the same with the emulator's
 // kernels computing, --calls / 10 calls, every result compared bitwise with the first result of
 // its case; `reference` = the reference backend on small shapes, --calls / 10 calls, compared the
-// same way. tests/soak.test.ts runs `soak()` from this file on the TypeScript sources.
+// same way. tests/stress/soak.test.ts runs `soak()` from this file on the TypeScript sources.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';

@@ -32,7 +32,7 @@ const MIN_SCALE_INV = Math.fround(1e-4);
  * The power-of-two scale of a tile whose max |x| is `amax` (docs/flashmla-interface.md#quantization step 2):
  * `s = 2^ceil(log2(max(float32(amax / 448), 1e-4)))`. Computed from the float32 bits instead of a
  * log: ceil(log2 y) is y's exponent, plus one unless y is a power of two. For bf16 inputs this is
- * what torch's float32 `log2().ceil()` gives too (tests/kvcache.test.ts checks every bf16 amax).
+ * what torch's float32 `log2().ceil()` gives too (tests/unit/kvcache.test.ts checks every bf16 amax).
  * NaN → NaN; +Inf → +Inf (torch: pow(2, ceil(log2(inf))) = inf).
  */
 export function tileScale(amax: number): number {

@@ -2,14 +2,14 @@
 // rewritten while a decode or an upload is queued, and SharedArrayBuffer-backed inputs. The call
 // keeps its own copies, so the results are those of the inputs as they were when it was issued.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { FlashMLA } from '../src/flashmla.js';
-import { generateSparseCase } from '../src/harness/cases.js';
-import { oracleDecode } from '../src/harness/oracle.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import { zeros, type HostTensor } from '../src/tensor.js';
-import type { DecodeArgs, DecodeResult } from '../src/types.js';
-import { buildEmulator } from './emulator/build.mjs';
-import { expectClose } from './helpers/decode.js';
+import { FlashMLA } from '../../src/flashmla.js';
+import { generateSparseCase } from '../../src/harness/cases.js';
+import { oracleDecode } from '../../src/harness/oracle.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import { zeros, type HostTensor } from '../../src/tensor.js';
+import type { DecodeArgs, DecodeResult } from '../../src/types.js';
+import { buildEmulator } from '../emulator/build.mjs';
+import { expectClose } from '../helpers/decode.js';
 
 let fm: FlashMLA;
 beforeAll(async () => {

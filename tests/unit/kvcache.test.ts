@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { FlashMLAError } from '../src/errors.js';
-import { f32ToBf16 } from '../src/formats/bf16.js';
+import { FlashMLAError } from '../../src/errors.js';
+import { f32ToBf16 } from '../../src/formats/bf16.js';
 import {
   blockStride,
   bytesPerToken,
@@ -10,12 +10,12 @@ import {
   ropeOffset,
   scalesOffset,
   v32BlockStride,
-} from '../src/kvcache/layout.js';
-import { dequantizeKCache } from '../src/kvcache/dequantize.js';
-import { quantizeKCache, tileScale } from '../src/kvcache/quantize.js';
-import { dequantTokenModel1, dequantTokenV32 } from '../src/kvcache/token.js';
-import type { HostTensor } from '../src/tensor.js';
-import type { KvLayout } from '../src/types.js';
+} from '../../src/kvcache/layout.js';
+import { dequantizeKCache } from '../../src/kvcache/dequantize.js';
+import { quantizeKCache, tileScale } from '../../src/kvcache/quantize.js';
+import { dequantTokenModel1, dequantTokenV32 } from '../../src/kvcache/token.js';
+import type { HostTensor } from '../../src/tensor.js';
+import type { KvLayout } from '../../src/types.js';
 
 // ---- independent helpers (float64, textbook formulas) ----
 

@@ -8,13 +8,13 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FlashMLA } from '../src/flashmla.js';
-import { generateDenseCase, generateSparseCase, type DecodeCase, type DenseCaseParams, type SparseCaseParams } from '../src/harness/cases.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import { sourceExecArgv } from '../src/reference/pool.js';
-import { isHostTensor, type HostTensor, type Tensor } from '../src/tensor.js';
-import type { DecodeArgs } from '../src/types.js';
-import { buildEmulator } from './emulator/build.mjs';
+import { FlashMLA } from '../../src/flashmla.js';
+import { generateDenseCase, generateSparseCase, type DecodeCase, type DenseCaseParams, type SparseCaseParams } from '../../src/harness/cases.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import { sourceExecArgv } from '../../src/reference/pool.js';
+import { isHostTensor, type HostTensor, type Tensor } from '../../src/tensor.js';
+import type { DecodeArgs } from '../../src/types.js';
+import { buildEmulator } from '../emulator/build.mjs';
 
 type Spec = { kind: 'dense'; params: DenseCaseParams; seed: number } | { kind: 'sparse'; params: SparseCaseParams; seed: number };
 
@@ -127,7 +127,7 @@ function inWorkers(count: number, open: Record<string, unknown>, rounds: number)
   const workers = Array.from({ length: count }, () => new Worker(pathToFileURL(workerFile), {
     // A file, not eval: Node applies --import module hooks to file entry points only.
     execArgv: sourceExecArgv(),
-    workerData: { src: pathToFileURL(fileURLToPath(new URL('../src', import.meta.url))).href, open, specs: SPECS, rounds },
+    workerData: { src: pathToFileURL(fileURLToPath(new URL('../../src', import.meta.url))).href, open, specs: SPECS, rounds },
   }));
   let ready = 0;
   return Promise.all(workers.map((w) => new Promise<Bits[]>((resolve, reject) => {

@@ -6,15 +6,15 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterAll, describe, expect, it } from 'vitest';
-import * as flashmla from '../src/flashmla.js';
-import * as cases from '../src/harness/cases.js';
-import * as addon from '../src/native/addon.js';
-import * as libraryModule from '../src/native/library.js';
-import * as locate from '../src/native/locate.js';
-import * as schedMeta from '../src/sched-meta.js';
-import * as tensor from '../src/tensor.js';
-import { soakPhase, type SoakResult } from '../scripts/soak.mjs';
-import { buildEmulator } from './emulator/build.mjs';
+import * as flashmla from '../../src/flashmla.js';
+import * as cases from '../../src/harness/cases.js';
+import * as addon from '../../src/native/addon.js';
+import * as libraryModule from '../../src/native/library.js';
+import * as locate from '../../src/native/locate.js';
+import * as schedMeta from '../../src/sched-meta.js';
+import * as tensor from '../../src/tensor.js';
+import { soakPhase, type SoakResult } from '../../scripts/soak.mjs';
+import { buildEmulator } from '../emulator/build.mjs';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;

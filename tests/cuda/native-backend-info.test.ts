@@ -4,12 +4,12 @@ import { chmodSync, copyFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { backendInfo, doctorReport, formatDoctor } from '../src/backend-info.js';
-import { FlashMLA } from '../src/flashmla.js';
-import { loadAddon } from '../src/native/addon.js';
-import { inspectBuild } from '../src/native/build-file.js';
-import { locateFlashMla } from '../src/native/locate.js';
-import { buildEmulator } from './emulator/build.mjs';
+import { backendInfo, doctorReport, formatDoctor } from '../../src/backend-info.js';
+import { FlashMLA } from '../../src/flashmla.js';
+import { loadAddon } from '../../src/native/addon.js';
+import { inspectBuild } from '../../src/native/build-file.js';
+import { locateFlashMla } from '../../src/native/locate.js';
+import { buildEmulator } from '../emulator/build.mjs';
 
 let library: string;
 const dir = mkdtempSync(join(tmpdir(), 'flashmla-native-info-'));

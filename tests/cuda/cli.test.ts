@@ -5,10 +5,10 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import type { CompareReport } from '../src/harness/compare.js';
-import { buildEmulator } from './emulator/build.mjs';
+import type { CompareReport } from '../../src/harness/compare.js';
+import { buildEmulator } from '../emulator/build.mjs';
 
-const root = join(import.meta.dirname, '..');
+const root = join(import.meta.dirname, '..', '..');
 const main = join(root, 'dist', 'cli', 'main.js');
 
 interface Run {

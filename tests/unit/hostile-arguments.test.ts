@@ -3,17 +3,17 @@
 // pollution, forged device tensors, huge extents by zero strides, offsets past 4 GiB, thread
 // counts. Each ends in a FlashMLAError or a result that matches the float64 oracle.
 import { afterEach, describe, expect, test } from 'vitest';
-import { FlashMLAError } from '../src/errors.js';
-import { generateDenseCase, generateSparseCase } from '../src/harness/cases.js';
-import { oracleDecode } from '../src/harness/oracle.js';
-import { absIndicesToKvcacheIndices } from '../src/kvcache/indices.js';
-import { DeviceTensor } from '../src/native/device-tensor.js';
-import { referenceDecode } from '../src/reference/index.js';
-import { copyBytes } from '../src/reference/workspace.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import type { HostTensor } from '../src/tensor.js';
-import type { DecodeArgs, DecodeResult } from '../src/types.js';
-import { expectClose } from './helpers/decode.js';
+import { FlashMLAError } from '../../src/errors.js';
+import { generateDenseCase, generateSparseCase } from '../../src/harness/cases.js';
+import { oracleDecode } from '../../src/harness/oracle.js';
+import { absIndicesToKvcacheIndices } from '../../src/kvcache/indices.js';
+import { DeviceTensor } from '../../src/native/device-tensor.js';
+import { referenceDecode } from '../../src/reference/index.js';
+import { copyBytes } from '../../src/reference/workspace.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import type { HostTensor } from '../../src/tensor.js';
+import type { DecodeArgs, DecodeResult } from '../../src/types.js';
+import { expectClose } from '../helpers/decode.js';
 
 afterEach(() => {
   delete (Object.prototype as Record<string, unknown>).offset;

@@ -1,8 +1,8 @@
 import { describe, expect, test } from 'vitest';
-import { f32ToBf16 } from '../src/formats/bf16.js';
-import { generateDenseCase, generateSparseCase, type DenseCaseParams, type SparseCaseParams } from '../src/harness/cases.js';
-import { zeros, type HostTensor } from '../src/tensor.js';
-import { expectMatchesOracle, reference } from './helpers/decode.js';
+import { f32ToBf16 } from '../../src/formats/bf16.js';
+import { generateDenseCase, generateSparseCase, type DenseCaseParams, type SparseCaseParams } from '../../src/harness/cases.js';
+import { zeros, type HostTensor } from '../../src/tensor.js';
+import { expectMatchesOracle, reference } from '../helpers/decode.js';
 
 const dense = (p: Partial<DenseCaseParams>, seed = 1) =>
   generateDenseCase({ b: 2, sQ: 1, sK: 140, hQ: 8, hK: 1, varlen: false, causal: false, ...p }, seed);

@@ -6,19 +6,19 @@ import { setFlagsFromString } from 'node:v8';
 setFlagsFromString('--experimental-wasm-relaxed-simd');
 
 import { describe, expect, test } from 'vitest';
-import { generateDenseCase, generateSparseCase, type DecodeCase } from '../src/harness/cases.js';
-import { checkIsAllclose, TOLERANCES } from '../src/harness/metrics.js';
-import { oracleDecode } from '../src/harness/oracle.js';
-import { f32ToBf16 } from '../src/formats/bf16.js';
-import { Rng } from '../src/harness/random.js';
-import { MODEL1, V32 } from '../src/kvcache/layout.js';
-import { referenceDecode, resolveTier, TIERS, tierUnavailable, TIER_ENV } from '../src/reference/index.js';
-import { JsWorkspace } from '../src/reference/tile-js.js';
-import { NativeWorkspace, nativeTileApi, type CpuTileApi, type NativeIsa } from '../src/reference/tile-native.js';
-import type { Workspace } from '../src/reference/workspace.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import type { DecodeResult } from '../src/types.js';
-import type { HostTensor } from '../src/tensor.js';
+import { generateDenseCase, generateSparseCase, type DecodeCase } from '../../src/harness/cases.js';
+import { checkIsAllclose, TOLERANCES } from '../../src/harness/metrics.js';
+import { oracleDecode } from '../../src/harness/oracle.js';
+import { f32ToBf16 } from '../../src/formats/bf16.js';
+import { Rng } from '../../src/harness/random.js';
+import { MODEL1, V32 } from '../../src/kvcache/layout.js';
+import { referenceDecode, resolveTier, TIERS, tierUnavailable, TIER_ENV } from '../../src/reference/index.js';
+import { JsWorkspace } from '../../src/reference/tile-js.js';
+import { NativeWorkspace, nativeTileApi, type CpuTileApi, type NativeIsa } from '../../src/reference/tile-native.js';
+import type { Workspace } from '../../src/reference/workspace.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import type { DecodeResult } from '../../src/types.js';
+import type { HostTensor } from '../../src/tensor.js';
 
 const cases: DecodeCase[] = [
   generateDenseCase({ b: 2, sQ: 2, sK: 300, hQ: 6, hK: 2, varlen: true, causal: true }, 1),

@@ -1,8 +1,8 @@
 import { expect, test } from 'vitest';
-import { FlashMLAError } from '../src/errors.js';
-import { FlashMLA } from '../src/flashmla.js';
-import { fuzz } from '../src/harness/fuzz.js';
-import { referenceDecode } from '../src/reference/index.js';
+import { FlashMLAError } from '../../src/errors.js';
+import { FlashMLA } from '../../src/flashmla.js';
+import { fuzz } from '../../src/harness/fuzz.js';
+import { referenceDecode } from '../../src/reference/index.js';
 
 test('reference backend: 400 seeded hostile calls end in a result matching the oracle or the FlashMLAError each mutation declares', async () => {
   const report = await fuzz({

@@ -2,19 +2,19 @@
 // way whatever the count and merged in the same order; workers only change who computes an item.
 // Cases are above the size threshold so that threads > 1 really run on the worker pool.
 import { describe, expect, test } from 'vitest';
-import { generateDenseCase, generateSparseCase, type DecodeCase } from '../src/harness/cases.js';
-import { checkIsAllclose, TOLERANCES } from '../src/harness/metrics.js';
-import { oracleDecode } from '../src/harness/oracle.js';
-import { PARALLEL_MIN_FLOPS, referenceDecode } from '../src/reference/index.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import type { DecodeArgs } from '../src/types.js';
-import type { HostTensor, Tensor } from '../src/tensor.js';
-import { f32ToBf16 } from '../src/formats/bf16.js';
-import { validateDecode } from '../src/validate/index.js';
-import { encodeRows } from '../src/reference/finalize.js';
-import { ITEM, MAX_CHUNK, MIN_CHUNK, workItems } from '../src/reference/items.js';
-import { mergeIntoJs, partialIn, type Partial } from '../src/reference/partial.js';
-import { nativeTileApi, type CpuTileApi } from '../src/reference/tile-native.js';
+import { generateDenseCase, generateSparseCase, type DecodeCase } from '../../src/harness/cases.js';
+import { checkIsAllclose, TOLERANCES } from '../../src/harness/metrics.js';
+import { oracleDecode } from '../../src/harness/oracle.js';
+import { PARALLEL_MIN_FLOPS, referenceDecode } from '../../src/reference/index.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import type { DecodeArgs } from '../../src/types.js';
+import type { HostTensor, Tensor } from '../../src/tensor.js';
+import { f32ToBf16 } from '../../src/formats/bf16.js';
+import { validateDecode } from '../../src/validate/index.js';
+import { encodeRows } from '../../src/reference/finalize.js';
+import { ITEM, MAX_CHUNK, MIN_CHUNK, workItems } from '../../src/reference/items.js';
+import { mergeIntoJs, partialIn, type Partial } from '../../src/reference/partial.js';
+import { nativeTileApi, type CpuTileApi } from '../../src/reference/tile-native.js';
 
 const cases: DecodeCase[] = [
   generateDenseCase({ b: 3, sQ: 2, sK: 2500, hQ: 16, hK: 1, varlen: true, causal: true }, 11),

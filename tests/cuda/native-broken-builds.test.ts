@@ -6,9 +6,9 @@ import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
-import { backendInfo, doctorReport } from '../src/backend-info.js';
-import { FlashMLA } from '../src/flashmla.js';
-import { askPython } from '../src/native/locate.js';
+import { backendInfo, doctorReport } from '../../src/backend-info.js';
+import { FlashMLA } from '../../src/flashmla.js';
+import { askPython } from '../../src/native/locate.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'flashmla-broken-'));
 afterEach(() => {

@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
-const dir = fileURLToPath(new URL('../examples/', import.meta.url));
+const dir = fileURLToPath(new URL('../../examples/', import.meta.url));
 
 describe('examples/', () => {
   it.each(readdirSync(dir).filter((f) => f.endsWith('.mjs')))('%s runs and its result matches the float64 oracle', (file) => {
@@ -16,10 +16,10 @@ describe('examples/', () => {
 
 describe('README', () => {
   it('shows each example exactly as the file that runs above', () => {
-    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
     const blocks = [...readme.matchAll(/```js\n([\s\S]*?)\n```/g)].map((m) => m[1]);
     for (const file of ['dense-decode.mjs', 'sparse-model1-decode.mjs']) {
-      expect(blocks, file).toContain(readFileSync(new URL(`../examples/${file}`, import.meta.url), 'utf8').trimEnd());
+      expect(blocks, file).toContain(readFileSync(new URL(`../../examples/${file}`, import.meta.url), 'utf8').trimEnd());
     }
   });
 });

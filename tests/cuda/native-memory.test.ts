@@ -1,16 +1,16 @@
 // Device tensors, the per-instance worker (ordering, concurrency), the sched-meta lifecycle and
 // stale-error hygiene, on the CPU emulator of tests/emulator.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FlashMLAError } from '../src/errors.js';
-import { FlashMLA } from '../src/flashmla.js';
-import { generateDenseCase, generateSparseCase } from '../src/harness/cases.js';
-import { DeviceTensor } from '../src/native/device-tensor.js';
-import { openCudaSession, type CudaSession } from '../src/native/session.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import type { DeviceTensorMeta, HostTensor } from '../src/tensor.js';
-import type { DecodeResult } from '../src/types.js';
-import { buildEmulator } from './emulator/build.mjs';
-import { expectClose, reference } from './helpers/decode.js';
+import { FlashMLAError } from '../../src/errors.js';
+import { FlashMLA } from '../../src/flashmla.js';
+import { generateDenseCase, generateSparseCase } from '../../src/harness/cases.js';
+import { DeviceTensor } from '../../src/native/device-tensor.js';
+import { openCudaSession, type CudaSession } from '../../src/native/session.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import type { DeviceTensorMeta, HostTensor } from '../../src/tensor.js';
+import type { DecodeResult } from '../../src/types.js';
+import { buildEmulator } from '../emulator/build.mjs';
+import { expectClose, reference } from '../helpers/decode.js';
 
 let library: string;
 let fm: FlashMLA;

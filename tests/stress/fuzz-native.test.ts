@@ -8,11 +8,11 @@ import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FlashMLA } from '../src/flashmla.js';
-import { fuzz, type FuzzDevice } from '../src/harness/fuzz.js';
-import { referenceDecode } from '../src/reference/index.js';
-import type { DeviceTensorMeta } from '../src/tensor.js';
-import { buildEmulator } from './emulator/build.mjs';
+import { FlashMLA } from '../../src/flashmla.js';
+import { fuzz, type FuzzDevice } from '../../src/harness/fuzz.js';
+import { referenceDecode } from '../../src/reference/index.js';
+import type { DeviceTensorMeta } from '../../src/tensor.js';
+import { buildEmulator } from '../emulator/build.mjs';
 
 const log = join(tmpdir(), `flashmla-fuzz-native-${process.pid}.log`);
 let library: string;

@@ -1,12 +1,12 @@
 import { describe, expect, test } from 'vitest';
-import { FlashMLAError, type FlashMLAErrorCode } from '../src/errors.js';
-import { generateDenseCase, generateSparseCase } from '../src/harness/cases.js';
-import { referenceDecode } from '../src/reference/index.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import type { HostTensor } from '../src/tensor.js';
-import type { DecodeArgs, HostDecodeArgs } from '../src/types.js';
-import { validateDecode } from '../src/validate/index.js';
-import { withMeta } from './helpers/decode.js';
+import { FlashMLAError, type FlashMLAErrorCode } from '../../src/errors.js';
+import { generateDenseCase, generateSparseCase } from '../../src/harness/cases.js';
+import { referenceDecode } from '../../src/reference/index.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import type { HostTensor } from '../../src/tensor.js';
+import type { DecodeArgs, HostDecodeArgs } from '../../src/types.js';
+import { validateDecode } from '../../src/validate/index.js';
+import { withMeta } from '../helpers/decode.js';
 
 type Args = Omit<HostDecodeArgs, 'schedMeta'>;
 

@@ -4,9 +4,9 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, expect, it } from 'vitest';
-import { buildEmulator } from './emulator/build.mjs';
+import { buildEmulator } from '../emulator/build.mjs';
 
-const script = fileURLToPath(new URL('./fixtures/terminate-workers.mjs', import.meta.url));
+const script = fileURLToPath(new URL('../fixtures/terminate-workers.mjs', import.meta.url));
 let library: string;
 beforeAll(async () => {
   library = await buildEmulator();

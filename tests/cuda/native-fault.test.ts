@@ -3,13 +3,13 @@
 // must fail at once naming the first fault, and the process must live. Own file: the emulated
 // device stays faulted for the rest of the process.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { FlashMLAError } from '../src/errors.js';
-import { backendInfo } from '../src/backend-info.js';
-import { FlashMLA } from '../src/flashmla.js';
-import { generateSparseCase } from '../src/harness/cases.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import type { HostTensor } from '../src/tensor.js';
-import { buildEmulator } from './emulator/build.mjs';
+import { FlashMLAError } from '../../src/errors.js';
+import { backendInfo } from '../../src/backend-info.js';
+import { FlashMLA } from '../../src/flashmla.js';
+import { generateSparseCase } from '../../src/harness/cases.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import type { HostTensor } from '../../src/tensor.js';
+import { buildEmulator } from '../emulator/build.mjs';
 
 let fm: FlashMLA;
 beforeAll(async () => {

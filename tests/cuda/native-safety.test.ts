@@ -3,13 +3,13 @@
 // launchers exit like FlashMLA's, so every case below would end this test process if it reached a
 // launcher: each must be a FlashMLAError raised before any launch.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FlashMLAError } from '../src/errors.js';
-import { FlashMLA } from '../src/flashmla.js';
-import { generateSparseCase } from '../src/harness/cases.js';
-import { getMlaMetadata } from '../src/sched-meta.js';
-import { numel, type DType, type HostTensor } from '../src/tensor.js';
-import type { DecodeArgs } from '../src/types.js';
-import { buildEmulator } from './emulator/build.mjs';
+import { FlashMLAError } from '../../src/errors.js';
+import { FlashMLA } from '../../src/flashmla.js';
+import { generateSparseCase } from '../../src/harness/cases.js';
+import { getMlaMetadata } from '../../src/sched-meta.js';
+import { numel, type DType, type HostTensor } from '../../src/tensor.js';
+import type { DecodeArgs } from '../../src/types.js';
+import { buildEmulator } from '../emulator/build.mjs';
 
 let library: string;
 beforeAll(async () => {

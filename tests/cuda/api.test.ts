@@ -2,11 +2,11 @@
 // float64 oracle: a backend returning NaN or garbage fails here. (Own file: the process-wide CUDA
 // instance is made from FLASHMLA_LIBRARY at the first call.)
 import { beforeAll, describe, expect, it } from 'vitest';
-import { flashMlaWithKvCache, getMlaMetadata } from '../src/index.js';
-import { generateDenseCase, generateSparseCase, oracleDecode } from '../src/testing.js';
-import type { DecodeArgs, DecodeResult, HostTensor } from '../src/index.js';
-import { buildEmulator } from './emulator/build.mjs';
-import { expectClose } from './helpers/decode.js';
+import { flashMlaWithKvCache, getMlaMetadata } from '../../src/index.js';
+import { generateDenseCase, generateSparseCase, oracleDecode } from '../../src/testing.js';
+import type { DecodeArgs, DecodeResult, HostTensor } from '../../src/index.js';
+import { buildEmulator } from '../emulator/build.mjs';
+import { expectClose } from '../helpers/decode.js';
 
 beforeAll(async () => {
   process.env.FLASHMLA_LIBRARY = await buildEmulator();

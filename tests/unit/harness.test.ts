@@ -1,12 +1,12 @@
 import { describe, expect, test } from 'vitest';
-import { FlashMLAError } from '../src/errors.js';
-import { generateDenseCase, generateSparseCase, type DecodeCase } from '../src/harness/cases.js';
-import { compare, type CustomSide } from '../src/harness/compare.js';
-import { matrixEntries, type MatrixEntry } from '../src/harness/matrix.js';
-import { checkIsAllclose, TOLERANCES, type Tolerance } from '../src/harness/metrics.js';
-import { oracleDecode } from '../src/harness/oracle.js';
-import type { HostTensor } from '../src/tensor.js';
-import type { DecodeArgs, DecodeResult } from '../src/types.js';
+import { FlashMLAError } from '../../src/errors.js';
+import { generateDenseCase, generateSparseCase, type DecodeCase } from '../../src/harness/cases.js';
+import { compare, type CustomSide } from '../../src/harness/compare.js';
+import { matrixEntries, type MatrixEntry } from '../../src/harness/matrix.js';
+import { checkIsAllclose, TOLERANCES, type Tolerance } from '../../src/harness/metrics.js';
+import { oracleDecode } from '../../src/harness/oracle.js';
+import type { HostTensor } from '../../src/tensor.js';
+import type { DecodeArgs, DecodeResult } from '../../src/types.js';
 
 const fp32 = (values: number[], shape = [values.length]): HostTensor<'fp32'> => ({ dtype: 'fp32', shape, data: Float32Array.from(values) });
 const loose: Tolerance = { absTol: 1e-3, relTol: 0.01, cosDiffTol: 1 };

@@ -5,9 +5,9 @@ import {
   bf16ToF32,
   f32ArrayToBf16,
   f32ToBf16,
-} from '../src/formats/bf16.js';
-import { f32ArrayToFp16, f32ToFp16, FP16_TO_F32, fp16ArrayToF32, fp16ToF32 } from '../src/formats/fp16.js';
-import { E4M3_TO_F32, E8M0_TO_F32, e4m3ToF32, e8m0ToF32, f32ToE4m3, f32ToE8m0 } from '../src/formats/fp8.js';
+} from '../../src/formats/bf16.js';
+import { f32ArrayToFp16, f32ToFp16, FP16_TO_F32, fp16ArrayToF32, fp16ToF32 } from '../../src/formats/fp16.js';
+import { E4M3_TO_F32, E8M0_TO_F32, e4m3ToF32, e8m0ToF32, f32ToE4m3, f32ToE8m0 } from '../../src/formats/fp8.js';
 
 // Bit casts for the tests themselves (independent of the modules under test).
 const castBuf = new ArrayBuffer(4);
