@@ -17,9 +17,9 @@ interface Run {
   stderr: string;
 }
 
-function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
+function cli(args: string[], env: NodeJS.ProcessEnv = {}, as: { uid?: number; gid?: number } = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [main, ...args], { cwd: root, env: { ...process.env, ...env }, maxBuffer: 1 << 26 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [main, ...args], { cwd: root, env: { ...process.env, ...env }, maxBuffer: 1 << 26, ...as }, (err, stdout, stderr) => {
       const status = err ? (typeof err.code === 'number' ? err.code : null) : 0;
       resolve({ status, stdout, stderr });
     });
@@ -93,12 +93,13 @@ describe('flashmla-node conventions', () => {
       expect(r.stderr.trimEnd().split('\n')).toEqual([expect.stringContaining(`--svg: cannot write '${path}' (E`)]);
     });
 
-    // root writes into read-only folders, so this case only means something for other users.
-    test.skipIf(process.getuid?.() === 0)('in a folder without write permission', async () => {
+    // root writes into read-only folders: as root, the command runs as the unprivileged user nobody.
+    test('in a folder without write permission', async () => {
       const ro = join(dir, 'read-only');
       mkdirSync(ro);
+      chmodSync(dir, 0o755);
       chmodSync(ro, 0o555);
-      const r = await cli(['bench', '--reps', '1', '--svg', join(ro, 'x.svg')]);
+      const r = await cli(['bench', '--reps', '1', '--svg', join(ro, 'x.svg')], {}, process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {});
       expect(r.status).toBe(2);
       expect(r.stderr).toMatch(/^flashmla-node bench: --svg: cannot write '.*' \(EACCES: permission denied\)/);
     });
