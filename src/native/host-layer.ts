@@ -47,7 +47,6 @@ export interface LaunchPlan {
 /** Where an operand's element 0 lives on the device: its address, or null when it is uploaded (256-byte aligned). */
 export type BaseOf = (b: Bound) => bigint | null;
 
-const INT_MAX = 2 ** 31 - 1;
 const MAX_GRID_Y = 65535;
 const MAX_SPLITS = 160; // docs/flashmla-interface.md#launcher-checks: combine's largest MAX_SPLITS
 const SCHED_META_SMEM = 227 * 1024; // docs/flashmla-interface.md#launcher-checks sched meta: 4·(5b+1) bytes of dynamic shared memory
@@ -88,10 +87,6 @@ function expectTmaStrides(b: Bound, name: string): void {
   });
 }
 
-function expectIntStrides(b: Bound, name: string): void {
-  check(b.view.strides.every((s) => s <= INT_MAX), 'E_STRIDE', name,
-    () => `${name} has a stride above INT_MAX (${b.view.strides.join(', ')}); FlashMLA stores it in an int`);
-}
 
 /** Checks shared by every path: docs/flashmla-interface.md#launcher-checks combine and sched-meta limits, docs/flashmla-interface.md#supported-shapes int32 offsets. */
 function commonLimits(b: number, sQ: number, hQ: number, numSmParts: number, d: DeviceFacts): number {
@@ -153,7 +148,6 @@ function densePlan(p: DensePlan, d: DeviceFacts, problem: LauncherProblem, baseO
   const choice = kernelChoice({ kind: 'dense', dtype: p.dtype }, archOf(d)!);
   expectRunnable(problem, launchersOf(choice));
   const { main, combine } = choice;
-  check(p.numBlocks >= 1, 'E_SHAPE', 'kCache', 'kCache needs at least one block (unused block-table entries read block 0)');
   // docs/flashmla-interface.md#tma-alignment: the q, k and out TMA descriptors need 16-byte aligned bases (offsets and strides
   // are checked by validateDecode).
   expectAligned(baseOf(p.q), 16, 'q', 'TMA');
@@ -193,9 +187,6 @@ function densePlan(p: DensePlan, d: DeviceFacts, problem: LauncherProblem, baseO
 }
 
 function sparseScopeChecks(s: SparseScope, name: string, idxName: string, arch: 'sm90' | 'sm100', layout: 'v32' | 'model1', baseOf: BaseOf): void {
-  expectIntStrides(s.cache, name);
-  expectIntStrides(s.indices, idxName);
-  check(s.numBlocks >= 1, 'E_SHAPE', name, `${name} needs at least one block (invalid indices read block 0)`);
   // docs/flashmla-interface.md#sm90-cache-loads (sm90, 128-bit loads) and docs/flashmla-interface.md#launcher-checks (sm100, TMA): 16-byte aligned cache base.
   expectAligned(baseOf(s.cache), 16, name, arch === 'sm90' ? '128-bit loads' : 'TMA');
   if (arch === 'sm90') {
@@ -232,16 +223,11 @@ function sparsePlan(p: SparsePlan, d: DeviceFacts, problem: LauncherProblem, bas
   }
   expectRunnable(problem, launchersOf(choice));
 
-  expectIntStrides(p.q, 'q');
   expectAligned(baseOf(p.q), 16, 'q', 'TMA');
   expectTmaStrides(p.q, 'q');
   sparseScopeChecks(p.main, 'kCache', 'indices', arch, p.layout, baseOf);
-  if (p.extra !== null) {
-    sparseScopeChecks(p.extra, 'extraKCache', 'extraIndicesInKvcache', arch, p.layout, baseOf);
-    // docs/flashmla-interface.md#extra-topk-multiple: head64 asserts it, head128 and sm90 read extra indices in 64-wide blocks.
-    check(p.extra.topk % 64 === 0, 'E_SHAPE', 'extraIndicesInKvcache',
-      `extraIndicesInKvcache.shape[2] (extra_topk) = ${p.extra.topk} must be a multiple of 64`);
-  }
+  // (At least one block, int32 strides and extra_topk % 64 are checked by the shared validation.)
+  if (p.extra !== null) sparseScopeChecks(p.extra, 'extraKCache', 'extraIndicesInKvcache', arch, p.layout, baseOf);
   if (implementation === 'sm100-head128') {
     const [qb, qs] = p.q.view.strides as [number, number];
     // docs/flashmla-interface.md#launcher-gaps: the launcher computes stride_q_b % stride_q_s_q (0 divides by zero: SIGFPE).
