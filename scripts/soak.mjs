@@ -229,9 +229,9 @@ async function main() {
     ...(await import('../dist/harness/cases.js')),
     ...(await import('../dist/sched-meta.js')),
     ...(await import('../dist/tensor.js')),
-    ...(await import('../dist/native/addon.js')),
-    ...(await import('../dist/native/library.js')),
-    ...(await import('../dist/native/locate.js')),
+    ...(await import('../dist/addon.js')),
+    ...(await import('../dist/cuda/library.js')),
+    ...(await import('../dist/cuda/locate.js')),
     ...(await import('../tests/emulator/build.mjs')),
   };
   const calls = Number(opt.calls);

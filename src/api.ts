@@ -1,8 +1,8 @@
 import { FlashMLAError } from './errors.js';
-import { defaultCuda } from './native/default.js';
+import { defaultCuda } from './cuda/default.js';
 import { referenceDecode } from './reference/index.js';
 import { readDecodeArgs, readDecodeOptions } from './validate/args.js';
-import type { DeviceTensor } from './native/device-tensor.js';
+import type { DeviceTensor } from './device-tensor.js';
 import type { HostTensor, Tensor } from './tensor.js';
 import type { CallOptions, DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
 

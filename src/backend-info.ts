@@ -1,11 +1,11 @@
 import type { BackendName } from './types.js';
 import { resolveThreads, resolveTier, TIERS, tierUnavailable, type Tier } from './reference/index.js';
-import { assessCuda, type CudaReport } from './native/assess.js';
-import { loadInChild, loadInProcess, probeTimeoutMs } from './native/library.js';
-import { FEATURE_LABELS, type FeatureName, type FeatureStatus } from './native/usability.js';
+import { assessCuda, type CudaReport } from './cuda/assess.js';
+import { loadInChild, loadInProcess, probeTimeoutMs } from './cuda/library.js';
+import { FEATURE_LABELS, type FeatureName, type FeatureStatus } from './cuda/usability.js';
 
-export type { DeviceInfo } from './native/assess.js';
-export type { FeatureStatus } from './native/usability.js';
+export type { DeviceInfo } from './cuda/assess.js';
+export type { FeatureStatus } from './cuda/usability.js';
 
 /** What `backendInfo()` / `flashmla-node doctor` report. */
 export interface BackendInfo extends Omit<CudaReport, 'usable'> {

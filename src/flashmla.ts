@@ -1,8 +1,8 @@
 import { backendInfo, type BackendInfo } from './backend-info.js';
 import { check, FlashMLAError } from './errors.js';
-import { DeviceTensor } from './native/device-tensor.js';
-import { openCudaSession, type CudaSession } from './native/session.js';
-import { callKindOf } from './native/usability.js';
+import { DeviceTensor } from './device-tensor.js';
+import { openCudaSession, type CudaSession } from './cuda/session.js';
+import { callKindOf } from './cuda/usability.js';
 import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
 import { isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';

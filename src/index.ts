@@ -27,7 +27,7 @@ export { quantizeKCache } from './kvcache/quantize.js';
 export { dequantizeKCache } from './kvcache/dequantize.js';
 export { absIndicesToKvcacheIndices } from './kvcache/indices.js';
 export { FlashMLA, type FlashMLAOpenOptions } from './flashmla.js';
-export { DeviceTensor } from './native/device-tensor.js';
+export { DeviceTensor } from './device-tensor.js';
 export {
   backendInfo, doctorReport, formatDoctor, type BackendInfo, type BackendInfoOptions, type DeviceInfo, type FeatureStatus,
 } from './backend-info.js';

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FlashMLAErrorCode } from '../errors.js';
-import { DeviceTensor as DeviceTensorClass, type DeviceTensor } from '../native/device-tensor.js';
+import { DeviceTensor as DeviceTensorClass, type DeviceTensor } from '../device-tensor.js';
 import { getMlaMetadata } from '../sched-meta.js';
 import { extentOf, isHostTensor, viewOf, type DeviceTensorMeta, type HostTensor, type Tensor, type TensorMeta } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult, HostDecodeArgs } from '../types.js';

@@ -1,7 +1,7 @@
 // The fuzzer's runner: picks a base case and a mutation family (fuzz-catalogue.ts) per call, runs
 // it with a time bound, and judges the outcome against what the family declares.
 import { FlashMLAError, type FlashMLAErrorCode } from '../errors.js';
-import type { DeviceTensor } from '../native/device-tensor.js';
+import type { DeviceTensor } from '../device-tensor.js';
 import { isHostTensor, type DeviceTensorMeta, type HostTensor, type Tensor } from '../tensor.js';
 import type { DecodeArgs, DecodeResult } from '../types.js';
 import type { DecodeCase } from './cases.js';

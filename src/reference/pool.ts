@@ -1,42 +1,16 @@
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { FlashMLAError } from '../errors.js';
 import type { Job, JobReply } from './worker.js';
 
 /**
- * Running from the TypeScript sources (vitest), the worker entry is worker.ts, which Node 20
- * cannot load by itself: the worker gets module hooks that resolve `./x.js` to `./x.ts` and
- * transpile .ts with the `typescript` package (a devDependency, present wherever sources are).
- * From dist/ the entry is worker.js and needs nothing.
+ * The worker's entry: worker.js beside this module. Run from the TypeScript sources (the test
+ * suite), workers run the compiled dist/reference/worker.js, which the test setup keeps current;
+ * Node cannot run .ts files by itself.
  */
-export function sourceExecArgv(): string[] {
-  const ts = pathToFileURL(createRequire(import.meta.url).resolve('typescript')).href;
-  const hooks = `
-import ts from ${JSON.stringify(ts)};
-import { existsSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-export async function resolve(spec, ctx, next) {
-  if (spec.startsWith('.') && spec.endsWith('.js') && ctx.parentURL?.endsWith('.ts')) {
-    const url = new URL(spec.slice(0, -3) + '.ts', ctx.parentURL);
-    if (existsSync(fileURLToPath(url))) return { url: url.href, shortCircuit: true };
-  }
-  return next(spec, ctx);
-}
-export async function load(url, ctx, next) {
-  if (!url.endsWith('.ts')) return next(url, ctx);
-  const { outputText } = ts.transpileModule(readFileSync(fileURLToPath(url), 'utf8'), {
-    compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
-  });
-  return { format: 'module', source: outputText, shortCircuit: true };
-}`;
-  const register = `import { register } from 'node:module'; register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(hooks)}`)});`;
-  return ['--import', `data:text/javascript,${encodeURIComponent(register)}`];
-}
+const WORKER_ENTRY = new URL(import.meta.url.endsWith('.ts') ? '../../dist/reference/worker.js' : './worker.js', import.meta.url);
 
 function spawn(): Worker {
-  const fromSource = import.meta.url.endsWith('.ts');
-  const w = new Worker(new URL(fromSource ? './worker.ts' : './worker.js', import.meta.url), fromSource ? { execArgv: sourceExecArgv() } : {});
+  const w = new Worker(WORKER_ENTRY);
   // Idle workers never keep the process alive; a job refs them while it runs.
   w.unref();
   return w;

@@ -1,5 +1,5 @@
 import { MODEL1, V32 } from '../kvcache/layout.js';
-import { loadAddon } from '../native/addon.js';
+import { loadAddon } from '../addon.js';
 import type { KvLayout } from '../types.js';
 import { TILE, type Workspace } from './workspace.js';
 

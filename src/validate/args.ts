@@ -1,5 +1,5 @@
 import { check, FlashMLAError } from '../errors.js';
-import { DeviceTensor } from '../native/device-tensor.js';
+import { DeviceTensor } from '../device-tensor.js';
 import { ELEMENT_BYTES, type DataOf, type DType, type Tensor } from '../tensor.js';
 import type { DecodeArgs } from '../types.js';
 

@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { backendInfo, doctorReport, formatDoctor } from '../../src/backend-info.js';
 import { FlashMLA } from '../../src/flashmla.js';
-import { loadAddon } from '../../src/native/addon.js';
-import { inspectBuild } from '../../src/native/build-file.js';
-import { locateFlashMla } from '../../src/native/locate.js';
+import { loadAddon } from '../../src/addon.js';
+import { inspectBuild } from '../../src/cuda/build-file.js';
+import { locateFlashMla } from '../../src/cuda/locate.js';
 import { buildEmulator } from '../emulator/build.mjs';
 
 let library: string;

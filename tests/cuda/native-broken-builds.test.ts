@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { backendInfo, doctorReport } from '../../src/backend-info.js';
 import { FlashMLA } from '../../src/flashmla.js';
-import { askPython } from '../../src/native/locate.js';
+import { askPython } from '../../src/cuda/locate.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'flashmla-broken-'));
 afterEach(() => {

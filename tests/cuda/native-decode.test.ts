@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FlashMLA } from '../../src/flashmla.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase } from '../../src/harness/cases.js';
-import { DeviceTensor } from '../../src/native/device-tensor.js';
+import { DeviceTensor } from '../../src/device-tensor.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';
 import type { HostTensor, Tensor } from '../../src/tensor.js';
 import type { DecodeArgs, DecodeResult } from '../../src/types.js';

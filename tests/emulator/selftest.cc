@@ -254,6 +254,23 @@ void testSched(Lib& lib) {
 }
 
 // ---- memory -----------------------------------------------------------------------------------
+// Dense scheduler params for b requests over the two lengths {10, 20} written to `seq` (a b above 2
+// makes the kernel read past them), 8 SM parts.
+GetDecodeSchedMetaParams denseSchedParams(int b, Buf& seq, Buf& meta, Buf& splits) {
+  seq.upload(std::vector<int>{10, 20});
+  GetDecodeSchedMetaParams p{};
+  p.b = b;
+  p.block_size_n = 64;
+  p.fixed_overhead_num_blocks = 5;
+  p.topk = -1;
+  p.extra_topk = -1;
+  p.seqlens_k_ptr = seq.as<int>();
+  p.tile_scheduler_metadata_ptr = meta.as<DecodingSchedMeta>();
+  p.num_splits_ptr = splits.as<int>();
+  p.num_sm_parts = 8;
+  return p;
+}
+
 void testMemory(Lib& lib) {
   setenv("FLASHMLA_EMU_DEVICES", "3", 1);
   Cuda& c = lib.cuda;
@@ -284,17 +301,7 @@ void testMemory(Lib& lib) {
   // An out-of-bounds read inside a kernel: seqlens holds 2 ints but b = 4.
   {
     Buf seq(lib, sizeof(int) * 2), meta(lib, 32 * 8), splits(lib, sizeof(int) * 5);
-    seq.upload(std::vector<int>{10, 20});
-    GetDecodeSchedMetaParams p{};
-    p.b = 4;
-    p.block_size_n = 64;
-    p.fixed_overhead_num_blocks = 5;
-    p.topk = -1;
-    p.extra_topk = -1;
-    p.seqlens_k_ptr = seq.as<int>();
-    p.tile_scheduler_metadata_ptr = meta.as<DecodingSchedMeta>();
-    p.num_splits_ptr = splits.as<int>();
-    p.num_sm_parts = 8;
+    GetDecodeSchedMetaParams p = denseSchedParams(4, seq, meta, splits);
     lib.call(Launcher::SchedMeta, p);  // the launch itself succeeds; the fault is asynchronous
     CHECK(c.GetLastError() == cudaErrorIllegalAddress, "fault is the sticky error");
     CHECK(c.GetLastError() == cudaErrorIllegalAddress, "sticky error is not cleared");
@@ -678,17 +685,7 @@ void testNumeric(Lib& lib) {
 // library without code for the device fails with cudaErrorNoKernelImageForDevice).
 void testImage(Lib& lib) {
   Buf seq(lib, sizeof(int) * 2), meta(lib, 32 * 8), splits(lib, sizeof(int) * 3);
-  seq.upload(std::vector<int>{10, 20});
-  GetDecodeSchedMetaParams p{};
-  p.b = 2;
-  p.block_size_n = 64;
-  p.fixed_overhead_num_blocks = 5;
-  p.topk = -1;
-  p.extra_topk = -1;
-  p.seqlens_k_ptr = seq.as<int>();
-  p.tile_scheduler_metadata_ptr = meta.as<DecodingSchedMeta>();
-  p.num_splits_ptr = splits.as<int>();
-  p.num_sm_parts = 8;
+  GetDecodeSchedMetaParams p = denseSchedParams(2, seq, meta, splits);
   try {
     lib.call(Launcher::SchedMeta, p);
     std::printf("image: launched\n");

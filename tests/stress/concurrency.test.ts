@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FlashMLA } from '../../src/flashmla.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase, type DenseCaseParams, type SparseCaseParams } from '../../src/harness/cases.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';
-import { sourceExecArgv } from '../../src/reference/pool.js';
+import { sourceExecArgv } from '../helpers/ts-worker.js';
 import { isHostTensor, type HostTensor, type Tensor } from '../../src/tensor.js';
 import type { DecodeArgs } from '../../src/types.js';
 import { buildEmulator } from '../emulator/build.mjs';
@@ -101,7 +101,7 @@ const WORKER = `
 import { parentPort, workerData } from 'node:worker_threads';
 (async () => {
   const src = workerData.src;
-  const { loadAddon } = await import(src + '/native/addon.ts');
+  const { loadAddon } = await import(src + '/addon.ts');
   const { FlashMLA } = await import(src + '/flashmla.ts');
   const { getMlaMetadata } = await import(src + '/sched-meta.ts');
   const { generateDenseCase, generateSparseCase } = await import(src + '/harness/cases.ts');

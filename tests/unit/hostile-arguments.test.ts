@@ -7,7 +7,7 @@ import { FlashMLAError } from '../../src/errors.js';
 import { generateDenseCase, generateSparseCase } from '../../src/harness/cases.js';
 import { oracleDecode } from '../../src/harness/oracle.js';
 import { absIndicesToKvcacheIndices } from '../../src/kvcache/indices.js';
-import { DeviceTensor } from '../../src/native/device-tensor.js';
+import { DeviceTensor } from '../../src/device-tensor.js';
 import { referenceDecode } from '../../src/reference/index.js';
 import { copyBytes } from '../../src/reference/workspace.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';

@@ -1,11 +1,11 @@
-// FlashMLA's host layer as re-implemented in src/native/host-layer.ts (docs/flashmla-interface.md#dense-host-layer, docs/flashmla-interface.md#sparse-host-layer): pure
+// FlashMLA's host layer as re-implemented in src/cuda/host-layer.ts (docs/flashmla-interface.md#dense-host-layer, docs/flashmla-interface.md#sparse-host-layer): pure
 // computations on validated plans, for devices described by their facts.
 import { describe, expect, it } from 'vitest';
 import { FlashMLAError } from '../../src/errors.js';
 import { generateDenseCase, generateSparseCase } from '../../src/harness/cases.js';
-import type { BuildFile } from '../../src/native/build-file.js';
-import { planLaunch, type DeviceFacts } from '../../src/native/host-layer.js';
-import { launcherProblem } from '../../src/native/usability.js';
+import type { BuildFile } from '../../src/cuda/build-file.js';
+import { planLaunch, type DeviceFacts } from '../../src/cuda/host-layer.js';
+import { launcherProblem } from '../../src/cuda/usability.js';
 import type { SparsePlan } from '../../src/plan.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';
 import type { DecodeArgs } from '../../src/types.js';

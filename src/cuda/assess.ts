@@ -1,4 +1,4 @@
-import { loadAddon, type NativeAddon, type NativeLibrary, type NativeLibraryInfo, type NativeProbe } from './addon.js';
+import { loadAddon, type NativeAddon, type NativeLibrary, type NativeLibraryInfo, type NativeProbe } from '../addon.js';
 import { lostReason } from './device-state.js';
 import type { Arch } from './host-layer.js';
 import { targetsByLauncher, targetsOf } from './kernels.js';

@@ -1,5 +1,5 @@
-import { check } from '../errors.js';
-import { contiguousStrides, ELEMENT_BYTES, type DeviceTensorMeta, type DType } from '../tensor.js';
+import { check } from './errors.js';
+import { contiguousStrides, ELEMENT_BYTES, type DeviceTensorMeta, type DType } from './tensor.js';
 
 /** What a DeviceTensor needs from the instance that made it. */
 export interface TensorOwner {

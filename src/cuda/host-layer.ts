@@ -63,7 +63,7 @@ const ccText = (d: DeviceFacts): string => `${d.major}.${d.minor}`;
 
 /**
  * Why a launcher cannot run on this device with this build (not resolved, or its kernels carry no
- * code for the device), or null when it can. Decided by src/native/usability.ts.
+ * code for the device), or null when it can. Decided by src/cuda/usability.ts.
  */
 export type LauncherProblem = (key: string) => string | null;
 

@@ -3,8 +3,8 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-/** The package root (same relative place from src/native and dist/native). */
-export const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+/** The package root (the same relative place from src/ and dist/). */
+export const PACKAGE_ROOT = fileURLToPath(new URL('../', import.meta.url));
 const BUILD_ERROR_FILE = join(PACKAGE_ROOT, 'build', 'native-build-error.txt');
 
 export interface NativeAllocation {

@@ -8,9 +8,9 @@ import {
 import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
 import { ownValue, readDecodeArgs, readDecodeOptions, readTensor } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
-import { nativeCode, type NativeEngine } from './addon.js';
+import { nativeCode, type NativeEngine } from '../addon.js';
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
-import { DeviceTensor, mintDeviceTensor, type TensorOwner } from './device-tensor.js';
+import { DeviceTensor, mintDeviceTensor, type TensorOwner } from '../device-tensor.js';
 import { assessCuda } from './assess.js';
 import { operandsOf, planLaunch, requestFields, type CallKind, type DeviceFacts } from './host-layer.js';
 import { loadInProcess } from './library.js';

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import type { BuildFile } from './build-file.js';
-import { loadAddon, type NativeAddon, type NativeDeviceProbe, type NativeLibrary, type NativeLibraryInfo, type NativeLoadError, type NativeProbe } from './addon.js';
+import { loadAddon, type NativeAddon, type NativeDeviceProbe, type NativeLibrary, type NativeLibraryInfo, type NativeLoadError, type NativeProbe } from '../addon.js';
 import type { LocatedLibrary } from './locate.js';
 
 /** A FlashMLA build loaded into this process, with what resolved and what its runtime reports. */
