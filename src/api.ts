@@ -21,7 +21,9 @@ import type { CallOptions, DecodeArgs, DecodeOptions, DecodeResult } from './typ
  *   anything reaches a kernel; `E_BACKEND` when 'cuda' is asked for and not usable.
  */
 export function flashMlaWithKvCache(args: DecodeArgs & { q: HostTensor }, options?: DecodeOptions): Promise<DecodeResult<HostTensor>>;
+/** A DeviceTensor q (from a FlashMLA instance): outputs are device tensors of that instance. */
 export function flashMlaWithKvCache(args: DecodeArgs & { q: DeviceTensor }, options?: DecodeOptions): Promise<DecodeResult<DeviceTensor>>;
+/** q of either kind: host outputs for a host q, device outputs for a device q. */
 export function flashMlaWithKvCache(args: DecodeArgs, options?: DecodeOptions): Promise<DecodeResult<Tensor>>;
 export async function flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
   const args = readDecodeArgs(callerArgs);

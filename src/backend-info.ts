@@ -11,6 +11,7 @@ export type { FeatureStatus } from './cuda/usability.js';
 export interface BackendInfo extends Omit<CudaReport, 'usable'> {
   /** The backend `auto` picks, and why. */
   readonly backend: BackendName;
+  /** Why `auto` picks it (a sentence; for the reference, why CUDA is not usable). */
   readonly reason: string;
   /** The reference backend in this process: the tile tier `auto` uses, each tier's status, default threads. */
   readonly reference: {
@@ -28,6 +29,7 @@ function referenceInfo(): BackendInfo['reference'] {
   return { tier: resolveTier(), tiers, threads: resolveThreads(undefined) };
 }
 
+/** What `backendInfo` and `doctorReport` look at. */
 export interface BackendInfoOptions {
   /** CUDA device to report features for (default 0). */
   device?: number;

@@ -34,11 +34,16 @@ export type FlashMLAErrorCode =
   /** An internal invariant failed: a bug in flashmla-node. */
   | 'E_INTERNAL';
 
+/** The one error class of the package: every invalid argument, unusable backend and device or launcher failure. Compare `code`, not messages. */
 export class FlashMLAError extends Error {
+  /** Always 'FlashMLAError'. */
   override readonly name = 'FlashMLAError';
+  /** Stable code of what went wrong (part of the API). */
   readonly code: FlashMLAErrorCode;
+  /** The offending argument ('q', 'kCache', 'options.threads', …), when there is one; the message names it too. */
   readonly argument: string | undefined;
 
+  /** @param code stable code; @param message a self-contained reason; @param argument the offending argument, prefixed to the message. */
   constructor(code: FlashMLAErrorCode, message: string, argument?: string) {
     super(argument !== undefined && !message.includes(argument) ? `${argument}: ${message}` : message);
     this.code = code;

@@ -8,6 +8,7 @@ import { referenceDecode } from './reference/index.js';
 import { isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
 import type { BackendChoice, BackendName, CallOptions, DecodeArgs, DecodeResult, InstanceDecodeOptions } from './types.js';
 
+/** Options of `FlashMLA.open`. */
 export interface FlashMLAOpenOptions {
   /** 'auto' (default): CUDA when usable, else the reference. */
   backend?: BackendChoice;
@@ -22,7 +23,9 @@ export interface FlashMLAOpenOptions {
  * tensors made through it. Calls on one instance run in order on its own worker thread.
  */
 export class FlashMLA {
+  /** What this instance runs on: 'cuda' or 'reference' (an 'auto' instance is one or the other). */
   readonly backend: BackendName;
+  /** The CUDA device every call runs on; null for a reference instance. */
   readonly device: number | null;
   readonly #session: CudaSession | null;
   readonly #library: string | undefined;
@@ -38,6 +41,10 @@ export class FlashMLA {
     this.#library = library;
   }
 
+  /**
+   * Opens an instance. 'cuda' checks the build (file, launchers, GPU code), runtime, driver and device and starts the instance's worker thread, or throws `E_BACKEND` with the reason; 'auto' (default) falls back to a reference instance; 'reference' needs nothing.
+   * @throws FlashMLAError `E_VALUE` for bad options, `E_BACKEND` when 'cuda' is not usable.
+   */
   static async open(callerOptions: FlashMLAOpenOptions = {}): Promise<FlashMLA> {
     expectNoThenPollution();
     check(callerOptions !== null && typeof callerOptions === 'object', 'E_VALUE', 'options', 'options must be an object');
@@ -74,7 +81,9 @@ export class FlashMLA {
    * @throws FlashMLAError for invalid arguments; `E_DISPOSED` after dispose(); `E_DEVICE_LOST` after a device fault.
    */
   flashMlaWithKvCache(args: DecodeArgs & { q: HostTensor }, options?: InstanceDecodeOptions): Promise<DecodeResult<HostTensor>>;
+  /** A DeviceTensor q of this instance: outputs are device tensors of this instance. */
   flashMlaWithKvCache(args: DecodeArgs & { q: DeviceTensor }, options?: InstanceDecodeOptions): Promise<DecodeResult<DeviceTensor>>;
+  /** q of either kind: host outputs for a host q, device outputs for a device q. */
   flashMlaWithKvCache(args: DecodeArgs, options?: InstanceDecodeOptions): Promise<DecodeResult<Tensor>>;
   async flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: InstanceDecodeOptions): Promise<DecodeResult<Tensor>> {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');

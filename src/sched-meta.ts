@@ -2,15 +2,25 @@ import { FlashMLAError } from './errors.js';
 
 /** Snapshot of the first call's configuration (docs/flashmla-interface.md#sched-meta `Config`, same fields and order). */
 export interface SchedConfig {
+  /** Batch size. */
   readonly b: number;
+  /** Query tokens per request. */
   readonly sQ: number;
+  /** Query heads. */
   readonly hQ: number;
+  /** Tokens per KV-cache block. */
   readonly pageBlockSize: number;
+  /** KV heads (1 for sparse). */
   readonly hK: number;
+  /** The causal mask (after FlashMLA drops it for s_q = 1). */
   readonly causal: boolean;
+  /** Whether the cache is FP8 (sparse decode). */
   readonly isFp8Kvcache: boolean;
+  /** Sparse: indices per query token; null for dense. */
   readonly topk: number | null;
+  /** Sparse with an extra cache: its block size; else null. */
   readonly extraPageBlockSize: number | null;
+  /** Sparse with an extra cache: its indices per query token; else null. */
   readonly extraTopk: number | null;
   /**
    * Host-readable values the schedule is computed from (null where device-resident). Not part of

@@ -3,11 +3,17 @@ import { check, FlashMLAError } from './errors.js';
 /** Element types of the public API (docs/architecture.md#public-api). bf16/fp16 are raw bits in a Uint16Array. */
 export type DType = 'bf16' | 'fp16' | 'fp32' | 'int32' | 'uint8';
 
+/** The typed array that holds the elements of each dtype (bf16 and fp16 as raw bits). */
 export interface DataOf {
+  /** bfloat16 bits. */
   bf16: Uint16Array;
+  /** IEEE half-precision bits. */
   fp16: Uint16Array;
+  /** float32 values. */
   fp32: Float32Array;
+  /** int32 values (indices, block tables, lengths). */
   int32: Int32Array;
+  /** Bytes (FP8 KV caches). */
   uint8: Uint8Array;
 }
 
@@ -29,7 +35,9 @@ const ARRAY_OF: Readonly<Record<DType, { new (n: number): DataOf[DType]; name: s
 
 /** Fields every tensor has, on the host or on a device. Strides and offset are in elements. */
 export interface TensorMeta<D extends DType = DType> {
+  /** Element type. */
   readonly dtype: D;
+  /** Sizes of the dims, outermost first. */
   readonly shape: readonly number[];
   /** Element strides; default: contiguous (row-major). */
   readonly strides?: readonly number[];
@@ -39,6 +47,7 @@ export interface TensorMeta<D extends DType = DType> {
 
 /** A tensor whose elements live in a JavaScript typed array. */
 export interface HostTensor<D extends DType = DType> extends TensorMeta<D> {
+  /** The elements: a real typed array of the dtype's class (read once per call). */
   readonly data: DataOf[D];
 }
 
@@ -53,9 +62,11 @@ export interface DeviceTensorMeta<D extends DType = DType> extends TensorMeta<D>
   readonly capacity: number;
   /** Byte address of element 0 of the allocation (before `offset`), for alignment checks. */
   readonly address: bigint;
+  /** True once the memory was freed (the tensor or its instance was disposed). */
   readonly disposed: boolean;
 }
 
+/** A host tensor or a device tensor: what every tensor argument accepts. */
 export type Tensor<D extends DType = DType> = HostTensor<D> | DeviceTensorMeta<D>;
 
 /** A host tensor has its own `data` (an inherited one, planted on Object.prototype, does not count). */
@@ -81,6 +92,7 @@ export interface View {
   readonly offset: number;
 }
 
+/** Row-major element strides of `shape` (the default when a tensor gives none). */
 export function contiguousStrides(shape: readonly number[]): number[] {
   const strides = new Array<number>(shape.length);
   let s = 1;

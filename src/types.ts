@@ -3,6 +3,7 @@ import type { FlashMLASchedMeta } from './sched-meta.js';
 
 /** Which backend runs a decode: `auto` = CUDA when usable, else the reference. */
 export type BackendChoice = 'auto' | 'cuda' | 'reference';
+/** The backend that ran a call or an instance. */
 export type BackendName = 'cuda' | 'reference';
 
 /** FP8 KV-cache layouts (docs/flashmla-interface.md#v32-cache, docs/flashmla-interface.md#model1-cache). */
@@ -57,6 +58,7 @@ export interface AutoDecodeOptions {
 
 /** Options of `flashMlaWithKvCache` with `backend: 'cuda'`. */
 export interface CudaDecodeOptions {
+  /** FlashMLA's kernels, or a FlashMLAError saying why they cannot run this call here. */
   backend: 'cuda';
   /**
    * Check device-resident indices, block tables and lengths on the host before launching (costs a
@@ -68,6 +70,7 @@ export interface CudaDecodeOptions {
 
 /** Options of `flashMlaWithKvCache` with `backend: 'reference'`. */
 export interface ReferenceDecodeOptions {
+  /** The CPU reference of FlashMLA's semantics. */
   backend: 'reference';
   /**
    * Threads, the calling one included. Default: the available cores; at most twice the cores
@@ -96,7 +99,9 @@ export interface CallOptions {
 
 /** `out`: (b, s_q, h_q, 512) in q's dtype; `lse`: (b, h_q, s_q) fp32, natural log, contiguous. */
 export interface DecodeResult<T extends Tensor = HostTensor> {
+  /** (b, s_q, h_q, 512) in q's dtype (bf16 for sparse). */
   out: T;
+  /** (b, h_q, s_q) fp32, natural log; +Infinity for rows with nothing to attend. */
   lse: T;
 }
 

@@ -8,10 +8,15 @@ import { assess, assessByArch, type Assessment, type FeatureStatus, type Feature
 
 /** A CUDA device as the build's runtime reports it. */
 export interface DeviceInfo {
+  /** CUDA device ordinal. */
   readonly index: number;
+  /** Device name as the runtime reports it. */
   readonly name: string;
+  /** '9.0', '10.0', … */
   readonly computeCapability: string;
+  /** Streaming multiprocessors. */
   readonly sms: number;
+  /** Device memory, bytes. */
   readonly totalMemory: number;
   /** Whether FlashMLA has kernels for it at all (compute capability 9.0 or 10.x). */
   readonly supported: FeatureStatus;

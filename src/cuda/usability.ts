@@ -12,7 +12,9 @@ import { missingCode } from './kernels.js';
 
 /** A yes/no with the reason a person can act on. */
 export interface FeatureStatus {
+  /** Whether it is available. */
   readonly ok: boolean;
+  /** Why not, or what it is (a sentence a person can act on). */
   readonly reason: string;
 }
 

@@ -8,27 +8,41 @@ import { Rng } from './random.js';
 /** FlashMLA's unused block-table filler (docs/flashmla-interface.md#dense-generator). */
 export const UNUSED_BLOCK_ID = 2147480000;
 
+/** A dense case of FlashMLA's test generator. */
 export interface DenseCaseParams {
+  /** Batch size. */
   b: number;
+  /** Query tokens per request. */
   sQ: number;
   /** Mean KV length. */
   sK: number;
+  /** Query heads. */
   hQ: number;
+  /** KV heads (h_q must be a multiple). */
   hK: number;
+  /** Lengths drawn around sK per request (else all sK). */
   varlen: boolean;
+  /** Causal mask (multi-token decode). */
   causal: boolean;
   /** ~50 % of requests get length 0 (docs/flashmla-interface.md#dense-generator corner cases). */
   zeroSeqlen?: boolean;
+  /** q and cache dtype (default bf16). */
   dtype?: 'bf16' | 'fp16';
   /** q and the cache live in padded buffers (non-contiguous views, strides still TMA-friendly). */
   nonContiguous?: boolean;
 }
 
+/** One FP8 cache of a sparse case (main or extra) and its indices. */
 export interface SparseScopeParams {
+  /** Tokens per request in this cache. */
   sK: number;
+  /** Indices per query token (a multiple of 64). */
   topk: number;
+  /** Tokens per cache block. */
   blockSize: number;
+  /** Lengths drawn per request (else all sK). */
   varlen?: boolean;
+  /** Some requests get length 0. */
   zeroSeqlen?: boolean;
   /** Every index −1 (docs/flashmla-interface.md#sparse-generator "all indices invalid"). */
   allInvalid?: boolean;
@@ -36,25 +50,37 @@ export interface SparseScopeParams {
   withLength?: boolean;
 }
 
+/** A sparse case of FlashMLA's test generator. */
 export interface SparseCaseParams {
+  /** Batch size. */
   b: number;
+  /** Query tokens per request. */
   sQ: number;
+  /** Query heads. */
   hQ: 64 | 128;
   /** 576 = V3.2 layout, 512 = MODEL1 layout. */
   dQK: 576 | 512;
+  /** The main cache. */
   main: SparseScopeParams;
+  /** An extra cache attended in the same softmax (MODEL1). */
   extra?: SparseScopeParams;
+  /** A per-head attention sink. */
   sink?: boolean;
 }
 
 /** A generated decode case: arguments (without schedMeta) plus FlashMLA's FLOP/byte counts. */
 export interface DecodeCase {
+  /** Readable description of the shape. */
   name: string;
+  /** Dense or sparse decode. */
   kind: 'dense' | 'sparse';
+  /** The parameters it was generated from. */
   params: DenseCaseParams | SparseCaseParams;
+  /** The call arguments, without a sched meta (add a fresh `getMlaMetadata()`). */
   args: Omit<HostDecodeArgs, 'schedMeta'>;
   /** docs/flashmla-interface.md#dense-generator / docs/flashmla-interface.md#sparse-generator formulas. */
   flops: number;
+  /** Bytes the call reads and writes (for bandwidth figures). */
   bytes: number;
 }
 

@@ -11,7 +11,9 @@ import { oracleDecode } from './oracle.js';
 
 /** Any decode implementation on host tensors (e.g. one under development). */
 export interface CustomSide {
+  /** Shown in reports. */
   name: string;
+  /** Runs one decode call on host tensors. */
   decode(args: DecodeArgs): Promise<DecodeResult<HostTensor>>;
 }
 
@@ -20,24 +22,31 @@ export type CompareSide = 'cuda' | 'reference' | 'oracle' | FlashMLA | CustomSid
 
 /** Cases drawn from a named matrix; entry i is generated with seed `seed + i`. */
 export interface MatrixSource {
+  /** 'quick' or 'full'. */
   matrix: MatrixName;
+  /** Base seed (default 0). */
   seed?: number;
 }
 
+/** One progress event of `compare`: a case starting, or finished (`result` set). */
 export interface CompareProgress {
   /** 0-based position among all candidate cases. */
   index: number;
+  /** Candidate cases in all. */
   total: number;
+  /** The case. */
   name: string;
   /** Set when the case has finished. */
   result?: CaseResult;
 }
 
+/** What `compare` runs: two sides, the cases, and how. */
 export interface CompareOptions {
   /** Judged side ("ans" of docs/flashmla-interface.md#tolerances). */
   a: CompareSide;
   /** Yardstick side ("ref" of docs/flashmla-interface.md#tolerances: relative errors are relative to it). */
   b: CompareSide;
+  /** Explicit cases, or a matrix to draw them from. */
   cases: readonly DecodeCase[] | MatrixSource;
   /** Only cases whose name contains this substring. */
   filter?: string;
@@ -48,6 +57,7 @@ export interface CompareOptions {
   maxOracleWork?: number;
   /** For a `'cuda'` side: the FlashMLA build to load and the device to use. */
   library?: string;
+  /** For a 'cuda' side: the device (default 0). */
   device?: number;
   /** Reference backend worker threads (default: its own default). */
   threads?: number;
@@ -56,46 +66,70 @@ export interface CompareOptions {
    * steady state rather than worker start-up and JIT warm-up. They reuse the timed call's sched meta.
    */
   warmup?: number;
+  /** Called when each case starts and ends. */
   onProgress?: (event: CompareProgress) => void;
 }
 
+/** A side that threw instead of answering. */
 export interface CaseError {
+  /** Which side. */
   side: 'a' | 'b';
+  /** The FlashMLAError code, or the error name. */
   code: string;
+  /** Its message. */
   message: string;
 }
 
+/** The verdict on one case. */
 export interface CaseResult {
+  /** The case. */
   name: string;
+  /** Dense or sparse decode. */
   kind: 'dense' | 'sparse';
   /** Set when the case was not run, with the reason. */
   skipped: string | null;
+  /** Both outputs within tolerance and neither side threw. */
   pass: boolean;
+  /** Sides that threw. */
   errors: CaseError[];
+  /** `out` judged with its tolerance (null when not compared). */
   out: (AllcloseResult & { tolerance: Tolerance }) | null;
+  /** `lse` judged with its tolerance (null when not compared). */
   lse: (AllcloseResult & { tolerance: Tolerance }) | null;
   /** Wall time of each side's call, ms (host tensors in and out). */
   ms: { a: number | null; b: number | null };
+  /** FLOPs of the call. */
   flops: number;
+  /** Bytes the call reads and writes. */
   bytes: number;
 }
 
+/** What `compare` returns. */
 export interface CompareReport {
+  /** Name of the judged side. */
   a: string;
+  /** Name of the yardstick side. */
   b: string;
   /** Matrix name and seed, or 'cases' for an explicit list. */
   source: string;
+  /** Base seed of a matrix source. */
   seed: number | null;
+  /** One verdict per case, in order. */
   results: CaseResult[];
+  /** Cases that passed. */
   passed: number;
+  /** Cases that failed. */
   failed: number;
+  /** Cases not run (see each reason). */
   skipped: number;
   /** True when at least one case ran and none failed. */
   pass: boolean;
+  /** Wall time of the whole comparison, ms. */
   ms: number;
 }
 
 interface Runner {
+  /** The case. */
   name: string;
   oracle: boolean;
   run(args: DecodeArgs): Promise<DecodeResult<HostTensor>>;

@@ -54,6 +54,7 @@ export type DecodeFn = (args: DecodeArgs, options?: CallOptions) => Promise<Deco
 export interface FuzzDevice {
   /** Copies a host tensor to the device under test. */
   upload(t: HostTensor): Promise<DeviceTensor>;
+  /** Copies a device tensor of the device under test to the host. */
   download(t: DeviceTensorMeta): Promise<HostTensor>;
   /** Wraps memory of the device under test without owning it. */
   wrap(address: bigint, meta: TensorMeta & { capacity?: number }): Promise<DeviceTensor>;

@@ -15,14 +15,21 @@ import {
 
 export type { DecodeFn, FuzzDevice } from './fuzz-catalogue.js';
 
+/** A call that did not end as its mutation requires. */
 export interface FuzzFailure {
+  /** Index of the call in the run (same seed: same call). */
   call: number;
+  /** The mutation family. */
   mutation: string;
+  /** The base case it mutated. */
   caseName: string;
+  /** What went wrong. */
   problem: string;
 }
 
+/** What `fuzz` returns. */
 export interface FuzzReport {
+  /** Calls made. */
   calls: number;
   /** Calls that returned a result (checked against the oracle where the call was valid). */
   results: number;
@@ -33,12 +40,17 @@ export interface FuzzReport {
    * a hang past the time bound, NaN output, a wrong result, a missed error, outputs on the wrong side.
    */
   failures: FuzzFailure[];
+  /** Wall time of the run. */
   elapsedMs: number;
 }
 
+/** A fuzz run: what to call, how many times, with which seed. */
 export interface FuzzOptions {
+  /** The decode entry point under test. */
   decode: DecodeFn;
+  /** Calls to make. */
   calls: number;
+  /** Seed of the run (same seed: same calls). */
   seed: number;
   /** Per-call time bound (a call past it counts as a hang). Default 30 s. */
   timeBoundMs?: number;
@@ -52,6 +64,7 @@ export interface FuzzOptions {
   exclude?: readonly string[];
   /** Opens a build the way users do (`FlashMLA.open({ backend: 'cuda', library })`): enables the hostile-loader family. */
   openBuild?: (path: string) => Promise<unknown>;
+  /** Called after each call with the report so far. */
   onProgress?: (done: number, report: FuzzReport) => void;
 }
 

@@ -5,7 +5,9 @@ export type MatrixEntry =
   | { kind: 'dense'; params: DenseCaseParams }
   | { kind: 'sparse'; params: SparseCaseParams };
 
+/** Named case matrices: 'quick' (a few seconds on a CPU) and 'full' (FlashMLA's test grids, for a GPU). */
 export type MatrixName = 'quick' | 'full';
+/** Every matrix name. */
 export const MATRIX_NAMES: readonly MatrixName[] = ['quick', 'full'];
 
 /** Generates an entry's tensors; entry i of a matrix run with seed s uses seed s + i. */

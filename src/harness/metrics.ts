@@ -4,8 +4,11 @@ import { contiguousStrides, viewOf, type HostTensor } from '../tensor.js';
 
 /** Tolerances of FlashMLA's `check_is_allclose` (docs/flashmla-interface.md#tolerances). */
 export interface Tolerance {
+  /** Largest allowed |a − b| where a value fails the relative test. */
   absTol: number;
+  /** Largest allowed |a − b| / |b|. */
   relTol: number;
+  /** Largest allowed 1 − cos(a, b) over the whole tensor. */
   cosDiffTol: number;
 }
 
@@ -17,14 +20,19 @@ export const TOLERANCES = {
   sparseLse: { absTol: 1e-6, relTol: 8.01 / 65536, cosDiffTol: 1e-7 },
 } as const satisfies Record<string, Tolerance>;
 
+/** The verdict of FlashMLA's `check_is_allclose` on one tensor. */
 export interface AllcloseResult {
+  /** The tensor. */
   name: string;
+  /** Within tolerance, with NaN/Inf in the same places. */
   pass: boolean;
   /** Why it failed, in one line; '' when it passed. */
   reason: string;
+  /** Largest |a − b| over finite pairs. */
   maxAbsErr: number;
   /** Largest |a − r| / (|r| + 1e-6) over elements. */
   maxRelErr: number;
+  /** 1 − cos(a, b) over the whole tensor. */
   cosDiff: number;
   /** Elements failing both the abs and the rel rule. */
   failed: number;
