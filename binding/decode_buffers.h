@@ -1,0 +1,34 @@
+// What the main-kernel and combine steps of a decode read and write: the device addresses of the
+// operands and of the workspaces the earlier steps laid out (decode.cc).
+#pragma once
+
+#include <cstdint>
+
+#include "decode.h"
+#include "flashmla_params.h"
+
+namespace fmla {
+
+struct DecodeBuffers {
+  uint8_t* ptr[kOperandCount] = {};  // device address of each operand (uploaded or resident)
+  uint8_t* q = nullptr;              // q, or its regrouped copy
+  int64_t qStrides[3] = {0, 0, 0};   // of `q` as the kernels see it (batch, row, head)
+  uint8_t* out = nullptr;            // where the kernels write out (the public tensor or a raw copy)
+  float* lse = nullptr;              // where the kernels write lse
+  float* lseAccum = nullptr;
+  float* oAccum = nullptr;
+  DecodingSchedMeta* meta = nullptr;
+  int* numSplits = nullptr;
+  std::size_t totalSplits = 0;       // T = b + P
+  void* stream = nullptr;
+};
+
+// Fills DenseAttnDecodeParams and runs the dense launcher (dense_launch.cc,
+// docs/flashmla-interface.md#dense-params-filling).
+void launchDense(const DeviceContext& ctx, const DecodeRequest& r, const DecodeBuffers& d);
+
+// Fills SparseAttnDecodeParams and runs the sparse launcher, twice for "head64 ×2" (sparse_launch.cc,
+// docs/flashmla-interface.md#sparse-params-filling).
+void launchSparse(const DeviceContext& ctx, const DecodeRequest& r, const DecodeBuffers& d);
+
+}  // namespace fmla
