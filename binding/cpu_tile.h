@@ -44,6 +44,15 @@ struct TileBuffers {
 /** FP8 token layouts (docs/flashmla-interface.md#v32-cache V32, docs/flashmla-interface.md#model1-cache MODEL1). */
 enum class Fp8Layout { V32 = 0, Model1 = 1 };
 
+/** An FP8 token layout: e4m3 tiles from byte 0 of the record, then bf16 RoPE (docs/flashmla-interface.md#v32-cache, docs/flashmla-interface.md#model1-cache). */
+struct Fp8Shape {
+  int dim, tiles, tile, ropeAt, recordBytes, scaleBytes;
+  bool e8m0;  // MODEL1: one e8m0 byte per tile; V32: one float32 (LE) per tile
+};
+inline constexpr Fp8Shape kV32{576, 4, 128, 528, 656, 16, false};
+inline constexpr Fp8Shape kModel1{512, 7, 64, 448, 576, 7, true};
+inline const Fp8Shape& ShapeOf(Fp8Layout l) { return l == Fp8Layout::V32 ? kV32 : kModel1; }
+
 /** The per-ISA kernels. */
 struct TileKernels {
   /** qT ← qᵀ; m ← −∞, l ← 0, o ← 0. */

@@ -6,7 +6,7 @@ import type { Workspace } from './workspace.js';
 
 /**
  * Implementation tiers of the reference backend's tile loops, fastest first: C++ in the native
- * addon (AVX-512 or AVX2 + FMA, binding/cpu_tile.cc), WebAssembly with relaxed-SIMD FMA, plain
+ * addon (AVX-512 or AVX2 + FMA, binding/cpu_kernels.cc), WebAssembly with relaxed-SIMD FMA, plain
  * WebAssembly SIMD128, plain TypeScript. All give FlashMLA's results within FlashMLA's tolerances;
  * they differ in rounding (FMA, summation order, exp2 polynomial), not in semantics.
  */

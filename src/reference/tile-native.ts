@@ -3,10 +3,10 @@ import { loadAddon } from '../addon.js';
 import type { KvLayout } from '../types.js';
 import { TILE, type Workspace } from './workspace.js';
 
-/** Instruction sets of the native tile loops (binding/cpu_tile.cc), chosen at run time. */
+/** Instruction sets of the native tile loops (binding/cpu_kernels.cc), chosen at run time. */
 export type NativeIsa = 'avx512' | 'avx2';
 
-/** One workspace of binding/cpu_tile.cc: its buffers in one aligned block, `layout` in bytes. */
+/** One workspace of binding/cpu_tile_wrap.cc: its buffers in one aligned block, `layout` in bytes. */
 interface CpuTile {
   readonly buffer: ArrayBuffer;
   readonly isa: NativeIsa;
