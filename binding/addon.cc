@@ -1,15 +1,17 @@
-// Module entry: load(path, preloads, alternates), Engine, the ABI facts tests compare against, and
+// Module entry: setErrorClass, load(path, preloads, alternates), Engine, the ABI facts tests compare against, and
 // cpuTile (the reference backend's native tile loops).
 #include <napi.h>
 
 #include "cpu_tile.h"
 #include "engine.h"
 #include "flashmla_symbols.h"
+#include "js_errors.h"
 #include "library_wrap.h"
 
 namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("setErrorClass", Napi::Function::New(env, fmla::SetErrorClass, "setErrorClass"));
   exports.Set("load", Napi::Function::New(env, fmla::LoadLibrary, "load"));
   exports.Set("FlashMlaLibrary", fmla::LibraryWrap::Define(env));
   exports.Set("Engine", fmla::Engine::Define(env));

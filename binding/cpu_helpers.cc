@@ -1,6 +1,7 @@
 // Helpers the reference backend's calling thread uses between tiles (merging split partials,
 // rounding output rows, staging sparse tokens); each replaces a JavaScript loop on the critical path.
 #include "cpu_helpers.h"
+#include "js_errors.h"
 
 #include <cmath>
 #include <cstdint>
@@ -18,19 +19,19 @@ Napi::Value MergePartial(const Napi::CallbackInfo& info) {
   std::size_t n[6];
   for (std::size_t i = 0; i < 6; i++) {
     if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
-      throw Napi::TypeError::New(env, "cpuTile.merge: arguments 0–5 must be Float32Arrays");
+      throwError(env, "E_INTERNAL", "cpuTile.merge: arguments 0–5 must be Float32Arrays");
     }
     Napi::Float32Array t = info[i].As<Napi::Float32Array>();
     a[i] = t.Data();
     n[i] = t.ElementLength();
   }
-  if (!info[6].IsNumber() || !info[7].IsNumber()) throw Napi::TypeError::New(env, "cpuTile.merge: rows and dv must be numbers");
+  if (!info[6].IsNumber() || !info[7].IsNumber()) throwError(env, "E_INTERNAL", "cpuTile.merge: rows and dv must be numbers");
   const int64_t rows = info[6].As<Napi::Number>().Int64Value(), dv = info[7].As<Napi::Number>().Int64Value();
   const auto fits = [&](std::size_t i, int64_t want) { return want >= 0 && static_cast<int64_t>(n[i]) >= want; };
   // rows·dv ≤ n by division: the product of two int64 from JavaScript can wrap (4 · 2^62 → 0).
   const auto fitsRows = [&](std::size_t i) { return dv == 0 || rows <= static_cast<int64_t>(n[i]) / dv; };
   if (!(fits(0, rows) && fits(1, rows) && fits(3, rows) && fits(4, rows) && dv >= 0 && fitsRows(2) && fitsRows(5))) {
-    throw Napi::RangeError::New(env, "cpuTile.merge: arrays shorter than rows (m, l) or rows × dv (o)");
+    throwError(env, "E_INTERNAL", "cpuTile.merge: arrays shorter than rows (m, l) or rows × dv (o)");
   }
   float *dm = a[0], *dl = a[1], *dO = a[2];
   const float *sm = a[3], *sl = a[4], *sO = a[5];
@@ -60,7 +61,7 @@ Napi::Value Bf16Rows(const Napi::CallbackInfo& info) {
   };
   if (!is(0, napi_float32_array) || !is(1, napi_float64_array) || !is(2, napi_uint16_array) || !is(3, napi_float64_array) ||
       !info[4].IsNumber() || !info[5].IsNumber()) {
-    throw Napi::TypeError::New(env, "cpuTile.bf16Rows(o: Float32Array, factors: Float64Array, dst: Uint16Array, at: Float64Array, rows, dv)");
+    throwError(env, "E_INTERNAL", "cpuTile.bf16Rows(o: Float32Array, factors: Float64Array, dst: Uint16Array, at: Float64Array, rows, dv)");
   }
   Napi::Float32Array o = info[0].As<Napi::Float32Array>();
   Napi::Float64Array factors = info[1].As<Napi::Float64Array>(), at = info[3].As<Napi::Float64Array>();
@@ -69,13 +70,13 @@ Napi::Value Bf16Rows(const Napi::CallbackInfo& info) {
   // rows·dv ≤ length(o) by division: the product of two int64 from JavaScript can wrap.
   if (rows < 0 || dv < 0 || static_cast<int64_t>(factors.ElementLength()) < rows || static_cast<int64_t>(at.ElementLength()) < rows ||
       (dv > 0 && rows > static_cast<int64_t>(o.ElementLength()) / dv)) {
-    throw Napi::RangeError::New(env, "cpuTile.bf16Rows: arrays shorter than rows (factors, at) or rows × dv (o)");
+    throwError(env, "E_INTERNAL", "cpuTile.bf16Rows: arrays shorter than rows (factors, at) or rows × dv (o)");
   }
   const double n = static_cast<double>(dst.ElementLength());
   for (int64_t r = 0; r < rows; r++) {
     const double a = at[r];
     if (a < 0) continue;
-    if (!(a == std::floor(a) && a + static_cast<double>(dv) <= n)) throw Napi::RangeError::New(env, "cpuTile.bf16Rows: a row reaches past dst");
+    if (!(a == std::floor(a) && a + static_cast<double>(dv) <= n)) throwError(env, "E_INTERNAL", "cpuTile.bf16Rows: a row reaches past dst");
   }
   for (int64_t r = 0; r < rows; r++) {
     if (at[r] < 0) continue;
@@ -103,19 +104,19 @@ Napi::Value Gather(const Napi::CallbackInfo& info) {
     return info[i].IsTypedArray() && info[i].As<Napi::TypedArray>().TypedArrayType() == t;
   };
   if (!is(0, napi_uint8_array) || !is(1, napi_uint8_array) || !is(2, napi_float64_array) || !info[3].IsNumber()) {
-    throw Napi::TypeError::New(env, "cpuTile.gather(src: Uint8Array, dst: Uint8Array, runs: Float64Array, count)");
+    throwError(env, "E_INTERNAL", "cpuTile.gather(src: Uint8Array, dst: Uint8Array, runs: Float64Array, count)");
   }
   Napi::Uint8Array src = info[0].As<Napi::Uint8Array>(), dst = info[1].As<Napi::Uint8Array>();
   Napi::Float64Array runs = info[2].As<Napi::Float64Array>();
   const int64_t count = info[3].As<Napi::Number>().Int64Value();
   // 3·count ≤ length(runs) by division: 3·count wraps for count ≥ 2^62 and would pass.
-  if (count < 0 || count > static_cast<int64_t>(runs.ElementLength()) / 3) throw Napi::RangeError::New(env, "cpuTile.gather: count exceeds runs");
+  if (count < 0 || count > static_cast<int64_t>(runs.ElementLength()) / 3) throwError(env, "E_INTERNAL", "cpuTile.gather: count exceeds runs");
   const double ns = static_cast<double>(src.ElementLength()), nd = static_cast<double>(dst.ElementLength());
   for (int64_t r = 0; r < count; r++) {
     const double a = runs[3 * r], b = runs[3 * r + 1], n = runs[3 * r + 2];
     // Whole numbers in range (NaN fails every comparison).
     if (!(a >= 0 && b >= 0 && n >= 0 && a == std::floor(a) && b == std::floor(b) && n == std::floor(n) && a + n <= ns && b + n <= nd)) {
-      throw Napi::RangeError::New(env, "cpuTile.gather: a run reaches past src or dst");
+      throwError(env, "E_INTERNAL", "cpuTile.gather: a run reaches past src or dst");
     }
   }
   for (int64_t r = 0; r < count; r++) {

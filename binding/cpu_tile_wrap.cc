@@ -7,6 +7,7 @@
 
 #include "cpu_helpers.h"
 #include "cpu_tile.h"
+#include "js_errors.h"
 
 namespace fmla::cpu {
 namespace {
@@ -32,15 +33,15 @@ class TileWrap : public Napi::ObjectWrap<TileWrap> {
     Napi::Env env = info.Env();
     const int64_t rows = Int(info, 0), dim = Int(info, 1), dv = Int(info, 2);
     if (rows < 1 || rows > 4096 || dim < 16 || dim > 4096 || dim % 16 != 0 || dv < 16 || dv > dim || dv % 16 != 0) {
-      throw Napi::RangeError::New(env, "CpuTile(rows, dim, dv): rows in 1…4096, dim and dv multiples of 16, dv ≤ dim ≤ 4096");
+      throwError(env, "E_INTERNAL", "CpuTile(rows, dim, dv): rows in 1…4096, dim and dv multiples of 16, dv ≤ dim ≤ 4096");
     }
     isa_ = BestIsa();
     if (info.Length() > 3 && !info[3].IsUndefined()) {
       const std::string want = info[3].As<Napi::String>().Utf8Value();
       if (want == "avx2" && isa_ != Isa::None) isa_ = Isa::Avx2;
-      else if (want != "avx512" || isa_ != Isa::Avx512) throw Napi::Error::New(env, "CpuTile: this CPU does not run isa " + want);
+      else if (want != "avx512" || isa_ != Isa::Avx512) throwError(env, "E_INTERNAL", "CpuTile: this CPU does not run isa " + want);
     }
-    if (isa_ == Isa::None) throw Napi::Error::New(env, "CpuTile: this CPU lacks AVX2 and FMA");
+    if (isa_ == Isa::None) throwError(env, "E_INTERNAL", "CpuTile: this CPU lacks AVX2 and FMA");
     kernels_ = &KernelsFor(isa_);
 
     TileBuffers& b = b_;
@@ -79,21 +80,21 @@ class TileWrap : public Napi::ObjectWrap<TileWrap> {
 
  private:
   static int64_t Int(const Napi::CallbackInfo& info, std::size_t i) {
-    if (!info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), "CpuTile: argument " + std::to_string(i) + " must be a number");
+    if (!info[i].IsNumber()) throwError(info.Env(), "E_INTERNAL", "CpuTile: argument " + std::to_string(i) + " must be a number");
     return info[i].As<Napi::Number>().Int64Value();
   }
 
   template <class T>
   static Napi::TypedArrayOf<T> Source(const Napi::CallbackInfo& info, napi_typedarray_type type) {
     if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != type) {
-      throw Napi::TypeError::New(info.Env(), "CpuTile: wrong source array type");
+      throwError(info.Env(), "E_INTERNAL", "CpuTile: wrong source array type");
     }
     return info[0].As<Napi::TypedArrayOf<T>>();
   }
 
   static int Tokens(const Napi::CallbackInfo& info, std::size_t i) {
     const int64_t n = Int(info, i);
-    if (n < 0 || n > kTile) throw Napi::RangeError::New(info.Env(), "CpuTile: a tile holds 0…64 tokens");
+    if (n < 0 || n > kTile) throwError(info.Env(), "E_INTERNAL", "CpuTile: a tile holds 0…64 tokens");
     return static_cast<int>(n);
   }
 
@@ -111,7 +112,7 @@ class TileWrap : public Napi::ObjectWrap<TileWrap> {
     // JavaScript, and a wrapped sum (ld = 2^62, tokens = 3) would pass and read far outside src.
     const int64_t room = static_cast<int64_t>(src.ElementLength()) - b_.dim;
     if (tokens > 0 && (at < 0 || ld < 0 || at > room || (tokens > 1 && ld > (room - at) / (tokens - 1)))) {
-      throw Napi::RangeError::New(info.Env(), "CpuTile.bf16: the tile reaches past the source");
+      throwError(info.Env(), "E_INTERNAL", "CpuTile.bf16: the tile reaches past the source");
     }
     if (tokens > 0) kernels_->cvtBf16(b_, src.Data() + at, ld, tokens);
     return Napi::Value();
@@ -122,16 +123,16 @@ class TileWrap : public Napi::ObjectWrap<TileWrap> {
   Napi::Value Fp8(const Napi::CallbackInfo& info) {
     Napi::TypedArrayOf<uint8_t> src = Source<uint8_t>(info, napi_uint8_array);
     const int64_t u0 = Int(info, 1), u1 = Int(info, 2), kind = Int(info, 3);
-    if (u0 < 0 || u1 > kTile || u0 > u1 || (kind != 0 && kind != 1)) throw Napi::RangeError::New(info.Env(), "CpuTile.fp8: bad slots or layout");
+    if (u0 < 0 || u1 > kTile || u0 > u1 || (kind != 0 && kind != 1)) throwError(info.Env(), "E_INTERNAL", "CpuTile.fp8: bad slots or layout");
     const Fp8Layout layout = static_cast<Fp8Layout>(kind);
     const Fp8Shape& s = ShapeOf(layout);
-    if (b_.dim != s.dim) throw Napi::RangeError::New(info.Env(), "CpuTile.fp8: the workspace dim does not match the layout");
+    if (b_.dim != s.dim) throwError(info.Env(), "E_INTERNAL", "CpuTile.fp8: the workspace dim does not match the layout");
     const int64_t n = static_cast<int64_t>(src.ElementLength());
     for (int64_t u = u0; u < u1; u++) {
       // Whole numbers in range (NaN fails every comparison).
       const double r = b_.rec[u], c = b_.scl[u];
       if (!(r >= 0 && r + s.recordBytes <= n && r == std::floor(r) && c >= 0 && c + s.scaleBytes <= n && c == std::floor(c))) {
-        throw Napi::RangeError::New(info.Env(), "CpuTile.fp8: a token reaches past the source");
+        throwError(info.Env(), "E_INTERNAL", "CpuTile.fp8: a token reaches past the source");
       }
     }
     kernels_->dqFp8(b_, src.Data(), static_cast<int>(u0), static_cast<int>(u1), layout);
@@ -141,7 +142,7 @@ class TileWrap : public Napi::ObjectWrap<TileWrap> {
   // step(tokens, scaleLog2)
   Napi::Value Step(const Napi::CallbackInfo& info) {
     const int tokens = Tokens(info, 0);
-    if (!info[1].IsNumber()) throw Napi::TypeError::New(info.Env(), "CpuTile.step: scaleLog2 must be a number");
+    if (!info[1].IsNumber()) throwError(info.Env(), "E_INTERNAL", "CpuTile.step: scaleLog2 must be a number");
     if (tokens > 0) kernels_->step(b_, tokens, info[1].As<Napi::Number>().FloatValue());
     return Napi::Value();
   }

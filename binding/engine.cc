@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include "decode.h"
+#include "js_errors.h"
 #include "js_values.h"
 #include "library_wrap.h"
 
@@ -28,8 +29,7 @@ Napi::Function Engine::Define(Napi::Env env) {
 Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsNumber()) {
-    Napi::TypeError::New(env, "Engine(library, device)").ThrowAsJavaScriptException();
-    return;
+    throwError(env, "E_INTERNAL", "Engine(library, device)");
   }
   LibraryWrap* lib = LibraryWrap::Unwrap(info[0].As<Napi::Object>());
   ctx_ = std::make_unique<DeviceContext>(lib->library(), info[1].As<Napi::Number>().Int32Value());
@@ -112,10 +112,7 @@ void Engine::complete(Napi::Env env, Task* raw) {
     Napi::HandleScope scope(env);
     if (task->deferred != nullptr) {
       if (task->failed) {
-        Napi::Error err = Napi::Error::New(env, task->errorMessage);
-        err.Set("flashmlaCode", task->errorCode);
-        if (task->cudaError != 0) err.Set("cudaError", Napi::Number::New(env, task->cudaError));
-        task->deferred->Reject(err.Value());
+        task->deferred->Reject(makeError(env, task->errorCode, task->errorMessage, task->cudaError).Value());
       } else {
         Napi::Value v = task->settle ? task->settle(env) : env.Undefined();
         task->deferred->Resolve(v);
@@ -143,9 +140,7 @@ Napi::Value Engine::enqueue(Napi::Env env, std::unique_ptr<Task> task, bool with
   }
   if (disposed_) {
     if (withPromise) {
-      Napi::Error err = Napi::Error::New(env, "this FlashMLA instance was disposed");
-      err.Set("flashmlaCode", "E_DISPOSED");
-      task->deferred->Reject(err.Value());
+      task->deferred->Reject(makeError(env, "E_DISPOSED", "this FlashMLA instance was disposed").Value());
     }
     return result;
   }
@@ -161,9 +156,7 @@ Napi::Value Engine::enqueue(Napi::Env env, std::unique_ptr<Task> task, bool with
 
 static Napi::Value rejectNow(Napi::Env env, const NativeError& e) {
   auto d = Napi::Promise::Deferred::New(env);
-  Napi::Error err = Napi::Error::New(env, e.what());
-  err.Set("flashmlaCode", e.code);
-  d.Reject(err.Value());
+  d.Reject(makeError(env, e.code, e.what(), e.cudaError).Value());
   return d.Promise();
 }
 

@@ -1,5 +1,7 @@
 #include "library_wrap.h"
 
+#include "js_errors.h"
+
 #include <cstring>
 #include <vector>
 
@@ -20,15 +22,15 @@ Napi::Function LibraryWrap::Define(Napi::Env env) {
   Napi::Function f = DefineClass(env, "FlashMlaLibrary",
                                  {InstanceMethod("info", &LibraryWrap::Info), InstanceMethod("probe", &LibraryWrap::Probe)});
   // Per environment (main thread, each worker thread): a constructor is only valid in the env that
-  // made it, and the addon is initialised once per env. Node deletes it when the env goes.
-  env.SetInstanceData<Napi::FunctionReference>(new Napi::FunctionReference(Napi::Persistent(f)));
+  // made it, and the addon is initialised once per env.
+  addonData(env).libraryClass = Napi::Persistent(f);
   return f;
 }
 
 LibraryWrap::LibraryWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LibraryWrap>(info) {
   lib_ = std::move(pendingLibrary);
   if (lib_ == nullptr) {
-    Napi::TypeError::New(info.Env(), "FlashMlaLibrary objects are made by load()").ThrowAsJavaScriptException();
+    throwError(info.Env(), "E_INTERNAL", "FlashMlaLibrary objects are made by load()");
   }
 }
 
@@ -124,16 +126,14 @@ Napi::Value LoadLibrary(const Napi::CallbackInfo& info) {
   LoadFailure failure;
   auto lib = loadFlashMla(path, preloads, alternates, failure);
   if (lib == nullptr) {
-    Napi::Object err = Napi::Object::New(env);
+    // A FlashMLAError (E_BACKEND) that also says which file failed to load, and at which stage.
+    Napi::Error err = makeError(env, "E_BACKEND", failure.message);
     err.Set("stage", failure.stage);
     err.Set("path", failure.path);
-    err.Set("message", failure.message);
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("error", err);
-    return out;
+    throw err;
   }
   pendingLibrary = std::move(lib);
-  return env.GetInstanceData<Napi::FunctionReference>()->New({});
+  return addonData(env).libraryClass.New({});
 }
 
 }  // namespace fmla

@@ -22,8 +22,8 @@ class LibraryWrap : public Napi::ObjectWrap<LibraryWrap> {
   std::shared_ptr<LoadedLibrary> lib_;
 };
 
-// load(path, preloads: {path, global}[], alternates: string[]) → LibraryWrap, or
-// { error: { stage, path, message } }.
+// load(path, preloads: {path, global}[], alternates: string[]) → LibraryWrap; a failed dlopen throws
+// a FlashMLAError (E_BACKEND) with `stage` ('preload' | 'library') and `path`.
 Napi::Value LoadLibrary(const Napi::CallbackInfo& info);
 
 }  // namespace fmla

@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { FlashMLAError } from './errors.js';
 
 /** The package root (the same relative place from src/ and dist/). */
 export const PACKAGE_ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -44,8 +45,11 @@ export interface NativeLibrary {
   probe(): NativeProbe;
 }
 
-export interface NativeLoadError {
-  readonly error: { readonly stage: 'preload' | 'library'; readonly path: string; readonly message: string };
+/** What a failed `load` says (on the FlashMLAError it throws): which file, at which stage, dlerror's text. */
+export interface NativeLoadFailure {
+  readonly stage: 'preload' | 'library';
+  readonly path: string;
+  readonly message: string;
 }
 
 export interface NativeStart {
@@ -62,7 +66,41 @@ export interface NativeDecodeOutcome {
   readonly lse?: NativeAllocation;
 }
 
-/** The per-instance worker of binding/engine.h. Every Promise rejects with an Error carrying `flashmlaCode`. */
+/**
+ * The scalar part of a decode request (binding/decode.h `DecodeRequest`), as the host layer fills it
+ * (src/cuda/host-layer.ts `requestFields`).
+ */
+export interface NativeDecodeFields {
+  readonly dense: boolean;
+  readonly mainLauncher: number;
+  readonly combineLauncher: number;
+  readonly twice: boolean;
+  readonly b: number; readonly sQ: number; readonly hQ: number; readonly hK: number; readonly dQK: number; readonly dV: number;
+  readonly numSmParts: number; readonly fixedOverhead: number; readonly topk: number; readonly extraTopk: number;
+  readonly scale: number; readonly scaleLog2: number; readonly causal: boolean;
+  readonly numBlocks: number; readonly pageBlockSize: number; readonly extraNumBlocks: number; readonly extraPageBlockSize: number;
+  readonly elemBytes: number;
+  readonly qStrides: readonly [number, number, number];
+  readonly regroupQ: boolean;
+  readonly qReStrides: readonly [number, number, number];
+  readonly kStrides: readonly [number, number, number];
+  readonly blockTableStride: number;
+  readonly strideKvBlock: number; readonly strideKvRow: number; readonly strideIndicesB: number; readonly strideIndicesS: number;
+  readonly strideExtraKvBlock: number; readonly strideExtraKvRow: number; readonly strideExtraIndicesB: number; readonly strideExtraIndicesS: number;
+  readonly outDirect: boolean;
+  readonly lseDirect: boolean;
+}
+
+/** A whole decode request: the scalars, the sched-meta slot, the operands, and host output buffers (host-tensor calls). */
+export interface NativeDecodeRequest extends NativeDecodeFields {
+  readonly slot: number;
+  /** By operand name: a device address (element 0, offset applied), or the host bytes to upload; null when absent. */
+  readonly operands: Readonly<Record<string, bigint | ArrayBufferView | null>>;
+  readonly hostOut: Uint16Array | undefined;
+  readonly hostLse: Float32Array | undefined;
+}
+
+/** The per-instance worker of binding/engine.h. Every Promise rejects with a FlashMLAError (its code from the addon). */
 export interface NativeEngine {
   start(): Promise<NativeStart>;
   malloc(bytes: number): Promise<NativeAllocation>;
@@ -72,12 +110,16 @@ export interface NativeEngine {
   pointerInfo(address: bigint): Promise<{ type: number; device: number }>;
   newSchedSlot(): number;
   freeSchedSlot(id: number): void;
-  decode(request: object): Promise<NativeDecodeOutcome>;
+  decode(request: NativeDecodeRequest): Promise<NativeDecodeOutcome>;
   dispose(): Promise<void>;
 }
 
+/** The whole native module (binding/addon.cc). */
 export interface NativeAddon {
-  load(path: string, preloads: readonly { path: string; global: boolean }[], alternates: readonly (string | null)[]): NativeLibrary | NativeLoadError;
+  /** Hands the package's error class to the addon: every error it throws or rejects with is one (once per thread). */
+  setErrorClass(cls: typeof FlashMLAError): void;
+  /** Loads a build (preloads first); a failed dlopen throws a FlashMLAError (E_BACKEND) carrying NativeLoadFailure. */
+  load(path: string, preloads: readonly { path: string; global: boolean }[], alternates: readonly (string | null)[]): NativeLibrary;
   Engine: new (library: NativeLibrary, device: number) => NativeEngine;
   /** docs/flashmla-interface.md#mangled-names, in launcher-id order. */
   readonly launchers: readonly { id: number; key: string; mangled: string }[];
@@ -106,6 +148,7 @@ export function loadAddon(): AddonResult {
     const path = CANDIDATES.find((p) => existsSync(p));
     if (path === undefined) throw new Error('no build/Release/flashmla_node.node and no prebuilt addon for this platform');
     const addon = require(path) as NativeAddon;
+    addon.setErrorClass(FlashMLAError);
     cached = { ok: true, addon, path };
   } catch (e) {
     const first = (e as Error).message.split('\n')[0];
@@ -117,7 +160,3 @@ export function loadAddon(): AddonResult {
   return cached;
 }
 
-/** Turns a native rejection into the code it carries. */
-export function nativeCode(e: unknown): string | undefined {
-  return (e as { flashmlaCode?: string } | null)?.flashmlaCode;
-}

@@ -1,5 +1,6 @@
 import { check, FlashMLAError } from '../errors.js';
 import type { Bound, DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
+import type { NativeDecodeFields } from '../addon.js';
 import type { KvLayout } from '../types.js';
 import { softmaxScaleLog2 } from '../softmax-scale.js';
 import { ELEMENT_BYTES } from '../tensor.js';
@@ -258,8 +259,8 @@ export function planLaunch(plan: DecodePlan, device: DeviceFacts, problem: Launc
 }
 
 /** The scalar part of the addon's decode request (binding/decode.cc parseDecodeRequest). */
-export function requestFields(plan: DecodePlan, launch: LaunchPlan, launcherId: (key: string) => number): Record<string, unknown> {
-  const q = plan.q.view.strides;
+export function requestFields(plan: DecodePlan, launch: LaunchPlan, launcherId: (key: string) => number): NativeDecodeFields {
+  const q = plan.q.view.strides as readonly [number, number, number, number];
   const common = {
     mainLauncher: launcherId(launch.main),
     combineLauncher: launcherId(launch.combine),
@@ -268,16 +269,16 @@ export function requestFields(plan: DecodePlan, launch: LaunchPlan, launcherId: 
     numSmParts: launch.numSmParts, fixedOverhead: launch.fixedOverhead,
     scale: launch.scale, scaleLog2: launch.scaleLog2,
     elemBytes: 2,
-    qStrides: [q[0], q[1], q[2]],
+    qStrides: [q[0], q[1], q[2]] as const,
     regroupQ: launch.regroupQ, qReStrides: launch.qReStrides,
     outDirect: launch.outDirect, lseDirect: launch.lseDirect,
   };
   if (plan.kind === 'dense') {
-    const k = plan.kCache.view.strides;
+    const k = plan.kCache.view.strides as readonly [number, number, number, number];
     return {
       ...common, dense: true, hK: plan.hK, topk: -1, extraTopk: -1, causal: plan.causal,
       numBlocks: plan.numBlocks, pageBlockSize: plan.pageBlockSize, extraNumBlocks: 0, extraPageBlockSize: 0,
-      kStrides: [k[0], k[1], k[2]], blockTableStride: plan.blockTable.view.strides[0],
+      kStrides: [k[0], k[1], k[2]], blockTableStride: plan.blockTable.view.strides[0]!,
       strideKvBlock: 0, strideKvRow: 0, strideIndicesB: 0, strideIndicesS: 0,
       strideExtraKvBlock: 0, strideExtraKvRow: 0, strideExtraIndicesB: 0, strideExtraIndicesS: 0,
     };
@@ -289,8 +290,8 @@ export function requestFields(plan: DecodePlan, launch: LaunchPlan, launcherId: 
     numBlocks: m.numBlocks, pageBlockSize: m.pageBlockSize,
     extraNumBlocks: e?.numBlocks ?? 0, extraPageBlockSize: e?.pageBlockSize ?? 0,
     kStrides: [0, 0, 0], blockTableStride: 0,
-    strideKvBlock: m.cache.view.strides[0], strideKvRow: m.cache.view.strides[1],
-    strideIndicesB: m.indices.view.strides[0], strideIndicesS: m.indices.view.strides[1],
+    strideKvBlock: m.cache.view.strides[0]!, strideKvRow: m.cache.view.strides[1]!,
+    strideIndicesB: m.indices.view.strides[0]!, strideIndicesS: m.indices.view.strides[1]!,
     strideExtraKvBlock: e?.cache.view.strides[0] ?? 0, strideExtraKvRow: e?.cache.view.strides[1] ?? 0,
     strideExtraIndicesB: e?.indices.view.strides[0] ?? 0, strideExtraIndicesS: e?.indices.view.strides[1] ?? 0,
   };

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import type { BuildFile } from './build-file.js';
-import { loadAddon, type NativeAddon, type NativeDeviceProbe, type NativeLibrary, type NativeLibraryInfo, type NativeLoadError, type NativeProbe } from '../addon.js';
+import { loadAddon, type NativeAddon, type NativeDeviceProbe, type NativeLibrary, type NativeLibraryInfo, type NativeLoadFailure, type NativeProbe } from '../addon.js';
 import type { LocatedLibrary } from './locate.js';
 
 /** A FlashMLA build loaded into this process, with what resolved and what its runtime reports. */
@@ -60,7 +60,7 @@ export function vetBuild(addon: NativeAddon, located: LocatedLibrary): string | 
 }
 
 /** A readable account of a failed dlopen, with what to do about it. */
-export function loadFailure(located: LocatedLibrary, error: NativeLoadError['error']): string {
+export function loadFailure(located: LocatedLibrary, error: NativeLoadFailure): string {
   const { stage, path, message } = error;
   let hint = '';
   if (/libcudart/.test(message)) hint = ' (the CUDA runtime it was built against is not on the library path; add its folder to LD_LIBRARY_PATH)';
@@ -76,9 +76,12 @@ export function loadFailure(located: LocatedLibrary, error: NativeLoadError['err
 export function openLibrary(addon: NativeAddon, located: LocatedLibrary): OpenResult {
   let native = opened.get(located.path);
   if (native === undefined) {
-    const loaded = addon.load(located.path, located.preloads.map((p) => ({ path: p.path, global: p.global })), alternatesFor(addon, located.file));
-    if ('error' in loaded) return { ok: false, reason: loadFailure(located, loaded.error) };
-    native = loaded;
+    try {
+      native = addon.load(located.path, located.preloads.map((p) => ({ path: p.path, global: p.global })), alternatesFor(addon, located.file));
+    } catch (e) {
+      const f = e as Error & Partial<NativeLoadFailure>;
+      return { ok: false, reason: loadFailure(located, { stage: f.stage ?? 'library', path: f.path ?? located.path, message: f.message }) };
+    }
     opened.set(located.path, native);
   }
   // Versions and devices are asked again on every open (cheap; needs no CUDA context).
@@ -129,8 +132,14 @@ const CHILD_PROBE = `
 const [addonPath, payload] = process.argv.slice(1);
 const { path, preloads, alternates } = JSON.parse(payload);
 const addon = require(addonPath);
-const lib = addon.load(path, preloads, alternates);
-process.stdout.write(JSON.stringify('error' in lib ? { loadError: lib.error } : { info: lib.info(), probe: lib.probe() }) + '\\n');
+let report;
+try {
+  const lib = addon.load(path, preloads, alternates);
+  report = { info: lib.info(), probe: lib.probe() };
+} catch (e) {
+  report = { loadError: { stage: e.stage, path: e.path, message: e.message } };
+}
+process.stdout.write(JSON.stringify(report) + '\\n');
 `;
 
 /**
@@ -153,7 +162,7 @@ export function loadInChild(timeoutMs: number): Loader {
         return resolve({ ok: false, reason: `loading ${path} in a probe process failed: the process ${why}${tail ? ` (${tail})` : ''}` });
       }
       try {
-        const r = JSON.parse(line) as { loadError?: NativeLoadError['error']; info?: NativeLibraryInfo; probe?: NativeProbe };
+        const r = JSON.parse(line) as { loadError?: NativeLoadFailure; info?: NativeLibraryInfo; probe?: NativeProbe };
         if (r.loadError) return resolve({ ok: false, reason: loadFailure(located, r.loadError) });
         resolve({ ok: true, info: r.info!, probe: r.probe! });
       } catch {

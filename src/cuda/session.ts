@@ -1,4 +1,4 @@
-import { check, FlashMLAError, type FlashMLAErrorCode } from '../errors.js';
+import { check, FlashMLAError } from '../errors.js';
 import type { Bound, DecodePlan } from '../plan.js';
 import type { SchedMetaSlot } from '../sched-meta.js';
 import {
@@ -8,7 +8,7 @@ import {
 import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
 import { ownValue, readDecodeArgs, readDecodeOptions, readTensor } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
-import { nativeCode, type NativeEngine } from '../addon.js';
+import type { NativeEngine } from '../addon.js';
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
 import { DeviceTensor, mintDeviceTensor, type TensorOwner } from '../device-tensor.js';
 import { assessCuda } from './assess.js';
@@ -20,11 +20,10 @@ const ARRAYS: Readonly<Record<DType, new (n: number) => DataOf[DType]>> = {
   bf16: Uint16Array, fp16: Uint16Array, fp32: Float32Array, int32: Int32Array, uint8: Uint8Array,
 };
 
-/** A native rejection as a FlashMLAError with the code the addon gave. */
+/** A native rejection: the addon rejects with FlashMLAErrors; anything else is a bug. */
 function asFlashMLAError(e: unknown): FlashMLAError {
   if (e instanceof FlashMLAError) return e;
-  const message = e instanceof Error ? e.message : String(e);
-  return new FlashMLAError((nativeCode(e) ?? 'E_CUDA') as FlashMLAErrorCode, message);
+  return new FlashMLAError('E_INTERNAL', e instanceof Error ? e.message : String(e));
 }
 
 /**

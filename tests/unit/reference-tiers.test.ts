@@ -6,6 +6,7 @@ import { setFlagsFromString } from 'node:v8';
 setFlagsFromString('--experimental-wasm-relaxed-simd');
 
 import { describe, expect, test } from 'vitest';
+import { FlashMLAError } from '../../src/errors.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase } from '../../src/harness/cases.js';
 import { checkIsAllclose, TOLERANCES } from '../../src/harness/metrics.js';
 import { oracleDecode } from '../../src/harness/oracle.js';
@@ -180,28 +181,28 @@ describe('native tier', () => {
     });
   });
 
-  test('the addon checks every source range: a tile or token past the end of its array is a RangeError', () => {
+  test('the addon checks every source range: a tile or token past the end of its array is a FlashMLAError', () => {
     const ws = new NativeWorkspace(api, 4, V32.dQK, 512);
-    expect(() => ws.loadBf16(new Uint16Array(2 * V32.dQK - 1), 0, V32.dQK, 2)).toThrow(RangeError);
-    expect(() => ws.loadBf16(new Uint16Array(2 * V32.dQK), -1, V32.dQK, 1)).toThrow(RangeError);
+    expect(() => ws.loadBf16(new Uint16Array(2 * V32.dQK - 1), 0, V32.dQK, 2)).toThrow(FlashMLAError);
+    expect(() => ws.loadBf16(new Uint16Array(2 * V32.dQK), -1, V32.dQK, 1)).toThrow(FlashMLAError);
     const bytes = new Uint8Array(V32.bytesPerToken);
     ws.tokenV32(bytes, 1, 0);
-    expect(() => ws.endTokens('v32', 1)).toThrow(RangeError);
+    expect(() => ws.endTokens('v32', 1)).toThrow(FlashMLAError);
     ws.tokenV32(bytes, 0, 0);
-    expect(() => ws.endTokens('model1', 1)).toThrow(RangeError);
+    expect(() => ws.endTokens('model1', 1)).toThrow(FlashMLAError);
     ws.tokenV32(bytes, 0, 0);
     expect(() => ws.endTokens('v32', 1)).not.toThrow();
-    expect(() => new api.Tile(4, 100, 64)).toThrow(RangeError);
+    expect(() => new api.Tile(4, 100, 64)).toThrow(FlashMLAError);
   });
 
   test('the range checks do not wrap: counts and strides near 2^63 are a RangeError, not a read past the array', () => {
     // Each of these once passed its check through a wrapped int64 product or sum (found under ASan).
     const tile = new api.Tile(1, 16, 16);
-    expect(() => tile.bf16(new Uint16Array(64), 0, 2 ** 62, 3)).toThrow(RangeError);
-    expect(() => api.gather!(new Uint8Array(128), new Uint8Array(128), new Float64Array(24), 2 ** 62)).toThrow(RangeError);
+    expect(() => tile.bf16(new Uint16Array(64), 0, 2 ** 62, 3)).toThrow(FlashMLAError);
+    expect(() => api.gather!(new Uint8Array(128), new Uint8Array(128), new Float64Array(24), 2 ** 62)).toThrow(FlashMLAError);
     const f = (n: number) => new Float32Array(n);
-    expect(() => api.merge!(f(4), f(4), f(32), f(4), f(4), f(32), 4, 2 ** 62)).toThrow(RangeError);
-    expect(() => api.bf16Rows!(f(1), new Float64Array(4), new Uint16Array(1), new Float64Array(4).fill(-1), 4, 2 ** 62)).toThrow(RangeError);
+    expect(() => api.merge!(f(4), f(4), f(32), f(4), f(4), f(32), 4, 2 ** 62)).toThrow(FlashMLAError);
+    expect(() => api.bf16Rows!(f(1), new Float64Array(4), new Uint16Array(1), new Float64Array(4).fill(-1), 4, 2 ** 62)).toThrow(FlashMLAError);
     // The boundary itself still passes.
     expect(() => tile.bf16(new Uint16Array(2 * 5 + 16), 0, 5, 3)).not.toThrow();
     expect(() => api.gather!(new Uint8Array(8), new Uint8Array(8), new Float64Array([0, 0, 8]), 1)).not.toThrow();
