@@ -211,11 +211,23 @@ ${section}`;
 }
 
 /**
+ * A stand-in FlashMLA build with chosen GPU code and exports.
+ * @typedef {object} EmulatorVariant
+ * @property {string} [name] library file name suffix: libflashmla_emu-<name>.so
+ * @property {string[]} [targets] nvcc targets of every kernel (default sm_90a, sm_100f, as FlashMLA's setup.py)
+ * @property {Record<string, string[]>} [kernelTargets] per launcher key, targets that replace `targets`
+ * @property {'all' | 'no-launchers' | 'no-runtime'} [exports] 'no-launchers': 0/12 entry points; 'no-runtime': like a static CUDA runtime
+ * @property {'ok' | 'none' | 'corrupt'} [fatbin] no .nv_fatbin section, or an unreadable one
+ */
+
+/**
  * Compiles the emulator if needed and returns the absolute path of the library. Without a variant:
  * `libflashmla_emu.so`, a full build (all launchers, shared runtime, sm_90a and sm_100f code).
  * A variant `{ name, targets?, kernelTargets?, exports?, fatbin? }` gives `libflashmla_emu-<name>.so`:
  * `targets` the nvcc targets of every kernel, `kernelTargets` per-launcher overrides,
  * `exports` 'all' | 'no-launchers' | 'no-runtime', `fatbin` 'ok' | 'none' | 'corrupt'.
+ * @param {EmulatorVariant} [variant]
+ * @returns {Promise<string>}
  */
 export async function buildEmulator(variant = {}) {
   const name = variant.name === undefined ? 'libflashmla_emu.so' : `libflashmla_emu-${variant.name}.so`;

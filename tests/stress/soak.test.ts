@@ -13,7 +13,9 @@ import * as libraryModule from '../../src/cuda/library.js';
 import * as locate from '../../src/cuda/locate.js';
 import * as schedMeta from '../../src/sched-meta.js';
 import * as tensor from '../../src/tensor.js';
-import { soakPhase, type SoakResult } from '../../scripts/soak.mjs';
+import { soakPhase } from './soak-phase.mjs';
+
+type SoakResult = Awaited<ReturnType<typeof soakPhase>>;
 import { buildEmulator } from '../emulator/build.mjs';
 
 setFlagsFromString('--expose-gc');
