@@ -286,7 +286,6 @@ bool ensureSchedMeta(DeviceContext& ctx, const DecodeRequest& r, DecodeBuffers& 
 // The combine, on the same stream right after the main kernel(s), with flat strides
 // (docs/flashmla-interface.md#combine).
 void launchCombine(const DeviceContext& ctx, const DecodeRequest& r, const DecodeBuffers& d) {
-  const int hq512 = r.hQ * 512;
   CombineParams c;
   std::memset(&c, 0, sizeof c);
   c.b = r.b;
@@ -295,23 +294,8 @@ void launchCombine(const DeviceContext& ctx, const DecodeRequest& r, const Decod
   c.d_v = r.dV;
   c.lse = d.lse;
   c.out = d.out;
-  c.stride_lse_b = r.sQ * r.hQ;
-  c.stride_lse_s_q = r.hQ;
-  c.stride_o_b = r.sQ * hq512;
-  c.stride_o_s_q = hq512;
-  c.stride_o_h_q = 512;
-  c.lse_accum = d.lseAccum;
-  c.o_accum = d.oAccum;
-  c.stride_lse_accum_split = r.sQ * r.hQ;
-  c.stride_lse_accum_s_q = r.hQ;
-  c.stride_o_accum_split = r.sQ * hq512;
-  c.stride_o_accum_s_q = hq512;
-  c.stride_o_accum_h_q = 512;
-  c.tile_scheduler_metadata_ptr = d.meta;
-  c.num_splits_ptr = d.numSplits;
-  c.num_sm_parts = r.numSmParts;
+  fillSplitOutputs(c, r, d);
   c.attn_sink = r.dense ? nullptr : reinterpret_cast<float*>(d.ptr[kAttnSink]);
-  c.stream = d.stream;
   callLauncher(ctx, r.combine, c);
 }
 

@@ -23,6 +23,30 @@ struct DecodeBuffers {
   void* stream = nullptr;
 };
 
+// The output and split-accumulator fields that SparseAttnDecodeParams and CombineParams share by
+// name: lse (b, s_q, h_q) and out (b, s_q, h_q, 512) contiguous, one accumulator slice per split,
+// the scheduler metadata and the stream (docs/flashmla-interface.md#combine).
+template <class Params>
+void fillSplitOutputs(Params& p, const DecodeRequest& r, const DecodeBuffers& d) {
+  const int hq512 = r.hQ * 512;
+  p.stride_lse_b = r.sQ * r.hQ;
+  p.stride_lse_s_q = r.hQ;
+  p.stride_o_b = r.sQ * hq512;
+  p.stride_o_s_q = hq512;
+  p.stride_o_h_q = 512;
+  p.lse_accum = d.lseAccum;
+  p.o_accum = d.oAccum;
+  p.stride_lse_accum_split = r.sQ * r.hQ;
+  p.stride_lse_accum_s_q = r.hQ;
+  p.stride_o_accum_split = r.sQ * hq512;
+  p.stride_o_accum_s_q = hq512;
+  p.stride_o_accum_h_q = 512;
+  p.tile_scheduler_metadata_ptr = d.meta;
+  p.num_splits_ptr = d.numSplits;
+  p.num_sm_parts = r.numSmParts;
+  p.stream = d.stream;
+}
+
 // Fills DenseAttnDecodeParams and runs the dense launcher (dense_launch.cc,
 // docs/flashmla-interface.md#dense-params-filling).
 void launchDense(const DeviceContext& ctx, const DecodeRequest& r, const DecodeBuffers& d);

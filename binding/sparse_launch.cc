@@ -8,7 +8,6 @@ namespace fmla {
 using flashmla_abi::Launcher;
 
 void launchSparse(const DeviceContext& ctx, const DecodeRequest& r, const DecodeBuffers& d) {
-  const int hq512 = r.hQ * 512;
   // docs/flashmla-interface.md#sparse-host-layer SparseAttnDecodeParams filling.
   SparseAttnDecodeParams p;
   std::memset(&p, 0, sizeof p);
@@ -44,26 +43,11 @@ void launchSparse(const DeviceContext& ctx, const DecodeRequest& r, const Decode
   p.stride_kv_row = r.strideKvRow;
   p.stride_indices_b = r.strideIndices[0];
   p.stride_indices_s_q = r.strideIndices[1];
-  p.stride_lse_b = r.sQ * r.hQ;  // lse (b, s_q, h_q) contiguous
-  p.stride_lse_s_q = r.hQ;
-  p.stride_o_b = r.sQ * hq512;   // out (b, s_q, h_q, 512) contiguous
-  p.stride_o_s_q = hq512;
-  p.stride_o_h_q = 512;
   p.stride_extra_kv_block = r.strideExtraKvBlock;
   p.stride_extra_kv_row = r.strideExtraKvRow;
   p.stride_extra_indices_b = r.strideExtraIndices[0];
   p.stride_extra_indices_s_q = r.strideExtraIndices[1];
-  p.stream = d.stream;
-  p.lse_accum = d.lseAccum;
-  p.o_accum = d.oAccum;
-  p.stride_lse_accum_split = r.sQ * r.hQ;
-  p.stride_lse_accum_s_q = r.hQ;
-  p.stride_o_accum_split = r.sQ * hq512;
-  p.stride_o_accum_s_q = hq512;
-  p.stride_o_accum_h_q = 512;
-  p.tile_scheduler_metadata_ptr = d.meta;
-  p.num_splits_ptr = d.numSplits;
-  p.num_sm_parts = r.numSmParts;
+  fillSplitOutputs(p, r, d);
   if (!r.twice) {
     callLauncher(ctx, r.main, p);
   } else {
