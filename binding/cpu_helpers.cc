@@ -72,17 +72,21 @@ Napi::Value Bf16Rows(const Napi::CallbackInfo& info) {
       (dv > 0 && rows > static_cast<int64_t>(o.ElementLength()) / dv)) {
     throwError(env, "E_INTERNAL", "cpuTile.bf16Rows: arrays shorter than rows (factors, at) or rows × dv (o)");
   }
+  // Raw pointers: Napi::TypedArrayOf::operator[](size_t) and the built-in subscript through its
+  // napi_value conversion are equally good matches for an int64_t index.
+  const double* atRow = at.Data();
+  const double* factor = factors.Data();
   const double n = static_cast<double>(dst.ElementLength());
   for (int64_t r = 0; r < rows; r++) {
-    const double a = at[r];
+    const double a = atRow[r];
     if (a < 0) continue;
     if (!(a == std::floor(a) && a + static_cast<double>(dv) <= n)) throwError(env, "E_INTERNAL", "cpuTile.bf16Rows: a row reaches past dst");
   }
   for (int64_t r = 0; r < rows; r++) {
-    if (at[r] < 0) continue;
-    uint16_t* out = dst.Data() + static_cast<int64_t>(at[r]);
+    if (atRow[r] < 0) continue;
+    uint16_t* out = dst.Data() + static_cast<int64_t>(atRow[r]);
     const float* src = o.Data() + r * dv;
-    const double f = factors[r];
+    const double f = factor[r];
     for (int64_t x = 0; x < dv; x++) {
       const float v = static_cast<float>(src[x] * f);
       uint32_t bits;
@@ -112,16 +116,17 @@ Napi::Value Gather(const Napi::CallbackInfo& info) {
   // 3·count ≤ length(runs) by division: 3·count wraps for count ≥ 2^62 and would pass.
   if (count < 0 || count > static_cast<int64_t>(runs.ElementLength()) / 3) throwError(env, "E_INTERNAL", "cpuTile.gather: count exceeds runs");
   const double ns = static_cast<double>(src.ElementLength()), nd = static_cast<double>(dst.ElementLength());
+  const double* run = runs.Data();  // raw, as in Bf16Rows
   for (int64_t r = 0; r < count; r++) {
-    const double a = runs[3 * r], b = runs[3 * r + 1], n = runs[3 * r + 2];
+    const double a = run[3 * r], b = run[3 * r + 1], n = run[3 * r + 2];
     // Whole numbers in range (NaN fails every comparison).
     if (!(a >= 0 && b >= 0 && n >= 0 && a == std::floor(a) && b == std::floor(b) && n == std::floor(n) && a + n <= ns && b + n <= nd)) {
       throwError(env, "E_INTERNAL", "cpuTile.gather: a run reaches past src or dst");
     }
   }
   for (int64_t r = 0; r < count; r++) {
-    std::memcpy(dst.Data() + static_cast<int64_t>(runs[3 * r + 1]), src.Data() + static_cast<int64_t>(runs[3 * r]),
-                static_cast<std::size_t>(runs[3 * r + 2]));
+    std::memcpy(dst.Data() + static_cast<int64_t>(run[3 * r + 1]), src.Data() + static_cast<int64_t>(run[3 * r]),
+                static_cast<std::size_t>(run[3 * r + 2]));
   }
   return Napi::Value();
 }

@@ -230,7 +230,7 @@ export class CudaSession implements TensorOwner {
       `meta.capacity (${String(capacity)}) must be a positive integer at least the extent of the view (${extentOf(view)})`);
     const bytes = BigInt(capacity * ELEMENT_BYTES[view.dtype]);
     // Both ends of the claimed range must be memory of this device. (The runtime API tells the
-    // owner of an address, not where its allocation ends; see docs/cuda-path.md#wrap.)
+    // owner of an address, not where its allocation ends; see docs/robustness.md#device-tensors.)
     for (const [at, what] of [[address, 'address'], [address + bytes - 1n, 'the last byte of meta.capacity']] as const) {
       const attrs = await this.engine.pointerInfo(at).catch((e: unknown) => this.#fail(e, caller));
       check(attrs.type === 2, 'E_DEVICE', 'address', `${what} (0x${at.toString(16)}) is not CUDA device memory (cudaPointerGetAttributes type ${attrs.type})`);

@@ -66,7 +66,7 @@ export function expectIntStrides(b: Bound, name: string): void {
 }
 
 /**
- * TMA descriptors (docs/flashmla-interface.md#tma-alignment, docs/flashmla-interface.md#tma-alignment): base 16-byte aligned and every outer stride (size-1 dims
+ * TMA descriptors (docs/flashmla-interface.md#tma-alignment): base 16-byte aligned and every outer stride (size-1 dims
  * included: FlashMLA passes them all) a multiple of 16 bytes. The offset stands for the base
  * address (an uploaded host tensor keeps its geometry).
  */

@@ -15,7 +15,7 @@ const SPARSE_ONLY = ['attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLe
 
 /**
  * Dense decode checks: FlashMLA's Python layer (docs/flashmla-interface.md#python-dispatch), host layer in its order (docs/flashmla-interface.md#dense-host-layer),
- * the dense launcher's exit(1) checks (d == 576) and TMA rules (docs/flashmla-interface.md#tma-alignment, docs/flashmla-interface.md#tma-alignment), and what FlashMLA
+ * the dense launcher's exit(1) checks (d == 576) and TMA rules (docs/flashmla-interface.md#tma-alignment), and what FlashMLA
  * does not check: sequence lengths within the block table, used block ids inside the cache.
  */
 export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefined): DensePlan {
@@ -64,7 +64,7 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
   expectIndexable(blockTable, 'blockTable');
   check(maxBlocksPerSeq >= 1, 'E_SHAPE', 'blockTable', 'blockTable needs at least one column');
 
-  // TMA operands of the dense kernel: q, k_cache (and out, which we allocate) (docs/flashmla-interface.md#tma-alignment, docs/flashmla-interface.md#tma-alignment).
+  // TMA operands of the dense kernel: q, k_cache (and out, which we allocate) (docs/flashmla-interface.md#tma-alignment).
   expectTmaFriendly(q, 'q', 2);
   expectTmaFriendly(kCache, 'kCache', 2);
 

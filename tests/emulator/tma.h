@@ -1,5 +1,5 @@
 // Preconditions of a TMA descriptor (cuTensorMapEncodeTiled): 16-byte-aligned base, every
-// outer stride a multiple of 16 bytes and below 2^40 (docs/flashmla-interface.md#tma-alignment, docs/flashmla-interface.md#tma-alignment). FlashMLA builds some
+// outer stride a multiple of 16 bytes and below 2^40 (docs/flashmla-interface.md#tma-alignment). FlashMLA builds some
 // descriptors with CuTe, whose checks compile away under -DNDEBUG (a silent failure that ends as a
 // device fault), and some with ku::make_tensor_map, which throws.
 #pragma once
