@@ -288,10 +288,6 @@ bool ensureSchedMeta(DeviceContext& ctx, const DecodeRequest& r, DecodeBuffers& 
 void launchCombine(const DeviceContext& ctx, const DecodeRequest& r, const DecodeBuffers& d) {
   CombineParams c;
   std::memset(&c, 0, sizeof c);
-  c.b = r.b;
-  c.s_q = r.sQ;
-  c.h_q = r.hQ;
-  c.d_v = r.dV;
   c.lse = d.lse;
   c.out = d.out;
   fillSplitOutputs(c, r, d);

@@ -23,12 +23,16 @@ struct DecodeBuffers {
   void* stream = nullptr;
 };
 
-// The output and split-accumulator fields that SparseAttnDecodeParams and CombineParams share by
-// name: lse (b, s_q, h_q) and out (b, s_q, h_q, 512) contiguous, one accumulator slice per split,
-// the scheduler metadata and the stream (docs/flashmla-interface.md#combine).
+// The fields that SparseAttnDecodeParams and CombineParams share by name: the query shape, lse
+// (b, s_q, h_q) and out (b, s_q, h_q, 512) contiguous, one accumulator slice per split, the
+// scheduler metadata and the stream (docs/flashmla-interface.md#combine).
 template <class Params>
 void fillSplitOutputs(Params& p, const DecodeRequest& r, const DecodeBuffers& d) {
   const int hq512 = r.hQ * 512;
+  p.b = r.b;
+  p.s_q = r.sQ;
+  p.h_q = r.hQ;
+  p.d_v = r.dV;
   p.stride_lse_b = r.sQ * r.hQ;
   p.stride_lse_s_q = r.hQ;
   p.stride_o_b = r.sQ * hq512;

@@ -11,12 +11,9 @@ void launchSparse(const DeviceContext& ctx, const DecodeRequest& r, const Decode
   // docs/flashmla-interface.md#sparse-host-layer SparseAttnDecodeParams filling.
   SparseAttnDecodeParams p;
   std::memset(&p, 0, sizeof p);
-  p.b = r.b;
-  p.s_q = r.sQ;
-  p.h_q = r.hQ;
+  fillSplitOutputs(p, r, d);
   p.h_kv = 1;
   p.d_qk = r.dQK;
-  p.d_v = r.dV;
   p.sm_scale = r.scale;
   p.sm_scale_div_log2 = r.scaleLog2;
   p.num_blocks = r.numBlocks;
@@ -47,7 +44,6 @@ void launchSparse(const DeviceContext& ctx, const DecodeRequest& r, const Decode
   p.stride_extra_kv_row = r.strideExtraKvRow;
   p.stride_extra_indices_b = r.strideExtraIndices[0];
   p.stride_extra_indices_s_q = r.strideExtraIndices[1];
-  fillSplitOutputs(p, r, d);
   if (!r.twice) {
     callLauncher(ctx, r.main, p);
   } else {
