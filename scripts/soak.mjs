@@ -50,6 +50,7 @@ async function main() {
     ...(await import('../dist/harness/cases.js')),
     ...(await import('../dist/sched-meta.js')),
     ...(await import('../dist/tensor.js')),
+    TENSOR_ARG_KEYS: (await import('../dist/validate/args.js')).TENSOR_ARG_KEYS,
     ...(await import('../dist/addon.js')),
     ...(await import('../dist/cuda/library.js')),
     ...(await import('../dist/cuda/locate.js')),

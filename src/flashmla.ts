@@ -3,7 +3,7 @@ import { check, FlashMLAError } from './errors.js';
 import { DeviceTensor } from './device-tensor.js';
 import { openCudaSession, type CudaSession } from './cuda/session.js';
 import { callKindOf } from './cuda/usability.js';
-import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions } from './validate/args.js';
+import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions, TENSOR_ARG_KEYS } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
 import { isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
 import type { BackendChoice, BackendName, CallOptions, DecodeArgs, DecodeResult, InstanceDecodeOptions } from './types.js';
@@ -144,11 +144,9 @@ export class FlashMLA {
 
 export { DeviceTensor };
 
-const TENSOR_ARGS = ['q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength'] as const;
-
 function allHost(args: DecodeArgs): boolean {
   try {
-    return TENSOR_ARGS.every((k) => args[k] === undefined || args[k] === null || isHostTensor(args[k]));
+    return TENSOR_ARG_KEYS.every((k) => args[k] === undefined || args[k] === null || isHostTensor(args[k]));
   } catch {
     return false;
   }

@@ -7,7 +7,7 @@ import { FlashMLA, type DeviceTensor } from '../flashmla.js';
 import { referenceDecode } from '../reference/index.js';
 import { getMlaMetadata } from '../sched-meta.js';
 import { isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
-import type { DecodeArgs } from '../types.js';
+import { TENSOR_ARG_KEYS } from '../validate/args.js';
 import { choice, integer, integerList, MAX_THREADS, outputFile, str, UsageError, type Command, type OptionValues } from './args.js';
 import { fmtMs, fmtRate, formatTable } from './table.js';
 
@@ -30,16 +30,11 @@ export interface ShapeRow {
   jsMsPerCall: number | null;
 }
 
-type ArgKey = Exclude<keyof DecodeArgs, 'schedMeta' | 'headDimV' | 'softmaxScale' | 'causal' | 'isFp8Kvcache'>;
-const TENSOR_ARGS: readonly ArgKey[] = [
-  'q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
-];
-
 /** Uploads every tensor argument once, so the timed calls see device-resident inputs as in serving. */
 async function uploadArgs(inst: FlashMLA, args: BenchInputs['args']): Promise<{ args: BenchInputs['args']; tensors: DeviceTensor[] }> {
   const out: Record<string, unknown> = { ...args };
   const tensors: DeviceTensor[] = [];
-  for (const k of TENSOR_ARGS) {
+  for (const k of TENSOR_ARG_KEYS) {
     const t = args[k];
     if (t && isHostTensor(t)) {
       const d = await inst.upload(t as HostTensor);

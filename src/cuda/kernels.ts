@@ -27,12 +27,23 @@ const isKernelOf = (key: string, name: string): boolean => {
   return k !== undefined && name.startsWith(k.prefix) && (k.contains === undefined || name.includes(k.contains));
 };
 
+const codeCache = new WeakMap<readonly FatbinEntry[], Map<string, readonly FatbinEntry[]>>();
+
 /**
  * The fatbin entries that may hold a launcher's kernels: the cubins that name them, plus every
  * entry whose kernels cannot be read (PTX, compressed cubins), which may hold anything.
  */
-export function codeOf(entries: readonly FatbinEntry[], key: string): FatbinEntry[] {
-  return entries.filter((e) => e.kernels === null || e.kernels.some((n) => isKernelOf(key, n)));
+export function codeOf(entries: readonly FatbinEntry[], key: string): readonly FatbinEntry[] {
+  // Memoised per entry list (one per build file, cached by build-file.ts) and launcher: every
+  // CUDA call asks for its launchers, and the answer never changes.
+  let byKey = codeCache.get(entries);
+  if (byKey === undefined) codeCache.set(entries, (byKey = new Map()));
+  let code = byKey.get(key);
+  if (code === undefined) {
+    code = entries.filter((e) => e.kernels === null || e.kernels.some((n) => isKernelOf(key, n)));
+    byKey.set(key, code);
+  }
+  return code;
 }
 
 /** nvcc target names of a set of entries, deduplicated and sorted: `sm_100f, sm_90a`. */

@@ -53,7 +53,7 @@ export async function openCudaSession(options: { device?: number; library?: stri
     const start = await engine.start();
     const ids = new Map(ready.addon.launchers.map((l) => [l.key, l.id]));
     const build = { file: ready.located.file, launchers: ready.info.launchers };
-    return { ok: true, session: new CudaSession(engine, build, ready.located.path, device, start, ids) };
+    return { ok: true, session: new CudaSession(engine, build, device, start, ids) };
   } catch (e) {
     await engine.dispose();
     return { ok: false, reason: `starting device ${device} failed: ${(e as Error).message}` };
@@ -76,7 +76,6 @@ export class CudaSession implements TensorOwner {
   constructor(
     private readonly engine: NativeEngine,
     readonly build: BuildFacts,
-    readonly libraryPath: string,
     readonly device: number,
     facts: DeviceFacts,
     private readonly launcherIds: ReadonlyMap<string, number>,

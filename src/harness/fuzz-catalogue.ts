@@ -9,6 +9,7 @@ import { DeviceTensor as DeviceTensorClass, type DeviceTensor } from '../device-
 import { getMlaMetadata } from '../sched-meta.js';
 import { extentOf, isHostTensor, viewOf, type DeviceTensorMeta, type HostTensor, type Tensor, type TensorMeta } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult, HostDecodeArgs } from '../types.js';
+import { TENSOR_ARG_KEYS } from '../validate/args.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase } from './cases.js';
 import { Rng } from './random.js';
 
@@ -289,9 +290,7 @@ function farBuffer(bytes: number): ArrayBuffer {
 }
 
 /** The tensor arguments of DecodeArgs, in the order they are uploaded. */
-export const TENSOR_FIELDS = [
-  'q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
-] as const;
+export const TENSOR_FIELDS = TENSOR_ARG_KEYS;
 export type TensorField = (typeof TENSOR_FIELDS)[number];
 export const INDEX_LIKE: readonly TensorField[] = ['blockTable', 'cacheSeqlens', 'indices', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength'];
 

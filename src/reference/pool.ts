@@ -36,11 +36,6 @@ class Pool {
     return next;
   }
 
-  /** Live worker threads (for tests and reports). */
-  get size(): number {
-    return this.workers.length;
-  }
-
   /** Runs `job` on `threads` workers; call inside `exclusive`. */
   async run(job: Job, threads: number): Promise<void> {
     clearTimeout(this.idleTimer);

@@ -18,9 +18,11 @@ const ARG_KEYS = [
   'q', 'kCache', 'blockTable', 'cacheSeqlens', 'headDimV', 'schedMeta', 'softmaxScale', 'causal', 'isFp8Kvcache',
   'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
 ] as const satisfies readonly (keyof DecodeArgs)[];
-const TENSOR_KEYS: ReadonlySet<string> = new Set([
+/** The decode arguments that are tensors. */
+export const TENSOR_ARG_KEYS = [
   'q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
-]);
+] as const satisfies readonly (keyof DecodeArgs)[];
+const TENSOR_KEYS: ReadonlySet<string> = new Set(TENSOR_ARG_KEYS);
 
 const snapshots = new WeakSet<object>();
 
@@ -162,11 +164,16 @@ export function readDecodeArgs(args: unknown): DecodeArgs {
   return out as unknown as DecodeArgs;
 }
 
-/** Per-call options read once, own properties only (the reference's `tier`/`kernels` pass through). */
+/**
+ * Per-call options read once, own properties only (the reference's `tier`/`kernels` pass through).
+ * Idempotent like readDecodeArgs: a snapshot is returned as it is.
+ */
 export function readDecodeOptions<O extends object>(options: O | undefined): O {
-  if (options === undefined) return readDecodeOptions({} as O);
-  check(options !== null && typeof options === 'object', 'E_VALUE', 'options', 'options must be an object');
+  if (options !== undefined && options !== null && snapshots.has(options)) return options;
+  check(options === undefined || (options !== null && typeof options === 'object'), 'E_VALUE', 'options', 'options must be an object');
   const out: Record<string, unknown> = {};
-  for (const k of ['backend', 'validate', 'threads', 'tier', 'kernels']) out[k] = ownValue(options, k, `options.${k}`);
-  return Object.freeze(out) as O;
+  for (const k of ['backend', 'validate', 'threads', 'tier', 'kernels']) out[k] = options === undefined ? undefined : ownValue(options, k, `options.${k}`);
+  Object.freeze(out);
+  snapshots.add(out);
+  return out as O;
 }

@@ -28,16 +28,14 @@ function makeCases(lib) {
   ];
 }
 
-const TENSOR_FIELDS = ['q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength'];
-
-async function uploadArgs(fm, args) {
+async function uploadArgs(lib, fm, args) {
   const out = { ...args };
-  for (const f of TENSOR_FIELDS) if (args[f]) out[f] = await fm.upload(args[f]);
+  for (const f of lib.TENSOR_ARG_KEYS) if (args[f]) out[f] = await fm.upload(args[f]);
   return out;
 }
 
-function disposeArgs(args) {
-  for (const f of TENSOR_FIELDS) args[f]?.dispose?.();
+function disposeArgs(lib, args) {
+  for (const f of lib.TENSOR_ARG_KEYS) args[f]?.dispose?.();
 }
 
 const sameBits = (a, b) => a.dtype === b.dtype && a.shape.join() === b.shape.join() &&
@@ -112,7 +110,7 @@ export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100,
   const open = () => lib.FlashMLA.open(native ? { backend: 'cuda', library } : { backend: 'reference' });
   // The long-lived instance (a server's); short-lived ones come and go beside it (churn below).
   const fm = await open();
-  const resident = native ? await Promise.all(cases.map((c) => uploadArgs(fm, c.args))) : null;
+  const resident = native ? await Promise.all(cases.map((c) => uploadArgs(lib, fm, c.args))) : null;
   // Work queued on an instance's worker runs in order: awaiting a download of this tensor waits
   // for every free queued before it (by dispose() or a finalizer).
   const flush = native ? await fm.allocate('uint8', [16]) : null;
@@ -152,7 +150,7 @@ export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100,
   // sched metas. In its own async frame, so that nothing of it stays reachable from the loop.
   const churn = async (dispose) => {
     const x = await open();
-    const inputs = await Promise.all(cases.map((c) => uploadArgs(x, c.args)));
+    const inputs = await Promise.all(cases.map((c) => uploadArgs(lib, x, c.args)));
     const metas = cases.map(() => lib.getMlaMetadata());
     for (let k = 0; k < cases.length; k++) {
       await x.flashMlaWithKvCache({ ...inputs[k], schedMeta: metas[k] });
@@ -161,7 +159,7 @@ export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100,
     await x.allocate('fp32', [1024]);
     if (dispose) {
       metas.forEach((m) => m.dispose());
-      inputs.forEach(disposeArgs);
+      inputs.forEach((a) => disposeArgs(lib, a));
       await x.dispose();
     }
   };
@@ -187,7 +185,7 @@ export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100,
     if (native && i % 1000 === 999) await churn((i + 1) % 2000 === 0);
   }
   const elapsedMs = performance.now() - start;
-  resident?.forEach(disposeArgs);
+  resident?.forEach((a) => disposeArgs(lib, a));
   flush?.dispose();
   meta.forEach((m) => m.dispose());
   await fm.dispose();

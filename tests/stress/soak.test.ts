@@ -13,6 +13,7 @@ import * as libraryModule from '../../src/cuda/library.js';
 import * as locate from '../../src/cuda/locate.js';
 import * as schedMeta from '../../src/sched-meta.js';
 import * as tensor from '../../src/tensor.js';
+import { TENSOR_ARG_KEYS } from '../../src/validate/args.js';
 import { soakPhase } from './soak-phase.mjs';
 
 type SoakResult = Awaited<ReturnType<typeof soakPhase>>;
@@ -20,7 +21,7 @@ import { buildEmulator } from '../emulator/build.mjs';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
-const lib = { ...flashmla, ...cases, ...addon, ...libraryModule, ...locate, ...schedMeta, ...tensor, buildEmulator };
+const lib = { ...flashmla, ...cases, ...addon, ...libraryModule, ...locate, ...schedMeta, ...tensor, TENSOR_ARG_KEYS, buildEmulator };
 
 afterAll(() => {
   delete process.env.FLASHMLA_EMU_MODE;
