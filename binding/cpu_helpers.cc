@@ -10,6 +10,12 @@
 
 namespace fmla::cpu {
 
+// rows·dv ≤ n for non-negative rows and dv, by division: the product of two int64 from
+// JavaScript can wrap (4 · 2^62 → 0) and would pass.
+static bool rowsFit(int64_t rows, int64_t dv, std::size_t n) {
+  return rows >= 0 && dv >= 0 && (dv == 0 || rows <= static_cast<int64_t>(n) / dv);
+}
+
 // merge(dm, dl, do, sm, sl, so, rows, dv): folds the partial (sm, sl, so) into (dm, dl, do) by LSE
 // (docs/flashmla-interface.md#split-kv), in double as src/reference/partial.ts `mergeInto` computes it, so both give the same
 // floats; here the caller's serial merges of 2-thread calls cost ~10 µs instead of ~85 µs.
@@ -28,8 +34,7 @@ Napi::Value MergePartial(const Napi::CallbackInfo& info) {
   if (!info[6].IsNumber() || !info[7].IsNumber()) throwError(env, "E_INTERNAL", "cpuTile.merge: rows and dv must be numbers");
   const int64_t rows = info[6].As<Napi::Number>().Int64Value(), dv = info[7].As<Napi::Number>().Int64Value();
   const auto fits = [&](std::size_t i, int64_t want) { return want >= 0 && static_cast<int64_t>(n[i]) >= want; };
-  // rows·dv ≤ n by division: the product of two int64 from JavaScript can wrap (4 · 2^62 → 0).
-  const auto fitsRows = [&](std::size_t i) { return dv == 0 || rows <= static_cast<int64_t>(n[i]) / dv; };
+  const auto fitsRows = [&](std::size_t i) { return rowsFit(rows, dv, n[i]); };
   if (!(fits(0, rows) && fits(1, rows) && fits(3, rows) && fits(4, rows) && dv >= 0 && fitsRows(2) && fitsRows(5))) {
     throwError(env, "E_INTERNAL", "cpuTile.merge: arrays shorter than rows (m, l) or rows × dv (o)");
   }
@@ -67,9 +72,8 @@ Napi::Value Bf16Rows(const Napi::CallbackInfo& info) {
   Napi::Float64Array factors = info[1].As<Napi::Float64Array>(), at = info[3].As<Napi::Float64Array>();
   Napi::Uint16Array dst = info[2].As<Napi::Uint16Array>();
   const int64_t rows = info[4].As<Napi::Number>().Int64Value(), dv = info[5].As<Napi::Number>().Int64Value();
-  // rows·dv ≤ length(o) by division: the product of two int64 from JavaScript can wrap.
   if (rows < 0 || dv < 0 || static_cast<int64_t>(factors.ElementLength()) < rows || static_cast<int64_t>(at.ElementLength()) < rows ||
-      (dv > 0 && rows > static_cast<int64_t>(o.ElementLength()) / dv)) {
+      !rowsFit(rows, dv, o.ElementLength())) {
     throwError(env, "E_INTERNAL", "cpuTile.bf16Rows: arrays shorter than rows (factors, at) or rows × dv (o)");
   }
   // Raw pointers: Napi::TypedArrayOf::operator[](size_t) and the built-in subscript through its

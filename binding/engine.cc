@@ -82,21 +82,15 @@ void Engine::run() {
         task->execute(*ctx_);
       }
     } catch (const NativeError& e) {
-      task->failed = true;
-      task->errorCode = e.code;
-      task->errorMessage = e.what();
-      task->cudaError = e.cudaError;
+      task->error = e;
     } catch (const std::exception& e) {
-      task->failed = true;
-      task->errorCode = "E_INTERNAL";
-      task->errorMessage = e.what();
+      task->error.emplace("E_INTERNAL", e.what());
     }
     if (task->deferred != nullptr || !task->keepAlive.empty() || !task->engine.IsEmpty()) {
-      Task* raw = task.release();
-      const napi_status st = tsfn_.BlockingCall(raw, [this](Napi::Env env, Napi::Function, Task* t) { complete(env, t); });
-      // The environment is going away: nothing can be settled, and the task's references belong to
-      // that environment (deleting them here, off its thread, is not allowed). They go with it.
-      if (st != napi_ok) (void)raw;
+      // When the call fails, the environment is going away: nothing can be settled, and the task's
+      // references belong to that environment (deleting them here, off its thread, is not
+      // allowed), so the released task is left to go with it.
+      tsfn_.BlockingCall(task.release(), [this](Napi::Env env, Napi::Function, Task* t) { complete(env, t); });
     }
     if (stop) return;
   }
@@ -111,15 +105,14 @@ void Engine::complete(Napi::Env env, Task* raw) {
   try {
     Napi::HandleScope scope(env);
     if (task->deferred != nullptr) {
-      if (task->failed) {
-        task->deferred->Reject(makeError(env, task->errorCode, task->errorMessage, task->cudaError).Value());
+      if (task->error) {
+        task->deferred->Reject(makeError(env, *task->error).Value());
       } else {
         Napi::Value v = task->settle ? task->settle(env) : env.Undefined();
         task->deferred->Resolve(v);
       }
     }
-  } catch (const Napi::Error&) {
-  } catch (const std::exception&) {
+  } catch (const std::exception&) {  // Napi::Error included (NAPI_CPP_EXCEPTIONS)
   }
   try {
     if (--pending_ == 0 && tsfnActive_ && !*tsfnGone_) tsfn_.Unref(env);
@@ -156,7 +149,7 @@ Napi::Value Engine::enqueue(Napi::Env env, std::unique_ptr<Task> task, bool with
 
 static Napi::Value rejectNow(Napi::Env env, const NativeError& e) {
   auto d = Napi::Promise::Deferred::New(env);
-  d.Reject(makeError(env, e.code, e.what(), e.cudaError).Value());
+  d.Reject(makeError(env, e).Value());
   return d.Promise();
 }
 

@@ -11,9 +11,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "device_context.h"
+#include "native_error.h"
 
 namespace fmla {
 
@@ -25,10 +27,7 @@ struct Task {
   std::unique_ptr<Napi::Promise::Deferred> deferred;  // null for fire-and-forget work (GC frees)
   std::vector<Napi::Reference<Napi::Value>> keepAlive;
   Napi::ObjectReference engine;  // the engine cannot be collected while its work is pending
-  bool failed = false;
-  std::string errorCode;
-  std::string errorMessage;
-  int cudaError = 0;  // the CUDA error behind errorCode E_CUDA, when there is one
+  std::optional<NativeError> error;  // why execute failed, when it did
   bool stop = false;  // the last task: release everything, then end the thread
 };
 

@@ -8,6 +8,8 @@
 
 #include <string>
 
+#include "native_error.h"
+
 namespace fmla {
 
 // What the addon keeps per JavaScript environment (main thread, each worker thread).
@@ -24,6 +26,9 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info);
 // A FlashMLAError(code, message) of this environment (before the class is handed over: an Error
 // with `code`), with `cudaError` set when non-zero.
 Napi::Error makeError(Napi::Env env, const std::string& code, const std::string& message, int cudaError = 0);
+
+// The same, for a NativeError that ended work on an instance's thread.
+inline Napi::Error makeError(Napi::Env env, const NativeError& e) { return makeError(env, e.code, e.what(), e.cudaError); }
 
 // Throws makeError(...) into JavaScript (from a function JavaScript called).
 [[noreturn]] void throwError(Napi::Env env, const std::string& code, const std::string& message);

@@ -31,14 +31,6 @@ static_assert(sizeof(PointerAttributes) == 88);
 namespace emu {
 
 std::size_t pointerAttributesBytes() { return sizeof(PointerAttributes); }
-std::size_t devicePropBytes() { return sizeof(DeviceProp); }
-bool realCudaHeaders() {
-#ifdef EMU_CUDA_HEADERS
-  return true;
-#else
-  return false;
-#endif
-}
 
 bool writePointerAttributes(void* attributes, int type, int device, void* devicePointer) {
   constexpr std::size_t tail = offsetof(PointerAttributes, hostPointer) + sizeof(void*);

@@ -10,11 +10,8 @@
 
 namespace emu {
 
-// sizeof(cudaPointerAttributes) / sizeof(cudaDeviceProp) of the headers in use.
+// sizeof(cudaPointerAttributes) of the headers in use.
 std::size_t pointerAttributesBytes();
-std::size_t devicePropBytes();
-// Whether runtime_structs.cc saw the real CUDA headers.
-bool realCudaHeaders();
 
 // Fills a whole cudaPointerAttributes. Returns false, writing nothing, when the caller's struct
 // has non-zero reserved bytes (CUDA 13 requires them zero; non-zero bytes there usually mean the
