@@ -96,21 +96,18 @@ export function runtimeProblem(lib: { readonly info: NativeLibraryInfo; readonly
   }
   const runtime = probe.runtimeVersion ?? null;
   const driver = probe.driverVersion ?? null;
-  if (probe.deviceCountError !== undefined) {
-    if (driver !== null && driver === 0) return 'no NVIDIA driver is installed (cudaDriverGetVersion reports 0)';
-    if (probe.deviceCountError === 35 || (runtime !== null && driver !== null && Math.floor(driver / 1000) < Math.floor(runtime / 1000))) {
-      return `the NVIDIA driver (CUDA ${cudaVersionString(driver) ?? 'unknown'}) is older than the CUDA runtime ${cudaVersionString(runtime) ?? ''} this build uses; ` +
-        'update the driver (CUDA 13 builds need an R580+ driver) or use a build made with an older CUDA';
-    }
-    if (probe.deviceCountError === 100) return 'no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi)';
-    return `cudaGetDeviceCount failed: ${probe.deviceCountErrorText ?? probe.deviceCountError}`;
+  if (driver === 0 && probe.deviceCountError !== undefined) return 'no NVIDIA driver is installed (cudaDriverGetVersion reports 0)';
+  // docs/flashmla-interface.md#launcher-checks / docs/cuda-path.md#which-build: "driver version is
+  // insufficient" (error 35) makes the launchers exit(1); a driver of an older CUDA major gives it.
+  const olderMajor = runtime !== null && driver !== null && Math.floor(driver / 1000) < Math.floor(runtime / 1000);
+  if (olderMajor || probe.deviceCountError === 35) {
+    return `the NVIDIA driver (CUDA ${cudaVersionString(driver) ?? 'unknown'}) is older than the CUDA runtime ${cudaVersionString(runtime) ?? ''} this build uses; ` +
+      'update the driver (CUDA 13 builds need an R580+ driver) or use a build made with an older CUDA';
   }
-  // docs/flashmla-interface.md#launcher-checks / docs/cuda-path.md#which-build: "driver version is insufficient" makes the launchers exit(1).
-  if (runtime !== null && driver !== null && Math.floor(driver / 1000) < Math.floor(runtime / 1000)) {
-    return `the NVIDIA driver supports CUDA ${cudaVersionString(driver)}, older than the CUDA runtime ${cudaVersionString(runtime)} of this build; update the driver`;
-  }
-  if ((probe.deviceCount ?? 0) === 0) return 'no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi)';
-  return null;
+  const noDevice = 'no CUDA device is visible (check CUDA_VISIBLE_DEVICES and nvidia-smi)';
+  if (probe.deviceCountError === 100) return noDevice;
+  if (probe.deviceCountError !== undefined) return `cudaGetDeviceCount failed: ${probe.deviceCountErrorText ?? probe.deviceCountError}`;
+  return (probe.deviceCount ?? 0) === 0 ? noDevice : null;
 }
 
 /** FlashMLA's kernels exist for compute capability 9.0 (sm90a) and 10.x (sm100f) only (docs/flashmla-interface.md#supported-shapes). */
