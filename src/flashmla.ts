@@ -5,7 +5,7 @@ import { openCudaSession, type CudaSession } from './cuda/session.js';
 import { callKindOf } from './cuda/usability.js';
 import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions, TENSOR_ARG_KEYS } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
-import { isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
+import { INT32_MAX, isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
 import type { BackendChoice, BackendName, CallOptions, DecodeArgs, DecodeResult, InstanceDecodeOptions } from './types.js';
 
 /** Options of `FlashMLA.open`. */
@@ -56,7 +56,7 @@ export class FlashMLA {
     const backend = options.backend ?? 'auto';
     check(backend === 'auto' || backend === 'cuda' || backend === 'reference', 'E_VALUE', 'options.backend',
       `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`);
-    check(options.device === undefined || (Number.isSafeInteger(options.device) && options.device >= 0 && options.device <= 2 ** 31 - 1),
+    check(options.device === undefined || (Number.isSafeInteger(options.device) && options.device >= 0 && options.device <= INT32_MAX),
       'E_VALUE', 'options.device', 'options.device must be an integer from 0 to 2^31 - 1 (a CUDA device ordinal)');
     check(options.library === undefined || typeof options.library === 'string', 'E_VALUE', 'options.library', 'options.library must be a path');
     if (backend === 'reference') return new FlashMLA('reference', null, undefined, false);

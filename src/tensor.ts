@@ -3,6 +3,9 @@ import { check, FlashMLAError } from './errors.js';
 /** Element types of the public API (docs/architecture.md#public-api). bf16/fp16 are raw bits in a Uint16Array. */
 export type DType = 'bf16' | 'fp16' | 'fp32' | 'int32' | 'uint8';
 
+/** The largest int32: FlashMLA takes strides, element offsets, device ordinals and ids as C ints. */
+export const INT32_MAX = 2 ** 31 - 1;
+
 /** The typed array that holds the elements of each dtype (bf16 and fp16 as raw bits). */
 export interface DataOf {
   /** bfloat16 bits. */

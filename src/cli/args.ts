@@ -1,5 +1,6 @@
 import { openSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { INT32_MAX } from '../tensor.js';
 
 /** A wrong command line: the CLI prints its one-line message and exits with status 2. */
 export class UsageError extends Error {
@@ -85,7 +86,7 @@ export function choice<T extends string>(values: OptionValues, name: string, cho
 export const MAX_THREADS = 1024;
 
 /** Largest CUDA device ordinal an option accepts: the CUDA runtime takes it as a C int. */
-export const MAX_DEVICE = 0x7fffffff;
+export const MAX_DEVICE = INT32_MAX;
 
 /** `text` as an integer in [min, max], else null; digits only, so '', '1e3', '0x10' and '1.0' are not taken. */
 function toInteger(text: string, min: number, max: number): number | null {

@@ -3,7 +3,7 @@ import type { Bound, DecodePlan, DensePlan, SparsePlan, SparseScope } from '../p
 import type { NativeDecodeFields } from '../addon.js';
 import type { KvLayout } from '../types.js';
 import { softmaxScaleLog2 } from '../softmax-scale.js';
-import { ELEMENT_BYTES } from '../tensor.js';
+import { ELEMENT_BYTES, INT32_MAX } from '../tensor.js';
 
 /**
  * FlashMLA's C++ host layer (docs/flashmla-interface.md#host-layer), re-implemented: implementation choice, num_sm_parts, fixed
@@ -101,7 +101,7 @@ function commonLimits(b: number, sQ: number, hQ: number, numSmParts: number, d: 
   check(4 * (5 * b + 1) <= SCHED_META_SMEM, 'E_UNSUPPORTED', 'q',
     `batch size ${b} is too large for FlashMLA's scheduler (needs 4·(5b+1) bytes of shared memory, at most ${SCHED_META_SMEM})`);
   const totalSplits = b + numSmParts;
-  check(totalSplits * sQ * hQ * 512 < 2 ** 31, 'E_UNSUPPORTED', 'q',
+  check(totalSplits * sQ * hQ * 512 <= INT32_MAX, 'E_UNSUPPORTED', 'q',
     `(b + num_sm_parts)·s_q·h_q·512 = ${totalSplits * sQ * hQ * 512} must be below 2^31 (int32 offsets in the kernels); use a smaller batch`);
   return totalSplits;
 }

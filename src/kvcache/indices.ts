@@ -1,8 +1,7 @@
 import { check, FlashMLAError } from '../errors.js';
-import { isHostTensor, offsetAt, viewOf, zeros, type HostTensor } from '../tensor.js';
+import { INT32_MAX, isHostTensor, offsetAt, viewOf, zeros, type HostTensor } from '../tensor.js';
 import { readTensor } from '../validate/args.js';
 
-const INT32_MAX = 2 ** 31 - 1;
 
 /**
  * FlashMLA's `abs_indices2indices_in_kvcache` (tests/lib.py, docs/flashmla-interface.md#sparse-generator): turns positions inside each

@@ -1,12 +1,10 @@
 import { check, FlashMLAError } from '../errors.js';
 import { softmaxScaleLog2 } from '../softmax-scale.js';
 import type { Bound } from '../plan.js';
-import { extentOf, isHostTensor, viewOf, type DType, type HostTensor, type Tensor, type View } from '../tensor.js';
+import { extentOf, INT32_MAX, isHostTensor, viewOf, type DType, type HostTensor, type Tensor, type View } from '../tensor.js';
 
 /** Host copies of device-resident tensors, for value checks with `validate: true`. */
 export type Downloaded = ReadonlyMap<Tensor, HostTensor>;
-
-const INT_MAX = 2 ** 31 - 1;
 
 export function isGiven<T>(x: T | null | undefined): x is T {
   return x !== null && x !== undefined;
@@ -61,7 +59,7 @@ export function expectContiguous(b: Bound, name: string): void {
 
 /** docs/flashmla-interface.md#host-helpers int64_stride_to_int: every stride stored in the sparse params must fit an int. */
 export function expectIntStrides(b: Bound, name: string): void {
-  check(b.view.strides.every((s) => s <= INT_MAX), 'E_STRIDE', name,
+  check(b.view.strides.every((s) => s <= INT32_MAX), 'E_STRIDE', name,
     () => `${name} has a stride above INT_MAX (${b.view.strides.join(', ')}), which FlashMLA rejects ("Stride exceeds int32 limit")`);
 }
 
@@ -144,15 +142,13 @@ export function expectFiniteValues(b: Bound, name: string, downloaded?: Download
   }
 }
 
-const INT32_LIMIT = 2 ** 31;
-
 /**
  * FlashMLA indexes outputs and split workspaces with int32 (b·s_q·h_q·512 elements and more), so
  * larger calls cannot run on a GPU; checked before any per-row loop, which also keeps a tensor whose
  * zero strides claim a huge shape from looping for days.
  */
 export function expectRowsFit(b: number, sQ: number, hQ: number): void {
-  check(b * sQ * hQ * 512 < INT32_LIMIT, 'E_UNSUPPORTED', 'q',
+  check(b * sQ * hQ * 512 <= INT32_MAX, 'E_UNSUPPORTED', 'q',
     () => `b·s_q·h_q·512 = ${b * sQ * hQ * 512} must be below 2^31 (FlashMLA indexes outputs with int32); got b = ${b}, s_q = ${sQ}, h_q = ${hQ}`);
 }
 
@@ -160,7 +156,7 @@ export function expectRowsFit(b: number, sQ: number, hQ: number): void {
 export function expectIndexable(b: Bound, name: string): void {
   let n = 1;
   for (const d of b.view.shape) n *= d;
-  check(n < INT32_LIMIT, 'E_UNSUPPORTED', name, () => `${name} has ${n} elements; FlashMLA indexes it with int32 (at most 2^31 - 1)`);
+  check(n <= INT32_MAX, 'E_UNSUPPORTED', name, () => `${name} has ${n} elements; FlashMLA indexes it with int32 (at most 2^31 - 1)`);
 }
 
 /** One rule for flags on both paths: absent (undefined) or a boolean. */
