@@ -19,12 +19,15 @@ export type OptionValues = Record<string, string | boolean | undefined>;
 
 /** A CLI command: its options, help text and body; `run` resolves to the exit status. */
 export interface Command {
+  /** One word, or two for a command of a group (`engram inspect`). */
   name: string;
   summary: string;
   /** Usage line after `flashmla-node <name>`. */
   usage: string;
   options: OptionSpecs;
-  run(values: OptionValues): Promise<number>;
+  /** Names of the positional arguments, all required (e.g. ['FILE']); default: none accepted. */
+  positionals?: readonly string[];
+  run(values: OptionValues, positionals: readonly string[]): Promise<number>;
 }
 
 /** A negative number, as in `--reps -5`: the value of the option before it, not an option. */
@@ -35,16 +38,22 @@ const NEGATIVE_NUMBER = /^-\.?\d/;
  * option is joined to its value first, so `--reps -5` reads as `--reps=-5` (and fails the number's
  * own check) where parseArgs alone would only call the value "ambiguous".
  */
-export function parseOptions(argv: string[], specs: OptionSpecs): OptionValues {
+export function parseOptions(argv: string[], specs: OptionSpecs, positionalNames: readonly string[] = []): { values: OptionValues; positionals: string[] } {
   const options = Object.fromEntries(Object.entries({ ...specs, help: { type: 'boolean' as const, help: '' } })
     .map(([k, s]) => [k, { type: s.type, ...(k === 'help' ? { short: 'h' } : {}) }]));
+  let parsed: { values: OptionValues; positionals: string[] };
   try {
-    return parseArgs({ args: joinValues(argv, specs), options, strict: true, allowPositionals: false }).values as OptionValues;
+    parsed = parseArgs({ args: joinValues(argv, specs), options, strict: true, allowPositionals: positionalNames.length > 0 }) as typeof parsed;
   } catch (e) {
     if (e instanceof UsageError) throw e;
     // parseArgs messages can span lines; keep the first.
     throw new UsageError((e as Error).message.split('\n')[0]!);
   }
+  const { values, positionals } = parsed;
+  if (values.help !== true && positionals.length !== positionalNames.length) {
+    throw new UsageError(`expects ${positionalNames.join(' ')} (${positionalNames.length} argument${positionalNames.length === 1 ? '' : 's'}), got ${positionals.length}`);
+  }
+  return { values, positionals };
 }
 
 /**

@@ -43,15 +43,21 @@ async function main(argv: string[]): Promise<number> {
     await write(process.stdout, `${version()}\n`);
     return 0;
   }
-  const cmd = COMMANDS.find((c) => c.name === first);
+  // A group's commands are two words (`engram inspect`): the group's name then the command's.
+  const group = COMMANDS.filter((c) => c.name.startsWith(`${first} `));
+  const name = group.length > 0 && rest[0] !== undefined && !rest[0].startsWith('-') ? `${first} ${rest.shift()!}` : first;
+  const cmd = COMMANDS.find((c) => c.name === name);
   try {
-    if (cmd === undefined) throw new UsageError(`unknown command '${first}' (commands: ${COMMANDS.map((c) => c.name).join(', ')})`);
-    const values = parseOptions(rest, cmd.options);
+    if (cmd === undefined) {
+      const known = group.length > 0 ? group : COMMANDS;
+      throw new UsageError(`unknown command '${name}' (commands: ${known.map((c) => c.name).join(', ')})`);
+    }
+    const { values, positionals } = parseOptions(rest, cmd.options, cmd.positionals);
     if (values.help === true) {
       await write(process.stdout, commandHelp(cmd));
       return 0;
     }
-    return await cmd.run(values);
+    return await cmd.run(values, positionals);
   } catch (e) {
     const where = cmd ? `flashmla-node ${cmd.name}` : 'flashmla-node';
     if (e instanceof UsageError) {
