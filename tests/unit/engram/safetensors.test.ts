@@ -1,11 +1,12 @@
-import { writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { FlashMLAError } from '../../../src/errors.js';
 import { readSafetensorsHeader } from '../../../src/engram/safetensors.js';
 import { safetensorsBytes, tempDir } from './table-fixtures.js';
 
 const dir = tempDir();
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 let counter = 0;
 function file(bytes: Uint8Array): string {
   const p = join(dir, `t${counter++}.safetensors`);
