@@ -13,7 +13,7 @@ import { crc32c, crcHex } from './crc32c.js';
 import type { EngramLayerLayout } from './layout.js';
 import { readFully } from './table-io.js';
 import { checkRowGeometry, rowBytesOf, type EngramRowFormat, type TablePlacement } from './table-placement.js';
-import type { TokenMap } from './token-map.js';
+import type { TokenMap } from './types.js';
 
 /** The first 8 bytes of every own-format table file: "ENGRAMTB". */
 export const TABLE_MAGIC = new Uint8Array([0x45, 0x4e, 0x47, 0x52, 0x41, 0x4d, 0x54, 0x42]);

@@ -14,7 +14,7 @@ import { readSafetensorsHeader } from './safetensors.js';
 import { checkLayout, encodeTableHeader, planSections, readTableHeader, type EngramTableFile, type TableSection } from './table-format.js';
 import { readFully } from './table-io.js';
 import { checkRowGeometry, findCheckpointTable, layoutForTable, rowBytesOf, type EngramRowFormat } from './table-placement.js';
-import type { TokenMap } from './token-map.js';
+import type { TokenMap } from './types.js';
 
 /**
  * Where the writer gets rows: an iterable or async iterable of byte chunks (packed rows back to back;

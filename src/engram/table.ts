@@ -15,7 +15,7 @@ import {
   findCheckpointTable, layoutForTable, rowBytesOf, type EngramRowFormat, type RowReader, type TablePlacement,
 } from './table-placement.js';
 import { PreadRowReader } from './table-pread.js';
-import type { TokenMap } from './token-map.js';
+import type { TokenMap } from './types.js';
 
 /** How rows are read: 'mmap' (the addon maps the file), 'pread' (JS positional reads), 'auto' (mmap when the addon offers it). */
 export type EngramTableIo = 'auto' | 'mmap' | 'pread';
