@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "cpu_tile.h"
+#include "engram_hash.h"
 #include "engine.h"
 #include "flashmla_symbols.h"
 #include "js_errors.h"
@@ -33,6 +34,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaFunctions", cudaFns);
   // The reference backend's native tile tier (src/reference/tile-native.ts).
   exports.Set("cpuTile", fmla::cpu::CpuTileExports(env));
+  exports.Set("engramHash", Napi::Function::New(env, fmla::engram::EngramHash, "engramHash"));  // src/engram/hash-native.ts
   return exports;
 }
 
