@@ -4,6 +4,7 @@
 
 #include "cpu_tile.h"
 #include "engram_mapping.h"
+#include "engram_hash.h"
 #include "engine.h"
 #include "flashmla_symbols.h"
 #include "js_errors.h"
@@ -36,6 +37,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuTile", fmla::cpu::CpuTileExports(env));
   // Engram tables mapped from their files (src/addon.ts NativeEngramMapping).
   exports.Set("EngramMapping", fmla::engram::DefineEngramMapping(env));
+  exports.Set("engramHash", Napi::Function::New(env, fmla::engram::EngramHash, "engramHash"));  // src/engram/hash-native.ts
   return exports;
 }
 

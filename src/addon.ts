@@ -173,6 +173,12 @@ export interface NativeAddon {
   readonly cudaFunctions: readonly string[];
   /** Maps an Engram table file (absent from addons built before it: callers then read rows with pread). */
   readonly EngramMapping?: new (path: string, spec: NativeEngramSpec) => NativeEngramMapping;
+  /**
+   * Engram's N-gram hash (binding/engram_hash.cc, src/engram/hash-native.ts): out[t − history][layer][col]
+   * for t in [history, seq.length); seq holds canonical ids, −1 for a dead token. Absent from addons built before it.
+   */
+  readonly engramHash?: (seq: Int32Array, history: number, pad: number, vocab: number, multipliers: BigInt64Array,
+    primes: Int32Array, offsets: Int32Array, layers: number, order: number, heads: number, out: Int32Array) => void;
 }
 
 export type AddonResult =
