@@ -1,8 +1,10 @@
 // Module entry: setErrorClass, load(path, preloads, alternates), Engine, the ABI facts tests compare against, and
-// cpuTile (the reference backend's native tile loops).
+// cpuTile (the reference backend's native tile loops), EngramMapping.
 #include <napi.h>
 
 #include "cpu_tile.h"
+#include "engram_mapping.h"
+#include "engram_hash.h"
 #include "engine.h"
 #include "flashmla_symbols.h"
 #include "js_errors.h"
@@ -33,6 +35,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaFunctions", cudaFns);
   // The reference backend's native tile tier (src/reference/tile-native.ts).
   exports.Set("cpuTile", fmla::cpu::CpuTileExports(env));
+  // Engram tables mapped from their files (src/addon.ts NativeEngramMapping).
+  exports.Set("EngramMapping", fmla::engram::DefineEngramMapping(env));
+  exports.Set("engramHash", Napi::Function::New(env, fmla::engram::EngramHash, "engramHash"));  // src/engram/hash-native.ts
   return exports;
 }
 

@@ -114,6 +114,52 @@ export interface NativeEngine {
   dispose(): Promise<void>;
 }
 
+/**
+ * Where an Engram table's rows lie in its file (binding/engram_mapping.cc checks every row against
+ * the file's size before mapping it; docs/engram-native.md#mapping).
+ */
+export interface NativeEngramSpec {
+  /** Rows in the table (0 … 2^31 − 1: row ids are int32). */
+  readonly rows: number;
+  /** Values per row (a multiple of 32 for 'fp8', at most 65536). */
+  readonly headDim: number;
+  /** 'fp8': e4m3fn weights and one e8m0 scale per 32 values; 'fp32': little-endian float32 rows. */
+  readonly format: 'fp8' | 'fp32';
+  /** File byte offset of row 0's weights (a safe integer; may exceed 4 GiB). */
+  readonly weightOffset: number;
+  /** Bytes between consecutive rows' weights (256 split, 264 packed V4.1 rows, 4·headDim fp32). */
+  readonly weightStride: number;
+  /** 'fp8' only: file byte offset of row 0's scales (packed: weightOffset + headDim). */
+  readonly scaleOffset: number;
+  /** 'fp8' only: bytes between consecutive rows' scales (8 split, 264 packed). */
+  readonly scaleStride: number;
+}
+
+/**
+ * A table file mapped read-only by the addon (binding/engram_mapping.cc). Every method checks its
+ * arguments: a row id outside 0 … rows − 1 is a FlashMLAError E_RANGE naming `rowIds[i]`, a short
+ * output E_BUFFER naming `out`, a wrong array type E_DTYPE, a call after close() E_DISPOSED; the
+ * async methods reject with the same errors.
+ */
+export interface NativeEngramMapping {
+  /** Size of the file in bytes when it was opened. */
+  readonly fileBytes: number;
+  /** Whether the kernel accepted MADV_HUGEPAGE for the mapping (advice only: it does not promise huge pages). */
+  readonly hugePages: boolean;
+  /** Packed records of rowIds into out: 'fp8' → headDim e4m3 bytes then headDim/32 e8m0 bytes per row; 'fp32' → 4·headDim bytes. */
+  gatherRaw(rowIds: Int32Array, out: Uint8Array): void;
+  /** Dequantised rows (exact) into out: float32 values (Float32Array) or bf16 bits rounded to nearest even (Uint16Array). */
+  gather(rowIds: Int32Array, out: Float32Array | Uint16Array): void;
+  /** gatherRaw on the libuv pool; rowIds are copied at the call, out is kept alive (do not transfer its buffer until the Promise settles). */
+  gatherRawAsync(rowIds: Int32Array, out: Uint8Array): Promise<void>;
+  /** gather on the libuv pool; rowIds are copied at the call, out is kept alive (do not transfer its buffer until the Promise settles). */
+  gatherAsync(rowIds: Int32Array, out: Float32Array | Uint16Array): Promise<void>;
+  /** The same bytes as gatherRaw by one plain memcpy per row region: the bench's baseline (scripts/bench-engram-gather.mjs). */
+  gatherBaseline(rowIds: Int32Array, out: Uint8Array): void;
+  /** Releases the mapping (idempotent); async gathers still running keep it mapped until they end. */
+  close(): void;
+}
+
 /** The whole native module (binding/addon.cc). */
 export interface NativeAddon {
   /** Hands the package's error class to the addon: every error it throws or rejects with is one (once per thread). */
@@ -125,6 +171,14 @@ export interface NativeAddon {
   readonly launchers: readonly { id: number; key: string; mangled: string }[];
   readonly head128Fallback: string;
   readonly cudaFunctions: readonly string[];
+  /** Maps an Engram table file (absent from addons built before it: callers then read rows with pread). */
+  readonly EngramMapping?: new (path: string, spec: NativeEngramSpec) => NativeEngramMapping;
+  /**
+   * Engram's N-gram hash (binding/engram_hash.cc, src/engram/hash-native.ts): out[t − history][layer][col]
+   * for t in [history, seq.length); seq holds canonical ids, −1 for a dead token. Absent from addons built before it.
+   */
+  readonly engramHash?: (seq: Int32Array, history: number, pad: number, vocab: number, multipliers: BigInt64Array,
+    primes: Int32Array, offsets: Int32Array, layers: number, order: number, heads: number, out: Int32Array) => void;
 }
 
 export type AddonResult =

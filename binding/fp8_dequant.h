@@ -1,0 +1,58 @@
+// Exact, branch-free dequantisation of one e4m3fn weight by one e8m0 block scale
+// (docs/engram-native.md#dequantisation). Every step is a lane-wise integer or float operation
+// with no data-dependent branch, so GCC vectorises the loops that call these (-O3, SSE2 baseline;
+// AVX2 in the target("avx2") entry points of engram_gather.cc).
+#pragma once
+
+#include <bit>
+#include <cstdint>
+
+namespace fmla::engram {
+
+// The float32 2^(s − 127) of an e8m0 code s < 255, exactly: s = 0 is 2^-127, a float32 subnormal
+// (only mantissa bit 22 set); 1 ≤ s ≤ 254 is a normal number whose biased exponent is s. For
+// s = 255 (NaN) the value is 1 and ScaleNanMask says NaN instead.
+inline float ScaleOf(uint8_t s) {
+  const uint32_t normal = static_cast<uint32_t>(s) << 23;
+  const uint32_t bits = s == 0 ? 0x00400000u : s == 255 ? 0x3F800000u : normal;
+  return std::bit_cast<float>(bits);
+}
+
+// All ones when e8m0 code s is NaN (0xFF), else 0.
+inline uint32_t ScaleNanMask(uint8_t s) { return 0u - static_cast<uint32_t>(s == 255); }
+
+// The quiet NaN every NaN output becomes: the weight's sign, quiet bit, zero payload. Its low
+// 16 bits are 0, so Bf16OfExact keeps it a quiet bf16 NaN (sign | 0x7FC0).
+constexpr uint32_t kQuietNan = 0x7FC00000u;
+
+// float32 bits of e4m3fn(b) · scale (scale = ScaleOf(s), scaleNan = ScaleNanMask(s)).
+// Placing the 7 magnitude bits of b at float32 bits 20…26 gives a float32 whose exponent field is
+// the e4m3 exponent E and whose top mantissa bits are the e4m3 mantissa m: (1 + m/8)·2^(E − 127)
+// for E > 0, and the subnormal m/8 · 2^-126 for E = 0. Multiplying by 2^120 turns both into the
+// e4m3 value ((1 + m/8)·2^(E − 7), m · 2^-9) exactly, since every result is a normal float32.
+// The product with the scale is exact too: |e4m3| has 4 significant bits between 2^-9 and 448,
+// so the product lies on a multiple of 2^-136 (> the float32 subnormal step 2^-149); only
+// overflow (448 · 2^127) rounds, to ±Inf, which is the correctly rounded float32 value.
+// e4m3fn NaN (S.1111.111) and a NaN scale give kQuietNan with the weight's sign.
+inline uint32_t DequantBits(uint32_t b, float scale, uint32_t scaleNan) {
+  const uint32_t sign = (b & 0x80u) << 24;
+  const uint32_t magnitude = b & 0x7Fu;
+  const float value = std::bit_cast<float>(sign | (magnitude << 20)) * 0x1p120f * scale;
+  const uint32_t nan = scaleNan | (0u - static_cast<uint32_t>(magnitude == 0x7Fu));
+  return (std::bit_cast<uint32_t>(value) & ~nan) | (nan & (sign | kQuietNan));
+}
+
+// bf16 bits of float32 bits f by round-to-nearest-even, for f that is not a NaN or is
+// kQuietNan with a sign (as DequantBits returns): adding 0x7FFF plus the kept LSB rounds half to
+// even, and a carry out of the mantissa moves into the exponent (max finite → Inf, as RNE does).
+inline uint16_t Bf16OfExact(uint32_t f) { return static_cast<uint16_t>((f + 0x7FFFu + ((f >> 16) & 1u)) >> 16); }
+
+// bf16 bits of any float32 bits f (an fp32 table's values): RNE, and every NaN becomes the quiet
+// bf16 NaN with f's sign, as src/formats/bf16.ts f32ToBf16 does.
+inline uint16_t Bf16Of(uint32_t f) {
+  const uint32_t nan = 0u - static_cast<uint32_t>((f & 0x7FFFFFFFu) > 0x7F800000u);
+  const uint32_t rounded = (f + 0x7FFFu + ((f >> 16) & 1u)) >> 16;  // wraps only for NaN, which is masked out
+  return static_cast<uint16_t>((rounded & ~nan) | (nan & (((f >> 16) & 0x8000u) | (kQuietNan >> 16))));
+}
+
+}  // namespace fmla::engram

@@ -1,0 +1,12 @@
+/** Types shared by the Engram modules (src/engram/*) that none of them owns alone. */
+
+/**
+ * Raw tokenizer id → canonical (compressed) id: tokens whose text normalises alike share one id
+ * (docs/engram-hashing.md#hash says where it is applied). Built by src/engram/token-map.ts.
+ */
+export interface TokenMap {
+  /** map[rawId] = canonical id in 0…size − 1. */
+  readonly map: Int32Array;
+  /** V′: the number of canonical ids. */
+  readonly size: number;
+}
