@@ -28,6 +28,8 @@ const NEWER_THAN_UNICODE9_SPLIT = new RegExp(`([${classOf(UNICODE9_UNASSIGNED_RU
 const WHITE_SPACE = '\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000';
 const EDGE_WHITE_SPACE = new RegExp(`^[${WHITE_SPACE}]+|[${WHITE_SPACE}]+$`, 'gu');
 const SPACE_RUNS = /[ \t\r\n]+/g;
+/** Most tokens: NFKC and NFD leave ASCII as it is, and it has no marks and no Σ. */
+const ASCII = /^[\0-\x7f]*$/;
 const SENTINEL = '\uE000';
 const CAPITAL_SIGMA = '\u03a3';
 
@@ -61,8 +63,8 @@ function lowercasePerChar(text: string): string {
  * strip White_Space at both ends, U+E000 → ' '.
  */
 export function normalizeForEngram(text: string): string {
-  let s = normalizeAsUnicode9(normalizeAsUnicode9(text, 'NFKC'), 'NFD');
-  s = lowercasePerChar(s.replace(MARKS, ''));
+  let s = ASCII.test(text) ? text.toLowerCase()
+    : lowercasePerChar(normalizeAsUnicode9(normalizeAsUnicode9(text, 'NFKC'), 'NFD').replace(MARKS, ''));
   s = s.replace(SPACE_RUNS, ' ');
   // HF's `^ $` is an Oniguruma (Ruby syntax) pattern whose anchors are line anchors; no '\n' is left
   // after the replacement above, so they only match at the ends: the text is exactly one space.

@@ -95,14 +95,17 @@ function parseRoot(tokenizerJson: unknown): Json {
   return root;
 }
 
-function checkString(x: unknown, path: string): asserts x is string {
-  check(typeof x === 'string' && !LONE_SURROGATE.test(x), 'E_VALUE', path,
-    `${path} must be a string of whole Unicode characters (no lone surrogate)`);
+// Paths are built only on failure (`where`): the vocabulary has 10^5 entries.
+function checkString(x: unknown, where: () => string): asserts x is string {
+  if (typeof x === 'string' && !LONE_SURROGATE.test(x)) return;
+  const path = where();
+  throw new FlashMLAError('E_VALUE', `${path} must be a string of whole Unicode characters (no lone surrogate)`, path);
 }
 
-function checkId(x: unknown, path: string): asserts x is number {
-  check(Number.isInteger(x) && (x as number) >= 0 && (x as number) < INT32_MAX, 'E_VALUE', path,
-    () => `${path} must be an integer id in [0, ${INT32_MAX}), got ${JSON.stringify(x)}`);
+function checkId(x: unknown, where: () => string): asserts x is number {
+  if (Number.isInteger(x) && (x as number) >= 0 && (x as number) < INT32_MAX) return;
+  const path = where();
+  throw new FlashMLAError('E_VALUE', `${path} must be an integer id in [0, ${INT32_MAX}), got ${JSON.stringify(x)}`, path);
 }
 
 /**
@@ -117,17 +120,22 @@ function tokenStringsById(root: Json): string[] {
   const vocab = model['vocab'];
   check(isJson(vocab), 'E_VALUE', 'tokenizerJson.model.vocab', 'tokenizerJson.model.vocab must be an object (token string → id)');
 
-  const vocabSize = Object.keys(vocab).length;
+  const names = Object.keys(vocab); // Object.keys + lookups: Object.entries is ~4x slower on 10^5 keys
+  const vocabSize = names.length;
   const tokens = new Array<string>(vocabSize);
-  for (const [token, id] of Object.entries(vocab)) {
-    const path = `tokenizerJson.model.vocab[${JSON.stringify(token)}]`;
-    checkString(token, path);
-    checkId(id, path);
+  for (const token of names) {
+    const id = vocab[token];
+    const where = (): string => `tokenizerJson.model.vocab[${JSON.stringify(token)}]`;
+    checkString(token, where);
+    checkId(id, where);
     // Distinct ids below the entry count are exactly 0..count−1; upstream decodes ids 0..len(tokenizer)−1.
-    check(id < vocabSize, 'E_VALUE', path,
-      `${path} is ${id}, not below the vocabulary's ${vocabSize} entries: its ids are not 0..${vocabSize - 1}`);
-    check(tokens[id] === undefined, 'E_VALUE', path,
-      () => `${path} is ${id}, the id of ${JSON.stringify(tokens[id])} too`);
+    if (id >= vocabSize) {
+      throw new FlashMLAError('E_VALUE',
+        `${where()} is ${id}, not below the vocabulary's ${vocabSize} entries: its ids are not 0..${vocabSize - 1}`, where());
+    }
+    if (tokens[id] !== undefined) {
+      throw new FlashMLAError('E_VALUE', `${where()} is ${id}, the id of ${JSON.stringify(tokens[id])} too`, where());
+    }
     tokens[id] = token;
   }
 
@@ -139,14 +147,14 @@ function tokenStringsById(root: Json): string[] {
     const path = `tokenizerJson.added_tokens[${i}]`;
     check(isJson(entry), 'E_VALUE', path, `${path} must be an object`);
     const content = entry['content'];
-    checkString(content, `${path}.content`);
-    checkId(entry['id'], `${path}.id`);
+    checkString(content, () => `${path}.content`);
+    checkId(entry['id'], () => `${path}.id`);
     // HF skips an empty added token and gives the others ids itself: an earlier added token's id, else
     // the model vocabulary's id, else the next id after the vocabulary (the file's id is only compared).
     if (content === '') return;
     const hfId = addedIds.get(content) ?? (Object.hasOwn(vocab, content) ? (vocab[content] as number) : tokens.length);
     check(entry['id'] === hfId, 'E_VALUE', `${path}.id`,
-      `${path}.id is ${entry['id']}, but Hugging Face tokenizers gives ${JSON.stringify(content)} the id ${hfId}`);
+      () => `${path}.id is ${entry['id']}, but Hugging Face tokenizers gives ${JSON.stringify(content)} the id ${hfId}`);
     addedIds.set(content, hfId);
     tokens[hfId] = content;
     if (entry['normalized'] !== false) normalizedAdded ??= path;
