@@ -31,6 +31,8 @@ type Json = Record<string, unknown>;
 type DecodeOne = (token: string) => string;
 
 const REPLACEMENT_CHARACTER = '\uFFFD';
+/** Deepest Sequence (of decoders or normalizers) accepted: the checks recurse, and real files nest 1–2 deep. */
+const MAX_NESTING = 64;
 /** A UTF-16 surrogate that is not part of a pair: Rust strings (HF) cannot hold one. */
 const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 
@@ -169,25 +171,27 @@ function tokenStringsById(root: Json): string[] {
  * makes both the same.
  */
 function checkNoOpNormalizer(normalizer: unknown, addedPath: string): void {
-  const noOp = (n: unknown): boolean => n === null || n === undefined ||
-    (isJson(n) && n['type'] === 'Sequence' && Array.isArray(n['normalizers']) && n['normalizers'].every(noOp));
-  check(noOp(normalizer), 'E_UNSUPPORTED', 'tokenizerJson.normalizer',
+  const noOp = (n: unknown, depth: number): boolean => n === null || n === undefined ||
+    (depth < MAX_NESTING && isJson(n) && n['type'] === 'Sequence' && Array.isArray(n['normalizers']) &&
+      n['normalizers'].every((inner: unknown) => noOp(inner, depth + 1)));
+  check(noOp(normalizer, 0), 'E_UNSUPPORTED', 'tokenizerJson.normalizer',
     `tokenizerJson.normalizer is not supported together with a normalized added token (${addedPath}): ` +
     'how such a token decodes depends on the tokenizers version');
 }
 
 /** HF decodes one token with no decoder as the token itself (it joins the tokens with ' '). */
 function decoderOf(spec: unknown): DecodeOne {
-  return spec === null || spec === undefined ? (token) => token : decoderStep(spec, 'tokenizerJson.decoder');
+  return spec === null || spec === undefined ? (token) => token : decoderStep(spec, 'tokenizerJson.decoder', 0);
 }
 
-function decoderStep(spec: unknown, path: string): DecodeOne {
+function decoderStep(spec: unknown, path: string, depth: number): DecodeOne {
   check(isJson(spec), 'E_VALUE', path, `${path} must be an object`);
+  check(depth < MAX_NESTING, 'E_UNSUPPORTED', path, `${path}: decoder Sequences nested deeper than ${MAX_NESTING}`);
   if (spec['type'] === 'ByteLevel') return decodeByteLevel;
   if (spec['type'] === 'Sequence') {
     const list = spec['decoders'];
     check(Array.isArray(list), 'E_VALUE', `${path}.decoders`, `${path}.decoders must be an array`);
-    const steps = list.map((d: unknown, i) => decoderStep(d, `${path}.decoders[${i}]`));
+    const steps = list.map((d: unknown, i) => decoderStep(d, `${path}.decoders[${i}]`, depth + 1));
     return (token) => steps.reduce((text, step) => step(text), token);
   }
   throw new FlashMLAError('E_UNSUPPORTED',

@@ -252,6 +252,21 @@ describe('bad input', () => {
     expectError(() => buildTokenMap(tokenizer(['a'], [], { decoder: 'ByteLevel' })), 'E_VALUE', 'tokenizerJson.decoder');
   });
 
+  test('Sequences nested without end are refused, not recursed into', () => {
+    let decoder: Record<string, unknown> = { type: 'ByteLevel' };
+    let normalizer: Record<string, unknown> = { type: 'Sequence', normalizers: [] };
+    for (let i = 0; i < 100_000; i++) {
+      decoder = { type: 'Sequence', decoders: [decoder] };
+      normalizer = { type: 'Sequence', normalizers: [normalizer] };
+    }
+    expectError(() => buildTokenMap(tokenizer(['a'], [], { decoder })), 'E_UNSUPPORTED', `tokenizerJson.decoder${'.decoders[0]'.repeat(64)}`);
+    expectError(() => buildTokenMap(tokenizer(['a'], [{ content: '<a>', id: 1, normalized: true }], { normalizer })),
+      'E_UNSUPPORTED', 'tokenizerJson.normalizer');
+    // Two levels, as real files have, are fine.
+    const two = { type: 'Sequence', decoders: [{ type: 'Sequence', decoders: [{ type: 'ByteLevel' }] }] };
+    expect(buildTokenMap(tokenizer([blText('é'), 'e'], [], { decoder: two })).size).toBe(1);
+  });
+
   test('options', () => {
     const tok = tokenizer(['a', 'A']);
     expect(buildTokenMap(tok, { expectedSize: 1 }).size).toBe(1);
