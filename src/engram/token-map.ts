@@ -7,14 +7,7 @@ import { check, FlashMLAError } from '../errors.js';
 import { INT32_MAX } from '../tensor.js';
 import { decodeByteLevel } from './byte-level.js';
 import { normalizeForEngram } from './normalize.js';
-
-/** Engram's compressed vocabulary: for each raw token id, its canonical id. */
-export interface TokenMap {
-  /** map[rawId] = canonical id, in 0..size−1; one entry per raw id of the tokenizer (0..length−1). */
-  readonly map: Int32Array;
-  /** Number of canonical ids (V′, `engram_compressed_vocab_size` in a V4.1 config). */
-  readonly size: number;
-}
+import type { TokenMap } from './types.js';
 
 /** Options of {@link buildTokenMap}. */
 export interface BuildTokenMapOptions {

@@ -1,0 +1,244 @@
+import { FlashMLAError, check } from '../errors.js';
+import type { DeviceTensor } from '../device-tensor.js';
+import type { FlashMLA } from '../flashmla.js';
+import { tensor, type HostTensor } from '../tensor.js';
+import type { EngramConfig } from './config.js';
+import { NgramHasher } from './hash.js';
+import type { HashSession } from './hash-session.js';
+import type { EngramTable } from './table.js';
+import type { TokenMap } from './types.js';
+
+/** How `prefetch` hands over the rows: dequantised bf16 or fp32 values, or the table's packed bytes. */
+export type EngramPrefetchFormat = 'bf16' | 'fp32' | 'raw';
+
+/** Options of {@link EngramStore.open}. */
+export interface EngramStoreOptions {
+  /** The model's Engram configuration (layers, orders, heads, head dim). */
+  readonly config: EngramConfig;
+  /** One open table per Engram layer of `config` (matched by `layerId`; order does not matter). */
+  readonly tables: readonly EngramTable[];
+  /** Raw token id → canonical id. Default: none, token ids are canonical ids already. */
+  readonly tokenMap?: TokenMap;
+  /**
+   * How many gathers of one step run at once on the addon's thread pool (each layer's rows are cut
+   * into this many pieces). Default: 2. The pool itself has `UV_THREADPOOL_SIZE` threads (Node's default 4).
+   */
+  readonly threads?: number;
+}
+
+/** One request's new tokens for this decoding (or prefill) step. */
+export interface EngramRequest {
+  /** The request's id: the store keeps each request's token history under it until `drop(id)`. */
+  readonly id: string | number;
+  /** The tokens this step adds (raw ids, or canonical ids when the store has no token map). */
+  readonly tokens: Int32Array | readonly number[];
+  /** Per token: true (or non-zero) for a masked ("dead") token, e.g. an image placeholder. Default: none masked. */
+  readonly mask?: Uint8Array | readonly boolean[];
+}
+
+/** Options of {@link EngramStore.prefetch}. */
+export interface EngramPrefetchOptions {
+  /** Row format of the result. Default: 'bf16'. */
+  readonly format?: EngramPrefetchFormat;
+  /** A CUDA instance: the rows are also copied to a device tensor on its stream (`EngramStep.device`). Default: host only. */
+  readonly device?: FlashMLA;
+}
+
+/** Where one request's tokens sit in a step's rows. */
+export interface EngramStepRequest {
+  /** The request's id. */
+  readonly id: string | number;
+  /** Index of the request's first token along the step's first dimension. */
+  readonly start: number;
+  /** How many tokens the request added. */
+  readonly count: number;
+}
+
+/** The rows of one step, for every Engram layer. */
+export interface EngramStep {
+  /** Row ids `[T_total, layers, (N−1)·K]` (int32, offsets included), in `config.layerIds` order. */
+  readonly rowIds: HostTensor<'int32'>;
+  /**
+   * The rows `[T_total, layers, (N−1)·K, headDim]` (bf16 or fp32), or `[T_total, layers, (N−1)·K, rowBytes]`
+   * uint8 for 'raw'.
+   */
+  readonly rows: HostTensor<'bf16' | 'fp32' | 'uint8'>;
+  /** The same rows on the device, when `options.device` was given. */
+  readonly device: DeviceTensor<'bf16' | 'fp32' | 'uint8'> | undefined;
+  /** Each request's place in the step, in batch order. */
+  readonly requests: readonly EngramStepRequest[];
+}
+
+/**
+ * Serves Engram rows for a running batch: keeps each request's token history, hashes each step's new
+ * tokens and gathers every Engram layer's rows off the event loop (docs/engram.md#store). Row ids
+ * depend only on tokens, so a server calls `prefetch` as soon as a step's tokens are known and awaits
+ * the rows only where the first Engram layer needs them.
+ */
+export class EngramStore {
+  readonly #hasher: NgramHasher;
+  readonly #tables: readonly EngramTable[];
+  readonly #sessions = new Map<string | number, HashSession>();
+  readonly #pieces: number;
+  readonly #perToken: number;
+  #closed = false;
+
+  private constructor(hasher: NgramHasher, tables: readonly EngramTable[], pieces: number, perToken: number) {
+    this.#hasher = hasher;
+    this.#tables = tables;
+    this.#pieces = pieces;
+    this.#perToken = perToken;
+  }
+
+  /** Checks that `tables` serve exactly the config's Engram layers with its head dim, and opens a store over them. */
+  static open(options: EngramStoreOptions): EngramStore {
+    check(typeof options === 'object' && options !== null, 'E_VALUE', 'options', 'must be an object');
+    const { config, tables, tokenMap, threads = 2 } = options;
+    check(Number.isInteger(threads) && threads >= 1 && threads <= 256, 'E_VALUE', 'options.threads', `must be an integer from 1 to 256, got ${String(threads)}`);
+    check(Array.isArray(tables), 'E_VALUE', 'options.tables', 'must be an array of EngramTable (one per Engram layer)');
+    const ordered = config.layerIds.map((layerId) => {
+      const matching = tables.filter((t) => t.layerId === layerId);
+      check(matching.length === 1, 'E_VALUE', 'options.tables',
+        `needs exactly one table for Engram layer ${layerId}, got ${matching.length} (tables for layers ${tables.map((t) => t.layerId).join(', ') || 'none'})`);
+      const table = matching[0]!;
+      check(table.headDim === config.headDim, 'E_SHAPE', 'options.tables',
+        `the table of layer ${layerId} has rows of ${table.headDim} values, the config ${config.headDim}`);
+      return table;
+    });
+    check(ordered.length === tables.length, 'E_VALUE', 'options.tables', `has tables for layers the config does not use (config layers ${config.layerIds.join(', ')})`);
+    const hasher = new NgramHasher(config, tokenMap === undefined ? {} : { tokenMap });
+    return new EngramStore(hasher, ordered, threads, (config.maxNgramSize - 1) * config.nHeads);
+  }
+
+  /** Requests whose history the store keeps. */
+  get requests(): number {
+    return this.#sessions.size;
+  }
+
+  /**
+   * Appends each request's new tokens to its history, hashes them and gathers the rows of every Engram
+   * layer on the addon's threads (or Node's file-system pool for tables read with `pread`). A request id
+   * seen for the first time starts a new history. The tokens are part of the history from this call on,
+   * even before the Promise settles; a failed gather leaves them there (roll back with `rollback`).
+   */
+  async prefetch(batch: readonly EngramRequest[], options: EngramPrefetchOptions = {}): Promise<EngramStep> {
+    this.#checkOpen();
+    check(Array.isArray(batch), 'E_VALUE', 'batch', 'must be an array of { id, tokens, mask? }');
+    const format = options.format ?? 'bf16';
+    check(format === 'bf16' || format === 'fp32' || format === 'raw', 'E_VALUE', 'options.format', `must be 'bf16', 'fp32' or 'raw', got ${String(format)}`);
+    const { rowIds, requests } = this.#hash(batch);
+    const tokens = requests.reduce((n, r) => n + r.count, 0);
+    const rows = await this.#gather(rowIds, tokens, format);
+    const device = options.device === undefined ? undefined : await options.device.upload(rows);
+    return { rowIds: tensor('int32', [tokens, this.#tables.length, this.#perToken], rowIds), rows, device, requests };
+  }
+
+  /** Forgets the last `n` tokens of a request (speculative tokens that were not accepted). */
+  rollback(id: string | number, n: number): void {
+    this.#checkOpen();
+    const session = this.#sessions.get(id);
+    check(session !== undefined, 'E_VALUE', 'id', `no request ${String(id)} in this store`);
+    session.rollback(n);
+  }
+
+  /** Forgets a finished request's history; false when the store had none under `id`. */
+  drop(id: string | number): boolean {
+    this.#checkOpen();
+    return this.#sessions.delete(id);
+  }
+
+  /** Forgets every history. The tables stay open (they belong to the caller). Idempotent. */
+  close(): void {
+    this.#closed = true;
+    this.#sessions.clear();
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new FlashMLAError('E_DISPOSED', 'the EngramStore was closed');
+  }
+
+  /** Hashes every request's tokens with its history: row ids `[T_total, layers, perToken]`. */
+  #hash(batch: readonly EngramRequest[]): { rowIds: Int32Array; requests: EngramStepRequest[] } {
+    const seen = new Set<string | number>();
+    const parts: Int32Array[] = [];
+    const requests: EngramStepRequest[] = [];
+    let start = 0;
+    for (const [i, req] of batch.entries()) {
+      check(typeof req === 'object' && req !== null, 'E_VALUE', `batch[${i}]`, 'must be { id, tokens, mask? }');
+      check(typeof req.id === 'string' || typeof req.id === 'number', 'E_VALUE', `batch[${i}].id`, 'must be a string or a number');
+      check(!seen.has(req.id), 'E_VALUE', `batch[${i}].id`, `request ${String(req.id)} appears twice in one step`);
+      seen.add(req.id);
+    }
+    // A bad request (its error names it) undoes the requests before it, so a failed call leaves every history as it was.
+    const added: { id: string | number; count: number; fresh: boolean }[] = [];
+    try {
+      for (const [i, req] of batch.entries()) {
+        let session = this.#sessions.get(req.id);
+        const fresh = session === undefined;
+        session ??= this.#hasher.session();
+        const ids = appendNamed(session, req, `batch[${i}]`);
+        if (fresh) this.#sessions.set(req.id, session);
+        const count = ids.length / this.#hasher.idsPerToken;
+        added.push({ id: req.id, count, fresh });
+        parts.push(ids);
+        requests.push({ id: req.id, start, count });
+        start += count;
+      }
+    } catch (e) {
+      for (const a of added) {
+        if (a.fresh) this.#sessions.delete(a.id);
+        else this.#sessions.get(a.id)!.rollback(a.count);
+      }
+      throw e;
+    }
+    const rowIds = new Int32Array(start * this.#hasher.idsPerToken);
+    let at = 0;
+    for (const p of parts) { rowIds.set(p, at); at += p.length; }
+    return { rowIds, requests };
+  }
+
+  /**
+   * Gathers each layer's rows in `#pieces` concurrent pieces, then interleaves them into
+   * `[T, layers, perToken, width]` (each (token, layer) block is contiguous in both layouts).
+   */
+  async #gather(rowIds: Int32Array, tokens: number, format: EngramPrefetchFormat): Promise<HostTensor<'bf16' | 'fp32' | 'uint8'>> {
+    const layers = this.#tables.length;
+    const block = this.#perToken;
+    const width = format === 'raw' ? this.#tables[0]!.rowBytes : this.#tables[0]!.headDim;
+    const perLayer = await Promise.all(this.#tables.map(async (table, l) => {
+      const ids = new Int32Array(tokens * block);
+      for (let t = 0; t < tokens; t++) ids.set(rowIds.subarray((t * layers + l) * block, (t * layers + l + 1) * block), t * block);
+      const cut = Math.max(1, Math.ceil(tokens / this.#pieces)) * block;
+      const pieces: Promise<Uint8Array | Uint16Array | Float32Array>[] = [];
+      for (let from = 0; from < ids.length; from += cut) {
+        const part = ids.subarray(from, Math.min(ids.length, from + cut));
+        pieces.push(format === 'raw'
+          ? table.lookupRawAsync(part)
+          : table.lookupAsync(part, { dtype: format }).then((t) => t.data as Uint16Array | Float32Array));
+      }
+      return Promise.all(pieces);
+    }));
+    const out = format === 'raw' ? new Uint8Array(tokens * layers * block * width)
+      : format === 'fp32' ? new Float32Array(tokens * layers * block * width) : new Uint16Array(tokens * layers * block * width);
+    const span = block * width;
+    for (let l = 0; l < layers; l++) {
+      let t = 0;
+      for (const piece of perLayer[l]!) {
+        for (let p = 0; p < piece.length; p += span, t++) out.set(piece.subarray(p, p + span), (t * layers + l) * span);
+      }
+    }
+    const dtype = format === 'raw' ? 'uint8' : format;
+    return tensor(dtype, [tokens, layers, block, width], out as never);
+  }
+}
+
+/** `session.append` with the request's place in the batch in any error's argument ('batch[2].tokens[5]'). */
+function appendNamed(session: HashSession, req: EngramRequest, where: string): Int32Array {
+  try {
+    return session.append(req.tokens, req.mask === undefined ? {} : { mask: req.mask });
+  } catch (e) {
+    if (!(e instanceof FlashMLAError) || e.argument === undefined) throw e;
+    const argument = e.argument.replace(/^ids/, `${where}.tokens`).replace(/^options\.mask/, `${where}.mask`);
+    throw new FlashMLAError(e.code, e.message.replace(e.argument, argument), argument);
+  }
+}
