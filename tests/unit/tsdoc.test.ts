@@ -5,7 +5,7 @@ import ts from 'typescript';
 import { expect, it } from 'vitest';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const ENTRIES = ['src/index.ts', 'src/formats/index.ts', 'src/testing.ts'].map((f) => root + f);
+const ENTRIES = ['src/index.ts', 'src/formats/index.ts', 'src/engram/index.ts', 'src/testing.ts'].map((f) => root + f);
 
 function undocumented(): string[] {
   const program = ts.createProgram(ENTRIES, { module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022, strict: true });
