@@ -124,12 +124,16 @@ export class EngramStore {
   async prefetch(batch: readonly EngramRequest[], options: EngramPrefetchOptions = {}): Promise<EngramStep> {
     this.#checkOpen();
     check(Array.isArray(batch), 'E_VALUE', 'batch', 'must be an array of { id, tokens, mask? }');
+    check(typeof options === 'object' && options !== null, 'E_VALUE', 'options', 'must be an object');
     const format = options.format ?? 'bf16';
     check(format === 'bf16' || format === 'fp32' || format === 'raw', 'E_VALUE', 'options.format', `must be 'bf16', 'fp32' or 'raw', got ${String(format)}`);
+    const fm = options.device;
+    check(fm === undefined || (typeof fm === 'object' && fm !== null && fm.backend === 'cuda'), 'E_BACKEND', 'options.device',
+      () => `must be a FlashMLA instance on the CUDA backend, got ${fm?.backend === undefined ? String(fm) : `one on the ${fm.backend} backend`}`);
     const { rowIds, requests } = this.#hash(batch);
     const tokens = requests.reduce((n, r) => n + r.count, 0);
     const rows = await this.#gather(rowIds, tokens, format);
-    const device = options.device === undefined ? undefined : await options.device.upload(rows);
+    const device = fm === undefined ? undefined : await fm.upload(rows);
     return { rowIds: tensor('int32', [tokens, this.#tables.length, this.#perToken], rowIds), rows, device, requests };
   }
 
