@@ -101,27 +101,40 @@ export function readV41Inputs(args: ForwardV41Args): V41Inputs {
  */
 function projectKv(x: V41Inputs): Uint16Array {
   const { tokens: T, embed: K, rows: N, wkv, scales } = x;
+  // Local bindings: module imports may be namespace properties under test transforms (slow in hot loops).
+  const e4m3 = E4M3_TO_F32;
+  const toBf16 = f32ToBf16;
   const act = quantizeActivationE4m3(x.e);
   const xs = new Float64Array(T * K);
-  for (let i = 0; i < xs.length; i++) xs[i] = E4M3_TO_F32[act.codes[i]!]! * act.scales[(i / FP8_BLOCK) | 0]!;
+  for (let i = 0; i < xs.length; i++) xs[i] = e4m3[act.codes[i]!]! * act.scales[(i / FP8_BLOCK) | 0]!;
   const colBlocks = K / FP8_BLOCK;
+  // One weight row: e4m3 values (unscaled) and its blocks' scales. Every product x·e4m3 and its
+  // scaling by a power of two is exact, so summing a block first changes nothing but speed.
   const row = new Float64Array(K);
   const bits = new Uint16Array(T * N);
   for (let n = 0; n < N; n++) {
     const sOff = ((n / FP8_BLOCK) | 0) * colBlocks;
     const wOff = n * K;
-    for (let k = 0; k < K; k++) {
-      const w = E4M3_TO_F32[wkv[wOff + k]!]! * scales[sOff + ((k / FP8_BLOCK) | 0)]!;
-      if (!(Math.abs(w) <= F32_MAX)) {
-        throw new FlashMLAError('E_VALUE', `wkv[${n}, ${k}] times its block scale is beyond float32 range`, 'wkvScale');
+    for (let k = 0; k < K; k++) row[k] = e4m3[wkv[wOff + k]!]!;
+    for (let b = 0; b < colBlocks; b++) {
+      // upstream dequantises the weight to float32 first: a value beyond its range would be ±Inf.
+      if (scales[sOff + b]! * 448 <= F32_MAX) continue;
+      for (let k = b * FP8_BLOCK; k < (b + 1) * FP8_BLOCK; k++) {
+        if (!(Math.abs(row[k]! * scales[sOff + b]!) <= F32_MAX)) {
+          throw new FlashMLAError('E_VALUE', `wkv[${n}, ${k}] times its block scale is beyond float32 range`, 'wkvScale');
+        }
       }
-      row[k] = w;
     }
     for (let t = 0; t < T; t++) {
       const xOff = t * K;
       let s = 0;
-      for (let k = 0; k < K; k++) s += xs[xOff + k]! * row[k]!;
-      bits[t * N + n] = f32ToBf16(s);
+      for (let b = 0; b < colBlocks; b++) {
+        let acc = 0;
+        const o = b * FP8_BLOCK;
+        for (let j = 0; j < FP8_BLOCK; j++) acc += xs[xOff + o + j]! * row[o + j]!;
+        s += acc * scales[sOff + b]!;
+      }
+      bits[t * N + n] = toBf16(s);
     }
   }
   return bits;
