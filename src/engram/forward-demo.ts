@@ -13,7 +13,7 @@
 import { check, FlashMLAError } from '../errors.js';
 import type { HostTensor } from '../tensor.js';
 import type { GateSign } from './gate.js';
-import { rankOf, readArgs, readChoice, readCount, readFloat, readNumber, readOptions } from './inputs.js';
+import { checkElements, rankOf, readArgs, readChoice, readCount, readFloat, readNumber, readOptions } from './inputs.js';
 
 /** The short convolution's look-back: the last (kernel−1)·dilation normalised positions of every channel. */
 export interface DemoConvState {
@@ -32,6 +32,7 @@ export function demoConvState(channels: number, kernel: number, dilation: number
   const c = readCount(channels, 'channels', 1);
   const k = readCount(kernel, 'kernel', 1);
   const dl = readCount(dilation, 'dilation', 1);
+  checkElements((k - 1) * dl * c, 'dilation');
   return { channels: c, kernel: k, dilation: dl, history: new Float32Array((k - 1) * dl * c) };
 }
 
@@ -145,6 +146,7 @@ export function readDemoInputs(args: ForwardDemoArgs, p: DemoParams): DemoInputs
   const convWeight = readFloat(a.convWeight, 'convWeight', convDims);
   const kernel = convWeight.shape[convWeight.shape.length - 1]!;
   check(kernel >= 1, 'E_SHAPE', 'convWeight', 'convWeight must have a kernel of at least 1');
+  checkElements(((kernel - 1) * p.dilation + T) * C, 'options.dilation');
   return {
     tokens: T, branches: M, dim: D, embed: Ke, kernel,
     e: e.values, h: h.values,

@@ -346,6 +346,8 @@ describe('forwardDemo', () => {
         h.data[0] = Infinity;
         return forwardDemo({ ...args, h });
       }, 'E_VALUE', 'h'],
+      ['a dilation whose look-back cannot be held', () => forwardDemo(args, { dilation: 2 ** 30 }), 'E_UNSUPPORTED', 'options.dilation'],
+      ['demoConvState look-back too large', () => demoConvState(16, 4, 2 ** 30), 'E_UNSUPPORTED', 'dilation'],
       ['demoConvState channels', () => demoConvState(0, 4, 3), 'E_VALUE', 'channels'],
     ])('%s', (_name, fn, code, argument) => expectError(fn, code, argument));
   });

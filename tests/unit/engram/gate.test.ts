@@ -212,6 +212,7 @@ describe('gate rejects bad input with the argument named', () => {
       const one: HostTensor<'fp32'> = { dtype: 'fp32', shape: [1, 2], data: Float32Array.from([1, 1]) };
       return gate({ h: big([1e30, 1e30]), key: big([1e30, -1e30]), value: one, qWeight: one, kWeight: one });
     }, 'E_VALUE', 'h'],
+    ['a zero-stride h claiming 2^30 elements', () => gate({ ...args, h: { dtype: 'bf16', shape: [2 ** 24, 2, 32], strides: [0, 0, 0], data: new Uint16Array(1) } }), 'E_UNSUPPORTED', 'h'],
     ['args not an object', () => gate(null as never), 'E_VALUE', 'args'],
     ['options not an object', () => gate(args, 3 as never), 'E_VALUE', 'options'],
   ])('%s', (_name, fn, code, argument) => expectError(fn, code, argument));
