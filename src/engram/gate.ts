@@ -155,7 +155,7 @@ export function runGate(x: GateInputs, p: GateParams): GateResult {
       const s = f(f(dot * f(rh * rk)) * scale);
       if (Number.isNaN(s)) {
         throw new FlashMLAError('E_VALUE',
-          `h·w·key overflows float32 at token ${t}, branch ${m} (+Inf and -Inf terms); h and key are too large for the gate`, 'h');
+          `the gate score is NaN at token ${t}, branch ${m}: h and key are too large for float32 (h·w·key or their squares overflow)`, 'h');
       }
       dots[r] = dot;
       rstdH[r] = rh;

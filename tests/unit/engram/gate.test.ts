@@ -166,7 +166,7 @@ describe('gate exact properties', () => {
     expect(gateOracle(args, { sign: 'sign' }).gate[0]).toBe(0.5);
   });
 
-  it('a small negative s clamps to σ(-√clamp); the options default to eps 1e-20, clamp 1e-6, copysign', () => {
+  it('a clamp above |s| gives σ(±√clamp) by the sign of s; the options default to eps 1e-20, clamp 1e-6, copysign', () => {
     const args = gateCase(9, 4, 4, 128);
     const base = gate(args);
     const explicit = gate(args, { eps: 1e-20, clamp: 1e-6, sign: 'copysign' });
