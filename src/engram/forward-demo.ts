@@ -12,7 +12,7 @@
  */
 import { check, FlashMLAError } from '../errors.js';
 import type { HostTensor } from '../tensor.js';
-import type { GateSign } from './gate.js';
+import { signFactor, type GateSign } from './gate.js';
 import { checkElements, rankOf, readArgs, readChoice, readCount, readFloat, readNumber, readOptions } from './inputs.js';
 
 /** The short convolution's look-back: the last (kernel−1)·dilation normalised positions of every channel. */
@@ -207,7 +207,6 @@ export function runDemo(x: DemoInputs, p: DemoParams): ForwardDemoResult {
   const convNormEps = f(p.convNormEps);
   const clamp = f(p.clamp);
   const sqrtD = f(Math.sqrt(D));
-  const copysign = p.sign === 'copysign';
   // Normalised conv inputs with the look-back in front: row H + t is token t.
   const xhat = new Float32Array((H + T) * C);
   xhat.set(x.history);
@@ -227,8 +226,7 @@ export function runDemo(x: DemoInputs, p: DemoParams): ForwardDemoResult {
       for (let i = 0; i < D; i++) sd += f(nk[i]! * nq[i]!);
       const s = f(f(sd) / sqrtD);
       const mag = f(Math.sqrt(Math.max(Math.abs(s), clamp)));
-      const signed = copysign ? (s < 0 || Object.is(s, -0) ? -mag : mag) : s > 0 ? mag : s < 0 ? -mag : 0;
-      const g = f(1 / (1 + Math.exp(-signed)));
+      const g = f(1 / (1 + Math.exp(-mag * signFactor(s, p.sign))));
       gates[t * M + m] = g;
       const o = t * C + m * D;
       for (let i = 0; i < D; i++) tilde[o + i] = g * value[i]!;

@@ -7,7 +7,7 @@
 import { check } from '../errors.js';
 import { readDemoInputs, readDemoOptions, type ForwardDemoArgs, type ForwardDemoOptions } from './forward-demo.js';
 import { readV41Inputs, type ForwardV41Args } from './forward-v41.js';
-import { readGateInputs, readGateOptions, type GateArgs, type GateInputs, type GateOptions, type GateParams } from './gate.js';
+import { readGateInputs, readGateOptions, signFactor, type GateArgs, type GateInputs, type GateOptions, type GateParams } from './gate.js';
 
 /** What {@link gateOracle} returns, all float64, row-major. */
 export interface GateOracleResult {
@@ -149,7 +149,7 @@ function gateF64(x: GateInputs, p: GateParams): GateOracleResult {
       const s = sd * rstdH[r]! * rstdKey[r]! / Math.sqrt(d);
       const masked = tokenMask !== null && tokenMask[t] === 0;
       const mag = Math.sqrt(Math.max(Math.abs(s), p.clamp));
-      const signed = p.sign === 'copysign' ? (s < 0 || Object.is(s, -0) ? -mag : mag) : Math.sign(s) * mag;
+      const signed = mag * signFactor(s, p.sign);
       const g = masked ? 0 : 1 / (1 + Math.exp(-signed));
       gates[r] = g;
       const vOff = valueOffset + t * valueStride;
@@ -233,7 +233,7 @@ export function forwardDemoOracle(args: ForwardDemoArgs, options?: ForwardDemoOp
       for (let i = 0; i < D; i++) s += nk[i]! * nq[i]!;
       s /= Math.sqrt(D);
       const mag = Math.sqrt(Math.max(Math.abs(s), p.clamp));
-      const signed = p.sign === 'copysign' ? (s < 0 || Object.is(s, -0) ? -mag : mag) : Math.sign(s) * mag;
+      const signed = mag * signFactor(s, p.sign);
       const g = 1 / (1 + Math.exp(-signed));
       gates[t * M + m] = g;
       for (let i = 0; i < D; i++) tilde[t * C + m * D + i] = g * v[i]!;
