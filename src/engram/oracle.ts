@@ -2,7 +2,8 @@
  * Float64 oracles of the Engram math (docs/engram-math.md#oracles): the same formulas as
  * ./gate.ts, ./forward-v41.ts and ./forward-demo.ts evaluated in float64 without the float32
  * roundings, keeping only the format conversions that define the model (V4.1's e4m3 activation
- * and its bf16 kv), each written here independently of src/formats. Outputs are left unrounded.
+ * and its bf16 kv, a float32 result cast to bf16), each written here independently of
+ * src/formats. Outputs are left unrounded.
  */
 import { check } from '../errors.js';
 import { readDemoInputs, readDemoOptions, type ForwardDemoArgs, type ForwardDemoOptions } from './forward-demo.js';
@@ -167,7 +168,7 @@ export function gateOracle(args: GateArgs, options?: GateOptions): GateOracleRes
 
 /**
  * {@link forwardV41} in float64: the activation quantised to e4m3 (float64 rules above), kv exact,
- * the gate fed with kv rounded once to bf16 (V4.1's kv dtype).
+ * the gate fed with kv as V4.1 casts it: the float32 result rounded to bf16.
  */
 export function forwardV41Oracle(args: ForwardV41Args, options?: GateOptions): ForwardV41OracleResult {
   const p = readGateOptions(options);
@@ -184,7 +185,8 @@ export function forwardV41Oracle(args: ForwardV41Args, options?: GateOptions): F
         s += act[t * K + k]! * w;
       }
       kv[t * N + n] = s;
-      kvBf16[t * N + n] = roundBf16(s);
+      // The Linear's float32 result cast to bf16 (torch's .to(bfloat16) of a float32 tensor).
+      kvBf16[t * N + n] = roundBf16(Math.fround(s));
     }
   }
   const g = gateF64({
