@@ -6,9 +6,8 @@
  */
 import { check, FlashMLAError } from '../errors.js';
 import { f32ToE4m3 } from '../formats/fp8.js';
+import { FP8_BLOCK } from './types.js';
 
-/** Values per activation scale (and per side of a weight scale block). */
-export const FP8_BLOCK = 32;
 /** The largest finite e4m3fn magnitude. */
 const E4M3_MAX = 448;
 /** amax floor: an all-zero block still gets a finite, nonzero scale. */

@@ -8,7 +8,8 @@ import { check, FlashMLAError } from '../errors.js';
 import { bf16ArrayToF32, f32ToBf16 } from '../formats/bf16.js';
 import { E4M3_TO_F32, E8M0_TO_F32 } from '../formats/fp8.js';
 import { viewOf, type HostTensor } from '../tensor.js';
-import { FP8_BLOCK, quantizeActivationE4m3 } from './act-quant.js';
+import { quantizeActivationE4m3 } from './act-quant.js';
+import { FP8_BLOCK } from './types.js';
 import { fusedWeight, readGateOptions, runGate, type GateArgs, type GateOptions, type GateResult } from './gate.js';
 import { checkElements, findCode, readArgs, readBytes, readFloat, readTokenMask, type FloatInput } from './inputs.js';
 

@@ -23,3 +23,13 @@ export {
   EngramStore,
   type EngramPrefetchFormat, type EngramPrefetchOptions, type EngramRequest, type EngramStep, type EngramStepRequest, type EngramStoreOptions,
 } from './store.js';
+export { gate, type GateArgs, type GateOptions, type GateResult, type GateSign } from './gate.js';
+export { forwardV41, type ForwardV41Args, type ForwardV41Result } from './forward-v41.js';
+export {
+  forwardDemo, demoConvState, type DemoConvState, type ForwardDemoArgs, type ForwardDemoOptions, type ForwardDemoResult,
+} from './forward-demo.js';
+export { quantizeActivationE4m3, type QuantizedActivation } from './act-quant.js';
+export {
+  calcDiff, gateOracle, forwardV41Oracle, forwardDemoOracle, quantizeActivationOracle,
+  type ForwardDemoOracleResult, type ForwardV41OracleResult, type GateOracleResult,
+} from './oracle.js';

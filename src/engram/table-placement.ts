@@ -7,12 +7,10 @@ import { INT32_MAX } from '../tensor.js';
 import type { EngramConfig } from './config.js';
 import { layout, type EngramLayerLayout } from './layout.js';
 import type { SafetensorsHeader, SafetensorsTensor } from './safetensors.js';
+import { FP8_BLOCK } from './types.js';
 
 /** Row encoding: fp8 (e4m3 values + one e8m0 scale per 32 values) or little-endian float32. */
 export type EngramRowFormat = 'fp8' | 'fp32';
-
-/** Values sharing one e8m0 scale in an fp8 row (docs/engram-tables.md#v41-tensors). */
-export const FP8_BLOCK = 32;
 
 /**
  * Byte offsets of a table's rows in its file; field for field the addon's `NativeEngramSpec`.

@@ -10,7 +10,8 @@ import { FlashMLAError } from '../errors.js';
 import { f32ArrayToBf16 } from '../formats/bf16.js';
 import { E4M3_TO_F32, E8M0_TO_F32 } from '../formats/fp8.js';
 import { readFully } from './table-io.js';
-import { FP8_BLOCK, rowBytesOf, type RowReader, type TablePlacement } from './table-placement.js';
+import { rowBytesOf, type RowReader, type TablePlacement } from './table-placement.js';
+import { FP8_BLOCK } from './types.js';
 
 /** One positional read: `length` bytes at file offset `position` into `out[offset …]`. */
 interface ReadOp { readonly offset: number; readonly length: number; readonly position: number }

@@ -1,4 +1,7 @@
-/** Types shared by the Engram modules (src/engram/*) that none of them owns alone. */
+/** Types and constants shared by the Engram modules (src/engram/*) that none of them owns alone. */
+
+/** Values per e8m0 scale in V4.1's FP8 data: a table row's 32-value blocks, an activation block, a side of a wkv weight block. */
+export const FP8_BLOCK = 32;
 
 /**
  * Raw tokenizer id → canonical (compressed) id: tokens whose text normalises alike share one id
