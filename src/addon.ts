@@ -171,8 +171,11 @@ export interface NativeAddon {
   readonly launchers: readonly { id: number; key: string; mangled: string }[];
   readonly head128Fallback: string;
   readonly cudaFunctions: readonly string[];
-  /** Maps an Engram table file (absent from addons built before it: callers then read rows with pread). */
-  readonly EngramMapping?: new (path: string, spec: NativeEngramSpec) => NativeEngramMapping;
+  /**
+   * Maps an Engram table file (absent from addons built before it: callers then read rows with pread).
+   * `kernels` says which dequantisation runs: 'avx2-f16c', or 'portable' (SSE2 baseline; also forced by FLASHMLA_ENGRAM_ISA=portable).
+   */
+  readonly EngramMapping?: (new (path: string, spec: NativeEngramSpec) => NativeEngramMapping) & { readonly kernels: 'avx2-f16c' | 'portable' };
 }
 
 export type AddonResult =

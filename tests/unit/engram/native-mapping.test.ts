@@ -1,7 +1,8 @@
 // The addon's EngramMapping (binding/engram_mapping.cc, docs/engram-native.md): table files written
 // here with node:fs, gathered natively, compared with an independent decode through
 // src/formats (E4M3_TO_F32, E8M0_TO_F32, f32ToBf16).
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -176,37 +177,62 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     }
   });
 
-  test('every (e4m3 byte, e8m0 scale) pair, 256 × 256, is exact in float32 and rounds to nearest even in bf16', () => {
-    // Row s: the 256 weight codes in order, all 8 scales = s.
-    const record = 264, file = new Uint8Array(256 * record);
+  // Row s: the 256 weight codes in order, all 8 scales = s.
+  const pairs = (() => {
+    const record = 264, file = new Uint8Array(256 * record), weights = new Uint8Array(256 * 256), scales = new Uint8Array(256 * 8);
     for (let s = 0; s < 256; s++) {
-      for (let w = 0; w < 256; w++) file[s * record + w] = w;
+      for (let w = 0; w < 256; w++) file[s * record + w] = weights[s * 256 + w] = w;
       file.fill(s, s * record + 256, (s + 1) * record);
-    }
-    const m = open(fileOf(file), { rows: 256, headDim: 256, format: 'fp8', weightOffset: 0, weightStride: record, scaleOffset: 256, scaleStride: record });
-    const ids = Int32Array.from({ length: 256 }, (_, i) => i);
-    const weights = new Uint8Array(256 * 256), scales = new Uint8Array(256 * 8);
-    for (let s = 0; s < 256; s++) {
-      for (let w = 0; w < 256; w++) weights[s * 256 + w] = w;
       scales.fill(s, s * 8, (s + 1) * 8);
     }
-    const f = new Float32Array(256 * 256);
-    m.gather(ids, f);
-    expectF32(f, weights, scales, 256);
-    const b = new Uint16Array(256 * 256);
-    m.gather(ids, b);
-    expectBf16(b, weights, scales, 256);
+    const spec: NativeEngramSpec = { rows: 256, headDim: 256, format: 'fp8', weightOffset: 0, weightStride: record, scaleOffset: 256, scaleStride: record };
+    return { path: fileOf(file), spec, weights, scales, ids: Int32Array.from({ length: 256 }, (_, i) => i) };
+  })();
+
+  function expectAllPairs(f: Float32Array, b: Uint16Array): void {
+    expectF32(f, pairs.weights, pairs.scales, 256);
+    expectBf16(b, pairs.weights, pairs.scales, 256);
     // The corners, stated on their own: 448 · 2^127 overflows to Inf, 2^-9 · 2^-127 is the
     // float32 subnormal 2^-136, 0x7F and 0xFF are NaN, a NaN scale makes every value NaN.
     expect(f[254 * 256 + 0x7e]).toBe(Infinity);
     expect(f[254 * 256 + 0xfe]).toBe(-Infinity);
     expect(f[0 * 256 + 0x01]).toBe(2 ** -136);
     expect(f[127 * 256 + 0x08]).toBe(2 ** -6);
+    expect(f[127 * 256 + 0x80]).toBe(-0);
     expect(bitsOf(f)[127 * 256 + 0x7f]).toBe(0x7fc00000);
     expect(bitsOf(f)[127 * 256 + 0xff]).toBe(0xffc00000);
     expect(bitsOf(f)[255 * 256 + 0x00]).toBe(0x7fc00000);
     expect(b[127 * 256 + 0xff]).toBe(0xffc0);
+  }
+
+  test('every (e4m3 byte, e8m0 scale) pair, 256 × 256, is exact in float32 and rounds to nearest even in bf16', () => {
+    expect(['avx2-f16c', 'portable']).toContain(EngramMapping!.kernels);
+    const m = open(pairs.path, pairs.spec);
+    const f = new Float32Array(256 * 256), b = new Uint16Array(256 * 256);
+    m.gather(pairs.ids, f);
+    m.gather(pairs.ids, b);
+    expectAllPairs(f, b);
     m.close();
+  });
+
+  test('the portable kernels (FLASHMLA_ENGRAM_ISA=portable, another process) give the same bits for every pair', () => {
+    const script = `
+      const a = require(process.argv[1]);
+      const m = new a.EngramMapping(process.argv[2], JSON.parse(process.argv[3]));
+      const ids = Int32Array.from({ length: 256 }, (_, i) => i), f = new Float32Array(65536), b = new Uint16Array(65536);
+      m.gather(ids, f); m.gather(ids, b);
+      require('node:fs').writeFileSync(process.argv[4], Buffer.concat([Buffer.from(f.buffer), Buffer.from(b.buffer)]));
+      process.stdout.write(a.EngramMapping.kernels);`;
+    const out = join(dir, 'portable.bin');
+    const kernels = execFileSync(process.execPath, ['-e', script, loaded.ok ? loaded.path : '', pairs.path, JSON.stringify(pairs.spec), out], {
+      env: { ...process.env, FLASHMLA_ENGRAM_ISA: 'portable' }, encoding: 'utf8',
+    });
+    expect(kernels).toBe('portable');
+    const bytes = readFileSync(out);
+    const f = new Float32Array(65536), b = new Uint16Array(65536);
+    new Uint8Array(f.buffer).set(bytes.subarray(0, 4 * 65536));
+    new Uint8Array(b.buffer).set(bytes.subarray(4 * 65536));
+    expectAllPairs(f, b);
   });
 
   test('fp32 tables: gatherRaw copies the bytes, gather copies float32 bits (NaN payloads too) and rounds bf16 like f32ToBf16', () => {
