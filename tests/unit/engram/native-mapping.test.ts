@@ -205,6 +205,19 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     expect(b[127 * 256 + 0xff]).toBe(0xffc0);
   }
 
+  test('rows wider than the L1 stage (headDim 16384) are dequantised in place, with the same values', () => {
+    const t = packedTable(5, 16384, 21, 1);
+    const m = open(t.path, t.spec);
+    const ids = Int32Array.of(4, 0, 2);
+    const want = pickPacked(t, ids);
+    const f = new Float32Array(ids.length * 16384), b = new Uint16Array(ids.length * 16384);
+    m.gather(ids, f);
+    m.gather(ids, b);
+    expectF32(f, want.weights, want.scales, 16384);
+    expectBf16(b, want.weights, want.scales, 16384);
+    m.close();
+  });
+
   test('every (e4m3 byte, e8m0 scale) pair, 256 × 256, is exact in float32 and rounds to nearest even in bf16', () => {
     expect(['avx2-f16c', 'portable']).toContain(EngramMapping!.kernels);
     const m = open(pairs.path, pairs.spec);
