@@ -411,6 +411,38 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     }
   });
 
+  test('close() unmaps at once when no gather runs, after the last async gather otherwise; a collected mapping is unmapped by its finaliser (/proc/self/maps)', () => {
+    const t = packedTable(64, 256, 13);
+    const script = `
+      const a = require(process.argv[1]);
+      const fs = require('node:fs');
+      const mapped = () => fs.readFileSync('/proc/self/maps', 'utf8').includes(process.argv[2]);
+      const spec = JSON.parse(process.argv[3]);
+      const seen = [];
+      let m = new a.EngramMapping(process.argv[2], spec);
+      seen.push(mapped());
+      m.close();
+      seen.push(mapped());
+      m = new a.EngramMapping(process.argv[2], spec);
+      seen.push(mapped());
+      m = null;
+      (async () => {
+        for (let i = 0; i < 20 && mapped(); i++) { globalThis.gc(); await new Promise((r) => setImmediate(r)); }
+        seen.push(mapped());
+        // An async gather holds the mapping past close() until it has ended.
+        m = new a.EngramMapping(process.argv[2], spec);
+        const ids = new Int32Array(200000).map((_, i) => i % spec.rows);
+        const done = m.gatherRawAsync(ids, new Uint8Array(ids.length * 264));
+        m.close();
+        seen.push(mapped());
+        await done;
+        seen.push(mapped());
+        process.stdout.write(JSON.stringify(seen));
+      })();`;
+    const seen = execFileSync(process.execPath, ['--expose-gc', '-e', script, loaded.ok ? loaded.path : '', t.path, JSON.stringify(t.spec)], { encoding: 'utf8' });
+    expect(JSON.parse(seen)).toEqual([true, false, true, false, true, false]);
+  });
+
   test('worker threads: each environment has its own class and error class; gathers there match the main thread', async () => {
     const t = packedTable(100, 256, 11);
     const ids = Int32Array.of(3, 99, 42);
