@@ -443,7 +443,7 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     expect(JSON.parse(seen)).toEqual([true, false, true, false, true, false]);
   });
 
-  test('worker threads: each environment has its own class and error class; gathers there match the main thread', async () => {
+  test('worker threads: each environment has its own class and error class; gathers there match the main thread; terminate() with gathers in flight', async () => {
     const t = packedTable(100, 256, 11);
     const ids = Int32Array.of(3, 99, 42);
     const want = new Float32Array(3 * 256);
@@ -470,6 +470,21 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     await worker.terminate();
     expectSameBytes(reply.out, want);
     expect(reply.error).toEqual({ worker: true, code: 'E_RANGE', argument: 'rowIds[0]' });
+    // A worker terminated with gathers in flight: Node waits for its pool work before the
+    // environment (and the output arrays) go; the mapping stays until the gathers end.
+    const busy = new Worker(`
+      const { parentPort, workerData } = require('node:worker_threads');
+      const addon = require(workerData.addon);
+      const m = new addon.EngramMapping(workerData.path, workerData.spec);
+      const ids = new Int32Array(100000).map((_, i) => (i * 7) % 100);
+      for (let k = 0; k < 4; k++) m.gatherAsync(ids, new Float32Array(ids.length * 256));
+      m.close();
+      parentPort.postMessage('queued');`, { eval: true, workerData: { addon: loaded.ok ? loaded.path : '', path: t.path, spec: t.spec } });
+    await new Promise((resolve, reject) => {
+      busy.once('message', resolve);
+      busy.once('error', reject);
+    });
+    await busy.terminate();
     // The main thread's class is still FlashMLAError.
     expect((await errorOf(() => m.gather(Int32Array.of(100), want))).argument).toBe('rowIds[0]');
     m.close();
