@@ -3,8 +3,8 @@
 #include <napi.h>
 
 #include "cpu_tile.h"
-#include "engram_mapping.h"
 #include "engine.h"
+#include "engram_mapping.h"
 #include "flashmla_symbols.h"
 #include "js_errors.h"
 #include "library_wrap.h"
