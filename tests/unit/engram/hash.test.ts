@@ -241,7 +241,7 @@ describe('NgramHasher', () => {
     const p = Int32Array.of(7);
     const o = Int32Array.of(0);
     const r = BigUint64Array.of((2n ** 64n - 1n) / 7n);
-    const good = [Int32Array.of(1, 2), 0, 0, 10, m, p, o, 1, 2, 1, r, new Int32Array(2)];
+    const good: unknown[] = [Int32Array.of(1, 2), 0, 0, 10, m, p, o, 1, 2, 1, r, new Int32Array(2)];
     expect(() => fn(...good)).not.toThrow();
     const bad: [number, unknown][] = [[0, [1, 2]], [1, 3], [1, -1], [2, 10], [3, 0], [4, BigInt64Array.of(3n)], [4, BigInt64Array.of(3n, -5n)],
       [5, Int32Array.of(1)], [5, Int32Array.of(7, 7)], [6, Int32Array.of(2 ** 31 - 3)], [7, 2], [8, 1], [11, new Int32Array(1)],
