@@ -34,7 +34,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaFunctions", cudaFns);
   // The reference backend's native tile tier (src/reference/tile-native.ts).
   exports.Set("cpuTile", fmla::cpu::CpuTileExports(env));
-  exports.Set("engramHash", Napi::Function::New(env, fmla::engram::EngramHash, "engramHash"));  // src/engram/hash-native.ts
+  exports.Set("EngramHasher", fmla::engram::EngramHasherClass(env));  // src/engram/hash-native.ts
   return exports;
 }
 

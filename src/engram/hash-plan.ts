@@ -41,11 +41,15 @@ export interface HashPlan {
 }
 
 /**
- * A hash tier: for every t in [history, seq.length), out[(t − history)·layers·cols + layer·cols + col]
- * = the row id of column col (order, head) of that layer, reading look-backs from seq (canonical
- * ids, DEAD for a dead token; positions before seq[0] are the sequence start).
+ * A tier's hash loop for one plan: for every t in [history, seq.length),
+ * out[(t − history)·layers·cols + layer·cols + col] = the row id of column col (order, head) of that
+ * layer, reading look-backs from seq (canonical ids, DEAD for a dead token; positions before seq[0]
+ * are the sequence start).
  */
-export type HashKernel = (plan: HashPlan, seq: Int32Array, history: number, out: Int32Array) => void;
+export type HashKernel = (seq: Int32Array, history: number, out: Int32Array) => void;
+
+/** A tier: builds its loop for a plan (once per hasher). */
+export type HashTierKernel = (plan: HashPlan) => HashKernel;
 
 /** Checks a layout given by the caller against the config and V′; the layout() of the same config passes. */
 function checkLayout(given: unknown, config: EngramConfig, vocab: number): readonly EngramLayerLayout[] {
@@ -127,6 +131,13 @@ export function makePlan(
     offsets.set(l.offsets, i * cols);
   });
   return { layers: layers.length, order, heads: config.nHeads, cols, vocab, pad, multipliers, primes, offsets, tokenMap, layout: layers };
+}
+
+/** The `compressed` option: true, false or absent (false). */
+export function readCompressed(value: unknown, argument: string): boolean {
+  check(value === undefined || typeof value === 'boolean', 'E_VALUE', argument,
+    () => `${argument} must be a boolean, got ${String(value)}`);
+  return value === true;
 }
 
 /** A flag array: Uint8Array (non-zero = dead) or booleans (true = dead). */

@@ -5,8 +5,8 @@
 import { check, FlashMLAError } from '../errors.js';
 import { checkConfig, type EngramConfig } from './config.js';
 import { hashJs } from './hash-js.js';
-import { nativeHashKernel } from './hash-native.js';
-import { canonicalInto, makePlan, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
+import { nativeHashTier } from './hash-native.js';
+import { canonicalInto, makePlan, readCompressed, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
 import { HashSession } from './hash-session.js';
 import { layout, type EngramLayerLayout } from './layout.js';
 import type { TokenMap } from './types.js';
@@ -78,11 +78,11 @@ export class NgramHasher {
       () => `options.tier must be 'auto', 'native' or 'js', got ${JSON.stringify(tier)}`);
     const plan = makePlan(this.config, options.tokenMap, options.layout,
       (vocab) => layout(this.config, { compressedVocabSize: vocab }));
-    const native = tier === 'js' ? undefined : nativeHashKernel();
+    const native = tier === 'js' ? undefined : nativeHashTier();
     if (tier === 'native' && typeof native === 'string') {
       throw new FlashMLAError('E_BACKEND', `the native Engram hash is unavailable: ${native}`, 'options.tier');
     }
-    this.#kernel = typeof native === 'function' ? native : hashJs;
+    this.#kernel = (typeof native === 'function' ? native : hashJs)(plan);
     this.tier = typeof native === 'function' ? 'native' : 'js';
     this.#plan = plan;
     this.layout = plan.layout;
@@ -101,7 +101,7 @@ export class NgramHasher {
     check(options !== null && typeof options === 'object', 'E_VALUE', 'options', 'options must be an object');
     check(ids instanceof Int32Array || Array.isArray(ids), 'E_DTYPE', 'ids', 'ids must be an Int32Array or an array of integers');
     const plan = this.#plan;
-    const compressed = options.compressed === true;
+    const compressed = readCompressed(options.compressed, 'options.compressed');
     const history = options.history;
     let before = 0;
     let seq: Int32Array;
@@ -122,7 +122,7 @@ export class NgramHasher {
     }
     canonicalInto(plan, ids, options.mask, compressed, { ids: 'ids', mask: 'options.mask' }, seq, before);
     const out = new Int32Array(ids.length * this.idsPerToken);
-    this.#kernel(plan, seq, before, out);
+    this.#kernel(seq, before, out);
     return out;
   }
 
