@@ -133,6 +133,20 @@ export function makePlan(
   return { layers: layers.length, order, heads: config.nHeads, cols, vocab, pad, multipliers, primes, offsets, tokenMap, layout: layers };
 }
 
+/**
+ * The output of hashing `tokens` tokens. A length the engine cannot allocate (a typed array's
+ * length limit, or memory) is the caller's to split, so it is a FlashMLAError, not a RangeError.
+ */
+export function allocateRowIds(plan: HashPlan, tokens: number): Int32Array {
+  const length = tokens * plan.layers * plan.cols;
+  try {
+    return new Int32Array(length);
+  } catch (e) {
+    throw new FlashMLAError('E_RANGE', `${tokens} tokens need ${length} row ids, which cannot be allocated here ` +
+      `(${(e as Error).message}); hash them in chunks (a HashSession keeps the look-back between chunks)`, 'ids');
+  }
+}
+
 /** The `compressed` option: true, false or absent (false). */
 export function readCompressed(value: unknown, argument: string): boolean {
   check(value === undefined || typeof value === 'boolean', 'E_VALUE', argument,
@@ -146,8 +160,9 @@ export type MaskInput = Uint8Array | readonly boolean[];
 export type IdsInput = Int32Array | readonly number[];
 
 /**
- * Validates ids (+ mask) and writes their canonical ids into `dst` from `at` on, DEAD where the
- * mask marks a token. Raw ids go through the token map unless `compressed` (or there is no map).
+ * Validates ids (+ mask) and writes the canonical ids of entries skip… into `dst` from `at` on,
+ * DEAD where the mask marks a token (all entries are checked). Raw ids go through the token map
+ * unless `compressed` (or there is no map).
  */
 export function canonicalInto(
   plan: HashPlan,
@@ -157,6 +172,7 @@ export function canonicalInto(
   names: { readonly ids: string; readonly mask: string },
   dst: Int32Array,
   at: number,
+  skip = 0,
 ): void {
   const typed = ids instanceof Int32Array;
   check(typed || Array.isArray(ids), 'E_DTYPE', names.ids, `${names.ids} must be an Int32Array or an array of integers`);
@@ -177,7 +193,7 @@ export function canonicalInto(
       throw new FlashMLAError('E_RANGE',
         `${names.ids}[${i}] = ${id} is outside 0…${limit - 1} (${map ? 'raw ids of the token map' : 'canonical ids'})`, `${names.ids}[${i}]`);
     }
-    dst[at + i] = map ? map[id]! : id;
+    if (i >= skip) dst[at + i - skip] = map ? map[id]! : id;
   }
   if (mask === undefined) return;
   const bytes = mask instanceof Uint8Array;
@@ -186,6 +202,6 @@ export function canonicalInto(
     if (!bytes && typeof dead !== 'boolean') {
       throw new FlashMLAError('E_VALUE', `${names.mask}[${i}] must be a boolean, got ${String(dead)}`, `${names.mask}[${i}]`);
     }
-    if (dead) dst[at + i] = DEAD;
+    if (dead && i >= skip) dst[at + i - skip] = DEAD;
   }
 }

@@ -4,7 +4,7 @@
  * the ids of hashing the whole sequence at once, and a rejected speculative draft can be rolled back.
  */
 import { check } from '../errors.js';
-import { canonicalInto, readCompressed, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
+import { allocateRowIds, canonicalInto, readCompressed, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
 
 /** Options of {@link HashSession.append}. */
 export interface AppendOptions {
@@ -48,11 +48,11 @@ export class HashSession {
     const tail = Math.min(this.#length, plan.order - 1);
     check(ids instanceof Int32Array || Array.isArray(ids), 'E_DTYPE', 'ids', 'ids must be an Int32Array or an array of integers');
     const compressed = readCompressed(options.compressed, 'options.compressed');
+    const out = allocateRowIds(plan, ids.length); // first: the largest allocation (a too-long ids fails here)
     const seq = new Int32Array(tail + ids.length);
     // At most N − 1 values: a loop is cheaper than a subarray view (decoding appends one token at a time).
     for (let i = 0, from = this.#length - tail; i < tail; i++) seq[i] = this.#seq[from + i]!;
     canonicalInto(plan, ids, options.mask, compressed, NAMES, seq, tail);
-    const out = new Int32Array(ids.length * plan.layers * plan.cols);
     this.#kernel(seq, tail, out);
     this.#record(seq, tail);
     return out;
