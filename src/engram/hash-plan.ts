@@ -83,6 +83,14 @@ function checkLayout(given: unknown, config: EngramConfig, vocab: number): reado
   return given as readonly EngramLayerLayout[];
 }
 
+/** Plans made by makePlan: a HashSession refuses anything else (it is made by NgramHasher.session()). */
+const plans = new WeakSet<HashPlan>();
+
+/** Whether `x` is a plan makePlan made. */
+export function isPlan(x: unknown): x is HashPlan {
+  return typeof x === 'object' && x !== null && plans.has(x as HashPlan);
+}
+
 /** The plan of a hasher; `layoutOf(vocab)` computes the layout when the caller gave none. */
 export function makePlan(
   config: EngramConfig,
@@ -130,7 +138,9 @@ export function makePlan(
     primes.set(l.primes, i * cols);
     offsets.set(l.offsets, i * cols);
   });
-  return { layers: layers.length, order, heads: config.nHeads, cols, vocab, pad, multipliers, primes, offsets, tokenMap, layout: layers };
+  const plan: HashPlan = { layers: layers.length, order, heads: config.nHeads, cols, vocab, pad, multipliers, primes, offsets, tokenMap, layout: layers };
+  plans.add(plan);
+  return plan;
 }
 
 /**

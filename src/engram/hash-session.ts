@@ -4,7 +4,7 @@
  * the ids of hashing the whole sequence at once, and a rejected speculative draft can be rolled back.
  */
 import { check } from '../errors.js';
-import { allocateRowIds, canonicalInto, readCompressed, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
+import { allocateRowIds, canonicalInto, isPlan, readCompressed, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
 
 /** Options of {@link HashSession.append}. */
 export interface AppendOptions {
@@ -26,6 +26,8 @@ export class HashSession {
 
   /** Made by `NgramHasher.session()` (and `fork()`); the plan and its hash loop are the hasher's. */
   constructor(plan: HashPlan, kernel: HashKernel, seq: Int32Array = new Int32Array(64), length = 0) {
+    check(isPlan(plan) && typeof kernel === 'function' && seq instanceof Int32Array && Number.isSafeInteger(length) &&
+      length >= 0 && length <= seq.length, 'E_VALUE', 'HashSession', 'a HashSession is made by NgramHasher.session()');
     this.#plan = plan;
     this.#kernel = kernel;
     this.#seq = seq;

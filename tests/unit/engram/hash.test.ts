@@ -4,6 +4,7 @@ import { loadAddon } from '../../../src/addon.js';
 import { FlashMLAError } from '../../../src/errors.js';
 import { configFromHf, paperDemoConfig, type EngramConfig } from '../../../src/engram/config.js';
 import { NgramHasher, type HashTier } from '../../../src/engram/hash.js';
+import { HashSession } from '../../../src/engram/hash-session.js';
 import { nativeHashTier } from '../../../src/engram/hash-native.js';
 import { layout, type EngramLayerLayout } from '../../../src/engram/layout.js';
 import type { TokenMap } from '../../../src/engram/types.js';
@@ -226,6 +227,7 @@ describe('NgramHasher', () => {
       [() => hasher.session().rollback(-1), 'E_RANGE', 'n'],
       [() => hasher.session().append([5.5]), 'E_VALUE', 'ids[0]'],
       [() => new NgramHasher(v41, { tier: 'gpu' as never }), 'E_VALUE', 'options.tier'],
+      [() => new HashSession({} as never, (() => undefined) as never), 'E_VALUE', 'HashSession'],
       [() => new NgramHasher(paperDemoConfig()), 'E_VALUE', 'config.compressedVocabSize'],
       [() => new NgramHasher(paperDemoConfig({ compressedVocabSize: 2 ** 29 + 1 })), 'E_UNSUPPORTED', 'config.compressedVocabSize'],
       [() => new NgramHasher(paperDemoConfig({ compressedVocabSize: 2 })), 'E_RANGE', 'config.padTokenId'],
