@@ -5,8 +5,9 @@
 
 namespace fmla::engram {
 
-// engramHash(seq, history, pad, vocab, multipliers, primes, offsets, layers, order, heads, out):
+// The EngramHasher class: new EngramHasher(pad, vocab, multipliers, primes, offsets, layers, order,
+// heads) copies and checks the layout once; hash(seq, history, out) writes
 // out[t − history][layer][(n − 2)·heads + head] for every t in [history, seq.length).
-Napi::Value EngramHash(const Napi::CallbackInfo& info);
+Napi::Function EngramHasherClass(Napi::Env env);
 
 }  // namespace fmla::engram
