@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -161,29 +162,40 @@ void Run(const uint8_t* base, const Geometry& g, const Gather& r) {
 }
 
 // A gather on the libuv pool. It owns the mapping (close() or collection leaves it mapped until
-// the gather ends), its ids, and a reference to the output array so the collector keeps it.
+// the gather ends), its ids and its output: memory of the addon's, handed to JavaScript as an
+// ArrayBuffer only when the gather is done. Writing into a caller's array from another thread
+// would not be safe: JavaScript may transfer or detach it meanwhile, and nothing in Node-API keeps
+// a detached buffer's memory alive.
 class GatherWork : public Napi::AsyncWorker {
  public:
-  GatherWork(Napi::Env env, std::shared_ptr<const Mapping> file, const Geometry& g, Gather r, const Napi::Object& out)
+  GatherWork(Napi::Env env, std::shared_ptr<const Mapping> file, const Geometry& g, Gather r, std::unique_ptr<uint8_t[]> out, std::size_t bytes)
       : Napi::AsyncWorker(env, "EngramMapping.gather"),
         deferred_(Napi::Promise::Deferred::New(env)),
         file_(std::move(file)),
         geometry_(g),
         gather_(std::move(r)),
-        out_(Napi::Persistent(out)) {}
+        out_(std::move(out)),
+        bytes_(bytes) {
+    gather_.out = out_.get();
+  }
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
  protected:
   void Execute() override { Run(file_->data(), geometry_, gather_); }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    uint8_t* data = out_.release();
+    deferred_.Resolve(Napi::ArrayBuffer::New(env, data, bytes_, [](Napi::Env, void* p) { delete[] static_cast<uint8_t*>(p); }));
+  }
 
  private:
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<const Mapping> file_;
   Geometry geometry_;
   Gather gather_;
-  Napi::ObjectReference out_;
+  std::unique_ptr<uint8_t[]> out_;
+  std::size_t bytes_;
 };
 
 class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
@@ -235,48 +247,63 @@ class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
   // type the output array picks.
   enum class Want { Raw, Baseline, Values };
 
-  // Checks one call's arguments and copies its ids; throws the FlashMLAError it would raise.
-  Gather Prepare(const Napi::CallbackInfo& info, Want want, const char* method) {
+  // Checks rowIds (an Int32Array of ids in [0, rows)) and copies them, so JavaScript may change
+  // its array, even from another thread through shared memory, without moving a read outside the file.
+  std::vector<int32_t> Ids(const Napi::CallbackInfo& info, const char* method) const {
     Napi::Env env = info.Env();
     if (!open()) throw makeError(env, "E_DISPOSED", std::string("EngramMapping.") + method + ": the mapping was closed");
     if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
       throw ArgError(env, "E_DTYPE", "rowIds", "must be an Int32Array");
     }
-    const Napi::Int32Array ids = info[0].As<Napi::Int32Array>();
+    const Napi::Int32Array array = info[0].As<Napi::Int32Array>();
+    std::vector<int32_t> ids(array.ElementLength());
+    if (!ids.empty()) std::memcpy(ids.data(), array.Data(), ids.size() * sizeof(int32_t));
+    // One pass without a branch per id, then the first bad one for the message.
+    uint32_t bad = 0;
+    for (const int32_t id : ids) bad |= static_cast<uint32_t>(static_cast<uint64_t>(static_cast<uint32_t>(id)) >= geometry_.rows);
+    if (bad != 0) {
+      for (std::size_t i = 0; i < ids.size(); i++) {
+        if (static_cast<uint64_t>(static_cast<uint32_t>(ids[i])) >= geometry_.rows) {
+          const std::string range = geometry_.rows == 0 ? "the table has no rows" : "rows are 0…" + std::to_string(geometry_.rows - 1);
+          throw ArgError(env, "E_RANGE", "rowIds[" + std::to_string(i) + "]", "row id " + std::to_string(ids[i]) + " is out of range (" + range + ")");
+        }
+      }
+    }
+    return ids;
+  }
+
+  // Output bytes per row of a gather kind.
+  uint64_t PerRow(Kind kind) const {
+    switch (kind) {
+      case Kind::Baseline:
+      case Kind::Raw: return geometry_.recordBytes();
+      case Kind::F32: return static_cast<uint64_t>(geometry_.headDim) * 4;
+      case Kind::Bf16: return static_cast<uint64_t>(geometry_.headDim) * 2;
+    }
+    return 0;
+  }
+
+  // A synchronous gather's arguments: ids, and `out`, the caller's array it writes (JavaScript runs
+  // nothing until the gather returns, so the array stays as it is).
+  Gather Prepare(const Napi::CallbackInfo& info, Want want, const char* method) const {
+    Napi::Env env = info.Env();
+    Gather r{Kind::Raw, Ids(info, method), nullptr};
     if (!info[1].IsTypedArray()) throw ArgError(env, "E_DTYPE", "out", want == Want::Values ? "must be a Float32Array or a Uint16Array" : "must be a Uint8Array");
-    const napi_typedarray_type outType = info[1].As<Napi::TypedArray>().TypedArrayType();
-    Gather r{Kind::Raw, {}, nullptr};
-    uint64_t perRow = 0;
+    const Napi::TypedArray out = info[1].As<Napi::TypedArray>();
+    const napi_typedarray_type outType = out.TypedArrayType();
     if (want != Want::Values) {
       if (outType != napi_uint8_array) throw ArgError(env, "E_DTYPE", "out", "must be a Uint8Array");
       r.kind = want == Want::Baseline ? Kind::Baseline : Kind::Raw;
-      perRow = geometry_.recordBytes();
     } else {
       if (outType != napi_float32_array && outType != napi_uint16_array) {
         throw ArgError(env, "E_DTYPE", "out", "must be a Float32Array (float32 values) or a Uint16Array (bf16 bits)");
       }
       r.kind = outType == napi_float32_array ? Kind::F32 : Kind::Bf16;
-      perRow = static_cast<uint64_t>(geometry_.headDim) * (outType == napi_float32_array ? 4 : 2);
     }
-    const Napi::TypedArray out = info[1].As<Napi::TypedArray>();
-    const std::size_t n = ids.ElementLength();
-    const uint64_t need = static_cast<uint64_t>(n) * perRow;
+    const uint64_t need = static_cast<uint64_t>(r.ids.size()) * PerRow(r.kind);
     if (out.ByteLength() < need) {
-      throw ArgError(env, "E_BUFFER", "out", "holds " + std::to_string(out.ByteLength()) + " bytes but " + std::to_string(n) + " rows need " +
+      throw ArgError(env, "E_BUFFER", "out", "holds " + std::to_string(out.ByteLength()) + " bytes but " + std::to_string(r.ids.size()) + " rows need " +
                                                  std::to_string(need));
-    }
-    r.ids.resize(n);
-    if (n > 0) std::memcpy(r.ids.data(), ids.Data(), n * sizeof(int32_t));
-    // One pass without a branch per id, then the first bad one for the message.
-    uint32_t bad = 0;
-    for (std::size_t i = 0; i < n; i++) bad |= static_cast<uint32_t>(static_cast<uint64_t>(static_cast<uint32_t>(r.ids[i])) >= geometry_.rows);
-    if (bad != 0) {
-      for (std::size_t i = 0; i < n; i++) {
-        if (static_cast<uint64_t>(static_cast<uint32_t>(r.ids[i])) >= geometry_.rows) {
-          const std::string range = geometry_.rows == 0 ? "the table has no rows" : "rows are 0…" + std::to_string(geometry_.rows - 1);
-          throw ArgError(env, "E_RANGE", "rowIds[" + std::to_string(i) + "]", "row id " + std::to_string(r.ids[i]) + " is out of range (" + range + ")");
-        }
-      }
     }
     r.out = static_cast<uint8_t*>(out.ArrayBuffer().Data()) + out.ByteOffset();
     return r;
@@ -288,24 +315,32 @@ class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
     return info.Env().Undefined();
   }
 
+  // gatherRawAsync(rowIds) / gatherAsync(rowIds, 'fp32' | 'bf16') → Promise<ArrayBuffer> of the rows.
   // Every argument error rejects the Promise rather than throwing.
   Napi::Value Async(const Napi::CallbackInfo& info, Want want, const char* method) {
     Napi::Env env = info.Env();
+    Napi::Promise::Deferred now = Napi::Promise::Deferred::New(env);
     try {
-      Gather r = Prepare(info, want, method);
-      if (r.ids.empty()) {
-        Napi::Promise::Deferred done = Napi::Promise::Deferred::New(env);
-        done.Resolve(env.Undefined());
-        return done.Promise();
+      Gather r{Kind::Raw, Ids(info, method), nullptr};
+      if (want == Want::Values) {
+        const std::string dtype = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+        if (dtype != "fp32" && dtype != "bf16") throw ArgError(env, "E_VALUE", "dtype", "must be 'fp32' or 'bf16'");
+        r.kind = dtype == "fp32" ? Kind::F32 : Kind::Bf16;
       }
-      GatherWork* work = new GatherWork(env, file_, geometry_, std::move(r), info[1].As<Napi::Object>());
+      const std::size_t bytes = static_cast<std::size_t>(r.ids.size() * PerRow(r.kind));
+      if (r.ids.empty()) {
+        now.Resolve(Napi::ArrayBuffer::New(env, 0));
+        return now.Promise();
+      }
+      std::unique_ptr<uint8_t[]> out(new (std::nothrow) uint8_t[bytes]);
+      if (!out) throw makeError(env, "E_OUT_OF_MEMORY", std::string("EngramMapping.") + method + ": cannot allocate " + std::to_string(bytes) + " bytes for the rows");
+      GatherWork* work = new GatherWork(env, file_, geometry_, std::move(r), std::move(out), bytes);
       const Napi::Promise promise = work->Promise();
       work->Queue();  // the worker deletes itself after OnOK
       return promise;
     } catch (const Napi::Error& e) {
-      Napi::Promise::Deferred failed = Napi::Promise::Deferred::New(env);
-      failed.Reject(e.Value());
-      return failed.Promise();
+      now.Reject(e.Value());
+      return now.Promise();
     }
   }
 

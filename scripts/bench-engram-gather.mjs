@@ -110,7 +110,7 @@ const methods = {
   'gatherRawAsync ×2': async () => {
     for (const b of batches) {
       const h = b.length >> 1;
-      await Promise.all([m.gatherRawAsync(b.subarray(0, h), raw), m.gatherRawAsync(b.subarray(h), raw2)]);
+      await Promise.all([m.gatherRawAsync(b.subarray(0, h)), m.gatherRawAsync(b.subarray(h))]);
     }
   },
 };

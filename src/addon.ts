@@ -151,9 +151,9 @@ export interface NativeEngramMapping {
   /** Dequantised rows (exact) into out: float32 values (Float32Array) or bf16 bits rounded to nearest even (Uint16Array). */
   gather(rowIds: Int32Array, out: Float32Array | Uint16Array): void;
   /** gatherRaw on the libuv pool; rowIds are copied at the call, out is kept alive (do not transfer its buffer until the Promise settles). */
-  gatherRawAsync(rowIds: Int32Array, out: Uint8Array): Promise<void>;
+  gatherRawAsync(rowIds: Int32Array): Promise<ArrayBuffer>;
   /** gather on the libuv pool; rowIds are copied at the call, out is kept alive (do not transfer its buffer until the Promise settles). */
-  gatherAsync(rowIds: Int32Array, out: Float32Array | Uint16Array): Promise<void>;
+  gatherAsync(rowIds: Int32Array, dtype: 'fp32' | 'bf16'): Promise<ArrayBuffer>;
   /** The same bytes as gatherRaw by one plain memcpy per row region: the bench's baseline (scripts/bench-engram-gather.mjs). */
   gatherBaseline(rowIds: Int32Array, out: Uint8Array): void;
   /** Releases the mapping (idempotent); async gathers still running keep it mapped until they end. */

@@ -165,10 +165,13 @@ export interface RowReader {
   gatherRaw(ids: Int32Array, out: Uint8Array): void;
   /** Dequantised rows `ids` into `out`. */
   gather(ids: Int32Array, out: Float32Array | Uint16Array): void;
-  /** {@link RowReader.gatherRaw} off the main thread. */
-  gatherRawAsync(ids: Int32Array, out: Uint8Array): Promise<void>;
-  /** {@link RowReader.gather} off the main thread. */
-  gatherAsync(ids: Int32Array, out: Float32Array | Uint16Array): Promise<void>;
+  /**
+   * {@link RowReader.gatherRaw} off the main thread, into memory of its own: a caller's array could
+   * be transferred or detached while another thread writes it.
+   */
+  gatherRawAsync(ids: Int32Array): Promise<Uint8Array>;
+  /** {@link RowReader.gather} off the main thread, into memory of its own (float32 values or bf16 bits). */
+  gatherAsync(ids: Int32Array, dtype: 'fp32' | 'bf16'): Promise<Float32Array | Uint16Array>;
   /** Releases the file (idempotent; waits for in-flight async gathers). */
   close(): void;
 }

@@ -124,11 +124,13 @@ export class PreadRowReader implements RowReader {
   }
 
   /** {@link PreadRowReader.gatherRaw} with the reads on the libuv pool. */
-  async gatherRawAsync(ids: Int32Array, out: Uint8Array): Promise<void> {
+  async gatherRawAsync(ids: Int32Array): Promise<Uint8Array> {
     const fd = this.#open();
+    const out = new Uint8Array(ids.length * this.#rowBytes);
     this.#inFlight++;
     try {
       await Promise.all(this.#ops(ids).map((op) => readAsync(fd, out, op, this.#path)));
+      return out;
     } finally {
       // close() during the reads deferred closing the descriptor to the last of them.
       if (--this.#inFlight === 0 && this.#closing) this.#release();
@@ -136,10 +138,11 @@ export class PreadRowReader implements RowReader {
   }
 
   /** {@link PreadRowReader.gather} with the reads on the libuv pool. */
-  async gatherAsync(ids: Int32Array, out: Float32Array | Uint16Array): Promise<void> {
-    const raw = new Uint8Array(ids.length * this.#rowBytes);
-    await this.gatherRawAsync(ids, raw);
+  async gatherAsync(ids: Int32Array, dtype: 'fp32' | 'bf16'): Promise<Float32Array | Uint16Array> {
+    const raw = await this.gatherRawAsync(ids);
+    const out = dtype === 'fp32' ? new Float32Array(ids.length * this.#p.headDim) : new Uint16Array(ids.length * this.#p.headDim);
     dequantRows(raw, ids.length, this.#p.headDim, this.#p.format, out);
+    return out;
   }
 
   /** Closes the file (idempotent); with async reads in flight, once they finish. */

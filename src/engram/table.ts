@@ -3,9 +3,9 @@
  * (safetensors) or from the package's own format, read row by row (docs/engram-tables.md).
  */
 import { closeSync, openSync } from 'node:fs';
-import { loadAddon, type NativeAddon } from '../addon.js';
+import { loadAddon, type NativeAddon, type NativeEngramMapping } from '../addon.js';
 import { FlashMLAError } from '../errors.js';
-import { isContiguous, viewOf, zeros, type HostTensor } from '../tensor.js';
+import { isContiguous, tensor, viewOf, zeros, type HostTensor } from '../tensor.js';
 import type { EngramConfig } from './config.js';
 import type { EngramLayerLayout } from './layout.js';
 import { readSafetensorsHeader } from './safetensors.js';
@@ -128,7 +128,7 @@ export class EngramTable {
     let used: 'mmap' | 'pread';
     const native = io === 'pread' ? undefined : nativeMapping();
     if (native !== undefined && 'ctor' in native) {
-      reader = new native.ctor(path, opened.placement);
+      reader = mappedReader(new native.ctor(path, opened.placement));
       used = 'mmap';
     } else if (io === 'mmap') {
       throw new FlashMLAError('E_BACKEND', `io 'mmap' needs the addon's EngramMapping: ${native!.reason}`, 'options.io');
@@ -169,12 +169,18 @@ export class EngramTable {
     return ids;
   }
 
+  /** A lookup's dtype: options.dtype, else options.out's, else bf16. */
+  #dtype(options: EngramLookupOptions): 'bf16' | 'fp32' {
+    if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
+    const dtype = options.dtype ?? options.out?.dtype ?? 'bf16';
+    if (dtype !== 'bf16' && dtype !== 'fp32') throw new FlashMLAError('E_VALUE', `must be 'bf16' or 'fp32', got ${String(dtype)}`, 'options.dtype');
+    return dtype;
+  }
+
   /** The output tensor of a lookup of `n` rows and the typed array the reader fills. */
   #output(n: number, options: EngramLookupOptions): { tensor: HostTensor<'bf16' | 'fp32'>; data: Float32Array | Uint16Array } {
-    if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
+    const dtype = this.#dtype(options);
     const { out } = options;
-    const dtype = options.dtype ?? out?.dtype ?? 'bf16';
-    if (dtype !== 'bf16' && dtype !== 'fp32') throw new FlashMLAError('E_VALUE', `must be 'bf16' or 'fp32', got ${String(dtype)}`, 'options.dtype');
     if (out === undefined) {
       const tensor = zeros(dtype, [n, this.headDim]);
       return { tensor, data: tensor.data };
@@ -227,21 +233,33 @@ export class EngramTable {
     return out;
   }
 
-  /** {@link EngramTable.lookup} with the reads (and, with the addon, the dequantisation) off the main thread. Do not touch the output until it resolves. */
+  /**
+   * {@link EngramTable.lookup} with the reads (and, with the addon, the dequantisation) off the main
+   * thread. The rows are gathered into memory of the table's own and land in options.out (when
+   * given) once they are all there, so the caller's arrays are never written from another thread.
+   */
   async lookupAsync(rowIds: Int32Array | readonly number[], options: EngramLookupOptions = {}): Promise<HostTensor<'bf16' | 'fp32'>> {
     const reader = this.#live();
     const ids = this.#ids(rowIds);
-    const { tensor, data } = this.#output(ids.length, options);
-    if (ids.length > 0) await reader.gatherAsync(ids, data);
-    return tensor;
+    const dtype = this.#dtype(options);
+    if (options.out !== undefined) this.#output(ids.length, options);
+    const rows = await reader.gatherAsync(ids, dtype);
+    if (options.out === undefined) return tensor(dtype, [ids.length, this.headDim], rows as never);
+    // Checked again: the caller may have changed options.out while the rows were read.
+    const { tensor: out, data } = this.#output(ids.length, options);
+    data.set(rows);
+    return out;
   }
 
-  /** {@link EngramTable.lookupRaw} with the reads off the main thread. Do not touch the output until it resolves. */
+  /** {@link EngramTable.lookupRaw} with the reads off the main thread (into the table's own memory, copied to options.out when given). */
   async lookupRawAsync(rowIds: Int32Array | readonly number[], options: EngramLookupRawOptions = {}): Promise<Uint8Array> {
     const reader = this.#live();
     const ids = this.#ids(rowIds);
+    if (options.out !== undefined) this.#rawOutput(ids.length, options);
+    const rows = await reader.gatherRawAsync(ids);
+    if (options.out === undefined) return rows;
     const out = this.#rawOutput(ids.length, options);
-    if (ids.length > 0) await reader.gatherRawAsync(ids, out);
+    out.set(rows);
     return out;
   }
 
@@ -250,6 +268,21 @@ export class EngramTable {
     this.#reader?.close();
     this.#reader = undefined;
   }
+}
+
+/** The addon's mapping as a RowReader (its async gathers resolve to ArrayBuffers of the addon's memory). */
+function mappedReader(m: NativeEngramMapping): RowReader {
+  return {
+    fileBytes: m.fileBytes,
+    gatherRaw: (ids, out) => m.gatherRaw(ids, out),
+    gather: (ids, out) => m.gather(ids, out),
+    gatherRawAsync: async (ids) => new Uint8Array(await m.gatherRawAsync(ids)),
+    gatherAsync: async (ids, dtype) => {
+      const rows = await m.gatherAsync(ids, dtype);
+      return dtype === 'fp32' ? new Float32Array(rows) : new Uint16Array(rows);
+    },
+    close: () => m.close(),
+  };
 }
 
 /** Whether the file at `path` starts with the own format's magic (a file shorter than 8 bytes does not). */
