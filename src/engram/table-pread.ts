@@ -41,14 +41,16 @@ export function dequantRows(raw: Uint8Array, n: number, headDim: number, format:
     new Uint8Array(f32.buffer, f32.byteOffset, 4 * count).set(raw.subarray(0, 4 * count));
   } else {
     const rowBytes = rowBytesOf('fp8', headDim);
+    const e4m3 = E4M3_TO_F32;
+    const e8m0 = E8M0_TO_F32;
     for (let r = 0; r < n; r++) {
       const w = r * rowBytes;
       const s = w + headDim;
       const o = r * headDim;
       for (let b = 0; b < headDim / FP8_BLOCK; b++) {
-        const scale = E8M0_TO_F32[raw[s + b]!]!;
+        const scale = e8m0[raw[s + b]!]!;
         const base = b * FP8_BLOCK;
-        for (let j = base; j < base + FP8_BLOCK; j++) f32[o + j] = E4M3_TO_F32[raw[w + j]!]! * scale;
+        for (let j = base; j < base + FP8_BLOCK; j++) f32[o + j] = e4m3[raw[w + j]!]! * scale;
       }
     }
   }

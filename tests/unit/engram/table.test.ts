@@ -178,3 +178,14 @@ describe('EngramTable.open', () => {
     }
   });
 });
+
+describe('lookup output allocation', () => {
+  it('an output too large for one typed array is E_RANGE naming rowIds, not a RangeError', () => {
+    const t = EngramTable.open(shard, { io: 'pread' });
+    // 2^22 ids × 256 × 4 bytes (fp32 rows) = 4 GiB + a row: over Node's typed-array limit.
+    const ids = new Int32Array(2 ** 22 + 1);
+    expectError(() => t.lookupRaw(ids), 'E_RANGE', 'rowIds');
+    expectError(() => t.lookup(ids, { dtype: 'fp32' }), 'E_RANGE', 'rowIds');
+    t.close();
+  });
+});
