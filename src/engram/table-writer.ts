@@ -7,11 +7,11 @@
 import { closeSync, openSync } from 'node:fs';
 import { open as openAsync, rename, rm } from 'node:fs/promises';
 import { FlashMLAError } from '../errors.js';
-import type { EngramConfig } from './config.js';
+import { checkConfig, type EngramConfig } from './config.js';
 import { crc32c, crcHex } from './crc32c.js';
 import type { EngramLayerLayout } from './layout.js';
 import { readSafetensorsHeader } from './safetensors.js';
-import { checkLayout, encodeTableHeader, planSections, readTableHeader, type EngramTableFile, type TableSection } from './table-format.js';
+import { checkLayout, configDescribes, encodeTableHeader, planSections, readTableHeader, type EngramTableFile, type TableSection } from './table-format.js';
 import { readFully } from './table-io.js';
 import { checkRowGeometry, findCheckpointTable, layoutForTable, rowBytesOf, type EngramRowFormat } from './table-placement.js';
 import type { TokenMap } from './types.js';
@@ -55,12 +55,13 @@ function checkTokenMap(tokenMap: TokenMap): void {
   if (i >= 0) throw new FlashMLAError('E_RANGE', `map[${i}] = ${tokenMap.map[i]} is outside [0, ${tokenMap.size})`, 'options.tokenMap');
 }
 
-function checkConfig(config: EngramConfig, layout: EngramLayerLayout, headDim: number): void {
-  if (config === null || typeof config !== 'object' || !Array.isArray(config.layerIds) || !config.layerIds.includes(layout.layerId) ||
-    config.headDim !== headDim || config.maxNgramSize !== layout.multipliers.length) {
-    throw new FlashMLAError('E_VALUE',
-      `must describe this table: layerIds including ${layout.layerId}, headDim ${headDim}, maxNgramSize ${layout.multipliers.length}`, 'options.config');
+function checkTableConfig(config: EngramConfig, layout: EngramLayerLayout, headDim: number, format: EngramRowFormat): EngramConfig {
+  const checked = checkConfig(config, 'options.config');
+  if (!configDescribes(checked, layout, headDim, format)) {
+    throw new FlashMLAError('E_VALUE', `must describe this table: layerIds including ${layout.layerId}, headDim ${headDim}, ` +
+      `maxNgramSize ${layout.multipliers.length}, tableDtype ${format === 'fp32' ? 'fp32' : 'fp8-e4m3-e8m0'}`, 'options.config');
   }
+  return checked;
 }
 
 /** Yields the chunks of any row source. */
@@ -82,12 +83,12 @@ async function* chunksOf(source: EngramRowSource, rows: number, chunkRows: numbe
 export async function writeEngramTable(path: string, options: WriteEngramTableOptions): Promise<EngramTableFile> {
   if (typeof path !== 'string' || path.length === 0) throw new FlashMLAError('E_VALUE', 'must be a non-empty file path', 'path');
   if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
-  const { layout, headDim, format, rows: source, tokenMap, config, onProgress } = options;
+  const { layout, headDim, format, rows: source, tokenMap, onProgress } = options;
   checkLayout(layout, 'options.layout');
   if (format !== 'fp8' && format !== 'fp32') throw new FlashMLAError('E_VALUE', `must be 'fp8' or 'fp32', got ${String(format)}`, 'options.format');
   checkRowGeometry(layout.numEmbeddings, headDim, format, 'options.headDim');
   if (tokenMap !== undefined) checkTokenMap(tokenMap);
-  if (config !== undefined) checkConfig(config, layout, headDim);
+  const config = options.config === undefined ? undefined : checkTableConfig(options.config, layout, headDim, format);
   const chunkRows = options.chunkRows ?? 65536;
   if (!Number.isSafeInteger(chunkRows) || chunkRows < 1) throw new FlashMLAError('E_VALUE', `must be a positive integer, got ${String(chunkRows)}`, 'options.chunkRows');
   const isIterable = source !== null && typeof source === 'object' && (Symbol.iterator in source || Symbol.asyncIterator in source);
@@ -211,10 +212,7 @@ export async function convertTable(srcPath: string, dstPath: string, options: Co
     };
     return await writeEngramTable(dstPath, {
       layout, headDim: p.headDim, format: p.format, rows,
-      ...(options.config !== undefined ? { config: options.config } : {}),
-      ...(options.tokenMap !== undefined ? { tokenMap: options.tokenMap } : {}),
-      ...(options.chunkRows !== undefined ? { chunkRows: options.chunkRows } : {}),
-      ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}),
+      config: options.config, tokenMap: options.tokenMap, chunkRows: options.chunkRows, onProgress: options.onProgress,
     });
   } finally {
     closeSync(fd);

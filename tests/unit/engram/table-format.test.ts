@@ -151,7 +151,7 @@ describe('own format', () => {
     const st = inspectTable(shard);
     expect(st.kind).toBe('safetensors');
     expect(st.tensors.map((t) => t.name)).toEqual(['layers.1.attn.wq.weight', 'layers.1.engram.embed.weight', 'layers.1.engram.embed.scale']);
-    expect(st.tables).toEqual([{ layerId: 1, rows: 1000, headDim: 256, format: 'fp8', rowBytes: 264 }]);
+    expect(st.tables).toEqual([{ layerId: 1, rows: 1000, headDim: 256, format: 'fp8', rowBytes: 264, problem: undefined }]);
     const own = inspectTable(dst);
     expect(own.kind).toBe('engram');
     expect(own.tables).toEqual(st.tables);

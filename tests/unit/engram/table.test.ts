@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadAddon } from '../../../src/addon.js';
 import { EngramTable } from '../../../src/engram/table.js';
+import { inspectTable } from '../../../src/engram/table-inspect.js';
 import { FlashMLAError } from '../../../src/errors.js';
 import { zeros } from '../../../src/tensor.js';
 import {
@@ -149,6 +150,9 @@ describe('EngramTable.open', () => {
     const s = (dtype: string, shape: number[]) => ({ name: 'layers.3.engram.embed.scale', dtype, shape, data: new Uint8Array(shape.reduce((a, b) => a * b, 1)) });
     bad('none', [{ name: 'x', dtype: 'U8', shape: [1], data: new Uint8Array(1) }], 'options.layerId');
     bad('no-scale', [w('F8_E4M3', [4, 64])]);
+    expect(inspectTable(join(dir, 'no-scale.safetensors')).tables).toEqual([
+      { layerId: 3, rows: 4, headDim: 64, format: 'fp8', rowBytes: 66, problem: expect.stringContaining('no layers.3.engram.embed.scale') },
+    ]);
     bad('bf16-weight', [w('BF16', [4, 64]), s('F8_E8M0', [4, 2])], 'path', 'E_DTYPE');
     bad('u8-scale', [w('F8_E4M3', [4, 64]), s('U8', [4, 2])], 'path', 'E_DTYPE');
     bad('scale-shape', [w('F8_E4M3', [4, 64]), s('F8_E8M0', [4, 3])], 'path', 'E_SHAPE');
