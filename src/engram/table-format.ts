@@ -12,7 +12,7 @@ import { checkConfig, type EngramConfig } from './config.js';
 import { crc32c, crcHex } from './crc32c.js';
 import type { EngramLayerLayout } from './layout.js';
 import { readFully } from './table-io.js';
-import { checkRowGeometry, rowBytesOf, type EngramRowFormat, type TablePlacement } from './table-placement.js';
+import { checkRowGeometry, configDescribes, rowBytesOf, type EngramRowFormat, type TablePlacement } from './table-placement.js';
 import type { TokenMap } from './types.js';
 
 /** The first 8 bytes of every own-format table file: "ENGRAMTB". */
@@ -107,15 +107,6 @@ export function checkLayout(layout: EngramLayerLayout, argument: string): void {
   for (let i = 0; i < n; i++) {
     if ((multipliers[i]! & 1n) !== 1n || multipliers[i]! < 0n) bad(`multipliers[${i}] must be a positive odd int64, got ${multipliers[i]}`);
   }
-}
-
-/**
- * Whether `config` describes a table of `layout`, `headDim` and `format`: it lists the layer, and its
- * headDim, N (the number of multipliers) and table dtype agree.
- */
-export function configDescribes(config: EngramConfig, layout: EngramLayerLayout, headDim: number, format: EngramRowFormat): boolean {
-  return config.layerIds.includes(layout.layerId) && config.headDim === headDim &&
-    config.maxNgramSize === layout.multipliers.length && (config.tableDtype === 'fp32') === (format === 'fp32');
 }
 
 /** The JSON header as written (docs/engram-tables.md#header-json). */

@@ -11,9 +11,9 @@ import { checkConfig, type EngramConfig } from './config.js';
 import { crc32c, crcHex } from './crc32c.js';
 import type { EngramLayerLayout } from './layout.js';
 import { readSafetensorsHeader } from './safetensors.js';
-import { checkLayout, configDescribes, encodeTableHeader, planSections, readTableHeader, type EngramTableFile, type TableSection } from './table-format.js';
+import { checkLayout, encodeTableHeader, planSections, readTableHeader, type EngramTableFile, type TableSection } from './table-format.js';
 import { readFully } from './table-io.js';
-import { checkRowGeometry, findCheckpointTable, layoutForTable, rowBytesOf, type EngramRowFormat } from './table-placement.js';
+import { checkRowGeometry, configDescribes, findCheckpointTable, layoutForTable, rowBytesOf, type EngramRowFormat } from './table-placement.js';
 import type { TokenMap } from './types.js';
 
 /**
