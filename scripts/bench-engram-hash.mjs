@@ -10,7 +10,7 @@ import { performance } from 'node:perf_hooks';
 
 const { configFromHf } = await import('../dist/engram/config.js');
 const { NgramHasher } = await import('../dist/engram/hash.js');
-const { nativeHashKernel } = await import('../dist/engram/hash-native.js');
+const { nativeHashTier } = await import('../dist/engram/hash-native.js');
 
 const tokens = Number(process.argv[2] ?? 1_000_000);
 const runs = Number(process.argv[3] ?? 7);
@@ -51,7 +51,7 @@ function measure(fn, count) {
   return { wall: median(wall), cpu: median(cpu) };
 }
 
-const native = nativeHashKernel();
+const native = nativeHashTier();
 const tiers = typeof native === 'function' ? ['js', 'native'] : ['js'];
 if (typeof native !== 'function') console.log(`native tier unavailable: ${native}`);
 console.log(`V4.1 layout: ${tokens} tokens (2% dead) appended in chunks of ${chunk}; ${decodeTokens} single-token appends; median of ${runs} runs`);

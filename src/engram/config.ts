@@ -77,6 +77,7 @@ function positive(value: unknown, argument: string): number {
 /**
  * Checks an EngramConfig built by hand (or by {@link paperDemoConfig} with overrides) and returns a
  * frozen copy; every bad field throws a FlashMLAError naming `${argument}.<field>`.
+ * @param argument the name errors give the config. Default: 'config'.
  */
 export function checkConfig(config: EngramConfig, argument = 'config'): EngramConfig {
   check(isObject(config), 'E_VALUE', argument, `${argument} must be an EngramConfig object`);
