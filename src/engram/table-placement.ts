@@ -45,9 +45,9 @@ export function checkRowGeometry(rows: number, headDim: number, format: EngramRo
   if (!Number.isSafeInteger(rows) || rows < 1 || rows > INT32_MAX) {
     throw new FlashMLAError('E_VALUE', `rows must be an integer in [1, ${INT32_MAX}] (row ids are int32), got ${rows}`, argument);
   }
-  if (!Number.isSafeInteger(headDim) || headDim < 1 || (format === 'fp8' && headDim % FP8_BLOCK !== 0) || headDim > 1 << 20) {
+  if (!Number.isSafeInteger(headDim) || headDim < 1 || (format === 'fp8' && headDim % FP8_BLOCK !== 0) || headDim > 1 << 16) {
     throw new FlashMLAError('E_VALUE',
-      `headDim must be a positive integer${format === 'fp8' ? ' multiple of 32' : ''} (at most 2^20), got ${headDim}`, argument);
+      `headDim must be a positive integer${format === 'fp8' ? ' multiple of 32' : ''} (at most 65536), got ${headDim}`, argument);
   }
 }
 
