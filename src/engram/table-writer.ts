@@ -64,6 +64,20 @@ function checkTableConfig(config: EngramConfig, layout: EngramLayerLayout, headD
   return checked;
 }
 
+/** Largest single write: FileHandle.write takes at most 2^31 − 1 bytes per call. */
+const MAX_WRITE = 1 << 30;
+
+/**
+ * A file system failure while writing (no such directory, no space, no permission) as a FlashMLAError
+ * naming 'path'; other errors (a FlashMLAError, or one the row source threw) pass unchanged.
+ */
+function fileError(e: unknown, path: string): unknown {
+  const sys = e as NodeJS.ErrnoException;
+  return e instanceof Error && typeof sys.syscall === 'string'
+    ? new FlashMLAError('E_VALUE', `cannot write ${path}: ${e.message}`, 'path')
+    : e;
+}
+
 /** Yields the chunks of any row source. */
 async function* chunksOf(source: EngramRowSource, rows: number, chunkRows: number): AsyncGenerator<Uint8Array> {
   if (typeof source === 'function') {
@@ -102,7 +116,7 @@ export async function writeEngramTable(path: string, options: WriteEngramTableOp
   const total = rows * rowBytes;
   const plan = planSections(rows, rowBytes, tokenMap?.map.length);
   const partial = `${path}.partial`;
-  const handle = await openAsync(partial, 'w');
+  const handle = await openAsync(partial, 'w').catch((e: Error) => { throw fileError(e, partial); });
   let closed = false;
   try {
     let tokenSection: (TableSection & { entries: number; size: number }) | undefined;
@@ -121,7 +135,7 @@ export async function writeEngramTable(path: string, options: WriteEngramTableOp
         throw new FlashMLAError('E_BUFFER', `the source gave more than the ${total} bytes of ${rows} rows × ${rowBytes} bytes`, 'options.rows');
       }
       for (let at = 0; at < chunk.length;) {
-        const { bytesWritten } = await handle.write(chunk, at, chunk.length - at, plan.rowsOffset + written + at);
+        const { bytesWritten } = await handle.write(chunk, at, Math.min(chunk.length - at, MAX_WRITE), plan.rowsOffset + written + at);
         at += bytesWritten;
       }
       crc = crc32c(chunk, crc);
@@ -144,7 +158,7 @@ export async function writeEngramTable(path: string, options: WriteEngramTableOp
   } catch (e) {
     if (!closed) await handle.close();
     await rm(partial, { force: true });
-    throw e;
+    throw fileError(e, partial);
   }
   return readTableHeader(path);
 }

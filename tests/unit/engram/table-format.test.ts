@@ -97,6 +97,11 @@ describe('own format', () => {
       .rejects.toMatchObject({ code: 'E_VALUE', argument: 'options.rows' });
     expect(existsSync(path) || existsSync(`${path}.partial`)).toBe(false);
     await expect(writeEngramTable(path, { layout, headDim: 100, format: 'fp8', rows: [] })).rejects.toMatchObject({ argument: 'options.headDim' });
+    await expect(writeEngramTable(join(dir, 'no-such-dir', 'x.engram'), { layout, headDim: 256, format: 'fp8', rows: [] }))
+      .rejects.toMatchObject({ code: 'E_VALUE', argument: 'path' });
+    const sourceError = new Error('the source failed');
+    await expect(writeEngramTable(path, { layout, headDim: 256, format: 'fp8', rows: () => { throw sourceError; } })).rejects.toBe(sourceError);
+    expect(existsSync(`${path}.partial`)).toBe(false);
     await expect(writeEngramTable(path, { layout: { ...layout, numEmbeddings: 999 }, headDim: 256, format: 'fp8', rows: [] }))
       .rejects.toMatchObject({ code: 'E_VALUE', argument: 'options.layout' });
     await expect(writeEngramTable(path, { layout, headDim: 256, format: 'fp8', rows: [], tokenMap: { map: Int32Array.of(0, 5, 1), size: 2 } }))
