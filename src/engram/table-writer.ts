@@ -46,13 +46,16 @@ export interface WriteEngramTableOptions {
   readonly onProgress?: (rowsDone: number, rowsTotal: number) => void;
 }
 
-function checkTokenMap(tokenMap: TokenMap): void {
-  if (tokenMap === null || typeof tokenMap !== 'object' || !(tokenMap.map instanceof Int32Array) || tokenMap.map.length === 0 ||
-    !Number.isSafeInteger(tokenMap.size) || tokenMap.size < 1 || tokenMap.size > tokenMap.map.length) {
+/** Checks a token map and returns the snapshot that is written (its fields read once). */
+function checkTokenMap(tokenMap: TokenMap): TokenMap {
+  const { map, size } = tokenMap === null || typeof tokenMap !== 'object' ? { map: undefined, size: undefined } : tokenMap;
+  if (!(map instanceof Int32Array) || map.length === 0 || !Number.isSafeInteger(size) || size! < 1 || size! > map.length) {
     throw new FlashMLAError('E_VALUE', 'must be { map: Int32Array (non-empty), size: integer in [1, map.length] }', 'options.tokenMap');
   }
-  const i = tokenMap.map.findIndex((v) => v < 0 || v >= tokenMap.size);
-  if (i >= 0) throw new FlashMLAError('E_RANGE', `map[${i}] = ${tokenMap.map[i]} is outside [0, ${tokenMap.size})`, 'options.tokenMap');
+  const copy = map.slice();
+  const i = copy.findIndex((v) => v < 0 || v >= size!);
+  if (i >= 0) throw new FlashMLAError('E_RANGE', `map[${i}] = ${copy[i]} is outside [0, ${size})`, 'options.tokenMap');
+  return { map: copy, size: size! };
 }
 
 function checkTableConfig(config: EngramConfig, layout: EngramLayerLayout, headDim: number, format: EngramRowFormat): EngramConfig {
@@ -97,11 +100,11 @@ async function* chunksOf(source: EngramRowSource, rows: number, chunkRows: numbe
 export async function writeEngramTable(path: string, options: WriteEngramTableOptions): Promise<EngramTableFile> {
   if (typeof path !== 'string' || path.length === 0) throw new FlashMLAError('E_VALUE', 'must be a non-empty file path', 'path');
   if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
-  const { layout, headDim, format, rows: source, tokenMap, onProgress } = options;
+  const { layout, headDim, format, rows: source, onProgress } = options;
   checkLayout(layout, 'options.layout');
   if (format !== 'fp8' && format !== 'fp32') throw new FlashMLAError('E_VALUE', `must be 'fp8' or 'fp32', got ${String(format)}`, 'options.format');
   checkRowGeometry(layout.numEmbeddings, headDim, format, 'options.headDim');
-  if (tokenMap !== undefined) checkTokenMap(tokenMap);
+  const tokenMap = options.tokenMap === undefined ? undefined : checkTokenMap(options.tokenMap);
   const config = options.config === undefined ? undefined : checkTableConfig(options.config, layout, headDim, format);
   const chunkRows = options.chunkRows ?? 65536;
   if (!Number.isSafeInteger(chunkRows) || chunkRows < 1) throw new FlashMLAError('E_VALUE', `must be a positive integer, got ${String(chunkRows)}`, 'options.chunkRows');
@@ -187,19 +190,21 @@ export interface ConvertTableOptions {
  */
 export async function convertTable(srcPath: string, dstPath: string, options: ConvertTableOptions = {}): Promise<EngramTableFile> {
   if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
+  // Each option is read once: what is checked is what is used.
+  const { layerId, config, layout: given, tokenMap, chunkRows, onProgress } = options;
   const header = readSafetensorsHeader(srcPath, 'srcPath');
-  const found = findCheckpointTable(header, options.layerId, 'srcPath');
+  const found = findCheckpointTable(header, layerId, 'srcPath');
   const p = found.placement;
   let layout: EngramLayerLayout;
-  if (options.layout !== undefined) {
-    checkLayout(options.layout, 'options.layout');
-    layout = options.layout;
+  if (given !== undefined) {
+    checkLayout(given, 'options.layout');
+    layout = given;
     if (layout.layerId !== found.layerId || layout.numEmbeddings !== p.rows) {
       throw new FlashMLAError('E_VALUE',
         `is layer ${layout.layerId} with ${layout.numEmbeddings} rows; the shard's table is layer ${found.layerId} with ${p.rows}`, 'options.layout');
     }
-  } else if (options.config !== undefined) {
-    layout = layoutForTable(options.config, found.layerId, p, 'options.config');
+  } else if (config !== undefined) {
+    layout = layoutForTable(config, found.layerId, p, 'options.config');
   } else {
     throw new FlashMLAError('E_VALUE', 'convertTable needs options.config or options.layout: the own format stores the layout', 'options.config');
   }
@@ -226,7 +231,7 @@ export async function convertTable(srcPath: string, dstPath: string, options: Co
     };
     return await writeEngramTable(dstPath, {
       layout, headDim: p.headDim, format: p.format, rows,
-      config: options.config, tokenMap: options.tokenMap, chunkRows: options.chunkRows, onProgress: options.onProgress,
+      config, tokenMap, chunkRows, onProgress,
     });
   } finally {
     closeSync(fd);
