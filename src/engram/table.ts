@@ -2,6 +2,7 @@
  * EngramTable: one Engram layer's embedding table, opened in place from a checkpoint shard
  * (safetensors) or from the package's own format, read row by row (docs/engram-tables.md).
  */
+import { constants } from 'node:buffer';
 import { closeSync, openSync } from 'node:fs';
 import { loadAddon, type NativeAddon, type NativeEngramMapping } from '../addon.js';
 import { FlashMLAError } from '../errors.js';
@@ -155,6 +156,13 @@ export class EngramTable {
       throw new FlashMLAError('E_VALUE', 'must be an Int32Array or an array of row ids', 'rowIds');
     }
     const n = rowIds.length;
+    // Node keeps one typed array under buffer.constants.MAX_LENGTH bytes: the output, and the pread
+    // path's packed rows, must each fit.
+    const perRow = Math.max(this.rowBytes, 4 * this.headDim);
+    if (n * perRow > constants.MAX_LENGTH) {
+      throw new FlashMLAError('E_RANGE',
+        `${n} rows exceed what one lookup can return (at most ${Math.floor(constants.MAX_LENGTH / perRow)} rows of this table)`, 'rowIds');
+    }
     const ids = new Int32Array(n);
     for (let i = 0; i < n; i++) {
       const id = rowIds[i];
@@ -182,7 +190,7 @@ export class EngramTable {
     const dtype = this.#dtype(options);
     const { out } = options;
     if (out === undefined) {
-      const tensor = zeros(dtype, [n, this.headDim]);
+      const tensor = allocate(n, () => zeros(dtype, [n, this.headDim]));
       return { tensor, data: tensor.data };
     }
     const view = viewOf(out, 'options.out', 2);
@@ -191,14 +199,19 @@ export class EngramTable {
       throw new FlashMLAError('E_SHAPE', `options.out must be [${n}, ${this.headDim}], got [${view.shape.join(', ')}]`, 'options.out');
     }
     if (!isContiguous(view)) throw new FlashMLAError('E_STRIDE', 'options.out must be contiguous', 'options.out');
-    const data = (out.data as Float32Array | Uint16Array).subarray(view.offset, view.offset + n * this.headDim);
-    return { tensor: out, data };
+    // `data` is read again here: check what was read, so a getter cannot swap in a shorter array.
+    const whole = out.data as unknown;
+    const Expected = dtype === 'fp32' ? Float32Array : Uint16Array;
+    if (!(whole instanceof Expected) || whole.length < view.offset + n * this.headDim) {
+      throw new FlashMLAError('E_BUFFER', `options.out.data must be a ${Expected.name} of at least ${view.offset + n * this.headDim} elements`, 'options.out');
+    }
+    return { tensor: out, data: whole.subarray(view.offset, view.offset + n * this.headDim) };
   }
 
   #rawOutput(n: number, options: EngramLookupRawOptions): Uint8Array {
     if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
     const bytes = n * this.rowBytes;
-    if (options.out === undefined) return new Uint8Array(bytes);
+    if (options.out === undefined) return allocate(n, () => new Uint8Array(bytes));
     if (!(options.out instanceof Uint8Array)) throw new FlashMLAError('E_DTYPE', 'must be a Uint8Array', 'options.out');
     if (options.out.length < bytes) {
       throw new FlashMLAError('E_BUFFER', `options.out holds ${options.out.length} bytes; ${n} rows × ${this.rowBytes} need ${bytes}`, 'options.out');
@@ -285,6 +298,18 @@ function mappedReader(m: NativeEngramMapping): RowReader {
   };
 }
 
+/**
+ * Allocates a lookup's output; an allocation JavaScript refuses (over the typed-array limit of
+ * `buffer.constants.MAX_LENGTH`, or out of memory) is a FlashMLAError naming 'rowIds' (too many ids).
+ */
+function allocate<T>(n: number, make: () => T): T {
+  try {
+    return make();
+  } catch (e) {
+    throw new FlashMLAError('E_RANGE', `the output for ${n} rows cannot be allocated (${(e as Error).message}); look up fewer rows at a time`, 'rowIds');
+  }
+}
+
 /** Whether the file at `path` starts with the own format's magic (a file shorter than 8 bytes does not). */
 function isOwnFormat(path: string): boolean {
   let fd: number;
@@ -314,7 +339,7 @@ function openShard(path: string, layerId: number | undefined, config: EngramConf
   const header = readSafetensorsHeader(path);
   const found = findCheckpointTable(header, layerId, 'path');
   const p = found.placement;
-  const layout = config === undefined ? undefined : layoutForTable(config, found.layerId, p.rows, p.headDim, 'options.config');
+  const layout = config === undefined ? undefined : layoutForTable(config, found.layerId, p, 'options.config');
   return { kind: 'safetensors', layerId: found.layerId, layout, tokenMap: undefined, placement: p };
 }
 
@@ -331,7 +356,7 @@ function openOwn(path: string, layerId: number | undefined, config: EngramConfig
     closeSync(fd);
   }
   if (config !== undefined) {
-    const expected = layoutForTable(config, file.layout.layerId, file.rows, file.headDim, 'options.config', tokenMap?.size);
+    const expected = layoutForTable(config, file.layout.layerId, file, 'options.config', tokenMap?.size);
     const same = expected.primes.every((p, i) => file.layout.primes[i] === p) && expected.primes.length === file.layout.primes.length &&
       expected.multipliers.every((m, i) => file.layout.multipliers[i] === m) && expected.multipliers.length === file.layout.multipliers.length;
     if (!same) throw new FlashMLAError('E_VALUE', `${path} was written with other primes or multipliers than the config gives`, 'options.config');
