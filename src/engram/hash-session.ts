@@ -22,7 +22,7 @@ export class HashSession {
   readonly #kernel: HashKernel;
   /** Canonical ids (DEAD for dead tokens) of positions 0…length − 1; capacity grows by doubling. */
   #seq: Int32Array;
-  #length = 0;
+  #length: number;
 
   /** Made by `NgramHasher.session()` (and `fork()`); the plan and its hash loop are the hasher's. */
   constructor(plan: HashPlan, kernel: HashKernel, seq: Int32Array = new Int32Array(64), length = 0) {

@@ -163,6 +163,25 @@ describe('NgramHasher', () => {
     });
   }
 
+  it('blocks a dead token\'s own slot and every slot behind it, as a sequence start does (SGLang V4.1 rule)', () => {
+    for (const tier of tiers) {
+      const h = new NgramHasher(v41, { tier });
+      const per = h.idsPerToken;
+      const at = (out: Int32Array, t: number) => [...out.subarray(t * per, (t + 1) * per)];
+      const out = h.hash([10, 11, 12, 13, 14, 15], { mask: [false, false, true, false, false, false] });
+      // A dead token reads an all-pad window: the ids of the pad token at a sequence start.
+      expect(at(out, 2)).toEqual(at(h.hash([2]), 0));
+      // After it, look-backs stop at it: like a sequence starting right after the dead token.
+      expect(at(out, 3)).toEqual(at(h.hash([13]), 0));
+      expect(at(out, 5)).toEqual(at(h.hash([13, 14, 15]), 2));
+      // Before it, nothing changes.
+      expect(at(out, 1)).toEqual(at(h.hash([10, 11]), 1));
+      // A window reaching past N − 1 tokens no longer sees it.
+      const later = h.hash([10, 11, 12, 13, 14, 15, 16], { mask: [false, false, true, false, false, false, false] });
+      expect(at(later, 6)).toEqual(at(h.hash([12, 13, 14, 15, 16]), 4));
+    }
+  });
+
   it('maps raw ids through a token map (pad = map[padTokenId]) unless compressed', () => {
     const rand = random(5);
     const map = Int32Array.from({ length: 130000 }, () => Math.floor(rand() * 99092));
