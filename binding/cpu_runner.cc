@@ -15,6 +15,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -350,10 +351,14 @@ class Helpers {
     return *h;
   }
 
-  /** Starts helpers until there are at least n; returns how many there are. */
+  /** Starts helpers until there are at least n (fewer if the system refuses threads); returns how many there are. */
   int Grow(int n) {
     std::lock_guard<std::mutex> lk(mu_);
-    for (; started_ < n; started_++) std::thread([this] { Loop(); }).detach();
+    try {
+      for (; started_ < n; started_++) std::thread([this] { Loop(); }).detach();
+    } catch (const std::system_error&) {
+      // Calls run with the helpers there are (or on the calling thread alone): same items, same bits.
+    }
     return started_;
   }
 

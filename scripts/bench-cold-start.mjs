@@ -52,6 +52,7 @@ if (argv.includes('--child')) {
   const { ANCHOR_SHAPES } = await import(new URL('bench/anchors.js', dist).href);
   const self = fileURLToPath(import.meta.url);
   const extra = argv.includes('--no-warmup') ? ['--no-warmup'] : [];
+  console.log(`load average: ${(await import('node:os')).loadavg().map((x) => x.toFixed(1)).join(' ')}`);
   console.log(`fresh processes per shape: ${runs}; reference backend, ${threads} thread(s), ${calls} calls after the first; ` +
     `${extra.length ? 'no warmup() call' : 'warmup() called before the first call (its time printed apart)'}; medians over the processes`);
   const rows = [['shape', 'warmup() ms', 'first call ms', 'steady ms', 'first / steady']];
