@@ -7,17 +7,21 @@
 // first / steady.
 //
 //   npm run build
-//   node scripts/bench-cold-start.mjs [--threads 2] [--runs 3] [--calls 24] [--no-warmup]
+//   node scripts/bench-cold-start.mjs [--threads 2] [--runs 3] [--calls 24] [--no-warmup] [--dist DIR]
+//
+// --dist: the compiled package to measure (default: this checkout's dist/), e.g. an older commit's
+// build for a before/after (one without warmup() needs --no-warmup).
 import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
-const dist = new URL('../dist/', import.meta.url);
 const argv = process.argv.slice(2);
 const opt = (name, fallback) => {
   const i = argv.indexOf(`--${name}`);
   return i >= 0 ? argv[i + 1] : fallback;
 };
+const dist = pathToFileURL(`${resolve(opt('dist', fileURLToPath(new URL('../dist', import.meta.url))))}/`);
 const threads = Number(opt('threads', '2'));
 const calls = Number(opt('calls', '24'));
 
@@ -51,10 +55,10 @@ if (argv.includes('--child')) {
   const runs = Number(opt('runs', '3'));
   const { ANCHOR_SHAPES } = await import(new URL('bench/anchors.js', dist).href);
   const self = fileURLToPath(import.meta.url);
-  const extra = argv.includes('--no-warmup') ? ['--no-warmup'] : [];
+  const extra = ['--dist', fileURLToPath(dist), ...(argv.includes('--no-warmup') ? ['--no-warmup'] : [])];
   console.log(`load average: ${(await import('node:os')).loadavg().map((x) => x.toFixed(1)).join(' ')}`);
-  console.log(`fresh processes per shape: ${runs}; reference backend, ${threads} thread(s), ${calls} calls after the first; ` +
-    `${extra.length ? 'no warmup() call' : 'warmup() called before the first call (its time printed apart)'}; medians over the processes`);
+  console.log(`${fileURLToPath(dist)}: fresh processes per shape: ${runs}; reference backend, ${threads} thread(s), ${calls} calls after the first; ` +
+    `${argv.includes('--no-warmup') ? 'no warmup() call' : 'warmup() called before the first call (its time printed apart)'}; medians over the processes`);
   const rows = [['shape', 'warmup() ms', 'first call ms', 'steady ms', 'first / steady']];
   for (let s = 0; s < ANCHOR_SHAPES.length; s++) {
     const got = [];
