@@ -7,6 +7,7 @@
 
 #include <napi.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace fmla::cpu {
@@ -40,6 +41,25 @@ struct TileBuffers {
   double* rec = nullptr;   // kTile: byte offset of each gathered FP8 token record in its source
   double* scl = nullptr;   // kTile: byte offset of that token's scales (doubles: caches over 2 GB)
 };
+
+/**
+ * Where each buffer of a (rows, dim, dv) workspace lies in its block: byte offsets from a 64-byte
+ * boundary, in TileBuffers' order q, qT, k, sT, m, l, alpha, o, vis, rec, scl; `bytes` is the
+ * size from that boundary. One layout for the JavaScript-owned workspaces (cpu_tile_wrap.cc) and
+ * the runner's (cpu_runner.cc).
+ */
+struct TileLayout {
+  static constexpr int kBuffers = 11;
+  std::size_t at[kBuffers];
+  std::size_t bytes;
+  int rowsPad;
+};
+
+/** The layout of a workspace for `isa` (rows ≥ 1; dim, dv multiples of 16). */
+TileLayout LayoutOf(Isa isa, int rows, int dim, int dv);
+
+/** b ← the buffers of `layout` in the 64-byte-aligned block at `base`. */
+void BindBuffers(TileBuffers& b, const TileLayout& layout, char* base, int rows, int dim, int dv);
 
 /** FP8 token layouts (docs/flashmla-interface.md#v32-cache V32, docs/flashmla-interface.md#model1-cache MODEL1). */
 enum class Fp8Layout { V32 = 0, Model1 = 1 };

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cpu_helpers.h"
+#include "cpu_runner.h"
 #include "cpu_tile.h"
 #include "js_errors.h"
 
@@ -44,38 +45,21 @@ class TileWrap : public Napi::ObjectWrap<TileWrap> {
     if (isa_ == Isa::None) throwError(env, "E_INTERNAL", "CpuTile: this CPU lacks AVX2 and FMA");
     kernels_ = &KernelsFor(isa_);
 
-    TileBuffers& b = b_;
-    b.rows = static_cast<int>(rows);
-    b.rowsPad = (b.rows + RowLanes(isa_) - 1) / RowLanes(isa_) * RowLanes(isa_);
-    b.dim = static_cast<int>(dim);
-    b.dv = static_cast<int>(dv);
-    const std::size_t R = b.rowsPad, D = dim, T = kTile;
-    // Bytes of q, qT, k, sT, m, l, alpha, o (float), vis (int32), rec, scl (double).
-    const std::size_t sizes[] = {R * D, D * R, T * D, T * R, R, R, R, R * dv, R, 2 * T, 2 * T};
-    std::size_t at[std::size(sizes)], end = 0;
-    for (std::size_t i = 0; i < std::size(sizes); i++) {
-      at[i] = end;
-      end = AlignUp(end + 4 * sizes[i]);
-    }
+    const TileLayout layout = LayoutOf(isa_, static_cast<int>(rows), static_cast<int>(dim), static_cast<int>(dv));
     // Zero-filled by V8; the regions start at the first 64-byte boundary inside it.
-    Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, end + kAlign);
+    Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, layout.bytes + kAlign);
     char* data = static_cast<char*>(buffer.Data());
     const std::size_t skip = AlignUp(reinterpret_cast<std::uintptr_t>(data)) - reinterpret_cast<std::uintptr_t>(data);
-    char* base = data + skip;
-    float** floats[] = {&b.q, &b.qT, &b.k, &b.sT, &b.m, &b.l, &b.alpha, &b.o};
-    for (std::size_t i = 0; i < std::size(floats); i++) *floats[i] = reinterpret_cast<float*>(base + at[i]);
-    b.vis = reinterpret_cast<int32_t*>(base + at[8]);
-    b.rec = reinterpret_cast<double*>(base + at[9]);
-    b.scl = reinterpret_cast<double*>(base + at[10]);
+    BindBuffers(b_, layout, data + skip, static_cast<int>(rows), static_cast<int>(dim), static_cast<int>(dv));
     buffer_ = Napi::Persistent(buffer);
     Napi::Object self = info.This().As<Napi::Object>();
     self.Set("buffer", buffer);
     self.Set("isa", IsaName(isa_));
-    self.Set("rowsPad", b.rowsPad);
-    Napi::Object layout = Napi::Object::New(env);
+    self.Set("rowsPad", b_.rowsPad);
     const char* names[] = {"q", "qT", "k", "sT", "m", "l", "alpha", "o", "vis", "rec", "scl"};
-    for (std::size_t i = 0; i < std::size(names); i++) layout.Set(names[i], static_cast<double>(skip + at[i]));
-    self.Set("layout", layout);
+    Napi::Object offsets = Napi::Object::New(env);
+    for (std::size_t i = 0; i < std::size(names); i++) offsets.Set(names[i], static_cast<double>(skip + layout.at[i]));
+    self.Set("layout", offsets);
   }
 
  private:
@@ -163,6 +147,9 @@ Napi::Object CpuTileExports(Napi::Env env) {
   o.Set("merge", Napi::Function::New(env, MergePartial, "merge"));
   o.Set("bf16Rows", Napi::Function::New(env, Bf16Rows, "bf16Rows"));
   o.Set("gather", Napi::Function::New(env, Gather, "gather"));
+  o.Set("runDense", Napi::Function::New(env, RunDenseItems, "runDense"));
+  o.Set("runSparse", Napi::Function::New(env, RunSparseItems, "runSparse"));
+  o.Set("startHelpers", Napi::Function::New(env, StartHelpers, "startHelpers"));
   return o;
 }
 

@@ -23,6 +23,8 @@ export type {
 } from './types.js';
 export { FlashMLASchedMeta, getMlaMetadata, type SchedConfig } from './sched-meta.js';
 export { flashMlaWithKvCache } from './api.js';
+export { warmup, type WarmupOptions, type WarmupReport } from './reference/warmup.js';
+export type { Tier as ReferenceTier } from './reference/kernels.js';
 export { quantizeKCache } from './kvcache/quantize.js';
 export { dequantizeKCache } from './kvcache/dequantize.js';
 export { absIndicesToKvcacheIndices } from './kvcache/indices.js';

@@ -12,7 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { f32ToBf16 } from '../formats/bf16.js';
 import { Rng } from '../harness/random.js';
 import { quantizeKCache } from '../kvcache/quantize.js';
-import { referenceDecode, resolveTier, type Tier } from '../reference/index.js';
+import { referenceDecode, type Tier } from '../reference/index.js';
+import { warmup } from '../reference/warmup.js';
 import { getMlaMetadata } from '../sched-meta.js';
 import type { HostTensor } from '../tensor.js';
 import type { DecodeArgs } from '../types.js';
@@ -159,19 +160,23 @@ function timeTorch(python: string, s: AnchorShape, args: Omit<DecodeArgs, 'sched
 }
 
 /**
- * Times every anchor shape on the reference backend (tier from $FLASHMLA_REFERENCE_TIER or the
- * fastest available) at each thread count: ANCHOR_WARMUP untimed calls, then `reps` timed calls,
- * median. Then the torch peer on the same inputs when asked and available.
- */
-/**
- * Untimed calls before timing each thread count: workers start, and a fresh worker's code needs
- * about 10 calls to reach its steady speed (JIT tiering).
+ * Untimed calls before timing each thread count, after `warmup()`: the steady state of the
+ * WebAssembly and TypeScript tiers, whose workers' loops V8 compiles after about 10 calls (the
+ * native tier is steady from its first call or two: docs/reference-backend.md#cold-start).
  */
 export const ANCHOR_WARMUP = 12;
 
+/**
+ * Times every anchor shape on the reference backend (tier from $FLASHMLA_REFERENCE_TIER or the
+ * fastest available) at each thread count: `warmup()` once, then per shape and thread count
+ * ANCHOR_WARMUP untimed calls and `reps` timed calls, median. Then the torch peer on the same
+ * inputs when asked and available.
+ */
 export async function runAnchorBench(opts: AnchorBenchOptions): Promise<AnchorRow[]> {
   const log = opts.log ?? (() => undefined);
-  const tier = resolveTier();
+  const ready = await warmup({ threads: Math.max(...opts.threads) });
+  log(`warm-up: ${ready.ms.toFixed(1)} ms (${ready.tier} tier, ${ready.threads} threads)`);
+  const tier = ready.tier;
   const python = opts.torch ? torchPython() : null;
   if (opts.torch && !python) log('PyTorch peer skipped: no python3 imports torch (apt-get install python3-torch libopenblas0-openmp)');
   const rows: AnchorRow[] = [];

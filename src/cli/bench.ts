@@ -5,6 +5,7 @@ import { lineChartSvg, type ChartSeries } from '../bench/svg.js';
 import { median, perSecond, timeCalls } from '../bench/timing.js';
 import { FlashMLA, type DeviceTensor } from '../flashmla.js';
 import { referenceDecode } from '../reference/index.js';
+import { warmup as warmupReference } from '../reference/warmup.js';
 import { getMlaMetadata } from '../sched-meta.js';
 import { isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
 import { TENSOR_ARG_KEYS } from '../validate/args.js';
@@ -116,7 +117,7 @@ async function runShapes(values: OptionValues, backend: 'cuda' | 'reference', js
     const rows = await measureShapes(shapes, backend, threads, warmup, reps, str(values, 'library'));
     const timingNote = cuda
       ? `median of ${reps} calls after ${warmup} warm-up; time = call to resolved promise (launch, kernels, wait), inputs on the device`
-      : `median of ${reps} calls after ${warmup} warm-up; host tensors`;
+      : `median of ${reps} calls after warmup() and ${warmup} warm-up call${warmup === 1 ? '' : 's'}; host tensors`;
     // The results first: a failing chart write must not lose them.
     if (json) process.stdout.write(`${JSON.stringify({ backend, shapes: 'flashmla', note, timing: timingNote, rows }, null, 2)}\n`);
     else process.stdout.write(`${note}\n${timingNote}\n\n${shapesTable(rows)}\n`);
@@ -133,6 +134,7 @@ async function runShapes(values: OptionValues, backend: 'cuda' | 'reference', js
 /** Times every shape: once on CUDA, once per thread count on the reference. */
 async function measureShapes(shapes: BenchShape[], backend: 'cuda' | 'reference', threads: number[], warmup: number, reps: number, library: string | undefined): Promise<ShapeRow[]> {
   const inst = backend === 'cuda' ? await FlashMLA.open({ backend: 'cuda', library }) : null;
+  if (!inst) await warmupReference({ threads: Math.max(...threads) });
   const rows: ShapeRow[] = [];
   try {
     for (const shape of shapes) {

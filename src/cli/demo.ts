@@ -1,8 +1,10 @@
 import { FlashMLA } from '../flashmla.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase } from '../harness/cases.js';
-import { compare, type CaseResult } from '../harness/compare.js';
-import type { Tensor } from '../tensor.js';
-import { perSecond } from '../bench/timing.js';
+import { compare, type CaseResult, type CustomSide } from '../harness/compare.js';
+import type { HostTensor, Tensor } from '../tensor.js';
+import type { DecodeArgs } from '../types.js';
+import { median, perSecond } from '../bench/timing.js';
+import { warmup, type WarmupReport } from '../reference/warmup.js';
 import { choice, str, type Command } from './args.js';
 import { fmtErr, fmtMs, fmtRate } from './table.js';
 
@@ -29,9 +31,21 @@ function describeArgs(c: DecodeCase): string {
   return named.filter(([, t]) => t).map(([n, t]) => `${n} (${t!.shape.join(',')}) ${t!.dtype}`).join(', ');
 }
 
-function stepText(c: DecodeCase, r: CaseResult, backend: string): string {
+/** Calls of each step after its first: their median is the steady time. */
+const STEADY_CALLS = 5;
+
+/** A step's first call in this process and the median of the STEADY_CALLS after it, ms. */
+interface StepTiming {
+  firstMs: number;
+  steadyMs: number;
+}
+
+function stepText(c: DecodeCase, r: CaseResult, backend: string, t: StepTiming | undefined): string {
   const lines = [`${r.pass ? 'PASS' : 'FAIL'}  ${c.name}`, `      ${describeArgs(c)}`];
-  if (r.ms.a !== null) lines.push(`      ${backend}: ${fmtMs(r.ms.a)} ms after one warm-up call (${fmtRate(perSecond(c.flops, r.ms.a), 'FLOP/s')}); float64 oracle: ${fmtMs(r.ms.b)} ms`);
+  if (t) {
+    lines.push(`      ${backend}: first call ${fmtMs(t.firstMs)} ms (${fmtRate(perSecond(c.flops, t.firstMs), 'FLOP/s')}), ` +
+      `steady ${fmtMs(t.steadyMs)} ms (${fmtRate(perSecond(c.flops, t.steadyMs), 'FLOP/s')}, median of the next ${STEADY_CALLS}); float64 oracle: ${fmtMs(r.ms.b)} ms`);
+  }
   for (const t of [r.out, r.lse]) {
     if (t) lines.push(`      ${t.name}: max |Δ| ${fmtErr(t.maxAbsErr)}, cos_diff ${fmtErr(t.cosDiff)} ${t.pass ? 'within' : 'OUTSIDE'} FlashMLA's tolerances${t.pass ? '' : ` (${t.reason})`}`);
   }
@@ -55,15 +69,39 @@ export const demo: Command = {
     try {
       const cases = demoCases();
       const json = values.json === true;
+      // The reference readies its threads and compiled code first (what a server does at start).
+      const ready: WarmupReport | null = inst.backend === 'reference' ? await warmup() : null;
       if (!json) {
         const why = backend === 'auto' && inst.backend !== 'cuda' ? `\n  (${(await inst.info()).reason})` : '';
-        process.stdout.write(`flashmla-node demo on the ${inst.backend} backend${why}\n\n`);
+        const warm = ready ? `\nwarm-up: ${fmtMs(ready.ms)} ms (${ready.tier} tier, ${ready.threads} threads); then each step's first call in this process and its steady time` : '';
+        process.stdout.write(`flashmla-node demo on the ${inst.backend} backend${why}${warm}\n\n`);
       }
+      // Every call of a step is timed: the first, then STEADY_CALLS more (compare's warm-up calls and its timed call).
+      const calls: number[][] = cases.map(() => []);
+      let current = 0;
+      const side: CustomSide = {
+        name: inst.backend,
+        async decode(args) {
+          const t0 = performance.now();
+          // Generated cases hold host tensors: host results.
+          const r = await inst.flashMlaWithKvCache(args as DecodeArgs & { q: HostTensor });
+          calls[current]!.push(performance.now() - t0);
+          return r;
+        },
+      };
+      const timing = (i: number): StepTiming | undefined => {
+        const ms = calls[i]!;
+        return ms.length > 1 ? { firstMs: ms[0]!, steadyMs: median(ms.slice(1)) } : undefined;
+      };
       const report = await compare({
-        a: inst, b: 'oracle', cases, maxOracleWork: Infinity, warmup: 1,
-        onProgress: ({ index, result }) => { if (result && !json) process.stdout.write(`${stepText(cases[index]!, result, inst.backend)}\n\n`); },
+        a: side, b: 'oracle', cases, maxOracleWork: Infinity, warmup: STEADY_CALLS - 1,
+        onProgress: ({ index, result }) => {
+          current = index;
+          if (result && !json) process.stdout.write(`${stepText(cases[index]!, result, inst.backend, timing(index))}\n\n`);
+        },
       });
-      if (json) process.stdout.write(`${JSON.stringify({ backend: inst.backend, ...report }, null, 2)}\n`);
+      const steps = cases.map((_, i) => timing(i) ?? null);
+      if (json) process.stdout.write(`${JSON.stringify({ backend: inst.backend, warmup: ready, steps, ...report }, null, 2)}\n`);
       else process.stdout.write(report.pass ? 'All three decode steps match the float64 oracle.\n' : `${report.failed} of ${cases.length} decode steps FAILED.\n`);
       return report.pass ? 0 : 1;
     } finally {

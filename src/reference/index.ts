@@ -14,6 +14,7 @@ import { forgetQ } from './qmemo.js';
 import type { Job } from './worker.js';
 import { backLimit, claimBack, closeClaims, frontClaims, MAX_WAVE_ITEMS, openClaims } from './claim.js';
 import { arena, stagePlan, type Staged } from './share.js';
+import { nativeRunner, runItemsNative } from './runner.js';
 
 export { resolveTier, TIER_ENV, TIERS, tierAvailable, tierUnavailable, type Tier } from './kernels.js';
 
@@ -167,6 +168,27 @@ function runCallerShare(
   }
 }
 
+/** Partials of the runner's items, reused from call to call (fresh memory costs a page fault per 4 KiB). */
+let runnerResults = new Float32Array(0);
+
+/**
+ * The native tier: waves of items through the addon's runner (runner.ts), which returns when a
+ * wave is done; their partials merge in item order as the pool's do.
+ */
+function runOnRunner(
+  runner: NonNullable<ReturnType<typeof nativeRunner>>, plan: DecodePlan, items: Int32Array,
+  absorb: (j: number, p: Partial) => void, slot: number, threads: number,
+): void {
+  const n = items.length / ITEM;
+  const wave = Math.max(1, Math.min(n, Math.floor(WAVE_BYTES / (4 * slot))));
+  if (runnerResults.length < wave * slot) runnerResults = new Float32Array(wave * slot);
+  for (let w0 = 0; w0 < n; w0 += wave) {
+    const count = Math.min(n - w0, wave);
+    runItemsNative(runner, plan, items.subarray(ITEM * w0), count, runnerResults, slot, threads);
+    for (let j = 0; j < count; j++) absorb(w0 + j, slotOf(items, w0 + j, j, runnerResults, slot, plan.dV));
+  }
+}
+
 /** Runs a validated plan on the CPU with FlashMLA's semantics (docs/flashmla-interface.md#reference-semantics). */
 export async function runReference(plan: DecodePlan, opts: ReferenceOptions = {}): Promise<DecodeResult<HostTensor>> {
   try {
@@ -187,7 +209,13 @@ async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<Decode
   const absorb = merger(plan, items, res);
   const slot = itemRows(plan) * (plan.dV + 2);
 
-  if (threads === 1 || n === 1 || planFlops(plan) < PARALLEL_MIN_FLOPS) {
+  const serial = threads === 1 || n === 1 || planFlops(plan) < PARALLEL_MIN_FLOPS;
+  const runner = tier === 'native' ? nativeRunner() : null;
+  if (runner) {
+    runOnRunner(runner, plan, items, absorb, slot, serial ? 1 : threads);
+    return res;
+  }
+  if (serial) {
     const scratch = new Float32Array(slot);
     for (let j = 0; j < n; j++) {
       const p = slotOf(items, j, 0, scratch, slot, plan.dV);

@@ -31,6 +31,19 @@ export interface CpuTileApi {
   /** share.ts staging: for each of `count` (srcAt, dstAt, bytes) triples in runs, dst[dstAt …] ← src[srcAt …]. */
   readonly gather?: (src: Uint8Array, dst: Uint8Array, runs: Float64Array, count: number) => void;
   readonly merge?: (dm: Float32Array, dl: Float32Array, dO: Float32Array, sm: Float32Array, sl: Float32Array, sO: Float32Array, rows: number, dv: number) => void;
+  /**
+   * runner.ts: a dense call's `count` items into `results` (one partial per `slot` floats) on the
+   * calling thread and up to `threads − 1` of the addon's helper threads; returns when all are done.
+   */
+  readonly runDense?: (params: Float64Array, q: Uint16Array, kCache: Uint16Array, blockTable: Int32Array, seqlens: Int32Array,
+    items: Int32Array, count: number, results: Float32Array, slot: number, threads: number) => void;
+  /** The same for a sparse call: per scope (main, then extra or nulls) its cache, indices and topk lengths (or null). */
+  readonly runSparse?: (params: Float64Array, q: Uint16Array,
+    cache0: Uint8Array, indices0: Int32Array, lengths0: Int32Array | null,
+    cache1: Uint8Array | null, indices1: Int32Array | null, lengths1: Int32Array | null,
+    items: Int32Array, count: number, results: Float32Array, slot: number, threads: number) => void;
+  /** Starts the runner's helper threads up to n (they then sleep until a call); returns how many there are. */
+  readonly startHelpers?: (n: number) => number;
 }
 
 let api: CpuTileApi | string | undefined;

@@ -1,0 +1,559 @@
+// The native tier's item runner (cpu_runner.h): a call's work items run on the calling thread and
+// the addon's own helper threads, reading the caller's arrays where they are. The call is
+// synchronous for JavaScript (docs/reference-backend.md#native-runner): no JavaScript runs until it
+// returns, so no buffer can be detached, transferred or collected while a helper reads it, and the
+// helpers run no JavaScript, so none can be terminated mid-item. Each item does what
+// src/reference/dense.ts `attendDense` / sparse.ts `attendSparse` do with a NativeWorkspace, through
+// the same kernels in the same order, so the partials have the same bits.
+#include "cpu_runner.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "cpu_tile.h"
+#include "js_errors.h"
+
+namespace fmla::cpu {
+namespace {
+
+// ---- checked index arithmetic: every offset comes from JavaScript numbers -------------------
+
+// a + b·c without int64 overflow; false on overflow.
+bool MulAdd(int64_t a, int64_t b, int64_t c, int64_t& out) {
+  int64_t p;
+  return !__builtin_mul_overflow(b, c, &p) && !__builtin_add_overflow(a, p, &out);
+}
+
+// [at, at + n) inside [0, length).
+bool Inside(int64_t at, int64_t n, int64_t length) { return at >= 0 && n >= 0 && at <= length && n <= length - at; }
+
+// Whole doubles in int64 range, as JavaScript numbers arrive.
+bool WholeInt(double x, int64_t& out) {
+  if (!(x >= -9007199254740991.0 && x <= 9007199254740991.0) || x != static_cast<double>(static_cast<int64_t>(x))) return false;
+  out = static_cast<int64_t>(x);
+  return true;
+}
+
+// The float32 bits of fp16 code h, exact (src/formats/fp16.ts `fp16BitsToF32Bits`).
+uint32_t Fp16Bits(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+  if (exp == 0x1f) return sign | 0x7f800000u | (mant << 13);
+  if (exp != 0) return sign | ((exp + 112) << 23) | (mant << 13);
+  if (mant == 0) return sign;
+  uint32_t e = 113, m = mant;
+  while ((m & 0x400u) == 0) {
+    m <<= 1;
+    e--;
+  }
+  return sign | (e << 23) | ((m & 0x3ffu) << 13);
+}
+
+// ---- per-thread workspaces --------------------------------------------------------------------
+
+struct Workspace {
+  int rows, dim, dv;
+  std::unique_ptr<char, decltype(&std::free)> block{nullptr, &std::free};
+  TileBuffers b;
+  // Which query rows q holds (dense.ts / sparse.ts `qLoaded`): consecutive items of one row group
+  // convert q once.
+  uint64_t call = 0;
+  int64_t group = -1, r0 = -1;
+};
+
+// A few shapes per thread: a call uses one or two (dense row blocks of different heights).
+constexpr std::size_t kCachedShapes = 4;
+
+Workspace& WorkspaceFor(int rows, int dim, int dv) {
+  thread_local std::vector<std::unique_ptr<Workspace>> cache;
+  for (auto& w : cache) {
+    if (w->rows == rows && w->dim == dim && w->dv == dv) return *w;
+  }
+  if (cache.size() == kCachedShapes) cache.erase(cache.begin());
+  const Isa isa = BestIsa();
+  const TileLayout layout = LayoutOf(isa, rows, dim, dv);
+  auto w = std::make_unique<Workspace>();
+  w->rows = rows;
+  w->dim = dim;
+  w->dv = dv;
+  w->block.reset(static_cast<char*>(std::aligned_alloc(64, layout.bytes)));
+  if (!w->block) throw std::bad_alloc();
+  // Zero: padded rows keep zero queries and vis 0 (cpu_tile.h TileBuffers).
+  std::memset(w->block.get(), 0, layout.bytes);
+  BindBuffers(w->b, layout, w->block.get(), rows, dim, dv);
+  cache.push_back(std::move(w));
+  return *cache.back();
+}
+
+// ---- the calls' inputs ------------------------------------------------------------------------
+
+template <class T>
+struct Span {
+  const T* data = nullptr;
+  int64_t length = 0;
+};
+
+struct View {
+  int64_t offset = 0, s0 = 0, s1 = 0, s2 = 0;
+};
+
+struct DenseCall {
+  bool fp16;
+  int64_t b, sQ, hQ, hK, dQK, dV;
+  bool causal;
+  float scaleLog2;
+  Span<uint16_t> q, kc;
+  Span<int32_t> bt, seqlens;
+  View qv, kv, btv;
+};
+
+struct Scope {
+  Span<uint8_t> cache;
+  Span<int32_t> indices, lengths;  // lengths.data null: no topk_length
+  int64_t topk, B;
+  View cv, iv;  // cv.s0: bytes per block, cv.s1: bytes per token row (V3.2)
+};
+
+struct SparseCall {
+  Fp8Layout layout;
+  int64_t b, sQ, hQ, dQK, dV;
+  float scaleLog2;
+  Span<uint16_t> q;
+  View qv;
+  Scope scopes[2];
+  int nScopes;
+};
+
+constexpr int kItem = 6;  // int32 per item (src/reference/items.ts ITEM)
+
+/** What one item needs beyond the call: its fields and where its partial goes. */
+struct Out {
+  float* m;
+  float* l;
+  float* o;
+};
+
+/** Thrown (inside the runner only) when an item would read or write outside its arrays. */
+struct OutOfRange {
+  const char* what;
+};
+
+void Require(bool ok, const char* what) {
+  if (!ok) throw OutOfRange{what};
+}
+
+void Store(const TileBuffers& b, int rows, int64_t dv, const Out& out) {
+  std::memcpy(out.m, b.m, sizeof(float) * rows);
+  std::memcpy(out.l, b.l, sizeof(float) * rows);
+  std::memcpy(out.o, b.o, sizeof(float) * rows * dv);
+}
+
+void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& out) {
+  const int64_t i = it[0], k = it[1], t1 = it[3], r0 = it[4], r1 = it[5];
+  const int64_t hpk = c.hQ / c.hK;
+  Require(i >= 0 && i < c.b && k >= 0 && k < c.hK && r0 >= 0 && r1 > r0 && r1 <= c.sQ * hpk && r1 - r0 <= 4096 && it[2] >= 0,
+          "dense item out of range");
+  const int rows = static_cast<int>(r1 - r0);
+  Workspace& ws = WorkspaceFor(rows, static_cast<int>(c.dQK), static_cast<int>(c.dV));
+  const TileBuffers& b = ws.b;
+  const TileKernels& kn = KernelsFor(BestIsa());
+  const int64_t group = i * c.hK + k;
+  if (!(ws.call == call && ws.group == group && ws.r0 == r0)) {
+    ws.call = call, ws.group = group, ws.r0 = r0;
+    uint32_t* q32 = reinterpret_cast<uint32_t*>(b.q);
+    for (int r = 0; r < rows; r++) {
+      const int64_t s = (r0 + r) / hpk, j = (r0 + r) % hpk;
+      int64_t src;
+      Require(MulAdd(c.qv.offset, i, c.qv.s0, src) && MulAdd(src, s, c.qv.s1, src) && MulAdd(src, k * hpk + j, c.qv.s2, src) &&
+                  Inside(src, c.dQK, c.q.length),
+              "q row past its array");
+      const uint16_t* from = c.q.data + src;
+      uint32_t* to = q32 + r * c.dQK;
+      if (c.fp16) for (int64_t d = 0; d < c.dQK; d++) to[d] = Fp16Bits(from[d]);
+      else for (int64_t d = 0; d < c.dQK; d++) to[d] = static_cast<uint32_t>(from[d]) << 16;
+    }
+  }
+  kn.reset(b);
+  const int64_t L = c.seqlens.data[i];
+  const int64_t end = t1 < L ? t1 : L;
+  for (int64_t t0 = it[2]; t0 < end; t0 += kTile - (t0 % kTile)) {
+    const int64_t page = t0 / kTile, first = t0 % kTile;
+    const int tokens = static_cast<int>(kTile - first < end - t0 ? kTile - first : end - t0);
+    int64_t btAt;
+    Require(MulAdd(c.btv.offset, i, c.btv.s0, btAt) && MulAdd(btAt, page, c.btv.s1, btAt) && Inside(btAt, 1, c.bt.length),
+            "block table entry past its array");
+    const int64_t block = c.bt.data[btAt];
+    int64_t at, last;
+    Require(MulAdd(c.kv.offset, block, c.kv.s0, at) && MulAdd(at, first, c.kv.s1, at) && MulAdd(at, k, c.kv.s2, at) &&
+                MulAdd(at, tokens - 1, c.kv.s1, last) && c.kv.s1 >= 0 && Inside(at, 0, c.kc.length) && Inside(last, c.dQK, c.kc.length),
+            "KV page past the cache");
+    if (c.fp16) {
+      for (int u = 0; u < tokens; u++) {
+        const uint16_t* from = c.kc.data + at + u * c.kv.s1;
+        uint32_t* to = reinterpret_cast<uint32_t*>(b.k) + u * c.dQK;
+        for (int64_t d = 0; d < c.dQK; d++) to[d] = Fp16Bits(from[d]);
+      }
+    } else {
+      kn.cvtBf16(b, c.kc.data + at, c.kv.s1, tokens);
+    }
+    // Causal: row (s, j) sees keys up to L − s_q + s (dense.ts).
+    for (int r = 0; r < rows; r++) {
+      int64_t v = tokens;
+      if (c.causal) {
+        v = L - c.sQ + (r0 + r) / hpk - t0 + 1;
+        v = v < 0 ? 0 : v > tokens ? tokens : v;
+      }
+      b.vis[r] = static_cast<int32_t>(v);
+    }
+    kn.step(b, tokens, c.scaleLog2);
+  }
+  Store(b, rows, c.dV, out);
+}
+
+void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out& out) {
+  const int64_t i = it[0], s = it[1], p0 = it[2], p1 = it[3];
+  Require(i >= 0 && i < c.b && s >= 0 && s < c.sQ && p0 >= 0 && p1 >= p0 && it[4] == 0 && it[5] == c.hQ, "sparse item out of range");
+  const int rows = static_cast<int>(c.hQ);
+  Workspace& ws = WorkspaceFor(rows, static_cast<int>(c.dQK), static_cast<int>(c.dV));
+  const TileBuffers& b = ws.b;
+  const TileKernels& kn = KernelsFor(BestIsa());
+  const int64_t group = i * c.sQ + s;
+  if (!(ws.call == call && ws.group == group && ws.r0 == 0)) {
+    ws.call = call, ws.group = group, ws.r0 = 0;
+    uint32_t* q32 = reinterpret_cast<uint32_t*>(b.q);
+    for (int64_t h = 0; h < c.hQ; h++) {
+      int64_t src;
+      Require(MulAdd(c.qv.offset, i, c.qv.s0, src) && MulAdd(src, s, c.qv.s1, src) && MulAdd(src, h, c.qv.s2, src) &&
+                  Inside(src, c.dQK, c.q.length),
+              "q row past its array");
+      for (int64_t d = 0; d < c.dQK; d++) q32[h * c.dQK + d] = static_cast<uint32_t>(c.q.data[src + d]) << 16;
+    }
+  }
+  kn.reset(b);
+  const Fp8Shape& shape = ShapeOf(c.layout);
+  const uint8_t* srcs[kTile];
+  int filled = 0;
+  const auto flush = [&](int tokens) {
+    // One dequantisation per run of slots from the same cache (tile-native.ts `endTokens`).
+    for (int u0 = 0; u0 < tokens;) {
+      int u1 = u0 + 1;
+      while (u1 < tokens && srcs[u1] == srcs[u0]) u1++;
+      kn.dqFp8(b, srcs[u0], u0, u1, c.layout);
+      u0 = u1;
+    }
+    for (int r = 0; r < rows; r++) b.vis[r] = tokens;
+    kn.step(b, tokens, c.scaleLog2);
+  };
+  int64_t base = 0;
+  for (int n = 0; n < c.nScopes; n++) {
+    const Scope& sc = c.scopes[n];
+    int64_t lo = p0 - base, hi = p1 - base;
+    lo = lo < 0 ? 0 : lo;
+    if (sc.lengths.data != nullptr) {
+      Require(i < sc.lengths.length, "topk length past its array");
+      hi = hi < sc.lengths.data[i] ? hi : sc.lengths.data[i];
+    }
+    hi = hi < sc.topk ? hi : sc.topk;
+    for (int64_t p = lo; p < hi; p++) {
+      int64_t at;
+      Require(MulAdd(sc.iv.offset, i, sc.iv.s0, at) && MulAdd(at, s, sc.iv.s1, at) && MulAdd(at, p, sc.iv.s2, at) &&
+                  Inside(at, 1, sc.indices.length),
+              "index past its array");
+      const int64_t index = sc.indices.data[at];
+      if (index == -1) continue;
+      Require(index >= 0, "negative index");
+      const int64_t row = index % sc.B;
+      int64_t blockAt, rec, scl;
+      Require(MulAdd(sc.cv.offset, index / sc.B, sc.cv.s0, blockAt), "token past the cache");
+      if (c.layout == Fp8Layout::V32) {
+        Require(MulAdd(blockAt, row, sc.cv.s1, rec), "token past the cache");
+        scl = rec + shape.tiles * shape.tile;
+      } else {
+        Require(MulAdd(blockAt, row, shape.recordBytes, rec) && MulAdd(blockAt, sc.B, shape.recordBytes, scl) && MulAdd(scl, row, 8, scl),
+                "token past the cache");
+      }
+      Require(Inside(rec, shape.recordBytes, sc.cache.length) && Inside(scl, shape.scaleBytes, sc.cache.length), "token past the cache");
+      b.rec[filled] = static_cast<double>(rec);
+      b.scl[filled] = static_cast<double>(scl);
+      srcs[filled] = sc.cache.data;
+      if (++filled == kTile) {
+        flush(filled);
+        filled = 0;
+      }
+    }
+    base += sc.topk;
+  }
+  if (filled > 0) flush(filled);
+  Store(b, rows, c.dV, out);
+}
+
+// ---- the helper threads -----------------------------------------------------------------------
+
+/** One call's items, claimed from the front by every thread that joins it. */
+struct Job {
+  const int32_t* items;
+  int64_t count;
+  float* results;
+  int64_t slot, dv;
+  uint64_t call;
+  const DenseCall* dense;
+  const SparseCall* sparse;
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex errorMu;
+  std::string error;
+
+  void Fail(const std::string& why) {
+    std::lock_guard<std::mutex> lk(errorMu);
+    if (error.empty()) error = why;
+    failed.store(true);
+  }
+
+  void Work() {
+    try {
+      for (int64_t j = next.fetch_add(1); j < count && !failed.load(std::memory_order_relaxed); j = next.fetch_add(1)) {
+        const int32_t* it = items + kItem * j;
+        const int64_t rows = static_cast<int64_t>(it[5]) - it[4];
+        float* at = results + j * slot;
+        const Out out{at, at + rows, at + 2 * rows};
+        if (dense) RunDense(*dense, it, call, out);
+        else RunSparse(*sparse, it, call, out);
+      }
+    } catch (const OutOfRange& e) {
+      Fail(e.what);
+    } catch (const std::bad_alloc&) {
+      Fail("out of memory for a tile workspace");
+    } catch (...) {
+      Fail("an item failed");
+    }
+  }
+};
+
+/**
+ * The helpers: started on demand (warm-up or the first call that wants them), then kept, asleep
+ * on a condition variable between calls. One call at a time uses them (`busy`); a call that finds
+ * them busy (another worker thread's call) runs alone on its own thread: same items, same bits.
+ * Never destroyed: helpers are detached and may still be asleep when the process exits.
+ */
+class Helpers {
+ public:
+  static Helpers& Get() {
+    static Helpers* h = new Helpers();
+    return *h;
+  }
+
+  /** Starts helpers until there are at least n (fewer if the system refuses threads); returns how many there are. */
+  int Grow(int n) {
+    std::lock_guard<std::mutex> lk(mu_);
+    try {
+      for (; started_ < n; started_++) std::thread([this] { Loop(); }).detach();
+    } catch (const std::system_error&) {
+      // Calls run with the helpers there are (or on the calling thread alone): same items, same bits.
+    }
+    return started_;
+  }
+
+  /** Runs `job` on the calling thread and up to `helpers` helpers; returns when every item is done. */
+  void Run(Job& job, int helpers) {
+    std::unique_lock<std::mutex> own(busy_, std::try_to_lock);
+    if (!own.owns_lock() || helpers == 0) {
+      job.Work();
+      return;
+    }
+    Grow(helpers);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = &job;
+      generation_++;
+      wanted_ = helpers;
+      joined_ = 0;
+    }
+    wake_.notify_all();
+    job.Work();
+    std::unique_lock<std::mutex> lk(mu_);
+    job_ = nullptr;  // no helper joins after this
+    idle_.wait(lk, [this] { return active_ == 0; });
+  }
+
+ private:
+  void Loop() {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      wake_.wait(lk, [&] { return job_ != nullptr && generation_ != seen && joined_ < wanted_; });
+      seen = generation_;
+      joined_++;
+      active_++;
+      Job* job = job_;
+      lk.unlock();
+      job->Work();
+      lk.lock();
+      if (--active_ == 0) idle_.notify_all();
+    }
+  }
+
+  std::mutex busy_;
+  std::mutex mu_;
+  std::condition_variable wake_, idle_;
+  Job* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int wanted_ = 0, joined_ = 0, active_ = 0, started_ = 0;
+};
+
+std::atomic<uint64_t> calls{0};
+
+// ---- JavaScript arguments ---------------------------------------------------------------------
+
+[[noreturn]] void Bad(Napi::Env env, const std::string& what) { throwError(env, "E_INTERNAL", "cpuTile.run: " + what); }
+
+template <class T>
+Span<T> SpanOf(Napi::Env env, const Napi::Value& v, napi_typedarray_type type, const char* name, bool optional = false) {
+  if (optional && (v.IsNull() || v.IsUndefined())) return {};
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) Bad(env, std::string(name) + " has the wrong array type");
+  Napi::TypedArrayOf<T> a = v.As<Napi::TypedArrayOf<T>>();
+  return {a.Data(), static_cast<int64_t>(a.ElementLength())};
+}
+
+/** The numbers of a Float64Array parameter block, each a whole number unless `real`. */
+struct Params {
+  Napi::Env env;
+  const double* p;
+  std::size_t n, at = 0;
+  int64_t Int(int64_t lo, int64_t hi, const char* name) {
+    int64_t v;
+    if (at >= n || !WholeInt(p[at++], v) || v < lo || v > hi) Bad(env, std::string("parameter ") + name + " out of range");
+    return v;
+  }
+  double Real(const char* name) {
+    if (at >= n) Bad(env, std::string("parameter ") + name + " missing");
+    return p[at++];
+  }
+  View ViewOf() {
+    constexpr int64_t kMax = 9007199254740991LL;
+    View v;
+    v.offset = Int(0, kMax, "offset");
+    v.s0 = Int(0, kMax, "stride");
+    v.s1 = Int(0, kMax, "stride");
+    v.s2 = Int(0, kMax, "stride");
+    return v;
+  }
+};
+
+Params ParamsOf(const Napi::CallbackInfo& info) {
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) Bad(info.Env(), "params must be a Float64Array");
+  Napi::Float64Array a = info[0].As<Napi::Float64Array>();
+  return {info.Env(), a.Data(), a.ElementLength()};
+}
+
+/** items, count, results, slot, threads from argument `first` on; runs the job; throws its error. */
+void RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, int64_t dv) {
+  Napi::Env env = info.Env();
+  const Span<int32_t> items = SpanOf<int32_t>(env, info[first], napi_int32_array, "items");
+  Span<float> results = SpanOf<float>(env, info[first + 2], napi_float32_array, "results");
+  const auto number = [&](std::size_t k, int64_t lo, int64_t hi, const char* name) {
+    int64_t v;
+    if (!info[k].IsNumber() || !WholeInt(info[k].As<Napi::Number>().DoubleValue(), v) || v < lo || v > hi) Bad(env, std::string(name) + " out of range");
+    return v;
+  };
+  const int64_t count = number(first + 1, 0, items.length / kItem, "count");
+  const int64_t slot = number(first + 3, dv + 2, INT64_MAX / 4, "slot");
+  const int64_t threads = number(first + 4, 1, 256, "threads");
+  // Every slot fits results and every item's partial (rows·(dv + 2) floats) fits its slot.
+  if (count > results.length / slot) Bad(env, "results shorter than count × slot");
+  for (int64_t j = 0; j < count; j++) {
+    const int64_t rows = static_cast<int64_t>(items.data[kItem * j + 5]) - items.data[kItem * j + 4];
+    if (rows < 1 || rows > slot / (dv + 2)) Bad(env, "an item's rows exceed its slot");
+  }
+  Job job;
+  job.items = items.data;
+  job.count = count;
+  job.results = const_cast<float*>(results.data);
+  job.slot = slot;
+  job.dv = dv;
+  job.call = ++calls;
+  job.dense = dense;
+  job.sparse = sparse;
+  const int64_t helpers = threads - 1 < count - 1 ? threads - 1 : count - 1;
+  Helpers::Get().Run(job, helpers > 0 ? static_cast<int>(helpers) : 0);
+  if (job.failed.load()) Bad(env, job.error);
+}
+
+}  // namespace
+
+// runDense(params, q, kCache, blockTable, seqlens, items, count, results, slot, threads)
+Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = ParamsOf(info);
+  DenseCall c{};
+  c.fp16 = p.Int(0, 1, "fp16") == 1;
+  c.b = p.Int(1, INT32_MAX, "b");
+  c.sQ = p.Int(1, INT32_MAX, "s_q");
+  c.hQ = p.Int(1, 4096, "h_q");
+  c.hK = p.Int(1, c.hQ, "h_k");
+  c.dQK = p.Int(16, 4096, "d_qk");
+  c.dV = p.Int(16, c.dQK, "d_v");
+  c.causal = p.Int(0, 1, "causal") == 1;
+  c.scaleLog2 = static_cast<float>(p.Real("scaleLog2"));
+  c.qv = p.ViewOf();
+  c.kv = p.ViewOf();
+  const int64_t btOffset = p.Int(0, INT64_MAX / 2, "offset"), bt0 = p.Int(0, INT64_MAX / 2, "stride"), bt1 = p.Int(0, INT64_MAX / 2, "stride");
+  c.btv = {btOffset, bt0, bt1, 0};
+  if (c.hQ % c.hK != 0 || c.dQK % 16 != 0 || c.dV % 16 != 0) Bad(env, "h_q must be a multiple of h_k, d_qk and d_v of 16");
+  c.q = SpanOf<uint16_t>(env, info[1], napi_uint16_array, "q");
+  c.kc = SpanOf<uint16_t>(env, info[2], napi_uint16_array, "kCache");
+  c.bt = SpanOf<int32_t>(env, info[3], napi_int32_array, "blockTable");
+  c.seqlens = SpanOf<int32_t>(env, info[4], napi_int32_array, "seqlens");
+  if (c.seqlens.length < c.b) Bad(env, "seqlens shorter than b");
+  RunJob(info, 5, &c, nullptr, c.dV);
+  return Napi::Value();
+}
+
+// runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads)
+Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = ParamsOf(info);
+  SparseCall c{};
+  c.layout = p.Int(0, 1, "layout") == 0 ? Fp8Layout::V32 : Fp8Layout::Model1;
+  c.b = p.Int(1, INT32_MAX, "b");
+  c.sQ = p.Int(1, INT32_MAX, "s_q");
+  c.hQ = p.Int(1, 4096, "h_q");
+  c.dQK = ShapeOf(c.layout).dim;
+  c.dV = p.Int(16, c.dQK, "d_v");
+  if (c.dV % 16 != 0) Bad(env, "d_v must be a multiple of 16");
+  c.scaleLog2 = static_cast<float>(p.Real("scaleLog2"));
+  c.qv = p.ViewOf();
+  c.nScopes = static_cast<int>(p.Int(1, 2, "scopes"));
+  c.q = SpanOf<uint16_t>(env, info[1], napi_uint16_array, "q");
+  for (int n = 0; n < c.nScopes; n++) {
+    Scope& s = c.scopes[n];
+    s.topk = p.Int(0, INT32_MAX, "topk");
+    s.B = p.Int(1, INT32_MAX, "page block size");
+    s.cv = p.ViewOf();
+    s.iv = p.ViewOf();
+    s.cache = SpanOf<uint8_t>(env, info[2 + 3 * n], napi_uint8_array, "cache");
+    s.indices = SpanOf<int32_t>(env, info[3 + 3 * n], napi_int32_array, "indices");
+    s.lengths = SpanOf<int32_t>(env, info[4 + 3 * n], napi_int32_array, "lengths", true);
+  }
+  RunJob(info, 8, nullptr, &c, c.dV);
+  return Napi::Value();
+}
+
+// startHelpers(n): the runner's helper threads, started ahead of the first call (warm-up).
+Napi::Value StartHelpers(const Napi::CallbackInfo& info) {
+  int64_t n;
+  if (!info[0].IsNumber() || !WholeInt(info[0].As<Napi::Number>().DoubleValue(), n) || n < 0 || n > 255) {
+    Bad(info.Env(), "startHelpers(n) takes 0…255");
+  }
+  return Napi::Number::New(info.Env(), Helpers::Get().Grow(static_cast<int>(n)));
+}
+
+}  // namespace fmla::cpu

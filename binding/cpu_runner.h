@@ -1,0 +1,16 @@
+// The native tier's item runner (cpu_runner.cc): `cpuTile.runDense`, `.runSparse` and
+// `.startHelpers` of the addon's exports.
+#pragma once
+
+#include <napi.h>
+
+namespace fmla::cpu {
+
+// runDense(params: Float64Array, q, kCache, blockTable, seqlens, items, count, results, slot, threads)
+Napi::Value RunDenseItems(const Napi::CallbackInfo& info);
+// runSparse(params: Float64Array, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads)
+Napi::Value RunSparseItems(const Napi::CallbackInfo& info);
+// startHelpers(n): starts the runner's helper threads up to n; returns how many run.
+Napi::Value StartHelpers(const Napi::CallbackInfo& info);
+
+}  // namespace fmla::cpu

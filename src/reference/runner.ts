@@ -1,0 +1,63 @@
+/**
+ * The native tier's item runner (binding/cpu_runner.cc): every work item of a call runs in the
+ * addon, on the calling thread and the addon's helper threads, reading the caller's arrays in
+ * place, plain or shared (docs/reference-backend.md#native-runner). The call is synchronous, so the
+ * arrays cannot be detached or collected while helpers read them; JavaScript then merges the
+ * partials in item order as with the worker pool, so results are bitwise identical for any thread
+ * count.
+ */
+import type { DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
+import type { HostTensor } from '../tensor.js';
+import type { View } from '../tensor.js';
+import { softmaxScaleLog2 } from '../softmax-scale.js';
+import { ITEM } from './items.js';
+import { nativeTileApi, type CpuTileApi } from './tile-native.js';
+
+type Runner = Required<Pick<CpuTileApi, 'runDense' | 'runSparse' | 'startHelpers'>>;
+
+let runner: Runner | null | undefined;
+
+/** The addon's runner, or null without the addon, its tile loops or an addon built before the runner. */
+export function nativeRunner(): Runner | null {
+  if (runner === undefined) {
+    const api = nativeTileApi();
+    runner = typeof api !== 'string' && api.runDense && api.runSparse && api.startHelpers
+      ? { runDense: api.runDense, runSparse: api.runSparse, startHelpers: api.startHelpers } : null;
+  }
+  return runner;
+}
+
+const dataOf = <T>(b: { tensor: unknown }): T => (b.tensor as HostTensor).data as T;
+/** offset and the first three strides of a view (the innermost is 1: validated). */
+const viewParams = (v: View): number[] => [v.offset, v.strides[0] ?? 0, v.strides[1] ?? 0, v.strides[2] ?? 0];
+
+function denseParams(plan: DensePlan): Float64Array {
+  const bt = plan.blockTable.view;
+  return Float64Array.from([
+    plan.dtype === 'fp16' ? 1 : 0, plan.b, plan.sQ, plan.hQ, plan.hK, plan.dQK, plan.dV, plan.causal ? 1 : 0,
+    softmaxScaleLog2('dense', plan.softmaxScale), ...viewParams(plan.q.view), ...viewParams(plan.kCache.view),
+    bt.offset, bt.strides[0]!, bt.strides[1]!,
+  ]);
+}
+
+function sparseParams(plan: SparsePlan, scopes: SparseScope[]): Float64Array {
+  const p = [plan.layout === 'v32' ? 0 : 1, plan.b, plan.sQ, plan.hQ, plan.dV, softmaxScaleLog2('sparse', plan.softmaxScale), ...viewParams(plan.q.view), scopes.length];
+  for (const s of scopes) p.push(s.topk, s.pageBlockSize, ...viewParams(s.cache.view), ...viewParams(s.indices.view));
+  return Float64Array.from(p);
+}
+
+/**
+ * Runs items [0, count) of `items` into `results` (item j's partial at j·slot, m then l then o as
+ * partial.ts `partialIn`) on the calling thread and up to threads − 1 helpers.
+ */
+export function runItemsNative(r: Runner, plan: DecodePlan, items: Int32Array, count: number, results: Float32Array, slot: number, threads: number): void {
+  const at = items.subarray(0, ITEM * count);
+  if (plan.kind === 'dense') {
+    r.runDense(denseParams(plan), dataOf(plan.q), dataOf(plan.kCache), dataOf(plan.blockTable), plan.seqlens!, at, count, results, slot, threads);
+    return;
+  }
+  const scopes = plan.extra ? [plan.main, plan.extra] : [plan.main];
+  const [m, x] = [plan.main, plan.extra];
+  r.runSparse(sparseParams(plan, scopes), dataOf(plan.q), dataOf(m.cache), dataOf(m.indices), m.lengths,
+    x ? dataOf(x.cache) : null, x ? dataOf(x.indices) : null, x?.lengths ?? null, at, count, results, slot, threads);
+}
