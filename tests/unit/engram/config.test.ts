@@ -1,21 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { FlashMLAError } from '../../../src/errors.js';
 import { checkConfig, configFromHf, paperDemoConfig, type EngramConfig } from '../../../src/engram/config.js';
+import { errorOf } from '../../helpers/errors.js';
 
 const v41Text = readFileSync(new URL('../../fixtures/engram/v41-config.json', import.meta.url), 'utf8');
 const v41 = JSON.parse(v41Text) as { text_config: Record<string, unknown> };
-
-/** The FlashMLAError `f` throws (fails the test when it throws nothing or something else). */
-function errorOf(f: () => unknown): FlashMLAError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(FlashMLAError);
-    return e as FlashMLAError;
-  }
-  throw new Error('expected a FlashMLAError');
-}
 
 describe('configFromHf', () => {
   it('reads V4.1 (fields under text_config) from text or object', () => {

@@ -7,10 +7,10 @@ import { demoConvState, forwardDemo, type ForwardDemoArgs } from '../../../src/e
 import { forwardV41, type ForwardV41Args } from '../../../src/engram/forward-v41.js';
 import { gate } from '../../../src/engram/gate.js';
 import { calcDiff, forwardDemoOracle, forwardV41Oracle, quantizeActivationOracle, roundBf16 } from '../../../src/engram/oracle.js';
-import { FlashMLAError } from '../../../src/errors.js';
 import { bf16ToF32, f32ToBf16 } from '../../../src/formats/bf16.js';
 import { Rng } from '../../../src/harness/random.js';
 import type { HostTensor } from '../../../src/tensor.js';
+import { expectError } from '../../helpers/errors.js';
 
 const numel = (shape: number[]): number => shape.reduce((a, b) => a * b, 1);
 
@@ -78,18 +78,6 @@ function v41Case(seed: number, T: number, M: number, d: number, K = 6144): Forwa
 
 const widenBf16 = (bits: Uint16Array): Float64Array => Float64Array.from(bits, bf16ToF32);
 const bf16Ulp = (x: number): number => 2 ** (Math.floor(Math.log2(Math.max(Math.abs(x), 2 ** -126))) - 7);
-
-function expectError(fn: () => unknown, code: string, argument: string): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(FlashMLAError);
-  expect((caught as FlashMLAError).code).toBe(code);
-  expect((caught as FlashMLAError).argument).toBe(argument);
-}
 
 describe('e4m3 activation quantisation', () => {
   it('matches the float64 quantiser decoded independently, on random and edge blocks', () => {

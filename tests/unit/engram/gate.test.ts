@@ -4,10 +4,10 @@
 import { describe, expect, it } from 'vitest';
 import { gate, type GateArgs } from '../../../src/engram/gate.js';
 import { calcDiff, gateOracle, roundBf16 } from '../../../src/engram/oracle.js';
-import { FlashMLAError } from '../../../src/errors.js';
 import { bf16ToF32, f32ToBf16 } from '../../../src/formats/bf16.js';
 import { Rng } from '../../../src/harness/random.js';
 import type { HostTensor } from '../../../src/tensor.js';
+import { expectError } from '../../helpers/errors.js';
 
 const numel = (shape: number[]): number => shape.reduce((a, b) => a * b, 1);
 
@@ -37,18 +37,6 @@ const widen = (t: HostTensor): Float64Array =>
 
 /** The bf16 unit in the last place at |x| (normal range). */
 const bf16Ulp = (x: number): number => 2 ** (Math.floor(Math.log2(Math.max(Math.abs(x), 2 ** -126))) - 7);
-
-function expectError(fn: () => unknown, code: string, argument: string): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(FlashMLAError);
-  expect((caught as FlashMLAError).code).toBe(code);
-  expect((caught as FlashMLAError).argument).toBe(argument);
-}
 
 describe('gate vs float64 oracle', () => {
   // Small cases: the float32 intermediates within TileKernels' calc_diff bound (2e-10) and every

@@ -1,13 +1,14 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { loadAddon } from '../../../src/addon.js';
-import { FlashMLAError } from '../../../src/errors.js';
 import { configFromHf, paperDemoConfig, type EngramConfig } from '../../../src/engram/config.js';
 import { NgramHasher, type HashTier } from '../../../src/engram/hash.js';
 import { HashSession } from '../../../src/engram/hash-session.js';
 import { nativeHashTier } from '../../../src/engram/hash-native.js';
 import { layout, type EngramLayerLayout } from '../../../src/engram/layout.js';
 import type { TokenMap } from '../../../src/engram/types.js';
+import { uniform } from '../../helpers/random.js';
+import { errorOf } from '../../helpers/errors.js';
 
 const v41 = configFromHf(readFileSync(new URL('../../fixtures/engram/v41-config.json', import.meta.url), 'utf8'));
 const hasNative = typeof nativeHashTier() === 'function';
@@ -38,28 +39,6 @@ function oracle(layers: readonly EngramLayerLayout[], n: number, k: number, pad:
     }
   }
   return out;
-}
-
-/** mulberry32: a small seeded generator for the generated cases. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function errorOf(f: () => unknown): FlashMLAError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(FlashMLAError);
-    return e as FlashMLAError;
-  }
-  throw new Error('expected a FlashMLAError');
 }
 
 /** A random case: canonical ids below `vocab` (some at the edges) and dead flags at rate `deadRate`. */
@@ -102,7 +81,7 @@ describe('NgramHasher', () => {
 
   for (const [name, config] of configs) {
     it(`${name}: every tier equals the BigInt oracle on random ids and masks`, () => {
-      const rand = random(17);
+      const rand = uniform(17);
       const hashers = tiers.map((tier) => new NgramHasher(config, { tier }));
       const { layout: layers, padId, compressedVocabSize } = hashers[0]!;
       for (let round = 0; round < 6; round++) {
@@ -115,7 +94,7 @@ describe('NgramHasher', () => {
 
   for (const tier of tiers) {
     it(`${tier}: chunked and token-by-token sessions, history and rollback equal hashing the whole sequence`, () => {
-      const rand = random(99);
+      const rand = uniform(99);
       const hasher = new NgramHasher(v41, { tier });
       const per = hasher.idsPerToken;
       const { ids, dead } = randomCase(rand, 300, 99092, 0.08);
@@ -183,7 +162,7 @@ describe('NgramHasher', () => {
   });
 
   it('maps raw ids through a token map (pad = map[padTokenId]) unless compressed', () => {
-    const rand = random(5);
+    const rand = uniform(5);
     const map = Int32Array.from({ length: 130000 }, () => Math.floor(rand() * 99092));
     const tokenMap: TokenMap = { map, size: 99092 };
     const raw = Array.from({ length: 50 }, () => Math.floor(rand() * map.length));

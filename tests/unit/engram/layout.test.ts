@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { describe, expect, it } from 'vitest';
-import { FlashMLAError } from '../../../src/errors.js';
 import { configFromHf, paperDemoConfig } from '../../../src/engram/config.js';
 import { layout, multiplierBound } from '../../../src/engram/layout.js';
+import { errorOf } from '../../helpers/errors.js';
 
 const v41 = configFromHf(readFileSync(new URL('../../fixtures/engram/v41-config.json', import.meta.url), 'utf8'));
 
@@ -13,16 +13,6 @@ function isPrimeSlow(x: number): boolean {
   if (x % 2 === 0) return x === 2;
   for (let d = 3; d * d <= x; d += 2) if (x % d === 0) return false;
   return true;
-}
-
-function errorOf(f: () => unknown): FlashMLAError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(FlashMLAError);
-    return e as FlashMLAError;
-  }
-  throw new Error('expected a FlashMLAError');
 }
 
 describe('layout', () => {

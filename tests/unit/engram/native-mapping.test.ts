@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, test } from 'vitest';
 import { loadAddon, type NativeEngramMapping, type NativeEngramSpec } from '../../../src/addon.js';
-import { FlashMLAError } from '../../../src/errors.js';
 import { f32ToBf16 } from '../../../src/formats/bf16.js';
 import { E4M3_TO_F32, E8M0_TO_F32 } from '../../../src/formats/fp8.js';
+import { rejectionOf } from '../../helpers/errors.js';
 
 const loaded = loadAddon();
 const EngramMapping = loaded.ok ? loaded.addon.EngramMapping : undefined;
@@ -73,17 +73,6 @@ function expectSameBytes(got: ArrayBufferView, want: ArrayBufferView): void {
   if (g.equals(w)) return;
   const at = g.findIndex((b, i) => b !== w[i]);
   expect({ length: g.length, at, byte: g[at] }).toEqual({ length: w.length, at, byte: w[at] });
-}
-
-/** What fn throws (or the Promise it returns rejects with), as a FlashMLAError. */
-async function errorOf(fn: () => unknown): Promise<FlashMLAError> {
-  try {
-    await fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(FlashMLAError);
-    return e as FlashMLAError;
-  }
-  throw new Error('expected a FlashMLAError, nothing was thrown');
 }
 
 /** A split fp8 table as a safetensors shard holds it: a header, all weights, then all scales. */
@@ -295,7 +284,7 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     again.gather(ids, bf16);
     again.close();
     expectSameBytes(new Uint16Array(await pendingBf16), bf16);
-    expect((await errorOf(() => m.gatherAsync(ids, 'fp32'))).code).toBe('E_DISPOSED');
+    expect((await rejectionOf(() => m.gatherAsync(ids, 'fp32'))).code).toBe('E_DISPOSED');
   });
 
   test('a changed ids array after an async call does not change what it gathers (ids are copied at the call)', async () => {
@@ -320,7 +309,7 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
       const moved = structuredClone(r, { transfer: [r] });
       expectSameBytes(new Uint8Array(moved), pickPacked(t, ids).records);
     }
-    expect((await errorOf(() => m.gatherAsync(ids, 'fp16' as never))).argument).toBe('dtype');
+    expect((await rejectionOf(() => m.gatherAsync(ids, 'fp16' as never))).argument).toBe('dtype');
     m.close();
   });
 
@@ -329,23 +318,23 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     const m = open(t.path, t.spec);
     const out = new Uint8Array(4 * 66).fill(0xaa);
     for (const bad of [-1, 10, 2 ** 31 - 1, -(2 ** 31)]) {
-      const e = await errorOf(() => m.gatherRaw(Int32Array.of(0, 1, bad, 2), out));
+      const e = await rejectionOf(() => m.gatherRaw(Int32Array.of(0, 1, bad, 2), out));
       expect([e.code, e.argument]).toEqual(['E_RANGE', 'rowIds[2]']);
       expect(e.message).toContain(String(bad));
       expect(out.every((b) => b === 0xaa)).toBe(true);
-      const a = await errorOf(() => m.gatherAsync(Int32Array.of(bad), 'fp32'));
+      const a = await rejectionOf(() => m.gatherAsync(Int32Array.of(bad), 'fp32'));
       expect([a.code, a.argument]).toEqual(['E_RANGE', 'rowIds[0]']);
     }
-    const short = await errorOf(() => m.gatherRaw(Int32Array.of(0, 1), new Uint8Array(131)));
+    const short = await rejectionOf(() => m.gatherRaw(Int32Array.of(0, 1), new Uint8Array(131)));
     expect([short.code, short.argument]).toEqual(['E_BUFFER', 'out']);
-    expect((await errorOf(() => m.gather(Int32Array.of(0, 1), new Float32Array(127)))).code).toBe('E_BUFFER');
-    expect((await errorOf(() => m.gather(Int32Array.of(0, 1), new Uint16Array(127)))).argument).toBe('out');
-    expect((await errorOf(() => m.gatherBaseline(Int32Array.of(0), new Uint8Array(65)))).code).toBe('E_BUFFER');
-    const idsType = await errorOf(() => m.gatherRaw(Uint32Array.of(0) as unknown as Int32Array, out));
+    expect((await rejectionOf(() => m.gather(Int32Array.of(0, 1), new Float32Array(127)))).code).toBe('E_BUFFER');
+    expect((await rejectionOf(() => m.gather(Int32Array.of(0, 1), new Uint16Array(127)))).argument).toBe('out');
+    expect((await rejectionOf(() => m.gatherBaseline(Int32Array.of(0), new Uint8Array(65)))).code).toBe('E_BUFFER');
+    const idsType = await rejectionOf(() => m.gatherRaw(Uint32Array.of(0) as unknown as Int32Array, out));
     expect([idsType.code, idsType.argument]).toEqual(['E_DTYPE', 'rowIds']);
-    const outType = await errorOf(() => m.gather(Int32Array.of(0), new Uint8Array(256) as unknown as Float32Array));
+    const outType = await rejectionOf(() => m.gather(Int32Array.of(0), new Uint8Array(256) as unknown as Float32Array));
     expect([outType.code, outType.argument]).toEqual(['E_DTYPE', 'out']);
-    expect((await errorOf(() => m.gatherRaw(Int32Array.of(0), new Float32Array(66) as unknown as Uint8Array))).argument).toBe('out');
+    expect((await rejectionOf(() => m.gatherRaw(Int32Array.of(0), new Float32Array(66) as unknown as Uint8Array))).argument).toBe('out');
     m.gatherRaw(new Int32Array(0), new Uint8Array(0)); // nothing to gather is not an error
     expect((await m.gatherAsync(new Int32Array(0), 'fp32')).byteLength).toBe(0);
     m.close();
@@ -358,7 +347,7 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     m.close();
     const ids = Int32Array.of(0), raw = new Uint8Array(33), f = new Float32Array(32);
     for (const call of [() => m.gatherRaw(ids, raw), () => m.gatherBaseline(ids, raw), () => m.gather(ids, f), () => m.gatherRawAsync(ids), () => m.gatherAsync(ids, 'fp32')]) {
-      expect((await errorOf(call)).code).toBe('E_DISPOSED');
+      expect((await rejectionOf(call)).code).toBe('E_DISPOSED');
     }
   });
 
@@ -375,27 +364,27 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
       [{ weightOffset: 2 ** 53 }, 'spec.weightOffset'], [{ scaleStride: NaN }, 'spec.scaleStride'], [{ scaleOffset: undefined }, 'spec.scaleOffset'],
     ];
     for (const [change, argument] of cases) {
-      const e = await errorOf(() => open(t.path, { ...spec, ...change } as NativeEngramSpec));
+      const e = await rejectionOf(() => open(t.path, { ...spec, ...change } as NativeEngramSpec));
       expect([e.code, e.argument], JSON.stringify(change)).toEqual(['E_VALUE', argument]);
     }
     const exact = open(t.path, spec); // rows ending exactly at the end of the file fit
     exact.close();
     const empty = open(fileOf(new Uint8Array(0)), { ...spec, rows: 0 });
     expect(empty.fileBytes).toBe(0);
-    expect((await errorOf(() => empty.gatherRaw(Int32Array.of(0), new Uint8Array(66)))).code).toBe('E_RANGE');
+    expect((await rejectionOf(() => empty.gatherRaw(Int32Array.of(0), new Uint8Array(66)))).code).toBe('E_RANGE');
     empty.close();
-    expect((await errorOf(() => empty.gatherRaw(new Int32Array(0), new Uint8Array(0)))).code).toBe('E_DISPOSED');
+    expect((await rejectionOf(() => empty.gatherRaw(new Int32Array(0), new Uint8Array(0)))).code).toBe('E_DISPOSED');
   });
 
   test('a missing file, a directory or a bad path argument: E_VALUE naming path', async () => {
     const spec: NativeEngramSpec = { rows: 0, headDim: 32, format: 'fp8', weightOffset: 0, weightStride: 33, scaleOffset: 32, scaleStride: 33 };
-    const missing = await errorOf(() => new EngramMapping!(join(dir, 'no-such-file'), spec));
+    const missing = await rejectionOf(() => new EngramMapping!(join(dir, 'no-such-file'), spec));
     expect([missing.code, missing.argument]).toEqual(['E_VALUE', 'path']);
     expect(missing.message).toMatch(/No such file/);
-    expect((await errorOf(() => new EngramMapping!(dir, spec))).argument).toBe('path');
-    expect((await errorOf(() => new EngramMapping!(`${dir}\0x`, spec))).argument).toBe('path');
-    expect((await errorOf(() => new EngramMapping!(42 as unknown as string, spec))).argument).toBe('path');
-    expect((await errorOf(() => new EngramMapping!(dir, null as unknown as NativeEngramSpec))).argument).toBe('spec');
+    expect((await rejectionOf(() => new EngramMapping!(dir, spec))).argument).toBe('path');
+    expect((await rejectionOf(() => new EngramMapping!(`${dir}\0x`, spec))).argument).toBe('path');
+    expect((await rejectionOf(() => new EngramMapping!(42 as unknown as string, spec))).argument).toBe('path');
+    expect((await rejectionOf(() => new EngramMapping!(dir, null as unknown as NativeEngramSpec))).argument).toBe('spec');
   });
 
   test('a 40 GiB sparse file opens and serves rows at far offsets (zeros elsewhere) without reading the file', () => {
@@ -505,7 +494,7 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     });
     await busy.terminate();
     // The main thread's class is still FlashMLAError.
-    expect((await errorOf(() => m.gather(Int32Array.of(100), want))).argument).toBe('rowIds[0]');
+    expect((await rejectionOf(() => m.gather(Int32Array.of(100), want))).argument).toBe('rowIds[0]');
     m.close();
   });
 });

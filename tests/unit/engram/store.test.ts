@@ -10,8 +10,8 @@ import { layout } from '../../../src/engram/layout.js';
 import { EngramStore } from '../../../src/engram/store.js';
 import { EngramTable } from '../../../src/engram/table.js';
 import { writeEngramTable } from '../../../src/engram/table-writer.js';
-import { FlashMLAError } from '../../../src/errors.js';
 import { rng, tempDir } from './table-fixtures.js';
+import { expectError } from '../../helpers/errors.js';
 
 const config: EngramConfig = {
   variant: 'v4.1', layerIds: [1, 4], maxNgramSize: 4, nHeads: 8, headDim: 256, vocabSizes: [700, 900, 1100],
@@ -38,17 +38,6 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const random = rng(5);
 const tokens = (n: number) => Array.from({ length: n }, () => Math.floor(random() * 600));
-
-function expectError(f: () => unknown, code: string, argument: string): void {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(FlashMLAError);
-    expect({ code: (e as FlashMLAError).code, argument: (e as FlashMLAError).argument }).toEqual({ code, argument });
-    return;
-  }
-  throw new Error('no error');
-}
 
 describe.each(ioModes)('EngramStore (%s tables)', (io) => {
   let tables: EngramTable[] = [];

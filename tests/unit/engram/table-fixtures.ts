@@ -4,18 +4,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { EngramLayerLayout } from '../../../src/engram/layout.js';
+import { uniform } from '../../helpers/random.js';
 
-/** A deterministic PRNG (mulberry32) so every test's bytes are reproducible. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A deterministic generator, so every test's bytes are reproducible. */
+export const rng = uniform;
 
 export interface StTensor { name: string; dtype: string; shape: number[]; data: Uint8Array }
 

@@ -4,11 +4,11 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { loadAddon } from '../../../src/addon.js';
 import { EngramTable } from '../../../src/engram/table.js';
 import { inspectTable } from '../../../src/engram/table-inspect.js';
-import { FlashMLAError } from '../../../src/errors.js';
 import { zeros } from '../../../src/tensor.js';
 import {
   decodeF32, packedRows, rng, safetensorsBytes, sameBf16, sameF32, syntheticTable, tempDir, toBf16, writeShard,
 } from './table-fixtures.js';
+import { expectError } from '../../helpers/errors.js';
 
 const loaded = loadAddon();
 const hasMapping = loaded.ok && loaded.addon.EngramMapping !== undefined;
@@ -27,17 +27,6 @@ afterAll(() => {
 /** Row ids covering the first rows (scale corners), the last row, and random ones with repeats. */
 const r = rng(11);
 const ids = Int32Array.from([0, 1, 2, 3, 999, 500, 500, ...Array.from({ length: 57 }, () => Math.floor(r() * 1000))]);
-
-function expectError(f: () => unknown, code: string, argument: string): void {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(FlashMLAError);
-    expect({ code: (e as FlashMLAError).code, argument: (e as FlashMLAError).argument }).toEqual({ code, argument });
-    return;
-  }
-  throw new Error('no error');
-}
 
 describe.each(ioModes)('EngramTable over a V4.1-style safetensors shard (%s)', (io) => {
   const t = EngramTable.open(shard, { io });
@@ -176,7 +165,7 @@ describe('EngramTable.open', () => {
       expect(t.closed).toBe(true);
       // An async read started before close completes with the right bytes.
       expect(await pending).toEqual(packedRows(table, ids));
-      expectError(() => t.lookup([0]), 'E_DISPOSED', undefined as unknown as string);
+      expectError(() => t.lookup([0]), 'E_DISPOSED', undefined);
       await expect(t.lookupAsync([0])).rejects.toMatchObject({ code: 'E_DISPOSED' });
     }
   });
