@@ -339,9 +339,15 @@ export class CudaSession implements TensorOwner, EventOwner {
     mb[MAILBOX.lseAddress] = given.lse === null ? 0n : given.lse.base;
     let queued: Promise<NativeDecodeOutcome> | undefined;
     try {
-      queued = this.engine.launch(call.prepared);
+      queued = this.#issue(call);
     } catch (e) {
-      this.#fail(e, new Error());
+      if (!(e instanceof FlashMLAError) || e.code !== 'E_OUT_OF_MEMORY') throw e;
+      // The pool met a new size and the device is full: collect what the caller dropped, once.
+      await collectDroppedDeviceMemory();
+      mb[MAILBOX.slot] = slot.big;
+      mb[MAILBOX.outAddress] = given.out === null ? 0n : given.out.base;
+      mb[MAILBOX.lseAddress] = given.lse === null ? 0n : given.lse.base;
+      queued = this.#issue(call);
     }
     let outcome: NativeDecodeOutcome;
     if (queued === undefined) {
@@ -355,6 +361,15 @@ export class CudaSession implements TensorOwner, EventOwner {
       outcome = await queued.catch((e: unknown) => this.#fail(e, caller));
     }
     return this.#result(call.plan, outcome, given);
+  }
+
+  /** launch() of a prepared call; its errors as the FlashMLAErrors callers see. */
+  #issue(call: PreparedCall): Promise<NativeDecodeOutcome> | undefined {
+    try {
+      return this.engine.launch(call.prepared);
+    } catch (e) {
+      return this.#fail(e, new Error());
+    }
   }
 
   /** Counts the call and returns its outputs: the preallocated tensors, or the pooled blocks it got. */
