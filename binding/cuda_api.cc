@@ -17,6 +17,7 @@ std::vector<std::string> CudaApi::resolve(void* handle) {
     GetDeviceProperties = reinterpret_cast<cuda_abi::GetDevicePropertiesFn>(dlsym(handle, "cudaGetDeviceProperties"));
   }
   if (GetDeviceProperties == nullptr) missing.emplace_back("cudaGetDeviceProperties");
+  StreamGetDevice = reinterpret_cast<cuda_abi::StreamGetDeviceFn>(dlsym(handle, "cudaStreamGetDevice"));  // optional
   return missing;
 }
 

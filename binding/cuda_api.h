@@ -17,6 +17,7 @@ struct CudaApi {
   CUDA_ABI_FUNCTIONS(FMLA_CUDA_MEMBER)
 #undef FMLA_CUDA_MEMBER
   cuda_abi::GetDevicePropertiesFn GetDeviceProperties = nullptr;
+  cuda_abi::StreamGetDeviceFn StreamGetDevice = nullptr;  // optional: CUDA >= 12.8
 
   // Resolves every entry through `handle`; returns the names that did not resolve.
   std::vector<std::string> resolve(void* handle);

@@ -84,6 +84,8 @@ inline constexpr std::size_t kDevicePropBufferBytes = 16384;
   X(Malloc, "cudaMalloc", cudaError_t (*)(void**, std::size_t))                                   \
   X(Free, "cudaFree", cudaError_t (*)(void*))                                                     \
   X(MemcpyAsync, "cudaMemcpyAsync", cudaError_t (*)(void*, const void*, std::size_t, int, cudaStream_t)) \
+  X(Memcpy2DAsync, "cudaMemcpy2DAsync",                                                           \
+    cudaError_t (*)(void*, std::size_t, const void*, std::size_t, std::size_t, std::size_t, int, cudaStream_t)) \
   X(MemsetAsync, "cudaMemsetAsync", cudaError_t (*)(void*, int, std::size_t, cudaStream_t))       \
   X(StreamCreateWithFlags, "cudaStreamCreateWithFlags", cudaError_t (*)(cudaStream_t*, unsigned)) \
   X(StreamDestroy, "cudaStreamDestroy", cudaError_t (*)(cudaStream_t))                            \
@@ -98,5 +100,9 @@ inline constexpr std::size_t kDevicePropBufferBytes = 16384;
 // Looked up separately: "cudaGetDeviceProperties_v2" then "cudaGetDeviceProperties",
 // signature cudaError_t (*)(void* prop, int device).
 using GetDevicePropertiesFn = cudaError_t (*)(void*, int);
+
+// Optional (CUDA 12.8 and newer): "cudaStreamGetDevice", the device of a stream
+// (docs/cuda-path.md#streams-and-events). Null when the runtime predates it.
+using StreamGetDeviceFn = cudaError_t (*)(cudaStream_t, int*);
 
 }  // namespace cuda_abi

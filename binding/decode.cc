@@ -136,6 +136,12 @@ DecodeRequest parseDecodeRequest(const Napi::Object& o, std::vector<Napi::Refere
     bytes = t.ByteLength();
     keepAlive.push_back(Napi::Persistent(v));
   };
+  auto optionalAddress = [&](const char* name) -> uint64_t {
+    Napi::Value v = o.Get(name);
+    return v.IsUndefined() || v.IsNull() ? 0 : address(v, name);
+  };
+  r.outAddress = optionalAddress("outAddress");
+  r.lseAddress = optionalAddress("lseAddress");
   hostBuffer("hostOut", r.hostOut, r.hostOutBytes);
   hostBuffer("hostLse", r.hostLse, r.hostLseBytes);
   Napi::Object ops = o.Get("operands").As<Napi::Object>();
@@ -157,6 +163,7 @@ DecodeRequest parseDecodeRequest(const Napi::Object& o, std::vector<Napi::Refere
   }
   if (!r.ops[kQ].present || !r.ops[kKv].present) throw NativeError("E_INTERNAL", "q and the KV cache are required");
   if ((r.hostOut == nullptr) != (r.hostLse == nullptr)) throw NativeError("E_INTERNAL", "hostOut and hostLse go together");
+  if (r.hostOut != nullptr && (r.outAddress != 0 || r.lseAddress != 0)) throw NativeError("E_INTERNAL", "host outputs cannot be preallocated");
   return r;
 }
 
@@ -256,8 +263,8 @@ bool ensureSchedMeta(DeviceContext& ctx, const DecodeRequest& r, DecodeBuffers& 
   if (ran) {
     ctx.free(slot.metadataId);
     ctx.free(slot.numSplitsId);
-    slot.metadataId = ctx.allocate(static_cast<std::size_t>(r.numSmParts) * sizeof(DecodingSchedMeta)).first;
-    slot.numSplitsId = ctx.allocate((static_cast<std::size_t>(r.b) + 1) * sizeof(int)).first;
+    slot.metadataId = ctx.allocatePooled(static_cast<std::size_t>(r.numSmParts) * sizeof(DecodingSchedMeta)).first;
+    slot.numSplitsId = ctx.allocatePooled((static_cast<std::size_t>(r.b) + 1) * sizeof(int)).first;
     GetDecodeSchedMetaParams p;
     std::memset(&p, 0, sizeof p);
     p.b = r.b;
@@ -296,15 +303,15 @@ void launchCombine(const DeviceContext& ctx, const DecodeRequest& r, const Decod
 }
 
 // The public layouts (docs/flashmla-interface.md#dense-output-reshape): out[b, s, k·hpk + j] =
-// out_raw[b, k, s·hpk + j] on the device; lse[b, k·hpk + j, s] = lse_raw[b, k·q_seq_per_hk +
-// s·hpk + j], a small transposition on the host (the addon has no kernels of its own); then the
-// downloads of host-bound outputs.
+// out_raw[b, k, s·hpk + j] and lse[b, k·hpk + j, s] = lse_raw[b, k·q_seq_per_hk + s·hpk + j], as
+// device-to-device copies on the stream (the lse transposition as strided 2-D copies: the addon has
+// no kernels of its own, and nothing here waits for the device); then the downloads of host-bound
+// outputs.
 void finishOutputs(DeviceContext& ctx, const DecodeRequest& r, const WorkspaceLayout& w, uint8_t* ws, uint8_t* out, uint8_t* lse,
                    const DecodeBuffers& d) {
   const CudaApi& cuda = ctx.cuda();
   const int hpk = r.hQ / r.hK;
   const int qSeqPerHk = r.sQ * hpk;
-  const bool hostOutputs = r.hostOut != nullptr;
   if (!r.outDirect) {
     const std::size_t row = 512 * static_cast<std::size_t>(r.elemBytes);
     const uint8_t* raw = ws + w.outRawAt;
@@ -317,26 +324,23 @@ void finishOutputs(DeviceContext& ctx, const DecodeRequest& r, const WorkspaceLa
         }
   }
   if (!r.lseDirect) {
-    std::vector<float> raw(w.rows), pub(w.rows);
-    ctx.check(cuda.MemcpyAsync(raw.data(), d.lse, w.lseBytes, cudaMemcpyDeviceToHost, d.stream), "cudaMemcpyAsync (lse)");
-    ctx.sync();
+    const auto* raw = reinterpret_cast<const float*>(ws + w.lseRawAt);
+    auto* pub = reinterpret_cast<float*>(lse);
     for (int bi = 0; bi < r.b; bi++)
       for (int k = 0; k < r.hK; k++)
-        for (int s = 0; s < r.sQ; s++)
-          for (int j = 0; j < hpk; j++) {
-            const std::size_t base = static_cast<std::size_t>(bi) * r.sQ * r.hQ;
-            pub[base + (static_cast<std::size_t>(k) * hpk + j) * r.sQ + s] = raw[base + static_cast<std::size_t>(k) * qSeqPerHk + s * hpk + j];
-          }
-    if (hostOutputs) {
-      std::memcpy(r.hostLse, pub.data(), w.lseBytes);
-    } else {
-      ctx.check(cuda.MemcpyAsync(lse, pub.data(), w.lseBytes, cudaMemcpyHostToDevice, d.stream), "cudaMemcpyAsync (lse)");
-      ctx.sync();  // `pub` is pageable memory owned by this frame
-    }
-  } else if (hostOutputs) {
-    ctx.check(cuda.MemcpyAsync(r.hostLse, lse, w.lseBytes, cudaMemcpyDeviceToHost, d.stream), "cudaMemcpyAsync (lse download)");
+        for (int s = 0; s < r.sQ; s++) {
+          const std::size_t base = static_cast<std::size_t>(bi) * r.sQ * r.hQ;
+          // hpk values, contiguous in lse_raw, to a column of lse (a stride of s_q floats).
+          ctx.check(cuda.Memcpy2DAsync(pub + base + static_cast<std::size_t>(k) * hpk * r.sQ + s, sizeof(float) * r.sQ,
+                                       raw + base + static_cast<std::size_t>(k) * qSeqPerHk + static_cast<std::size_t>(s) * hpk, sizeof(float),
+                                       sizeof(float), hpk, cudaMemcpyDeviceToDevice, d.stream),
+                    "cudaMemcpy2DAsync (lse transpose)");
+        }
   }
-  if (hostOutputs) ctx.check(cuda.MemcpyAsync(r.hostOut, out, w.outBytes, cudaMemcpyDeviceToHost, d.stream), "cudaMemcpyAsync (out download)");
+  if (r.hostOut != nullptr) {
+    ctx.check(cuda.MemcpyAsync(r.hostLse, lse, w.lseBytes, cudaMemcpyDeviceToHost, d.stream), "cudaMemcpyAsync (lse download)");
+    ctx.check(cuda.MemcpyAsync(r.hostOut, out, w.outBytes, cudaMemcpyDeviceToHost, d.stream), "cudaMemcpyAsync (out download)");
+  }
 }
 
 }  // namespace
@@ -354,8 +358,12 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
     out = ws + w.hostOutAt;
     lse = ws + w.hostLseAt;
   } else {
-    std::tie(outcome.outId, outcome.outPtr) = ctx.allocate(w.outBytes);
-    std::tie(outcome.lseId, outcome.lsePtr) = ctx.allocate(w.lseBytes);
+    // Preallocated outputs (checked by the TypeScript layer: this instance's live device tensors
+    // of the call's shape and dtype), else blocks of the pool.
+    if (r.outAddress != 0) outcome.outPtr = reinterpret_cast<void*>(r.outAddress);
+    else std::tie(outcome.outId, outcome.outPtr) = ctx.allocatePooled(w.outBytes);
+    if (r.lseAddress != 0) outcome.lsePtr = reinterpret_cast<void*>(r.lseAddress);
+    else std::tie(outcome.lseId, outcome.lsePtr) = ctx.allocatePooled(w.lseBytes);
     out = static_cast<uint8_t*>(outcome.outPtr);
     lse = static_cast<uint8_t*>(outcome.lsePtr);
   }
@@ -375,7 +383,9 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
   else launchSparse(ctx, r, d);
   launchCombine(ctx, r, d);
   finishOutputs(ctx, r, w, ws, out, lse, d);
-  ctx.sync();
+  // Host-bound outputs are complete only once the stream has passed the downloads; device outputs
+  // are stream-ordered like everything else, so nothing waits for them.
+  if (r.hostOut != nullptr) ctx.sync();
   ctx.check(ctx.cuda().GetLastError(), "decode");
   guard.keep = true;
   return outcome;

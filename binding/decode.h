@@ -44,6 +44,8 @@ struct DecodeRequest {
   int strideExtraKvBlock = 0, strideExtraKvRow = 0, strideExtraIndices[2] = {0, 0};
   bool outDirect = true;  // the kernels can write the public out layout
   bool lseDirect = true;  // the kernels can write the public lse layout
+  uint64_t outAddress = 0;  // preallocated device outputs (0: a block of the pool)
+  uint64_t lseAddress = 0;
   void* hostOut = nullptr;  // host destinations (host-tensor calls) or null for device outputs
   std::size_t hostOutBytes = 0;
   void* hostLse = nullptr;
@@ -60,6 +62,11 @@ struct DecodeOutcome {
 
 // On the JavaScript thread: reads the request; typed arrays it points into are added to keepAlive.
 DecodeRequest parseDecodeRequest(const Napi::Object& o, std::vector<Napi::Reference<Napi::Value>>& keepAlive);
+
+// The per-call part of a prepared request (docs/cuda-path.md#per-call-cost), exchanged through a
+// BigUint64Array instead of N-API objects. In: the sched-meta slot and preallocated outputs (0: none);
+// out: the outcome.
+enum Mailbox : int { kMbSlot, kMbOutAddress, kMbLseAddress, kMbOutId, kMbOutPtr, kMbLseId, kMbLsePtr, kMbSchedMetaRan, kMailboxSize };
 
 // On the worker thread, device already selected. `major`/`minor`: the device's compute capability.
 DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRequest& r);

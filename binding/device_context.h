@@ -1,12 +1,18 @@
-// What the worker thread of one FlashMLA instance owns on its device: the stream, the allocations
-// made for JavaScript (freed explicitly, on GC, or when the instance is disposed), the sched-meta
-// buffers and a grow-only scratch area for per-call workspaces. Touched only on the worker thread.
+// What one FlashMLA instance owns on its device: the stream, the allocations made for JavaScript
+// (freed explicitly, on GC, or when the instance is disposed), the sched-meta buffers, and a
+// caching, stream-ordered pool for decode outputs, workspaces and sched-meta buffers
+// (docs/cuda-path.md#per-call-cost). Used by the instance's worker thread and, for device-resident
+// decode calls, by the JavaScript thread: the bookkeeping is behind one mutex, and the CUDA calls
+// themselves are thread-safe.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "flashmla_library.h"
 #include "native_error.h"
@@ -34,15 +40,28 @@ class DeviceContext {
   int device() const { return device_; }
   void* stream() const { return stream_; }
 
-  // cudaSetDevice before every piece of work (the launchers use the current device; FlashMLA #158).
+  // cudaSetDevice before every piece of work, on whichever thread runs it (the launchers use the
+  // current device; FlashMLA #158).
   void activate();
   void createStream();
+  // Uses a stream made elsewhere (FlashMLA.open({ stream })) instead: it must belong to this
+  // context's device (checked here, E_DEVICE otherwise) and is never destroyed here.
+  void adoptStream(void* stream);
+  // Waits for the stream. `beforeBlocking` (set by the engine) runs first: the work of the task
+  // that waits has been issued by then.
   void sync();
   void check(int err, const char* what) const;
+  std::function<void()> beforeBlocking;
 
   // Allocations owned by JavaScript objects, by id (ids are never reused, so a late GC free of a
-  // freed or disposed allocation is a no-op instead of a double free).
+  // freed or disposed allocation is a no-op instead of a double free). `allocate` is exact
+  // (cudaMalloc); `allocatePooled` takes a block of the pool.
   std::pair<uint64_t, void*> allocate(std::size_t bytes);
+  std::pair<uint64_t, void*> allocatePooled(std::size_t bytes);
+  // A pooled allocation goes back to the pool at once (stream order makes that safe: whatever is
+  // issued later runs after its last use) and returns true; any other id is left alone (false).
+  bool releasePooled(uint64_t id);
+  // Frees any allocation; an exact one with cudaFree (which waits for the device: worker thread only).
   void free(uint64_t id);
   void* pointer(uint64_t id) const;
 
@@ -50,21 +69,43 @@ class DeviceContext {
   SchedSlot& slot(uint64_t id);
   void freeSlot(uint64_t id);
 
-  // A device area of at least `bytes`, valid until the next call (calls are serialised and each
-  // one synchronises before it returns).
+  // A pooled device area of at least `bytes` for one call's workspace; the previous one goes back
+  // to the pool (stream-ordered, like every pooled block).
   void* scratch(std::size_t bytes);
 
-  // Frees everything and destroys the stream.
+  // Bytes held by the pool (in use and cached), for tests and the soak.
+  std::size_t pooledBytes() const;
+  // Frees the pool's cached blocks (those not in use); cudaFree waits for the device, so worker thread only.
+  void emptyCache();
+
+  // Events made by record(), by id (ids are never reused).
+  uint64_t createEvent();
+  void* event(uint64_t id) const;  // null once destroyed
+  void destroyEvent(uint64_t id);
+
+  // Frees everything and destroys the stream (unless adopted).
   void release();
 
  private:
+  struct Owned {
+    void* ptr;
+    std::size_t bytes;  // the pool's size class, 0 for an exact allocation
+  };
+  void* takeBlock(std::size_t sizeClass);  // mutex held by the caller
+  void trimPool();                         // frees the cached blocks (cudaFree waits for the device)
+
   std::shared_ptr<LoadedLibrary> lib_;
   int device_;
   void* stream_ = nullptr;
+  bool ownStream_ = true;
+  mutable std::mutex mutex_;
+  std::unordered_map<uint64_t, void*> events_;
   uint64_t nextId_ = 1;
-  std::unordered_map<uint64_t, void*> owned_;
+  std::unordered_map<uint64_t, Owned> owned_;
   std::unordered_map<uint64_t, SchedSlot> slots_;
-  void* scratch_ = nullptr;
+  std::unordered_map<std::size_t, std::vector<void*>> cached_;  // free pool blocks by size class
+  std::size_t pooledBytes_ = 0;
+  uint64_t scratchId_ = 0;
   std::size_t scratchBytes_ = 0;
 };
 

@@ -21,6 +21,15 @@ Napi::Function Engine::Define(Napi::Env env) {
                          InstanceMethod("newSchedSlot", &Engine::NewSchedSlot),
                          InstanceMethod("freeSchedSlot", &Engine::FreeSchedSlot),
                          InstanceMethod("decode", &Engine::Decode),
+                         InstanceMethod("prepare", &Engine::Prepare),
+                         InstanceMethod("launch", &Engine::Launch),
+                         InstanceMethod("setMailbox", &Engine::SetMailbox),
+                         InstanceMethod("pooledBytes", &Engine::PooledBytes),
+                         InstanceMethod("emptyCache", &Engine::EmptyCache),
+                         InstanceMethod("synchronize", &Engine::Synchronize),
+                         InstanceMethod("recordEvent", &Engine::RecordEvent),
+                         InstanceMethod("synchronizeEvent", &Engine::SynchronizeEvent),
+                         InstanceMethod("destroyEvent", &Engine::DestroyEvent),
                          InstanceMethod("dispose", &Engine::Dispose),
                      });
 }
@@ -74,6 +83,14 @@ void Engine::run() {
       queue_.pop_front();
     }
     const bool stop = task->stop;
+    // The task's stream work is issued once it starts to wait (or ends): from then on the
+    // JavaScript thread may issue later work itself (canIssueHere).
+    bool counted = task->streamWork;
+    auto issued = [this, &counted] {
+      if (counted) unissued_.fetch_sub(1, std::memory_order_release);
+      counted = false;
+    };
+    ctx_->beforeBlocking = issued;
     try {
       if (stop) {
         ctx_->release();
@@ -86,6 +103,8 @@ void Engine::run() {
     } catch (const std::exception& e) {
       task->error.emplace("E_INTERNAL", e.what());
     }
+    issued();
+    ctx_->beforeBlocking = nullptr;
     if (task->deferred != nullptr || !task->keepAlive.empty() || !task->engine.IsEmpty()) {
       // When the call fails, the environment is going away: nothing can be settled, and the task's
       // references belong to that environment (deleting them here, off its thread, is not
@@ -139,6 +158,7 @@ Napi::Value Engine::enqueue(Napi::Env env, std::unique_ptr<Task> task, bool with
   }
   task->engine = Napi::Persistent(Value());
   if (pending_++ == 0) tsfn_.Ref(env);
+  if (task->streamWork) unissued_.fetch_add(1, std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     queue_.push_back(std::move(task));
@@ -153,12 +173,23 @@ static Napi::Value rejectNow(Napi::Env env, const NativeError& e) {
   return d.Promise();
 }
 
-// start() → { major, minor, sms, name, freeMemory, totalMemory }: select the device, make the
-// stream, and read the facts the host layer needs (docs/flashmla-interface.md#host-helpers Arch).
+// start(stream?) → { major, minor, sms, freeMemory, totalMemory, stream }: select the device, make
+// the stream (or adopt the caller's, a bigint cudaStream_t), and read the facts the host layer
+// needs (docs/flashmla-interface.md#host-helpers Arch).
 Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
+  bool adopt = false;
+  uint64_t given = 0;
+  try {
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      given = address(info[0], "options.stream");
+      adopt = true;
+    }
+  } catch (const NativeError& e) {
+    return rejectNow(info.Env(), e);
+  }
   auto task = std::make_unique<Task>();
-  auto out = std::make_shared<std::tuple<int, int, int, std::size_t, std::size_t>>();
-  task->execute = [this, out](DeviceContext& ctx) {
+  auto out = std::make_shared<std::tuple<int, int, int, std::size_t, std::size_t, uint64_t>>();
+  task->execute = [this, out, adopt, given](DeviceContext& ctx) {
     const CudaApi& cuda = ctx.cuda();
     int count = 0;
     ctx.check(cuda.GetDeviceCount(&count), "cudaGetDeviceCount");
@@ -166,25 +197,80 @@ Napi::Value Engine::Start(const Napi::CallbackInfo& info) {
       throw NativeError("E_BACKEND", "device " + std::to_string(ctx.device()) + " does not exist (" +
                                          std::to_string(count) + " CUDA device(s))");
     }
-    auto& [major, minor, sms, freeBytes, totalBytes] = *out;
+    auto& [major, minor, sms, freeBytes, totalBytes, stream] = *out;
     ctx.check(cuda.DeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx.device()), "cudaDeviceGetAttribute");
     ctx.check(cuda.DeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ctx.device()), "cudaDeviceGetAttribute");
     ctx.check(cuda.DeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device()), "cudaDeviceGetAttribute");
-    ctx.createStream();
+    if (adopt) ctx.adoptStream(reinterpret_cast<void*>(given));
+    else ctx.createStream();
+    stream = reinterpret_cast<uintptr_t>(ctx.stream());
     ctx.check(cuda.MemGetInfo(&freeBytes, &totalBytes), "cudaMemGetInfo");
     facts_ = {major, minor, sms};
   };
   task->settle = [out](Napi::Env env) {
-    auto& [major, minor, sms, freeBytes, totalBytes] = *out;
+    auto& [major, minor, sms, freeBytes, totalBytes, stream] = *out;
     Napi::Object o = Napi::Object::New(env);
     o.Set("major", major);
     o.Set("minor", minor);
     o.Set("sms", sms);
     o.Set("freeMemory", static_cast<double>(freeBytes));
     o.Set("totalMemory", static_cast<double>(totalBytes));
+    o.Set("stream", Napi::BigInt::New(env, stream));
     return o;
   };
   return enqueue(info.Env(), std::move(task), true);
+}
+
+// synchronize(): resolves once the stream has completed everything issued before the call (the
+// wait is on the worker thread).
+Napi::Value Engine::Synchronize(const Napi::CallbackInfo& info) {
+  auto task = std::make_unique<Task>();
+  task->execute = [](DeviceContext& ctx) { ctx.sync(); };
+  return enqueue(info.Env(), std::move(task), true);
+}
+
+// recordEvent() → id: an event recorded on the stream after everything issued so far; on this
+// thread when nothing queued is still to issue its work, else behind it.
+Napi::Value Engine::RecordEvent(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposed_) throwError(env, "E_DISPOSED", "this FlashMLA instance was disposed");
+  uint64_t id = 0;
+  try {
+    ctx_->activate();
+    id = ctx_->createEvent();
+    if (canIssueHere()) {
+      ctx_->check(ctx_->cuda().EventRecord(ctx_->event(id), ctx_->stream()), "cudaEventRecord");
+      return Napi::Number::New(env, static_cast<double>(id));
+    }
+  } catch (const NativeError& e) {
+    if (id != 0) ctx_->destroyEvent(id);
+    throw makeError(env, e);
+  }
+  auto task = std::make_unique<Task>();
+  task->streamWork = true;
+  task->execute = [id](DeviceContext& ctx) { ctx.check(ctx.cuda().EventRecord(ctx.event(id), ctx.stream()), "cudaEventRecord"); };
+  enqueue(env, std::move(task), false);
+  return Napi::Number::New(env, static_cast<double>(id));
+}
+
+// synchronizeEvent(id): resolves once the event has completed (the wait is on the worker thread).
+Napi::Value Engine::SynchronizeEvent(const Napi::CallbackInfo& info) {
+  const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue());
+  auto task = std::make_unique<Task>();
+  task->execute = [id](DeviceContext& ctx) {
+    void* e = ctx.event(id);
+    if (e == nullptr) throw NativeError("E_DISPOSED", "the event was disposed");
+    ctx.check(ctx.cuda().EventSynchronize(e), "cudaEventSynchronize");
+  };
+  return enqueue(info.Env(), std::move(task), true);
+}
+
+// destroyEvent(id): behind every queued wait on it; no Promise (FinalizationRegistry).
+Napi::Value Engine::DestroyEvent(const Napi::CallbackInfo& info) {
+  const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue());
+  auto task = std::make_unique<Task>();
+  task->execute = [id](DeviceContext& ctx) { ctx.destroyEvent(id); };
+  return enqueue(info.Env(), std::move(task), false);
 }
 
 static Napi::Object allocation(Napi::Env env, uint64_t id, void* p) {
@@ -204,10 +290,12 @@ Napi::Value Engine::Malloc(const Napi::CallbackInfo& info) {
   return enqueue(info.Env(), std::move(task), true);
 }
 
-// free(id): queued behind all earlier work (which may still use the memory); no Promise, so it can
-// run from a FinalizationRegistry callback.
+// free(id): a pooled block goes back to the pool at once (stream-ordered reuse); other memory is
+// freed behind all earlier work (cudaFree waits for the device, so on the worker). No Promise, so it
+// can run from a FinalizationRegistry callback.
 Napi::Value Engine::Free(const Napi::CallbackInfo& info) {
   const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue());
+  if (!disposed_ && ctx_->releasePooled(id)) return info.Env().Undefined();
   auto task = std::make_unique<Task>();
   task->execute = [id](DeviceContext& ctx) { ctx.free(id); };
   return enqueue(info.Env(), std::move(task), false);
@@ -227,6 +315,7 @@ Napi::Value Engine::Upload(const Napi::CallbackInfo& info) {
     auto [src, bytes] = bytesOf(info[1]);
     auto task = std::make_unique<Task>();
     task->keepAlive.push_back(Napi::Persistent(info[1]));
+    task->streamWork = true;
     task->execute = [dst, src = src, bytes = bytes](DeviceContext& ctx) {
       ctx.check(ctx.cuda().MemcpyAsync(reinterpret_cast<void*>(dst), src, bytes, cudaMemcpyHostToDevice, ctx.stream()),
                 "cudaMemcpyAsync (upload)");
@@ -245,6 +334,7 @@ Napi::Value Engine::Download(const Napi::CallbackInfo& info) {
     auto [dst, bytes] = bytesOf(info[1]);
     auto task = std::make_unique<Task>();
     task->keepAlive.push_back(Napi::Persistent(info[1]));
+    task->streamWork = true;
     task->execute = [src, dst = dst, bytes = bytes](DeviceContext& ctx) {
       ctx.check(ctx.cuda().MemcpyAsync(dst, reinterpret_cast<const void*>(src), bytes, cudaMemcpyDeviceToHost, ctx.stream()),
                 "cudaMemcpyAsync (download)");
@@ -290,33 +380,142 @@ Napi::Value Engine::NewSchedSlot(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(nextSlot_++));
 }
 
+// freeSchedSlot(id): at once when no queued work can still be using the slot, else behind it.
 Napi::Value Engine::FreeSchedSlot(const Napi::CallbackInfo& info) {
   const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue());
+  if (disposed_) return info.Env().Undefined();
+  if (canIssueHere()) {
+    ctx_->freeSlot(id);
+    return info.Env().Undefined();
+  }
   auto task = std::make_unique<Task>();
+  task->streamWork = true;
   task->execute = [id](DeviceContext& ctx) { ctx.freeSlot(id); };
   return enqueue(info.Env(), std::move(task), false);
 }
 
-// decode(request) → { schedMetaRan, out?: {id, address}, lse?: {id, address} }
+// A decode on the worker thread; its Promise resolves with
+// { schedMetaRan, out?: {id, address}, lse?: {id, address} } (out/lse: pooled outputs it allocated).
+Napi::Value Engine::queueDecode(Napi::Env env, std::unique_ptr<Task> task, std::shared_ptr<const DecodeRequest> req) {
+  auto outcome = std::make_shared<DecodeOutcome>();
+  task->streamWork = true;
+  task->execute = [this, req, outcome](DeviceContext& ctx) { *outcome = runDecode(ctx, facts_.major, facts_.minor, *req); };
+  task->settle = [outcome](Napi::Env env) -> Napi::Value {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("schedMetaRan", outcome->schedMetaRan);
+    if (outcome->outId != 0) o.Set("out", allocation(env, outcome->outId, outcome->outPtr));
+    if (outcome->lseId != 0) o.Set("lse", allocation(env, outcome->lseId, outcome->lsePtr));
+    return o;
+  };
+  return enqueue(env, std::move(task), true);
+}
+
+// decode(request): any decode (host operands and host outputs included), on the worker thread.
 Napi::Value Engine::Decode(const Napi::CallbackInfo& info) {
   try {
     auto task = std::make_unique<Task>();
-    auto req = std::make_shared<DecodeRequest>(parseDecodeRequest(info[0].As<Napi::Object>(), task->keepAlive));
-    auto outcome = std::make_shared<DecodeOutcome>();
-    task->execute = [this, req, outcome](DeviceContext& ctx) { *outcome = runDecode(ctx, facts_.major, facts_.minor, *req); };
-    task->settle = [outcome](Napi::Env env) -> Napi::Value {
-      Napi::Object o = Napi::Object::New(env);
-      o.Set("schedMetaRan", outcome->schedMetaRan);
-      if (outcome->outId != 0) {
-        o.Set("out", allocation(env, outcome->outId, outcome->outPtr));
-        o.Set("lse", allocation(env, outcome->lseId, outcome->lsePtr));
-      }
-      return o;
-    };
-    return enqueue(info.Env(), std::move(task), true);
+    auto req = std::make_shared<const DecodeRequest>(parseDecodeRequest(info[0].As<Napi::Object>(), task->keepAlive));
+    return queueDecode(info.Env(), std::move(task), std::move(req));
   } catch (const NativeError& e) {
     return rejectNow(info.Env(), e);
   }
+}
+
+namespace {
+// Marks the externals made by prepare(), so launch() never reads another kind of External as a request.
+constexpr napi_type_tag kPreparedTag = {0x6d0c2a51f3b84e17ULL, 0x9a4f2d7be1c35806ULL};
+
+const DecodeRequest* preparedOf(const Napi::Value& v) {
+  bool tagged = false;
+  if (!v.IsExternal() || napi_check_object_type_tag(v.Env(), v, &kPreparedTag, &tagged) != napi_ok || !tagged) {
+    throw NativeError("E_INTERNAL", "launch() takes a request made by prepare()");
+  }
+  return v.As<Napi::External<DecodeRequest>>().Data();
+}
+
+uint64_t* mailboxOf(const Napi::Value& v) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array ||
+      v.As<Napi::TypedArray>().ElementLength() < kMailboxSize) {
+    throw NativeError("E_INTERNAL", "launch() needs a BigUint64Array mailbox");
+  }
+  Napi::TypedArray t = v.As<Napi::TypedArray>();
+  return reinterpret_cast<uint64_t*>(static_cast<uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset());
+}
+}  // namespace
+
+// prepare(request) → an opaque request for launch(): a decode whose operands are all device
+// addresses and whose outputs stay on the device, parsed once (docs/cuda-path.md#per-call-cost).
+Napi::Value Engine::Prepare(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    std::vector<Napi::Reference<Napi::Value>> keepAlive;
+    auto req = std::make_unique<DecodeRequest>(parseDecodeRequest(info[0].As<Napi::Object>(), keepAlive));
+    if (!keepAlive.empty()) throw NativeError("E_INTERNAL", "a prepared request has device operands and device outputs only");
+    auto ext = Napi::External<DecodeRequest>::New(env, req.release(), [](Napi::Env, DecodeRequest* r) { delete r; });
+    if (napi_type_tag_object(env, ext, &kPreparedTag) != napi_ok) throw NativeError("E_INTERNAL", "napi_type_tag_object failed");
+    return ext;
+  } catch (const NativeError& e) {
+    throwError(env, e.code, e.what());
+  }
+}
+
+// setMailbox(BigUint64Array): the per-call exchange of launch(), given once (docs/cuda-path.md#per-call-cost).
+Napi::Value Engine::SetMailbox(const Napi::CallbackInfo& info) {
+  try {
+    uint64_t* mb = mailboxOf(info[0]);
+    mailboxRef_ = Napi::Persistent(info[0]);
+    mailbox_ = mb;
+  } catch (const NativeError& e) {
+    throwError(info.Env(), e.code, e.what());
+  }
+  return info.Env().Undefined();
+}
+
+// launch(prepared) → undefined when the decode was issued here, on the calling thread (the outcome
+// is in the mailbox), or a Promise (as decode's) when earlier queued work has still to issue its
+// own, so the decode is queued behind it. Errors of the calling-thread path are thrown.
+Napi::Value Engine::Launch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DecodeRequest r;
+  uint64_t* mb = mailbox_;
+  try {
+    r = *preparedOf(info[0]);
+    if (mb == nullptr) throw NativeError("E_INTERNAL", "launch() before setMailbox()");
+  } catch (const NativeError& e) {
+    throwError(env, e.code, e.what());
+  }
+  if (disposed_) throwError(env, "E_DISPOSED", "this FlashMLA instance was disposed");
+  r.slot = mb[kMbSlot];
+  r.outAddress = mb[kMbOutAddress];
+  r.lseAddress = mb[kMbLseAddress];
+  if (!canIssueHere()) return queueDecode(env, std::make_unique<Task>(), std::make_shared<const DecodeRequest>(r));
+  DecodeOutcome o;
+  try {
+    ctx_->activate();
+    o = runDecode(*ctx_, facts_.major, facts_.minor, r);
+  } catch (const NativeError& e) {
+    throw makeError(env, e);
+  } catch (const std::exception& e) {
+    throwError(env, "E_INTERNAL", e.what());
+  }
+  mb[kMbOutId] = o.outId;
+  mb[kMbOutPtr] = reinterpret_cast<uintptr_t>(o.outPtr);
+  mb[kMbLseId] = o.lseId;
+  mb[kMbLsePtr] = reinterpret_cast<uintptr_t>(o.lsePtr);
+  mb[kMbSchedMetaRan] = o.schedMetaRan ? 1 : 0;
+  return env.Undefined();
+}
+
+// emptyCache(): frees the pool's cached blocks, on the worker (cudaFree waits for the device).
+Napi::Value Engine::EmptyCache(const Napi::CallbackInfo& info) {
+  auto task = std::make_unique<Task>();
+  task->execute = [](DeviceContext& ctx) { ctx.emptyCache(); };
+  return enqueue(info.Env(), std::move(task), true);
+}
+
+// pooledBytes() → bytes the instance's pool holds (blocks in use and cached).
+Napi::Value Engine::PooledBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(ctx_->pooledBytes()));
 }
 
 // dispose(): after all queued work, frees every allocation, the workspace and the stream.

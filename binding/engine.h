@@ -1,11 +1,17 @@
-// One FlashMLA instance's native side: a dedicated worker thread that owns a DeviceContext and runs
-// every copy, launch and synchronisation in order, off the JavaScript thread (docs/architecture.md#native-addon). Each
-// operation returns a Promise settled on the JavaScript thread through a thread-safe function; the
-// JavaScript objects whose memory the work reads or writes are referenced until it completes.
+// One FlashMLA instance's native side: a DeviceContext, and a dedicated worker thread that runs in
+// order every operation that waits for the device or reads host memory (uploads, downloads,
+// host-tensor decodes, synchronisation), off the JavaScript thread (docs/architecture.md#native-addon).
+// Each such operation returns a Promise settled on the JavaScript thread through a thread-safe
+// function; the JavaScript objects whose memory the work reads or writes are referenced until it
+// completes. A decode of device-resident tensors is issued on the calling thread instead
+// (docs/cuda-path.md#per-call-cost): kernel launches are asynchronous, so nothing waits for the
+// device, and it is issued there only when every earlier queued operation has issued its own stream
+// work, so stream order is call order.
 #pragma once
 
 #include <napi.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -14,6 +20,7 @@
 #include <optional>
 #include <thread>
 
+#include "decode.h"
 #include "device_context.h"
 #include "native_error.h"
 
@@ -29,6 +36,7 @@ struct Task {
   Napi::ObjectReference engine;  // the engine cannot be collected while its work is pending
   std::optional<NativeError> error;  // why execute failed, when it did
   bool stop = false;  // the last task: release everything, then end the thread
+  bool streamWork = false;  // issues work on the stream: later calls wait for it to be issued
 };
 
 class Engine : public Napi::ObjectWrap<Engine> {
@@ -53,10 +61,22 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value NewSchedSlot(const Napi::CallbackInfo& info);
   Napi::Value FreeSchedSlot(const Napi::CallbackInfo& info);
   Napi::Value Decode(const Napi::CallbackInfo& info);
+  Napi::Value Prepare(const Napi::CallbackInfo& info);
+  Napi::Value Launch(const Napi::CallbackInfo& info);
+  Napi::Value SetMailbox(const Napi::CallbackInfo& info);
+  Napi::Value PooledBytes(const Napi::CallbackInfo& info);
+  Napi::Value EmptyCache(const Napi::CallbackInfo& info);
+  Napi::Value Synchronize(const Napi::CallbackInfo& info);
+  Napi::Value RecordEvent(const Napi::CallbackInfo& info);
+  Napi::Value SynchronizeEvent(const Napi::CallbackInfo& info);
+  Napi::Value DestroyEvent(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
   // Queues `task` (with a Promise unless fire-and-forget) and returns the Promise or undefined.
   Napi::Value enqueue(Napi::Env env, std::unique_ptr<Task> task, bool withPromise);
+  // Whether the JavaScript thread may issue stream work itself now: no queued task is still to issue its own.
+  bool canIssueHere() const { return unissued_.load(std::memory_order_acquire) == 0; }
+  Napi::Value queueDecode(Napi::Env env, std::unique_ptr<Task> task, std::shared_ptr<const DecodeRequest> req);
   void run();
   void complete(Napi::Env env, Task* task);
   void stopThread();
@@ -69,6 +89,9 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::ThreadSafeFunction tsfn_;
   bool tsfnActive_ = false;
   std::shared_ptr<bool> tsfnGone_ = std::make_shared<bool>(false);  // set by the TSFN's finalizer
+  Napi::Reference<Napi::Value> mailboxRef_;  // launch()'s exchange (JavaScript thread only)
+  uint64_t* mailbox_ = nullptr;
+  std::atomic<int> unissued_{0};  // queued stream-work tasks that have not issued their work yet
   int pending_ = 0;        // JavaScript thread only
   bool disposed_ = false;  // JavaScript thread only
   uint64_t nextSlot_ = 1;  // JavaScript thread only

@@ -1,24 +1,33 @@
 #!/usr/bin/env node
-// Host-side time per decode call of the native path: device-resident inputs, the CPU emulator
+// Host-side time per decode call of the native path (docs/cuda-path.md#per-call-cost): device-resident
+// inputs, one sched meta shared by 61 calls (a decoding step of a 61-layer model), the CPU emulator
 // (tests/emulator) loaded as the FlashMLA build with its kernels in no-op mode, so what is timed is
-// our host layer, the addon, the worker thread round trip and the emulated CUDA calls. Compared
-// with the same call on the reference backend (which computes). Median over many calls.
+// the public API, our host layer, the addon and the emulated CUDA calls. Per case: the call with new
+// outputs (disposed right away) and with preallocated outputs (median, p10, p90 of single calls, and
+// CPU time per call over the whole run), then a breakdown measured piece by piece. The same call with
+// host inputs and on the reference backend (which computes) are printed for scale.
 //
 //   npm run build            # compiles src/ to dist/ (tsc)
-//   node scripts/bench-native-overhead.mjs [calls]
+//   node scripts/bench-native-overhead.mjs [steps]     # steps of 61 calls (default 50)
 import { performance } from 'node:perf_hooks';
 
 process.env.FLASHMLA_EMU_MODE = 'noop';
 process.env.FLASHMLA_EMU_ARCH ??= 'sm90';
 
 const { FlashMLA } = await import('../dist/flashmla.js');
+const { openCudaSession } = await import('../dist/cuda/session.js');
 const { generateDenseCase, generateSparseCase } = await import('../dist/harness/cases.js');
 const { getMlaMetadata } = await import('../dist/sched-meta.js');
+const { readDecodeArgs, readDecodeOptions, TENSOR_ARG_KEYS } = await import('../dist/validate/args.js');
+const { validateDecode } = await import('../dist/validate/index.js');
+const { planLaunch, requestFields, operandsOf } = await import('../dist/cuda/host-layer.js');
+const { MAILBOX } = await import('../dist/addon.js');
 const { buildEmulator } = await import('../tests/emulator/build.mjs');
 
-const calls = Number(process.argv[2] ?? 300);
+const LAYERS = 61;
+const steps = Number(process.argv[2] ?? 50);
 const library = await buildEmulator();
-const cuda = await FlashMLA.open({ backend: 'cuda', library });
+const fm = await FlashMLA.open({ backend: 'cuda', library });
 const reference = await FlashMLA.open({ backend: 'reference' });
 
 const stats = (xs) => {
@@ -27,23 +36,38 @@ const stats = (xs) => {
   return { median: at(0.5), p10: at(0.1), p90: at(0.9) };
 };
 const fmt = (x) => (x >= 1000 ? `${(x / 1000).toFixed(2)} ms` : `${x.toFixed(1)} µs`);
+const fmtStats = (s) => `${fmt(s.median)} [${fmt(s.p10)}, ${fmt(s.p90)}]`;
 
-async function time(n, fn) {
-  for (let i = 0; i < Math.min(10, n); i++) await fn(); // warm-up
+/** Single-call wall times (µs) of `steps` steps of 61 calls, each step with a fresh sched meta. */
+async function timeSteps(n, call) {
+  for (let i = 0; i < 3; i++) for (let l = 0; l < LAYERS; l++) await call(getMlaMetadata()); // warm-up
   const t = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
-    await fn();
-    t.push((performance.now() - t0) * 1000);
+  for (let s = 0; s < n; s++) {
+    const meta = getMlaMetadata();
+    for (let l = 0; l < LAYERS; l++) {
+      const t0 = performance.now();
+      await call(meta);
+      t.push((performance.now() - t0) * 1000);
+    }
   }
   return stats(t);
 }
 
+/** µs per run of `fn`: the median over batches of 100 runs (robust to other processes taking the CPU). */
+async function perRun(batches, fn) {
+  for (let i = 0; i < 200; i++) await fn();
+  const t = [];
+  for (let b = 0; b < batches; b++) {
+    const t0 = performance.now();
+    for (let i = 0; i < 100; i++) await fn();
+    t.push(((performance.now() - t0) * 1000) / 100);
+  }
+  return stats(t).median;
+}
+
 async function onDevice(args) {
   const out = { ...args };
-  for (const k of ['q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength']) {
-    if (args[k]) out[k] = await cuda.upload(args[k]);
-  }
+  for (const k of TENSOR_ARG_KEYS) if (args[k]) out[k] = await fm.upload(args[k]);
   return out;
 }
 
@@ -53,20 +77,70 @@ const cases = [
   generateSparseCase({ b: 4, sQ: 2, hQ: 128, dQK: 512, main: { sK: 512, topk: 128, blockSize: 64 }, extra: { sK: 256, topk: 64, blockSize: 64 }, sink: true }, 3),
 ];
 
-console.log(`native host overhead (emulator ${process.env.FLASHMLA_EMU_ARCH}, FLASHMLA_EMU_MODE=noop), ${calls} calls each; reference: ${Math.max(5, calls / 20) | 0} calls`);
-console.log('case | native, device inputs (median [p10, p90]) | native, host inputs | reference | reference / native');
+// The native launch alone: a session's prepared request issued directly (what the public call adds
+// on top of it is validation-cache lookup, sched-meta binding, output tensors and Promises).
+const opened = await openCudaSession({ library });
+if (!opened.ok) throw new Error(opened.reason);
+const session = opened.session;
+const ids = new Map((await import('../dist/addon.js')).loadAddon().addon.launchers.map((l) => [l.key, l.id]));
+
+console.log(`native host time per decode call (emulator ${process.env.FLASHMLA_EMU_ARCH}, FLASHMLA_EMU_MODE=noop), ${steps} steps × ${LAYERS} calls, one sched meta per step`);
+console.log('case | new outputs: median [p10, p90] | preallocated outputs: median [p10, p90]');
+const breakdowns = [];
 for (const c of cases) {
-  const meta = getMlaMetadata(); // one per step, shared by all calls
-  const dev = { ...(await onDevice(c.args)), schedMeta: meta };
-  const native = await time(calls, async () => {
-    const r = await cuda.flashMlaWithKvCache(dev);
+  const dev = await onDevice(c.args);
+  const fresh = await timeSteps(steps, async (schedMeta) => {
+    const r = await fm.flashMlaWithKvCache({ ...dev, schedMeta });
     r.out.dispose();
     r.lse.dispose();
   });
-  const hostMeta = getMlaMetadata();
-  const host = await time(Math.max(20, calls / 5) | 0, () => cuda.flashMlaWithKvCache({ ...c.args, schedMeta: hostMeta }));
-  const refMeta = getMlaMetadata();
-  const ref = await time(Math.max(5, calls / 20) | 0, () => reference.flashMlaWithKvCache({ ...c.args, schedMeta: refMeta }));
-  console.log(`${c.name} | ${fmt(native.median)} [${fmt(native.p10)}, ${fmt(native.p90)}] | ${fmt(host.median)} | ${fmt(ref.median)} | ${(ref.median / native.median).toFixed(0)}×`);
+  const first = await fm.flashMlaWithKvCache({ ...dev, schedMeta: getMlaMetadata() });
+  const given = { out: first.out, lse: first.lse };
+  const pre = await timeSteps(steps, (schedMeta) => fm.flashMlaWithKvCache({ ...dev, schedMeta }, given));
+  console.log(`${c.name} | ${fmtStats(fresh)} | ${fmtStats(pre)}`);
+
+  // Breakdown, each piece on its own.
+  const meta = getMlaMetadata();
+  const args = { ...dev, schedMeta: meta };
+  const read = await perRun(200, () => { readDecodeArgs({ ...args }); readDecodeOptions(given); });
+  const plan = await perRun(20, () => {
+    const p = validateDecode(readDecodeArgs({ ...args }));
+    planLaunch(p, session.facts, () => null, (b) => b.tensor.base);
+  });
+  const p = validateDecode(readDecodeArgs(args));
+  const launch = planLaunch(p, session.facts, () => null, (b) => b.tensor.base);
+  const operands = Object.fromEntries(Object.entries(operandsOf(p)).map(([k, b]) => [k, b === null ? null : b.tensor.base]));
+  const prepared = session.engine.prepare({ ...requestFields(p, launch, (k) => ids.get(k)), slot: 0, operands, hostOut: undefined, hostLse: undefined });
+  const mb = new BigUint64Array(MAILBOX.size);
+  session.engine.setMailbox(mb); // the session's own calls are not used from here on
+  mb[MAILBOX.slot] = BigInt(session.engine.newSchedSlot());
+  mb[MAILBOX.outAddress] = given.out.base;
+  mb[MAILBOX.lseAddress] = given.lse.base;
+  const native = await perRun(200, () => { session.engine.launch(prepared); });
+  const promise = await perRun(200, async () => { await (async () => (async () => ({}))())(); });
+  const total = await perRun(200, () => fm.flashMlaWithKvCache({ ...args }, given));
+  breakdowns.push({ name: c.name, read, plan, native, promise, total });
+  dev.q.dispose?.();
 }
-await cuda.dispose();
+console.log('\nbreakdown (µs per call, median over batches of 100 calls, preallocated outputs; each piece timed alone):');
+console.log('case | read args + options | native launch (addon + emulated CUDA) | Promises (3 async frames) | rest: cache lookup, sched-meta bind, outputs | whole call | a cache miss would add: validate + plan');
+for (const b of breakdowns) {
+  const rest = b.total - b.read - b.native - b.promise;
+  console.log(`${b.name} | ${fmt(b.read)} | ${fmt(b.native)} | ${fmt(b.promise)} | ${fmt(Math.max(rest, 0))} | ${fmt(b.total)} | ${fmt(b.plan)}`);
+}
+
+// For scale: host inputs (uploads and downloads on the worker thread), and the reference backend.
+console.log('\nfor scale (median of single calls): host inputs on the native path | reference backend (computes)');
+for (const c of cases) {
+  const host = await timeSteps(1, (schedMeta) => fm.flashMlaWithKvCache({ ...c.args, schedMeta }));
+  const refMeta = getMlaMetadata();
+  const ref = [];
+  for (let i = 0; i < 6; i++) {
+    const t0 = performance.now();
+    await reference.flashMlaWithKvCache({ ...c.args, schedMeta: refMeta });
+    ref.push((performance.now() - t0) * 1000);
+  }
+  console.log(`${c.name} | ${fmt(host.median)} | ${fmt(stats(ref.slice(1)).median)}`);
+}
+await session.dispose();
+await fm.dispose();

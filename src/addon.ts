@@ -58,6 +58,8 @@ export interface NativeStart {
   readonly sms: number;
   readonly freeMemory: number;
   readonly totalMemory: number;
+  /** The instance's cudaStream_t (made, or the caller's). */
+  readonly stream: bigint;
 }
 
 export interface NativeDecodeOutcome {
@@ -98,11 +100,32 @@ export interface NativeDecodeRequest extends NativeDecodeFields {
   readonly operands: Readonly<Record<string, bigint | ArrayBufferView | null>>;
   readonly hostOut: Uint16Array | undefined;
   readonly hostLse: Float32Array | undefined;
+  /** Preallocated device outputs (element 0), else a block of the instance's pool is used. */
+  readonly outAddress?: bigint;
+  readonly lseAddress?: bigint;
 }
+
+/** A decode request parsed once by the addon (`prepare`), launched many times. Opaque. */
+export interface NativePrepared {
+  readonly __prepared: unique symbol;
+}
+
+/**
+ * The per-call exchange of `launch` (binding/decode.h `Mailbox`): in [slot, outAddress, lseAddress]
+ * (0n: none), out [outId, outAddress, lseId, lseAddress, schedMetaRan].
+ */
+export const MAILBOX = { slot: 0, outAddress: 1, lseAddress: 2, outId: 3, outPtr: 4, lseId: 5, lsePtr: 6, schedMetaRan: 7, size: 8 } as const;
 
 /** The per-instance worker of binding/engine.h. Every Promise rejects with a FlashMLAError (its code from the addon). */
 export interface NativeEngine {
-  start(): Promise<NativeStart>;
+  /** Selects the device and makes a stream, or adopts `stream` (a cudaStream_t of that device: E_DEVICE otherwise). */
+  start(stream?: bigint): Promise<NativeStart>;
+  /** Resolves once the stream has completed everything issued before the call. */
+  synchronize(): Promise<void>;
+  /** Records a new event on the stream after everything issued so far; returns its id. */
+  recordEvent(): number;
+  synchronizeEvent(id: number): Promise<void>;
+  destroyEvent(id: number): void;
   malloc(bytes: number): Promise<NativeAllocation>;
   free(id: number): void;
   upload(address: bigint, data: ArrayBufferView): Promise<void>;
@@ -111,6 +134,20 @@ export interface NativeEngine {
   newSchedSlot(): number;
   freeSchedSlot(id: number): void;
   decode(request: NativeDecodeRequest): Promise<NativeDecodeOutcome>;
+  /** Parses a request whose operands are all device addresses and whose outputs stay on the device. */
+  prepare(request: Omit<NativeDecodeRequest, 'slot'> & { slot: 0 }): NativePrepared;
+  /**
+   * Issues a prepared decode on the calling thread (undefined: the outcome is in the mailbox), or
+   * queues it behind earlier work that has still to issue its own (a Promise, as decode's). Throws
+   * a FlashMLAError when issuing here fails.
+   */
+  launch(prepared: NativePrepared): Promise<NativeDecodeOutcome> | undefined;
+  /** The BigUint64Array (MAILBOX.size elements) through which launch exchanges its per-call values; given once. */
+  setMailbox(mailbox: BigUint64Array): void;
+  /** Bytes the instance's pool holds (blocks in use and cached). */
+  pooledBytes(): number;
+  /** Frees the pool's cached blocks (on the worker thread). */
+  emptyCache(): Promise<void>;
   dispose(): Promise<void>;
 }
 

@@ -2,6 +2,7 @@ import { FlashMLAError } from './errors.js';
 import { defaultCuda } from './cuda/default.js';
 import { referenceDecode } from './reference/index.js';
 import { readDecodeArgs, readDecodeOptions } from './validate/args.js';
+import { expectNoOutputOptions } from './validate/outputs.js';
 import type { DeviceTensor } from './device-tensor.js';
 import type { HostTensor, Tensor } from './tensor.js';
 import type { CallOptions, DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
@@ -32,14 +33,20 @@ export async function flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?
   if (backend !== 'auto' && backend !== 'cuda' && backend !== 'reference') {
     throw new FlashMLAError('E_VALUE', `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`, 'options.backend');
   }
-  if (backend === 'reference') return referenceDecode(args, options);
+  if (backend === 'reference') return onReference(args, options, 'needs the CUDA backend, and options.backend is \'reference\'');
   const cuda = await defaultCuda();
   // Under 'auto' a call this build cannot run on the device (a dense call on a build without dense
   // kernels, say) runs on the reference when its tensors are host tensors.
   if (cuda.ok) {
-    if (backend === 'cuda' || cuda.instance.cannotRun(args) === null) return cuda.instance.flashMlaWithKvCache(args, options);
-    return referenceDecode(args, options);
+    const why = backend === 'cuda' ? null : cuda.instance.cannotRun(args);
+    if (why === null) return cuda.instance.flashMlaWithKvCache(args, options);
+    return onReference(args, options, `needs the CUDA backend, and this call runs on the reference: ${why}`);
   }
   if (backend === 'cuda') throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${cuda.reason}`, 'options.backend');
+  return onReference(args, options, `needs the CUDA backend, which is not usable: ${cuda.reason}`);
+}
+
+function onReference(args: DecodeArgs, options: CallOptions, why: string): Promise<DecodeResult<HostTensor>> {
+  expectNoOutputOptions(options, why);
   return referenceDecode(args, options);
 }

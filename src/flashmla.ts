@@ -2,9 +2,11 @@ import { backendInfo, type BackendInfo } from './backend-info.js';
 import { check, FlashMLAError } from './errors.js';
 import { DeviceTensor } from './device-tensor.js';
 import { openCudaSession, type CudaSession } from './cuda/session.js';
+import type { CudaEvent } from './cuda/event.js';
 import { callKindOf } from './cuda/usability.js';
 import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions, TENSOR_ARG_KEYS } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
+import { expectNoOutputOptions } from './validate/outputs.js';
 import { INT32_MAX, isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
 import type { BackendChoice, BackendName, CallOptions, DecodeArgs, DecodeResult, InstanceDecodeOptions } from './types.js';
 
@@ -16,6 +18,13 @@ export interface FlashMLAOpenOptions {
   device?: number;
   /** Path of a FlashMLA build (default: FLASHMLA_LIBRARY, else the installed flash_mla package). */
   library?: string;
+  /**
+   * An existing `cudaStream_t` of `device` (a bigint, e.g. from another addon) on which every call
+   * of the instance is issued, so that it orders with the caller's own CUDA work
+   * (docs/cuda-path.md#streams-and-events). It is never destroyed here. Needs the CUDA backend.
+   * Default: a stream of the instance's own.
+   */
+  stream?: bigint;
 }
 
 /**
@@ -52,6 +61,7 @@ export class FlashMLA {
       backend: ownValue(callerOptions, 'backend', 'options.backend') as FlashMLAOpenOptions['backend'],
       device: ownValue(callerOptions, 'device', 'options.device') as number | undefined,
       library: ownValue(callerOptions, 'library', 'options.library') as string | undefined,
+      stream: ownValue(callerOptions, 'stream', 'options.stream') as bigint | undefined,
     };
     const backend = options.backend ?? 'auto';
     check(backend === 'auto' || backend === 'cuda' || backend === 'reference', 'E_VALUE', 'options.backend',
@@ -59,10 +69,15 @@ export class FlashMLA {
     check(options.device === undefined || (Number.isSafeInteger(options.device) && options.device >= 0 && options.device <= INT32_MAX),
       'E_VALUE', 'options.device', 'options.device must be an integer from 0 to 2^31 - 1 (a CUDA device ordinal)');
     check(options.library === undefined || typeof options.library === 'string', 'E_VALUE', 'options.library', 'options.library must be a path');
+    check(options.stream === undefined || (typeof options.stream === 'bigint' && options.stream >= 0n && options.stream < 2n ** 64n),
+      'E_VALUE', 'options.stream', 'options.stream must be a cudaStream_t as a bigint (0 to 2^64 - 1)');
+    check(options.stream === undefined || backend !== 'reference', 'E_VALUE', 'options.stream', 'options.stream needs the CUDA backend, and options.backend is \'reference\'');
     if (backend === 'reference') return new FlashMLA('reference', null, undefined, false);
-    const opened = await openCudaSession({ device: options.device, library: options.library });
+    const opened = await openCudaSession({ device: options.device, library: options.library, stream: options.stream });
     if (opened.ok) return new FlashMLA('cuda', opened.session, options.library, backend === 'auto');
     if (backend === 'cuda') throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${opened.reason}`, 'backend');
+    // A stream is CUDA work to order with: an instance that silently ran on the reference would not.
+    check(options.stream === undefined, 'E_BACKEND', 'options.stream', `options.stream needs the CUDA backend, which is not usable: ${opened.reason}`);
     return new FlashMLA('reference', null, options.library, false);
   }
 
@@ -89,8 +104,15 @@ export class FlashMLA {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
     const args = readDecodeArgs(callerArgs);
     const options = readDecodeOptions<CallOptions>(callerOptions);
-    if (this.#session === null) return referenceDecode(args, options);
-    if (this.#fallback && this.cannotRun(args) !== null) return referenceDecode(args, options);
+    if (this.#session === null) {
+      expectNoOutputOptions(options, 'needs the CUDA backend; this instance uses the reference backend');
+      return referenceDecode(args, options);
+    }
+    const why = this.#fallback ? this.cannotRun(args) : null;
+    if (why !== null) {
+      expectNoOutputOptions(options, `needs the CUDA backend, and this call runs on the reference: ${why}`);
+      return referenceDecode(args, options);
+    }
     return this.#session.decode(args, options);
   }
 
@@ -123,6 +145,42 @@ export class FlashMLA {
   /** Wraps device memory owned elsewhere (never freed here); it must be memory of this device. */
   async wrap<D extends DType>(address: bigint, meta: TensorMeta<D> & { capacity?: number }): Promise<DeviceTensor<D>> {
     return this.#cuda('wrap').wrap(address, meta);
+  }
+
+  /**
+   * Gives the device memory this instance keeps cached for decode outputs, workspaces and sched
+   * metas back to the device (docs/cuda-path.md#memory-pool), as `torch.cuda.empty_cache()` does;
+   * memory in use stays. Nothing to do on a reference instance.
+   */
+  async emptyCache(): Promise<void> {
+    check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
+    await this.#session?.emptyCache();
+  }
+
+  /**
+   * The instance's `cudaStream_t` as a bigint (its own, or the one given to open); null for a
+   * reference instance. Work issued on it by other code orders with this instance's calls.
+   */
+  get stream(): bigint | null {
+    return this.#session?.stream ?? null;
+  }
+
+  /**
+   * Resolves once the GPU has completed everything issued on the instance's stream before the
+   * call (the wait is on the instance's worker thread, never the event loop).
+   * @throws FlashMLAError `E_BACKEND` on a reference instance, `E_DISPOSED` after dispose().
+   */
+  async synchronize(): Promise<void> {
+    await this.#cuda('synchronize').synchronize();
+  }
+
+  /**
+   * Records a CUDA event on the instance's stream after everything issued so far and returns it:
+   * `await ev.synchronize()` (or `await ev`) waits for it; `ev.dispose()` destroys it.
+   * @throws FlashMLAError `E_BACKEND` on a reference instance, `E_DISPOSED` after dispose().
+   */
+  record(): CudaEvent {
+    return this.#cuda('record').record();
   }
 
   /** What this instance runs on (for a reference instance: what `auto` would find). */

@@ -1,5 +1,6 @@
 import type { HostTensor, Tensor } from './tensor.js';
 import type { FlashMLASchedMeta } from './sched-meta.js';
+import type { DeviceTensor } from './device-tensor.js';
 
 /** Which backend runs a decode: `auto` = CUDA when usable, else the reference. */
 export type BackendChoice = 'auto' | 'cuda' | 'reference';
@@ -54,6 +55,10 @@ export interface AutoDecodeOptions {
   validate?: boolean;
   /** Used when the call runs on the reference: see {@link ReferenceDecodeOptions.threads}. */
   threads?: number;
+  /** See {@link CudaDecodeOptions.out}; only for calls that run on CUDA. Default: none. */
+  out?: DeviceTensor;
+  /** See {@link CudaDecodeOptions.lse}; only for calls that run on CUDA. Default: none. */
+  lse?: DeviceTensor;
 }
 
 /** Options of `flashMlaWithKvCache` with `backend: 'cuda'`. */
@@ -66,6 +71,14 @@ export interface CudaDecodeOptions {
    * checked. Default false.
    */
   validate?: boolean;
+  /**
+   * A preallocated output: a DeviceTensor of q's instance, contiguous, of shape (b, s_q, h_q, 512)
+   * in q's dtype (bf16 for sparse), which the call writes instead of allocating one (q must be a
+   * DeviceTensor). Default: a new output tensor per call.
+   */
+  out?: DeviceTensor;
+  /** A preallocated lse: contiguous fp32 (b, h_q, s_q), as `out`. Default: a new lse tensor per call. */
+  lse?: DeviceTensor;
 }
 
 /** Options of `flashMlaWithKvCache` with `backend: 'reference'`. */
@@ -88,6 +101,10 @@ export interface InstanceDecodeOptions {
   validate?: boolean;
   /** Reference instances: see {@link ReferenceDecodeOptions.threads}. */
   threads?: number;
+  /** CUDA instances with a device q: see {@link CudaDecodeOptions.out}. Default: a new output tensor. */
+  out?: DeviceTensor;
+  /** CUDA instances with a device q: see {@link CudaDecodeOptions.lse}. Default: a new lse tensor. */
+  lse?: DeviceTensor;
 }
 
 /** Every per-call option, as the backends read them. @internal */
@@ -95,6 +112,8 @@ export interface CallOptions {
   backend?: BackendChoice;
   validate?: boolean;
   threads?: number;
+  out?: DeviceTensor;
+  lse?: DeviceTensor;
 }
 
 /** `out`: (b, s_q, h_q, 512) in q's dtype; `lse`: (b, h_q, s_q) fp32, natural log, contiguous. */

@@ -6,9 +6,12 @@ import {
   type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
 } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
-import { ownValue, readDecodeArgs, readDecodeOptions, readTensor } from '../validate/args.js';
+import { ownValue, readDecodeArgs, readDecodeOptions, readTensor, TENSOR_ARG_KEYS } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
-import type { NativeEngine } from '../addon.js';
+import { MAILBOX, type NativeAllocation, type NativeDecodeOutcome, type NativeEngine, type NativePrepared, type NativeStart } from '../addon.js';
+import { mintCudaEvent, type CudaEvent, type EventOwner } from './event.js';
+import { FlashMLASchedMeta } from '../sched-meta.js';
+import { expectNoOutputOptions, expectOutputTensor } from '../validate/outputs.js';
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
 import { DeviceTensor, mintDeviceTensor, type TensorOwner } from '../device-tensor.js';
 import { assessCuda } from './assess.js';
@@ -44,18 +47,22 @@ export type SessionResult = { readonly ok: true; readonly session: CudaSession }
  * Opens the CUDA side of an instance when the one usability decision (assess.ts) says CUDA runs
  * at least one feature on the device, then starts the instance's worker.
  */
-export async function openCudaSession(options: { device?: number; library?: string }): Promise<SessionResult> {
+export async function openCudaSession(options: { device?: number; library?: string; stream?: bigint }): Promise<SessionResult> {
   const { report, ready } = await assessCuda(options, loadInProcess, 'this process');
   if (ready === null) return { ok: false, reason: report.reason };
   const device = report.device!;
   const engine = new ready.addon.Engine(ready.native, device);
   try {
-    const start = await engine.start();
+    const start = await engine.start(options.stream);
     const ids = new Map(ready.addon.launchers.map((l) => [l.key, l.id]));
     const build = { file: ready.located.file, launchers: ready.info.launchers };
     return { ok: true, session: new CudaSession(engine, build, device, start, ids) };
   } catch (e) {
     await engine.dispose();
+    // A stream the runtime refuses is the caller's argument, not an unusable backend.
+    if (options.stream !== undefined && e instanceof FlashMLAError && (e.code === 'E_DEVICE' || e.code === 'E_VALUE')) {
+      throw new FlashMLAError(e.code, e.message, 'options.stream');
+    }
     return { ok: false, reason: `starting device ${device} failed: ${(e as Error).message}` };
   }
 }
@@ -67,20 +74,30 @@ const droppedSchedMetas = new FinalizationRegistry<{ session: CudaSession; id: n
 });
 
 /** The CUDA side of one FlashMLA instance: its worker, device memory and decode calls. */
-export class CudaSession implements TensorOwner {
+export class CudaSession implements TensorOwner, EventOwner {
   readonly facts: DeviceFacts;
+  /** The instance's cudaStream_t (its own, or the one it was opened with). */
+  readonly stream: bigint;
   /** Completed decode calls and how many of them ran the scheduler (docs/flashmla-interface.md#sched-meta-caching: once per sched meta). */
   readonly stats = { decodes: 0, schedMetaRuns: 0 };
   #disposed = false;
+  /** Prepared calls by their q (docs/cuda-path.md#per-call-cost). */
+  readonly #calls = new WeakMap<DeviceTensor, PreparedCall[]>();
+  /** Preallocated outputs already checked, with the plan and option they were checked for. */
+  readonly #checkedOutputs = new WeakMap<DeviceTensor, { plan: DecodePlan; name: string }>();
+  /** The per-call exchange with the addon's `launch` (one call at a time: it is synchronous). */
+  readonly #mailbox = new BigUint64Array(MAILBOX.size);
 
   constructor(
     private readonly engine: NativeEngine,
     readonly build: BuildFacts,
     readonly device: number,
-    facts: DeviceFacts,
+    facts: NativeStart,
     private readonly launcherIds: ReadonlyMap<string, number>,
   ) {
     this.facts = { major: facts.major, minor: facts.minor, sms: facts.sms };
+    this.stream = facts.stream;
+    engine.setMailbox(this.#mailbox);
   }
 
   /** Why this build cannot run a call of this kind on this device, or null (usability.ts). */
@@ -239,48 +256,202 @@ export class CudaSession implements TensorOwner {
     return mintDeviceTensor(this, { dtype: view.dtype as D, shape: view.shape, strides: view.strides, offset: view.offset, capacity, address, allocation: null });
   }
 
+  /**
+   * One decode call. A call whose tensors are all DeviceTensors (and that does not ask for
+   * `validate: true`) is validated and planned once per set of tensors and scalars, then issued on
+   * the calling thread through its prepared native request (docs/cuda-path.md#per-call-cost); any
+   * other call is validated, planned and run on the worker thread.
+   */
   async decode(callerArgs: DecodeArgs, callerOptions?: CallOptions): Promise<DecodeResult<Tensor>> {
-    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
     const args = readDecodeArgs(callerArgs);
     const options = readDecodeOptions(callerOptions);
+    if (options.validate !== true && allDevice(args)) return this.#launchPrepared(args, options, this.#prepared(args));
+    return this.#decodeQueued(args, options);
+  }
+
+  /**
+   * The prepared call of these device tensors and scalars: from the cache (the tensors' geometry
+   * cannot change, so neither can the plan), else validated, planned and prepared now.
+   */
+  #prepared(args: DecodeArgs): PreparedCall {
+    const q = args.q as DeviceTensor;
+    const list = this.#calls.get(q);
+    if (list !== undefined) {
+      for (const c of list) if (c.matches(args)) return c;
+    }
+    const plan = validateDecode(args);
+    for (const k of TENSOR_ARG_KEYS) {
+      const t = args[k];
+      if (t !== undefined && t !== null) this.#deviceTensor(t, k);
+    }
+    const launch = planLaunch(plan, this.facts, (key) => launcherProblem(this.build, key, this.facts), (b) => this.#baseOf(b.tensor, b.view, 'tensor'));
+    const request = { ...requestFields(plan, launch, (k) => this.launcherIds.get(k)!), slot: 0 as const, operands: this.#operands(plan), hostOut: undefined, hostLse: undefined };
+    const call = new PreparedCall(args, plan, this.engine.prepare(request));
+    const calls = list ?? [];
+    if (calls.unshift(call) > PREPARED_PER_Q) calls.pop();
+    if (list === undefined) this.#calls.set(q, calls);
+    return call;
+  }
+
+  /** The sched meta's slot on this instance (made on first use), after its configuration check. */
+  #slotOf(args: DecodeArgs, plan: DecodePlan): SessionSlot {
+    check(args.schedMeta instanceof FlashMLASchedMeta, 'E_VALUE', 'schedMeta', 'schedMeta must come from getMlaMetadata()');
+    args.schedMeta.bind(plan.config);
+    let slot = args.schedMeta.slot(this) as SessionSlot | undefined;
+    if (slot === undefined) {
+      const id = this.engine.newSchedSlot();
+      const token = {};
+      slot = { id, big: BigInt(id), dispose: () => { droppedSchedMetas.unregister(token); this.releaseSchedSlot(id); } };
+      args.schedMeta.setSlot(this, slot);
+      droppedSchedMetas.register(args.schedMeta, { session: this, id }, token);
+    }
+    return slot;
+  }
+
+  /** Preallocated outputs of a call with a device q, checked against its plan; null where not given. */
+  #outputs(options: CallOptions, plan: DecodePlan): { out: DeviceTensor | null; lse: DeviceTensor | null } {
+    return { out: this.#output(options.out, 'options.out', plan), lse: this.#output(options.lse, 'options.lse', plan) };
+  }
+
+  /**
+   * One preallocated output. A tensor's geometry never changes, so one that passed against a plan
+   * passes again (remembered per tensor); liveness is checked every call.
+   */
+  #output(t: unknown, name: 'options.out' | 'options.lse', plan: DecodePlan): DeviceTensor | null {
+    if (t === undefined || t === null) return null;
+    const checked = this.#checkedOutputs.get(t as DeviceTensor);
+    if (checked !== undefined && checked.plan === plan && checked.name === name && !(t as DeviceTensor).disposed) return t as DeviceTensor;
+    const shapes = outputShapes(plan);
+    const d = name === 'options.out' ? expectOutputTensor(t, name, shapes.outDtype, shapes.out) : expectOutputTensor(t, name, 'fp32', shapes.lse);
+    this.#deviceTensor(d, name);
+    this.#checkedOutputs.set(d, { plan, name });
+    return d;
+  }
+
+  /** Issues a prepared call (on this thread when nothing queued is still to issue, else behind it). */
+  async #launchPrepared(args: DecodeArgs, options: CallOptions, call: PreparedCall): Promise<DecodeResult<Tensor>> {
+    const slot = this.#slotOf(args, call.plan);
+    const given = this.#outputs(options, call.plan);
+    const mb = this.#mailbox;
+    mb[MAILBOX.slot] = slot.big;
+    mb[MAILBOX.outAddress] = given.out === null ? 0n : given.out.base;
+    mb[MAILBOX.lseAddress] = given.lse === null ? 0n : given.lse.base;
+    let queued: Promise<NativeDecodeOutcome> | undefined;
+    try {
+      queued = this.#issue(call);
+    } catch (e) {
+      if (!(e instanceof FlashMLAError) || e.code !== 'E_OUT_OF_MEMORY') throw e;
+      // The pool met a new size and the device is full: collect what the caller dropped, once.
+      await collectDroppedDeviceMemory();
+      mb[MAILBOX.slot] = slot.big;
+      mb[MAILBOX.outAddress] = given.out === null ? 0n : given.out.base;
+      mb[MAILBOX.lseAddress] = given.lse === null ? 0n : given.lse.base;
+      queued = this.#issue(call);
+    }
+    let outcome: NativeDecodeOutcome;
+    if (queued === undefined) {
+      outcome = {
+        schedMetaRan: mb[MAILBOX.schedMetaRan] === 1n,
+        out: mb[MAILBOX.outId] === 0n ? undefined : { id: Number(mb[MAILBOX.outId]), address: mb[MAILBOX.outPtr]! },
+        lse: mb[MAILBOX.lseId] === 0n ? undefined : { id: Number(mb[MAILBOX.lseId]), address: mb[MAILBOX.lsePtr]! },
+      };
+    } else {
+      const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+      outcome = await queued.catch((e: unknown) => this.#fail(e, caller));
+    }
+    return this.#result(call.plan, outcome, given);
+  }
+
+  /** launch() of a prepared call; its errors as the FlashMLAErrors callers see. */
+  #issue(call: PreparedCall): Promise<NativeDecodeOutcome> | undefined {
+    try {
+      return this.engine.launch(call.prepared);
+    } catch (e) {
+      return this.#fail(e, new Error());
+    }
+  }
+
+  /** Counts the call and returns its outputs: the preallocated tensors, or the pooled blocks it got. */
+  #result(plan: DecodePlan, outcome: NativeDecodeOutcome, given: { out: DeviceTensor | null; lse: DeviceTensor | null }): DecodeResult<DeviceTensor> {
+    this.stats.decodes++;
+    if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
+    const shapes = outputShapes(plan);
+    const mint = (a: NativeAllocation, dtype: DType, shape: readonly number[], n: number) =>
+      mintDeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
+    return {
+      out: given.out ?? mint(outcome.out!, shapes.outDtype, shapes.out, shapes.rows * 512),
+      lse: given.lse ?? mint(outcome.lse!, 'fp32', shapes.lse, shapes.rows),
+    };
+  }
+
+  /** Any call, validated and planned now and run on the worker thread (host tensors, validate: true). */
+  async #decodeQueued(args: DecodeArgs, options: CallOptions): Promise<DecodeResult<Tensor>> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     let downloaded: Map<Tensor, HostTensor> | undefined;
     if (options.validate === true) downloaded = await this.#downloadForValidation(args);
     const plan = validateDecode(args, { downloaded });
     const operands = this.#operands(plan);
     const launch = planLaunch(plan, this.facts, (key) => launcherProblem(this.build, key, this.facts), (b) => (isHostTensor(b.tensor) ? null : this.#baseOf(b.tensor, b.view, 'tensor')));
-    args.schedMeta.bind(plan.config);
-    let slot = args.schedMeta.slot(this) as (SchedMetaSlot & { id: number }) | undefined;
-    if (slot === undefined) {
-      const id = this.engine.newSchedSlot();
-      const token = {};
-      slot = { id, dispose: () => { droppedSchedMetas.unregister(token); this.releaseSchedSlot(id); } };
-      args.schedMeta.setSlot(this, slot);
-      droppedSchedMetas.register(args.schedMeta, { session: this, id }, token);
-    }
     const hostOutputs = isHostTensor(plan.q.tensor);
+    if (hostOutputs) expectNoOutputOptions(options, 'needs a DeviceTensor q (a host q gets host outputs)');
+    const given = hostOutputs ? { out: null, lse: null } : this.#outputs(options, plan);
+    const slot = this.#slotOf(args, plan);
     const rows = plan.b * plan.sQ * plan.hQ;
-    const outDtype = plan.kind === 'dense' ? plan.dtype : 'bf16';
     const hostOut = hostOutputs ? new Uint16Array(rows * 512) : undefined;
     const hostLse = hostOutputs ? new Float32Array(rows) : undefined;
     const request = {
       ...requestFields(plan, launch, (k) => this.launcherIds.get(k)!),
       slot: slot.id, operands, hostOut, hostLse,
+      outAddress: given.out?.base, lseAddress: given.lse?.base,
     };
     const outcome = await this.#withMemory(() => this.engine.decode(request).catch((e: unknown) => this.#fail(e, caller)));
+    if (!hostOutputs) return this.#result(plan, outcome, given);
     this.stats.decodes++;
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
-    const outShape = [plan.b, plan.sQ, plan.hQ, 512];
-    const lseShape = [plan.b, plan.hQ, plan.sQ];
-    if (hostOutputs) {
-      return { out: { dtype: outDtype, shape: outShape, data: hostOut! }, lse: { dtype: 'fp32', shape: lseShape, data: hostLse! } };
+    const shapes = outputShapes(plan);
+    return { out: { dtype: shapes.outDtype, shape: shapes.out, data: hostOut! }, lse: { dtype: 'fp32', shape: shapes.lse, data: hostLse! } };
+  }
+
+  /** Resolves once the stream has completed everything issued before the call (docs/cuda-path.md#streams-and-events). */
+  async synchronize(): Promise<void> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+    this.#open();
+    await this.engine.synchronize().catch((e: unknown) => this.#fail(e, caller));
+  }
+
+  /** An event recorded on the stream after everything issued so far (docs/cuda-path.md#streams-and-events). */
+  record(): CudaEvent {
+    this.#open();
+    let id: number;
+    try {
+      id = this.engine.recordEvent();
+    } catch (e) {
+      this.#fail(e, new Error());
     }
-    const out = outcome.out!;
-    const lse = outcome.lse!;
-    return {
-      out: mintDeviceTensor(this, { dtype: outDtype, shape: outShape, capacity: rows * 512, address: out.address, allocation: out.id }),
-      lse: mintDeviceTensor(this, { dtype: 'fp32', shape: lseShape, capacity: rows, address: lse.address, allocation: lse.id }),
-    };
+    return mintCudaEvent(this, id);
+  }
+
+  async synchronizeEvent(id: number): Promise<void> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+    this.#open();
+    await this.engine.synchronizeEvent(id).catch((e: unknown) => this.#fail(e, caller));
+  }
+
+  destroyEvent(id: number): void {
+    if (!this.#disposed) this.engine.destroyEvent(id);
+  }
+
+  /** Frees the cached blocks of this instance's pool (blocks in use stay). */
+  async emptyCache(): Promise<void> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+    this.#open();
+    await this.engine.emptyCache().catch((e: unknown) => this.#fail(e, caller));
+  }
+
+  /** Bytes held by this instance's pool of decode outputs, workspaces and sched-meta buffers (blocks in use and cached). */
+  get pooledBytes(): number {
+    return this.engine.pooledBytes();
   }
 
   /** The addon's operands: device base addresses, or host bytes from each view's offset. */
@@ -318,6 +489,63 @@ export class CudaSession implements TensorOwner {
     this.#disposed = true;
     await this.engine.dispose();
   }
+}
+
+/** Prepared calls kept per q: a layer's q meets a few sched metas and caches, not many. */
+const PREPARED_PER_Q = 4;
+
+/** A sched meta's state on a session: its slot id (and as a bigint for the mailbox). */
+interface SessionSlot extends SchedMetaSlot {
+  readonly id: number;
+  readonly big: bigint;
+}
+
+/** The scalar arguments a plan depends on besides the tensors' geometry. */
+const SCALAR_ARG_KEYS = ['headDimV', 'softmaxScale', 'causal', 'isFp8Kvcache'] as const;
+
+/**
+ * A validated, planned and prepared call of one set of device tensors and scalars. Its tensors are
+ * held weakly (a cache entry must not keep device memory alive); a call matches when every tensor
+ * argument is the same live object and every scalar the same value. Sound because a DeviceTensor's
+ * geometry and address never change and validation reads nothing else of a device tensor.
+ */
+class PreparedCall {
+  readonly #tensors: (WeakRef<DeviceTensor> | null)[];
+  readonly #scalars: unknown[];
+
+  constructor(args: DecodeArgs, readonly plan: DecodePlan, readonly prepared: NativePrepared) {
+    this.#tensors = TENSOR_ARG_KEYS.map((k) => (args[k] === undefined || args[k] === null ? null : new WeakRef(args[k] as DeviceTensor)));
+    this.#scalars = SCALAR_ARG_KEYS.map((k) => args[k]);
+  }
+
+  matches(args: DecodeArgs): boolean {
+    for (let i = 0; i < TENSOR_ARG_KEYS.length; i++) {
+      const t = args[TENSOR_ARG_KEYS[i]!];
+      const ref = this.#tensors[i]!;
+      if (ref === null ? t !== undefined && t !== null : ref.deref() !== t || (t as DeviceTensor).disposed) return false;
+    }
+    for (let i = 0; i < SCALAR_ARG_KEYS.length; i++) if (!Object.is(args[SCALAR_ARG_KEYS[i]!], this.#scalars[i])) return false;
+    return true;
+  }
+}
+
+/** Whether every tensor argument is a DeviceTensor (the calls that can be prepared). */
+function allDevice(args: DecodeArgs): boolean {
+  for (const k of TENSOR_ARG_KEYS) {
+    const t = args[k];
+    if (t !== undefined && t !== null && !DeviceTensor.isDeviceTensor(t)) return false;
+  }
+  return true;
+}
+
+/** The output shapes and dtype of a plan. */
+function outputShapes(plan: DecodePlan): { outDtype: DType; out: number[]; lse: number[]; rows: number } {
+  return {
+    outDtype: plan.kind === 'dense' ? plan.dtype : 'bf16',
+    out: [plan.b, plan.sQ, plan.hQ, 512],
+    lse: [plan.b, plan.hQ, plan.sQ],
+    rows: plan.b * plan.sQ * plan.hQ,
+  };
 }
 
 /** Contiguous copy of a strided view whose elements [offset, extent) are in `raw` (offset 0). */

@@ -14,15 +14,10 @@ import type { DecodeArgs } from '../types.js';
  * is said in docs/robustness.md#concurrent-writes; int32 tensors are copied by validation.)
  */
 
-const ARG_KEYS = [
-  'q', 'kCache', 'blockTable', 'cacheSeqlens', 'headDimV', 'schedMeta', 'softmaxScale', 'causal', 'isFp8Kvcache',
-  'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
-] as const satisfies readonly (keyof DecodeArgs)[];
 /** The decode arguments that are tensors. */
 export const TENSOR_ARG_KEYS = [
   'q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
 ] as const satisfies readonly (keyof DecodeArgs)[];
-const TENSOR_KEYS: ReadonlySet<string> = new Set(TENSOR_ARG_KEYS);
 
 const snapshots = new WeakSet<object>();
 
@@ -50,11 +45,9 @@ export function expectNoThenPollution(): void {
 
 /** One own property, read once (a getter runs once); inherited properties are never read. */
 export function ownValue(o: object, key: string, name: string): unknown {
-  let d: PropertyDescriptor | undefined;
   try {
-    d = Object.getOwnPropertyDescriptor(o, key);
-    if (d === undefined) return undefined;
-    return d.get !== undefined ? d.get.call(o) : d.value;
+    // hasOwn runs no getter; the read then runs an own getter once (a Proxy answers each trap once).
+    return Object.hasOwn(o, key) ? (o as Record<string, unknown>)[key] : undefined;
   } catch (e) {
     if (e instanceof FlashMLAError) throw e;
     throw withCause(new FlashMLAError('E_VALUE', `reading ${name} threw: ${describe(e)}`, name), e);
@@ -154,25 +147,40 @@ export function readDecodeArgs(args: unknown): DecodeArgs {
   check(args !== null && typeof args === 'object', 'E_VALUE', 'args', 'args must be an object');
   // Every key is an own property of the snapshot (undefined when not given), so nothing planted on
   // Object.prototype can stand in for an argument that was left out.
-  const out: Record<string, unknown> = {};
-  for (const k of ARG_KEYS) {
-    const v = ownValue(args, k, k);
-    out[k] = TENSOR_KEYS.has(k) && v !== null && v !== undefined ? readTensor(v, k) : v;
-  }
+  // One object literal in FlashMLA's argument order (getters run in that order, once each).
+  const o = args;
+  const tensor = (k: (typeof TENSOR_ARG_KEYS)[number]): Tensor | null | undefined => {
+    const v = ownValue(o, k, k);
+    return v === null || v === undefined ? v : readTensor(v, k);
+  };
+  const value = (k: string): unknown => ownValue(o, k, k);
+  const out = {
+    q: tensor('q'), kCache: tensor('kCache'), blockTable: tensor('blockTable'), cacheSeqlens: tensor('cacheSeqlens'),
+    headDimV: value('headDimV'), schedMeta: value('schedMeta'), softmaxScale: value('softmaxScale'), causal: value('causal'),
+    isFp8Kvcache: value('isFp8Kvcache'), indices: tensor('indices'), attnSink: tensor('attnSink'), extraKCache: tensor('extraKCache'),
+    extraIndicesInKvcache: tensor('extraIndicesInKvcache'), topkLength: tensor('topkLength'), extraTopkLength: tensor('extraTopkLength'),
+  } satisfies Record<keyof DecodeArgs, unknown>;
   Object.freeze(out);
   snapshots.add(out);
   return out as unknown as DecodeArgs;
 }
 
+const OPTION_KEYS = ['backend', 'validate', 'threads', 'tier', 'kernels', 'out', 'lse'] as const;
+/** The snapshot of no options (every key own and undefined), shared by the calls that pass none. */
+const NO_OPTIONS: object = Object.freeze(Object.fromEntries(OPTION_KEYS.map((k) => [k, undefined])));
+snapshots.add(NO_OPTIONS);
+
 /**
- * Per-call options read once, own properties only (the reference's `tier`/`kernels` pass through).
+ * Per-call options read once, own properties only (the reference's `tier`/`kernels` pass through;
+ * `out`/`lse` are checked by the backend that writes them, src/validate/outputs.ts).
  * Idempotent like readDecodeArgs: a snapshot is returned as it is.
  */
 export function readDecodeOptions<O extends object>(options: O | undefined): O {
-  if (options !== undefined && options !== null && snapshots.has(options)) return options;
+  if (options === undefined) return NO_OPTIONS as O;
+  if (options !== null && snapshots.has(options)) return options;
   check(options === undefined || (options !== null && typeof options === 'object'), 'E_VALUE', 'options', 'options must be an object');
   const out: Record<string, unknown> = {};
-  for (const k of ['backend', 'validate', 'threads', 'tier', 'kernels']) out[k] = options === undefined ? undefined : ownValue(options, k, `options.${k}`);
+  for (const k of OPTION_KEYS) out[k] = ownValue(options, k, `options.${k}`);
   Object.freeze(out);
   snapshots.add(out);
   return out as O;

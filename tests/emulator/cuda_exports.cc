@@ -157,6 +157,29 @@ __attribute__((visibility("default"))) cudaError_t cudaMemcpyAsync(void* dst, co
   return cuda_abi::cudaSuccess;
 }
 
+// Rows of `width` bytes, `height` of them, each `spitch` / `dpitch` bytes after the last. Pitches below
+// the width are cudaErrorInvalidPitchValue (12); the device side of each end must lie in one live
+// allocation (its first byte to its last).
+__attribute__((visibility("default"))) cudaError_t cudaMemcpy2DAsync(void* dst, std::size_t dpitch, const void* src, std::size_t spitch,
+                                                                     std::size_t width, std::size_t height, int kind, cudaStream_t stream) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (!emu::streamUsable(stream, d)) return emu::recordError(emu::kErrInvalidResourceHandle);
+  if (kind < 1 || kind > 3) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  if (width > dpitch || width > spitch) return emu::recordError(emu::kErrInvalidPitchValue);
+  if (width == 0 || height == 0) return cuda_abi::cudaSuccess;
+  if (dst == nullptr || src == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  bool dstDevice = kind == cuda_abi::cudaMemcpyHostToDevice || kind == cuda_abi::cudaMemcpyDeviceToDevice;
+  bool srcDevice = kind == cuda_abi::cudaMemcpyDeviceToHost || kind == cuda_abi::cudaMemcpyDeviceToDevice;
+  if ((dstDevice && !deviceRange(d, dst, (height - 1) * dpitch + width)) || (srcDevice && !deviceRange(d, src, (height - 1) * spitch + width))) {
+    return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  }
+  for (std::size_t i = 0; i < height; i++) {
+    std::memmove(static_cast<char*>(dst) + i * dpitch, static_cast<const char*>(src) + i * spitch, width);
+  }
+  return cuda_abi::cudaSuccess;
+}
+
 __attribute__((visibility("default"))) cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes, cudaStream_t stream) {
   int d;
   if (cudaError_t e = gate(&d)) return e;
@@ -181,6 +204,17 @@ __attribute__((visibility("default"))) cudaError_t cudaStreamDestroy(cudaStream_
   bool ok = emu::destroyStream(stream);
   if (e != cuda_abi::cudaSuccess) return e;
   return ok ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+}
+
+// CUDA 12.8+: the device of a stream (the addon resolves it optionally).
+__attribute__((visibility("default"))) cudaError_t cudaStreamGetDevice(cudaStream_t stream, int* device) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (device == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  const int owner = emu::streamDevice(stream);
+  if (owner < 0) return emu::recordError(emu::kErrInvalidResourceHandle);
+  *device = owner;
+  return cuda_abi::cudaSuccess;
 }
 
 __attribute__((visibility("default"))) cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
@@ -215,7 +249,7 @@ __attribute__((visibility("default"))) cudaError_t cudaEventRecord(cudaEvent_t e
   int d;
   if (cudaError_t e = gate(&d)) return e;
   if (!emu::streamUsable(stream, d)) return emu::recordError(emu::kErrInvalidResourceHandle);
-  return emu::recordEvent(event) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+  return emu::recordEvent(event, d) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
 }
 
 __attribute__((visibility("default"))) cudaError_t cudaEventSynchronize(cudaEvent_t event) {
@@ -249,4 +283,5 @@ CUDA_ABI_FUNCTIONS(EMU_CHECK_SIGNATURE)
 #undef EMU_CHECK_SIGNATURE
 static_assert(std::is_same_v<decltype(&::cudaGetDeviceProperties_v2), GetDevicePropertiesFn>);
 static_assert(std::is_same_v<decltype(&::cudaGetDeviceProperties), GetDevicePropertiesFn>);
+static_assert(std::is_same_v<decltype(&::cudaStreamGetDevice), StreamGetDeviceFn>);
 }  // namespace cuda_abi

@@ -21,9 +21,8 @@ cudaError_t launchState(const LaunchSpec& spec, int device) {
   return cuda_abi::cudaSuccess;
 }
 
-bool archMatches(KernelArch arch) {
+bool archMatches(KernelArch arch, const Config& c) {
   if (arch == KernelArch::Any) return true;
-  Config c = config();
   return arch == KernelArch::Sm90 ? (c.major == 9 && c.minor == 0) : c.major == 10;
 }
 

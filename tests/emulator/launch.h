@@ -104,19 +104,20 @@ template <class Body> void launch(const LaunchSpec& spec, Body&& body);
 
 // Implementation details of launch().
 cudaError_t launchState(const LaunchSpec& spec, int device);
-bool archMatches(KernelArch arch);
+bool archMatches(KernelArch arch, const Config& c);
 void reportLaunchError(const LaunchSpec& spec, cudaError_t e);
 
 template <class Body> void launch(const LaunchSpec& spec, Body&& body) {
   int device = currentDevice();
   if (cudaError_t e = launchState(spec, device)) reportLaunchError(spec, e);
+  const Config c = config();  // once per launch: the environment does not change during one
   // Without code for the device the runtime refuses the launch (cudaErrorNoKernelImageForDevice),
   // and FlashMLA's CHECK_CUDA / KU_CUDA_CHECK fail the launcher.
-  if (!hasKernelImage(spec.image, config())) reportLaunchError(spec, recordError(kErrNoKernelImage));
+  if (!hasKernelImage(spec.image, c)) reportLaunchError(spec, recordError(kErrNoKernelImage));
   KernelScope scope(spec.kernel, device);
   try {
-    if (!archMatches(spec.arch)) scope.trap("CUTE_INVALID_CONTROL_PATH: kernel has no code path for this architecture");
-    if (!config().noop) body(scope);
+    if (!archMatches(spec.arch, c)) scope.trap("CUTE_INVALID_CONTROL_PATH: kernel has no code path for this architecture");
+    if (!c.noop) body(scope);
   } catch (const KernelAbort&) {
     // The fault is sticky on the device; the launch itself returned normally (faults are async).
   }

@@ -12,17 +12,11 @@
 #include <mutex>
 #include <new>
 
+extern char** environ;
+
 namespace emu {
 
 namespace {
-
-long long envInt(const char* name, long long fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  char* end = nullptr;
-  long long x = std::strtoll(v, &end, 10);
-  return (end != nullptr && *end == '\0') ? x : fallback;
-}
 
 thread_local cudaError_t tlsPending = cuda_abi::cudaSuccess;
 thread_local int tlsDevice = 0;
@@ -58,23 +52,45 @@ Handles& handles() {
 
 }  // namespace
 
+// One pass over the environment for all FLASHMLA_EMU_* variables (config() runs several times per
+// emulated call; a getenv per variable would scan the environment a dozen times each time).
 Config config() {
+  const char* arch = nullptr;
+  const char* vars[8] = {};
+  enum { kMinor, kSms, kDevices, kDriver, kRuntime, kMemory, kMode, kExit };
+  static constexpr const char* kNames[8] = {"MINOR", "SMS", "DEVICES", "DRIVER_VERSION", "RUNTIME_VERSION", "MEMORY", "MODE", "EXIT"};
+  static constexpr char kPrefix[] = "FLASHMLA_EMU_";
+  for (char** e = environ; e != nullptr && *e != nullptr; e++) {
+    if ((*e)[0] != 'F' || std::strncmp(*e, kPrefix, sizeof kPrefix - 1) != 0) continue;
+    const char* name = *e + sizeof kPrefix - 1;
+    const char* eq = std::strchr(name, '=');
+    if (eq == nullptr) continue;
+    const std::size_t len = static_cast<std::size_t>(eq - name);
+    if (len == 4 && std::strncmp(name, "ARCH", 4) == 0) arch = eq + 1;
+    for (int i = 0; i < 8; i++) {
+      if (std::strlen(kNames[i]) == len && std::strncmp(name, kNames[i], len) == 0) vars[i] = eq + 1;
+    }
+  }
+  auto num = [&](int i, long long fallback) {
+    const char* v = vars[i];
+    if (v == nullptr || *v == '\0') return fallback;
+    char* end = nullptr;
+    long long x = std::strtoll(v, &end, 10);
+    return (end != nullptr && *end == '\0') ? x : fallback;
+  };
   Config c;
-  const char* arch = std::getenv("FLASHMLA_EMU_ARCH");
   bool sm100 = arch != nullptr && std::strcmp(arch, "sm100") == 0;
   c.major = sm100 ? 10 : 9;
-  c.minor = static_cast<int>(envInt("FLASHMLA_EMU_MINOR", 0));
-  c.sms = static_cast<int>(envInt("FLASHMLA_EMU_SMS", sm100 ? 148 : 132));
-  long long devices = envInt("FLASHMLA_EMU_DEVICES", 1);
+  c.minor = static_cast<int>(num(kMinor, 0));
+  c.sms = static_cast<int>(num(kSms, sm100 ? 148 : 132));
+  long long devices = num(kDevices, 1);
   c.devices = static_cast<int>(devices < 0 ? 0 : (devices > kMaxDevices ? kMaxDevices : devices));
-  c.driverVersion = static_cast<int>(envInt("FLASHMLA_EMU_DRIVER_VERSION", 13000));
-  c.runtimeVersion = static_cast<int>(envInt("FLASHMLA_EMU_RUNTIME_VERSION", 13000));
-  long long mem = envInt("FLASHMLA_EMU_MEMORY", static_cast<long long>(c.memoryBytes));
+  c.driverVersion = static_cast<int>(num(kDriver, 13000));
+  c.runtimeVersion = static_cast<int>(num(kRuntime, 13000));
+  long long mem = num(kMemory, static_cast<long long>(c.memoryBytes));
   c.memoryBytes = mem < 0 ? 0 : static_cast<std::size_t>(mem);
-  const char* mode = std::getenv("FLASHMLA_EMU_MODE");
-  c.noop = mode != nullptr && std::strcmp(mode, "noop") == 0;
-  const char* ex = std::getenv("FLASHMLA_EMU_EXIT");
-  c.exitOnAssert = ex != nullptr && std::strcmp(ex, "1") == 0;
+  c.noop = vars[kMode] != nullptr && std::strcmp(vars[kMode], "noop") == 0;
+  c.exitOnAssert = vars[kExit] != nullptr && std::strcmp(vars[kExit], "1") == 0;
   c.name = sm100 ? "FlashMLA emulator (sm100)" : "FlashMLA emulator (sm90)";
   return c;
 }
@@ -85,6 +101,7 @@ const char* errorString(cudaError_t e) {
     case 0: return "no error";
     case 1: return "invalid argument";
     case 2: return "out of memory";
+    case 12: return "invalid pitch argument";
     case 35: return "CUDA driver version is insufficient for CUDA runtime version";
     case 100: return "no CUDA-capable device is detected";
     case 101: return "invalid device ordinal";
@@ -109,9 +126,8 @@ cudaError_t takePendingError() {
 }
 
 cudaError_t takeLastError() {
-  Config c = config();
-  int d = tlsDevice;
-  if (d >= 0 && d < c.devices && sticky(d) != cuda_abi::cudaSuccess) {
+  int d = tlsDevice;  // only devices that exist can have become sticky
+  if (sticky(d) != cuda_abi::cudaSuccess) {
     tlsPending = cuda_abi::cudaSuccess;
     return sticky(d);
   }
@@ -251,6 +267,14 @@ bool destroyStream(void* s) {
   return true;
 }
 
+int streamDevice(void* s) {
+  if (reinterpret_cast<std::uintptr_t>(s) <= 2) return currentDevice();
+  Handles& h = handles();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  auto it = h.streams.find(s);
+  return it == h.streams.end() ? -1 : it->second;
+}
+
 bool streamUsable(void* s, int device) {
   // 0 = default stream, 1 = cudaStreamLegacy, 2 = cudaStreamPerThread.
   if (reinterpret_cast<std::uintptr_t>(s) <= 2) return true;
@@ -276,11 +300,11 @@ bool destroyEvent(void* e) {
   return h.events.erase(e) == 1;
 }
 
-bool recordEvent(void* e) {
+bool recordEvent(void* e, int device) {
   Handles& h = handles();
   std::lock_guard<std::mutex> lock(h.mutex);
   auto it = h.events.find(e);
-  if (it == h.events.end()) return false;
+  if (it == h.events.end() || it->second->device != device) return false;
   it->second->recorded = true;
   it->second->at = std::chrono::steady_clock::now();  // work runs at call time, so "now" is exact
   return true;

@@ -23,7 +23,7 @@ struct Config {
   std::size_t memoryBytes = std::size_t(8) << 30;
   bool noop = false;        // FLASHMLA_EMU_MODE=noop: launchers check, then skip the work
   bool exitOnAssert = false;  // FLASHMLA_EMU_EXIT=1: exit(1) where FlashMLA exits
-  std::string name;
+  const char* name = "";  // a literal: config() runs several times per call and must not allocate
 };
 Config config();
 
@@ -75,9 +75,12 @@ void* createStream(int device);
 bool destroyStream(void* s);
 // Null and the legacy/per-thread pseudo handles count as the current device's default stream.
 bool streamUsable(void* s, int device);
+// The device of a stream handle (the current one for the default streams), -1 when unknown.
+int streamDevice(void* s);
 void* createEvent(int device);
 bool destroyEvent(void* e);
-bool recordEvent(void* e);
+// Records e on a stream of `device`; false for an unknown event or one of another device (400).
+bool recordEvent(void* e, int device);
 // Milliseconds between two recorded events; false if either is unknown or unrecorded.
 bool eventElapsedMs(void* start, void* end, float* ms);
 bool eventKnown(void* e);

@@ -177,7 +177,12 @@ export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100,
         gc();
         await settle();
       }
-      if (native) await fm.download(flush);
+      if (native) {
+        await fm.download(flush);
+        // The pool keeps freed blocks for reuse: its high-water mark follows GC timing. Dropping the
+        // cache leaves only memory in use, which is what must stay flat.
+        await fm.emptyCache();
+      }
       const s = { call: i + 1, ...process.memoryUsage(), threads: threadCount(), deviceUsed: native ? await deviceUsed(lib, library) : 0 };
       samples.push(s);
       onSample?.(s);

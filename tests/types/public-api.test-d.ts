@@ -2,7 +2,7 @@
 // Each `@ts-expect-error` line must fail to type-check, each other line must type-check.
 import {
   DeviceTensor, FlashMLA, FlashMLAError, flashMlaWithKvCache, getMlaMetadata, zeros,
-  type DecodeArgs, type DecodeResult, type HostTensor, type Tensor,
+  type CudaEvent, type DecodeArgs, type DecodeResult, type HostTensor, type Tensor,
 } from '../../src/index.js';
 import { f32ToBf16 } from '../../src/formats/index.js';
 import { oracleDecode } from '../../src/testing.js';
@@ -46,6 +46,25 @@ export async function optionsByBackend(): Promise<void> {
   const onInstance = await fm.flashMlaWithKvCache({ q, ...rest }, { validate: true });
   const host: HostTensor = onInstance.out;
   void host;
+}
+
+export async function preallocatedOutputsStreamsEvents(): Promise<void> {
+  const fm = await FlashMLA.open({ backend: 'cuda', stream: 0n });
+  const first = await fm.flashMlaWithKvCache({ q: deviceQ, ...rest });
+  const again: DecodeResult<DeviceTensor> = await fm.flashMlaWithKvCache({ q: deviceQ, ...rest }, { out: first.out, lse: first.lse });
+  await flashMlaWithKvCache({ q: deviceQ, ...rest }, { backend: 'cuda', out: again.out });
+  // @ts-expect-error preallocated outputs belong to the CUDA backend
+  await flashMlaWithKvCache({ q, ...rest }, { backend: 'reference', out: again.out });
+  // @ts-expect-error a stream is a bigint cudaStream_t
+  await FlashMLA.open({ stream: 1 });
+  const s: bigint | null = fm.stream;
+  const ev: CudaEvent = fm.record();
+  await ev;
+  await ev.synchronize();
+  ev.dispose();
+  await fm.synchronize();
+  await fm.emptyCache();
+  void s;
 }
 
 export function deviceTensorsCannotBeMade(): void {
