@@ -32,6 +32,8 @@ inline constexpr int cudaMemcpyDeviceToHost = 2;
 inline constexpr int cudaMemcpyDeviceToDevice = 3;
 
 inline constexpr unsigned cudaStreamNonBlocking = 1;
+// cudaHostAlloc flags: page-locked memory usable by every context, not only the current one.
+inline constexpr unsigned cudaHostAllocPortable = 1;
 
 // cudaMemoryType in cudaPointerAttributes::type.
 inline constexpr int cudaMemoryTypeDevice = 2;
@@ -83,6 +85,8 @@ inline constexpr std::size_t kDevicePropBufferBytes = 16384;
   X(MemGetInfo, "cudaMemGetInfo", cudaError_t (*)(std::size_t*, std::size_t*))                   \
   X(Malloc, "cudaMalloc", cudaError_t (*)(void**, std::size_t))                                   \
   X(Free, "cudaFree", cudaError_t (*)(void*))                                                     \
+  X(HostAlloc, "cudaHostAlloc", cudaError_t (*)(void**, std::size_t, unsigned))                   \
+  X(FreeHost, "cudaFreeHost", cudaError_t (*)(void*))                                             \
   X(MemcpyAsync, "cudaMemcpyAsync", cudaError_t (*)(void*, const void*, std::size_t, int, cudaStream_t)) \
   X(Memcpy2DAsync, "cudaMemcpy2DAsync",                                                           \
     cudaError_t (*)(void*, std::size_t, const void*, std::size_t, std::size_t, std::size_t, int, cudaStream_t)) \

@@ -37,6 +37,8 @@ class DeviceContext {
 
   const CudaApi& cuda() const { return lib_->cuda; }
   const LoadedLibrary& library() const { return *lib_; }
+  // For memory that outlives this context and must be freed through the build's runtime (pinned host memory).
+  std::shared_ptr<LoadedLibrary> sharedLibrary() const { return lib_; }
   int device() const { return device_; }
   void* stream() const { return stream_; }
 

@@ -15,6 +15,7 @@ Napi::Function Engine::Define(Napi::Env env) {
                          InstanceMethod("start", &Engine::Start),
                          InstanceMethod("malloc", &Engine::Malloc),
                          InstanceMethod("free", &Engine::Free),
+                         InstanceMethod("hostAlloc", &Engine::HostAlloc),
                          InstanceMethod("upload", &Engine::Upload),
                          InstanceMethod("download", &Engine::Download),
                          InstanceMethod("pointerInfo", &Engine::PointerInfo),
@@ -306,6 +307,28 @@ static std::pair<void*, std::size_t> bytesOf(const Napi::Value& v) {
   Napi::TypedArray t = v.As<Napi::TypedArray>();
   auto* base = static_cast<uint8_t*>(t.ArrayBuffer().Data());
   return {base + t.ByteOffset(), t.ByteLength()};
+}
+
+// hostAlloc(bytes): page-locked host memory from the build's own runtime (cudaHostAlloc, portable),
+// as an ArrayBuffer that frees it with cudaFreeHost when collected. The finalizer holds the library,
+// so the runtime that owns the memory stays loaded until then. Node cannot detach such a buffer,
+// so upload() may copy from it in place (docs/cuda-path.md#pinned).
+Napi::Value Engine::HostAlloc(const Napi::CallbackInfo& info) {
+  const auto bytes = static_cast<std::size_t>(info[0].As<Napi::Number>().DoubleValue());
+  auto task = std::make_unique<Task>();
+  auto out = std::make_shared<void*>(nullptr);
+  task->execute = [bytes, out](DeviceContext& ctx) {
+    ctx.check(ctx.cuda().HostAlloc(out.get(), bytes, cudaHostAllocPortable), "cudaHostAlloc");
+  };
+  task->settle = [bytes, out, lib = ctx_->sharedLibrary()](Napi::Env env) -> Napi::Value {
+    return Napi::ArrayBuffer::New(
+        env, *out, bytes, [](Napi::Env, void* p, std::shared_ptr<LoadedLibrary>* owner) {
+          (*owner)->cuda.FreeHost(p);
+          delete owner;
+        },
+        new std::shared_ptr<LoadedLibrary>(lib));
+  };
+  return enqueue(info.Env(), std::move(task), true);
 }
 
 // upload(address, typedArray): the whole typed array to `address`.

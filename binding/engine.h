@@ -55,6 +55,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value Malloc(const Napi::CallbackInfo& info);
   Napi::Value Free(const Napi::CallbackInfo& info);
+  Napi::Value HostAlloc(const Napi::CallbackInfo& info);
   Napi::Value Upload(const Napi::CallbackInfo& info);
   Napi::Value Download(const Napi::CallbackInfo& info);
   Napi::Value PointerInfo(const Napi::CallbackInfo& info);

@@ -128,6 +128,8 @@ export interface NativeEngine {
   destroyEvent(id: number): void;
   malloc(bytes: number): Promise<NativeAllocation>;
   free(id: number): void;
+  /** Page-locked host memory (cudaHostAlloc) as an ArrayBuffer that frees it when collected. */
+  hostAlloc(bytes: number): Promise<ArrayBuffer>;
   upload(address: bigint, data: ArrayBufferView): Promise<void>;
   download(address: bigint, data: ArrayBufferView): Promise<void>;
   pointerInfo(address: bigint): Promise<{ type: number; device: number }>;

@@ -132,6 +132,16 @@ export class FlashMLA {
     return this.#cuda('upload').upload(t);
   }
 
+  /**
+   * Page-locked ("pinned") host memory from the loaded build's CUDA runtime, as a contiguous host
+   * tensor: `upload` copies from it in place and the device reads it by DMA, where pageable memory
+   * is first copied (docs/cuda-path.md#pinned). Freed when the tensor's buffer is collected. Page-locked
+   * memory is a scarce system resource: allocate staging buffers once and reuse them.
+   */
+  async allocatePinned<D extends DType>(dtype: D, shape: readonly number[]): Promise<HostTensor<D>> {
+    return this.#cuda('allocatePinned').allocatePinned(dtype, shape);
+  }
+
   /** A contiguous host copy of a device tensor. */
   async download<D extends DType>(t: DeviceTensorMeta<D>): Promise<HostTensor<D>> {
     return this.#cuda('download').download(t);

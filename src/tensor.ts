@@ -28,7 +28,8 @@ export const ELEMENT_BYTES: Readonly<Record<DType, number>> = {
   uint8: 1,
 };
 
-const ARRAY_OF: Readonly<Record<DType, { new (n: number): DataOf[DType]; name: string }>> = {
+/** The typed-array class of each dtype. */
+export const ARRAY_OF: Readonly<Record<DType, { new (n: number): DataOf[DType]; new (buffer: ArrayBufferLike, byteOffset?: number, length?: number): DataOf[DType]; name: string }>> = {
   bf16: Uint16Array,
   fp16: Uint16Array,
   fp32: Float32Array,
@@ -196,11 +197,10 @@ export function zeros<D extends DType>(dtype: D, shape: readonly number[], optio
     if (!isCount(d)) throw new FlashMLAError('E_SHAPE', `shape must hold non-negative integers, got [${shape.join(', ')}]`, 'shape');
   }
   const n = numel(shape);
-  const Array_ = ARRAY_OF[dtype] as unknown as new (buffer: ArrayBufferLike, offset: number, length: number) => DataOf[D];
   // A SharedArrayBuffer-backed tensor reaches the reference backend's worker threads without a copy.
-  const data = options.shared === true
-    ? new Array_(new SharedArrayBuffer(n * ELEMENT_BYTES[dtype]), 0, n)
-    : (new ARRAY_OF[dtype](n) as DataOf[D]);
+  const data = (options.shared === true
+    ? new ARRAY_OF[dtype](new SharedArrayBuffer(n * ELEMENT_BYTES[dtype]), 0, n)
+    : new ARRAY_OF[dtype](n)) as DataOf[D];
   return { dtype, shape: [...shape], data };
 }
 

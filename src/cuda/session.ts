@@ -2,7 +2,7 @@ import { check, FlashMLAError } from '../errors.js';
 import type { Bound, DecodePlan } from '../plan.js';
 import type { SchedMetaSlot } from '../sched-meta.js';
 import {
-  ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
+  ARRAY_OF, ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
   type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
 } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
@@ -18,10 +18,6 @@ import { assessCuda } from './assess.js';
 import { operandsOf, planLaunch, requestFields, type CallKind, type DeviceFacts } from './host-layer.js';
 import { loadInProcess } from './library.js';
 import { callProblem, launcherProblem, type BuildFacts } from './usability.js';
-
-const ARRAYS: Readonly<Record<DType, new (n: number) => DataOf[DType]>> = {
-  bf16: Uint16Array, fp16: Uint16Array, fp32: Float32Array, int32: Int32Array, uint8: Uint8Array,
-};
 
 /** A native rejection: the addon rejects with FlashMLAErrors; anything else is a bug. */
 function asFlashMLAError(e: unknown): FlashMLAError {
@@ -87,6 +83,8 @@ export class CudaSession implements TensorOwner, EventOwner {
   readonly #checkedOutputs = new WeakMap<DeviceTensor, { plan: DecodePlan; name: string }>();
   /** The per-call exchange with the addon's `launch` (one call at a time: it is synchronous). */
   readonly #mailbox = new BigUint64Array(MAILBOX.size);
+  /** Page-locked buffers made by allocatePinned: upload() copies from these in place. */
+  readonly #pinned = new WeakSet<ArrayBufferLike>();
 
   constructor(
     private readonly engine: NativeEngine,
@@ -180,6 +178,21 @@ export class CudaSession implements TensorOwner, EventOwner {
     return mintDeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
   }
 
+  /**
+   * Page-locked host memory of the build's runtime, as a contiguous host tensor (docs/cuda-path.md#pinned).
+   * Node cannot detach such a buffer, so upload() copies from it in place, with no snapshot.
+   */
+  async allocatePinned<D extends DType>(dtype: D, shape: readonly number[]): Promise<HostTensor<D>> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+    this.#open();
+    const view = viewOf({ dtype, shape, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false }, 'shape');
+    const bytes = numel(view.shape) * ELEMENT_BYTES[dtype];
+    if (bytes === 0) return { dtype, shape: [...view.shape], data: new ARRAY_OF[dtype](0) as DataOf[D] };
+    const buffer = await this.engine.hostAlloc(bytes).catch((e: unknown) => this.#fail(e, caller));
+    this.#pinned.add(buffer);
+    return { dtype, shape: [...view.shape], data: new ARRAY_OF[dtype](buffer) as DataOf[D] };
+  }
+
   async upload<D extends DType>(tensor: HostTensor<D>): Promise<DeviceTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
@@ -189,8 +202,10 @@ export class CudaSession implements TensorOwner, EventOwner {
     const extent = Math.max(extentOf(view), view.offset);
     const count = extent - view.offset;
     // The elements are copied now, into memory the caller cannot detach or shrink while the copy
-    // to the device is queued.
-    const data = count > 0 ? t.data.slice(view.offset, extent) : null;
+    // to the device is queued, unless they are in page-locked memory of this session's, which
+    // cannot be detached: the device copies from that in place.
+    const inPlace = this.#pinned.has(t.data.buffer);
+    const data = count === 0 ? null : inPlace ? t.data.subarray(view.offset, extent) : t.data.slice(view.offset, extent);
     const a = await this.#withMemory(() => this.engine.malloc(count * ELEMENT_BYTES[view.dtype]).catch((e: unknown) => this.#fail(e, caller)));
     const out = mintDeviceTensor(this, { dtype: t.dtype as D, shape: view.shape, strides: view.strides, offset: 0, capacity: count, address: a.address, allocation: a.id });
     if (data !== null) {
@@ -211,7 +226,7 @@ export class CudaSession implements TensorOwner, EventOwner {
     this.#deviceTensor(t, 'tensor');
     const eb = ELEMENT_BYTES[view.dtype];
     const n = numel(view.shape);
-    const Arr = ARRAYS[view.dtype];
+    const Arr = ARRAY_OF[view.dtype];
     if (n === 0) return { dtype: t.dtype, shape: [...view.shape], data: new Arr(0) as DataOf[D] };
     if (isContiguous(view)) {
       const data = new Arr(n);
@@ -226,7 +241,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async downloadExtent(t: DeviceTensorMeta, view: View): Promise<DataOf[DType]> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     const count = extentOf(view) - view.offset;
-    const data = new ARRAYS[view.dtype](Math.max(count, 0));
+    const data = new ARRAY_OF[view.dtype](Math.max(count, 0));
     if (count > 0) await this.engine.download(t.address + BigInt(view.offset * ELEMENT_BYTES[view.dtype]), data).catch((e: unknown) => this.#fail(e, caller));
     return data;
   }

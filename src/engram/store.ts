@@ -1,7 +1,7 @@
 import { FlashMLAError, check } from '../errors.js';
 import type { DeviceTensor } from '../device-tensor.js';
 import type { FlashMLA } from '../flashmla.js';
-import { tensor, type HostTensor } from '../tensor.js';
+import { ARRAY_OF, tensor, type HostTensor } from '../tensor.js';
 import type { EngramConfig } from './config.js';
 import { NgramHasher } from './hash.js';
 import type { HashSession } from './hash-session.js';
@@ -79,6 +79,8 @@ export class EngramStore {
   readonly #hasher: NgramHasher;
   readonly #tables: readonly EngramTable[];
   readonly #sessions = new Map<string | number, HashSession>();
+  /** Per CUDA instance: a page-locked staging buffer reused by each step's upload, and the last upload through it. */
+  readonly #staging = new WeakMap<FlashMLA, { buffer: Uint8Array | undefined; last: Promise<unknown> }>();
   readonly #pieces: number;
   readonly #perToken: number;
   #closed = false;
@@ -133,7 +135,7 @@ export class EngramStore {
     const { rowIds, requests } = this.#hash(batch);
     const tokens = requests.reduce((n, r) => n + r.count, 0);
     const rows = await this.#gather(rowIds, tokens, format);
-    const device = fm === undefined ? undefined : await fm.upload(rows);
+    const device = fm === undefined ? undefined : await this.#upload(fm, rows);
     return { rowIds: tensor('int32', [tokens, this.#tables.length, this.#perToken], rowIds), rows, device, requests };
   }
 
@@ -159,6 +161,26 @@ export class EngramStore {
 
   #checkOpen(): void {
     if (this.#closed) throw new FlashMLAError('E_DISPOSED', 'the EngramStore was closed');
+  }
+
+  /**
+   * Copies the rows into the instance's page-locked staging buffer and from there to the device on
+   * the instance's stream (a DMA, no copy of pageable memory). Uploads through one buffer take turns.
+   */
+  #upload<D extends 'bf16' | 'fp32' | 'uint8'>(fm: FlashMLA, rows: HostTensor<D>): Promise<DeviceTensor<D>> {
+    let stage = this.#staging.get(fm);
+    if (stage === undefined) this.#staging.set(fm, (stage = { buffer: undefined, last: Promise.resolve() }));
+    const entry = stage;
+    const turn = entry.last.then(async () => {
+      const bytes = rows.data.byteLength;
+      // Grown to the next power of two, so a batch that grows step by step reallocates rarely.
+      if (entry.buffer === undefined || entry.buffer.byteLength < bytes) entry.buffer = (await fm.allocatePinned('uint8', [2 ** Math.ceil(Math.log2(bytes))])).data;
+      entry.buffer.set(new Uint8Array(rows.data.buffer, rows.data.byteOffset, bytes));
+      const view = new ARRAY_OF[rows.dtype](entry.buffer.buffer, 0, rows.data.length) as HostTensor<D>['data'];
+      return fm.upload(tensor(rows.dtype, rows.shape, view));
+    });
+    entry.last = turn.catch(() => undefined);
+    return turn;
   }
 
   /** Hashes every request's tokens with its history: row ids `[T_total, layers, perToken]`. */

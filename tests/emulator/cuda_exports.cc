@@ -3,7 +3,10 @@
 // libcudart. Semantics follow the real runtime where the addon can observe them: per-thread last
 // error, sticky device faults, per-thread current device, cudaErrorInsufficientDriver from every
 // device call when the driver is older than the runtime.
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <type_traits>
 
 #include "runtime.h"
@@ -29,6 +32,11 @@ cudaError_t queryGate(int device) {
   if (device < 0 || device >= c.devices) return emu::recordError(cuda_abi::cudaErrorInvalidDevice);
   return cuda_abi::cudaSuccess;
 }
+
+// Page-locked host allocations (cudaHostAlloc): plain host memory here; only cudaFreeHost of one of
+// these pointers is valid, as with the real runtime.
+std::mutex hostMutex;
+std::set<void*> hostAllocations;
 
 // Device-side range of a copy or memset: inside one live allocation of the current device.
 bool deviceRange(int device, const void* p, std::size_t bytes) {
@@ -139,6 +147,26 @@ __attribute__((visibility("default"))) cudaError_t cudaFree(void* p) {
   cudaError_t freed = emu::deviceFree(d, p);
   if (state != cuda_abi::cudaSuccess) return emu::recordError(state);
   return emu::recordError(freed);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaHostAlloc(void** p, std::size_t bytes, unsigned flags) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (p == nullptr || flags > 0xf) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  void* mem = std::malloc(bytes == 0 ? 1 : bytes);
+  if (mem == nullptr) return emu::recordError(cuda_abi::cudaErrorMemoryAllocation);
+  std::lock_guard<std::mutex> lock(hostMutex);
+  hostAllocations.insert(mem);
+  *p = mem;
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaFreeHost(void* p) {
+  if (p == nullptr) return cuda_abi::cudaSuccess;
+  std::lock_guard<std::mutex> lock(hostMutex);
+  if (hostAllocations.erase(p) == 0) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  std::free(p);
+  return cuda_abi::cudaSuccess;
 }
 
 __attribute__((visibility("default"))) cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, int kind,
