@@ -310,9 +310,9 @@ static std::pair<void*, std::size_t> bytesOf(const Napi::Value& v) {
 }
 
 // hostAlloc(bytes): page-locked host memory from the build's own runtime (cudaHostAlloc, portable),
-// as an ArrayBuffer that frees it with cudaFreeHost when collected. The finalizer holds the library,
-// so the runtime that owns the memory stays loaded until then. Node cannot detach such a buffer,
-// so upload() may copy from it in place (docs/cuda-path.md#pinned).
+// as an ArrayBuffer. The block is freed with cudaFreeHost once the ArrayBuffer is collected and no
+// upload from it is in flight; the block holds the library, so the runtime that owns the memory
+// stays loaded until then (docs/cuda-path.md#pinned).
 Napi::Value Engine::HostAlloc(const Napi::CallbackInfo& info) {
   const auto bytes = static_cast<std::size_t>(info[0].As<Napi::Number>().DoubleValue());
   auto task = std::make_unique<Task>();
@@ -320,15 +320,29 @@ Napi::Value Engine::HostAlloc(const Napi::CallbackInfo& info) {
   task->execute = [bytes, out](DeviceContext& ctx) {
     ctx.check(ctx.cuda().HostAlloc(out.get(), bytes, cudaHostAllocPortable), "cudaHostAlloc");
   };
-  task->settle = [bytes, out, lib = ctx_->sharedLibrary()](Napi::Env env) -> Napi::Value {
+  task->settle = [this, bytes, out, lib = ctx_->sharedLibrary()](Napi::Env env) -> Napi::Value {
+    auto block = std::make_shared<std::shared_ptr<void>>(*out, [lib](void* p) { lib->cuda.FreeHost(p); });
+    const auto base = reinterpret_cast<uintptr_t>(*out);
+    pinned_[base] = {bytes, *block};
+    // The ArrayBuffer's reference; the finalizer drops it (and the registry entry once it has expired).
     return Napi::ArrayBuffer::New(
-        env, *out, bytes, [](Napi::Env, void* p, std::shared_ptr<LoadedLibrary>* owner) {
-          (*owner)->cuda.FreeHost(p);
-          delete owner;
-        },
-        new std::shared_ptr<LoadedLibrary>(lib));
+        env, *out, bytes, [](Napi::Env, void*, std::shared_ptr<void>* ref) { delete ref; }, new std::shared_ptr<void>(*block));
   };
   return enqueue(info.Env(), std::move(task), true);
+}
+
+// The page-locked block of this engine's that holds [p, p + bytes), or null.
+std::shared_ptr<void> Engine::pinnedBlock(const void* p, std::size_t bytes) {
+  for (auto it = pinned_.begin(); it != pinned_.end();) {
+    if (it->second.second.expired()) it = pinned_.erase(it);
+    else ++it;
+  }
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  auto it = pinned_.upper_bound(at);
+  if (it == pinned_.begin()) return nullptr;
+  --it;
+  if (at + bytes > it->first + it->second.first) return nullptr;
+  return it->second.second.lock();
 }
 
 // upload(address, typedArray): the whole typed array to `address`.
@@ -339,7 +353,14 @@ Napi::Value Engine::Upload(const Napi::CallbackInfo& info) {
     auto task = std::make_unique<Task>();
     task->keepAlive.push_back(Napi::Persistent(info[1]));
     task->streamWork = true;
-    task->execute = [dst, src = src, bytes = bytes](DeviceContext& ctx) {
+    // upload(address, data, true): `data` lies in a page-locked block of this engine's; the task holds
+    // the block until the copy is done, whatever JavaScript does with the ArrayBuffer meanwhile.
+    std::shared_ptr<void> block;
+    if (info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value()) {
+      block = pinnedBlock(src, bytes);
+      if (!block) throw NativeError("E_INTERNAL", "upload: the data is not in page-locked memory of this instance");
+    }
+    task->execute = [dst, src = src, bytes = bytes, block](DeviceContext& ctx) {
       ctx.check(ctx.cuda().MemcpyAsync(reinterpret_cast<void*>(dst), src, bytes, cudaMemcpyHostToDevice, ctx.stream()),
                 "cudaMemcpyAsync (upload)");
       ctx.sync();

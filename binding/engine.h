@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -56,6 +57,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value Malloc(const Napi::CallbackInfo& info);
   Napi::Value Free(const Napi::CallbackInfo& info);
   Napi::Value HostAlloc(const Napi::CallbackInfo& info);
+  std::shared_ptr<void> pinnedBlock(const void* p, std::size_t bytes);
   Napi::Value Upload(const Napi::CallbackInfo& info);
   Napi::Value Download(const Napi::CallbackInfo& info);
   Napi::Value PointerInfo(const Napi::CallbackInfo& info);
@@ -93,6 +95,10 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Reference<Napi::Value> mailboxRef_;  // launch()'s exchange (JavaScript thread only)
   uint64_t* mailbox_ = nullptr;
   std::atomic<int> unissued_{0};  // queued stream-work tasks that have not issued their work yet
+  // Page-locked blocks made by hostAlloc, by address: base → (bytes, the block). A block is freed when
+  // its ArrayBuffer is collected and no upload from it is in flight (each holds a reference), so
+  // nothing JavaScript does to the buffer can free memory a copy still reads. JavaScript thread only.
+  std::map<uintptr_t, std::pair<std::size_t, std::weak_ptr<void>>> pinned_;
   int pending_ = 0;        // JavaScript thread only
   bool disposed_ = false;  // JavaScript thread only
   uint64_t nextSlot_ = 1;  // JavaScript thread only

@@ -130,7 +130,8 @@ export interface NativeEngine {
   free(id: number): void;
   /** Page-locked host memory (cudaHostAlloc) as an ArrayBuffer that frees it when collected. */
   hostAlloc(bytes: number): Promise<ArrayBuffer>;
-  upload(address: bigint, data: ArrayBufferView): Promise<void>;
+  /** `pinned`: data lies in a hostAlloc block (the copy holds the block, so it is read in place). */
+  upload(address: bigint, data: ArrayBufferView, pinned?: boolean): Promise<void>;
   download(address: bigint, data: ArrayBufferView): Promise<void>;
   pointerInfo(address: bigint): Promise<{ type: number; device: number }>;
   newSchedSlot(): number;

@@ -209,7 +209,7 @@ export class CudaSession implements TensorOwner, EventOwner {
     const a = await this.#withMemory(() => this.engine.malloc(count * ELEMENT_BYTES[view.dtype]).catch((e: unknown) => this.#fail(e, caller)));
     const out = mintDeviceTensor(this, { dtype: t.dtype as D, shape: view.shape, strides: view.strides, offset: 0, capacity: count, address: a.address, allocation: a.id });
     if (data !== null) {
-      await this.engine.upload(a.address, data).catch((e: unknown) => {
+      await this.engine.upload(a.address, data, inPlace).catch((e: unknown) => {
         out.dispose();
         this.#fail(e, caller);
       });
