@@ -10,6 +10,8 @@ import { ownValue, readDecodeArgs, readDecodeOptions, readTensor, TENSOR_ARG_KEY
 import { validateDecode } from '../validate/index.js';
 import { MAILBOX, type NativeAllocation, type NativeDecodeOutcome, type NativeEngine, type NativePrepared, type NativeStart } from '../addon.js';
 import { mintCudaEvent, type CudaEvent, type EventOwner } from './event.js';
+import { mintCudaGraph, type CudaGraph, type GraphOwner } from './graph.js';
+import { isGiven } from '../validate/common.js';
 import { FlashMLASchedMeta } from '../sched-meta.js';
 import { expectNoOutputOptions, expectOutputTensor } from '../validate/outputs.js';
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
@@ -74,13 +76,15 @@ const droppedSchedMetas = new FinalizationRegistry<{ session: CudaSession; id: n
 });
 
 /** The CUDA side of one FlashMLA instance: its worker, device memory and decode calls. */
-export class CudaSession implements TensorOwner, EventOwner {
+export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
   readonly facts: DeviceFacts;
   /** The instance's cudaStream_t (its own, or the one it was opened with). */
   readonly stream: bigint;
   /** Completed decode calls and how many of them ran the scheduler (docs/flashmla-interface.md#sched-meta-caching: once per sched meta). */
   readonly stats = { decodes: 0, schedMetaRuns: 0 };
   #disposed = false;
+  /** A graph capture is running (docs/cuda-path.md#graphs): only device-resident decodes may be issued. */
+  #capturing = false;
   /** Prepared calls by their q (docs/cuda-path.md#per-call-cost). */
   readonly #calls = new WeakMap<DeviceTensor, PreparedCall[]>();
   /** Preallocated outputs already checked, with the plan and option they were checked for. */
@@ -116,6 +120,13 @@ export class CudaSession implements TensorOwner, EventOwner {
   /** Frees a sched meta's device-side scheduler buffers (no-op once the instance is disposed). */
   releaseSchedSlot(id: number): void {
     if (!this.#disposed) this.engine.freeSchedSlot(id);
+  }
+
+  /** Work that copies between host and device, waits, or allocates cannot be recorded in a graph. */
+  #notCapturing(what: string, argument?: string): void {
+    check(!this.#capturing, 'E_UNSUPPORTED', argument,
+      () => `${what} cannot be recorded in a CUDA graph (it copies between host and device, waits or allocates); ` +
+        'inside captureGraph() only decode calls with DeviceTensors are allowed');
   }
 
   #open(): void {
@@ -174,6 +185,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async allocate<D extends DType>(dtype: D, shape: readonly number[]): Promise<DeviceTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('allocate()');
     const view = viewOf({ dtype, shape, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false }, 'shape');
     const n = numel(view.shape);
     const a = await this.#withMemory(() => this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch((e: unknown) => this.#fail(e, caller)));
@@ -183,6 +195,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async upload<D extends DType>(tensor: HostTensor<D>): Promise<DeviceTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('upload()');
     const t = readTensor(tensor, 'tensor');
     check(isHostTensor(t), 'E_VALUE', 'tensor', 'upload takes a host tensor ({ dtype, shape, data })');
     const view = viewOf(t, 'tensor');
@@ -206,6 +219,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async download<D extends DType>(t: DeviceTensorMeta<D>): Promise<HostTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('download()');
     check(t !== null && typeof t === 'object' && !isHostTensor(t as Tensor), 'E_VALUE', 'tensor', 'download takes a DeviceTensor');
     const view = viewOf(t, 'tensor');
     this.#deviceTensor(t, 'tensor');
@@ -235,6 +249,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async wrap<D extends DType>(address: bigint, meta: TensorMeta<D> & { capacity?: number }): Promise<DeviceTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('wrap()');
     check(typeof address === 'bigint' && address > 0n && address < 2n ** 64n, 'E_VALUE', 'address', 'address must be a non-zero 64-bit bigint');
     check(meta !== null && typeof meta === 'object', 'E_VALUE', 'meta', 'meta must be an object ({ dtype, shape, strides?, offset?, capacity? })');
     const field = (k: string) => ownValue(meta, k, `meta.${k}`);
@@ -388,6 +403,8 @@ export class CudaSession implements TensorOwner, EventOwner {
   /** Any call, validated and planned now and run on the worker thread (host tensors, validate: true). */
   async #decodeQueued(args: DecodeArgs, options: CallOptions): Promise<DecodeResult<Tensor>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+    if (options.validate === true) this.#notCapturing('a decode call with validate: true', 'options.validate');
+    else this.#notCapturing('a decode call with host tensors', TENSOR_ARG_KEYS.find((k) => isGiven(args[k]) && isHostTensor(args[k]!)));
     let downloaded: Map<Tensor, HostTensor> | undefined;
     if (options.validate === true) downloaded = await this.#downloadForValidation(args);
     const plan = validateDecode(args, { downloaded });
@@ -417,12 +434,14 @@ export class CudaSession implements TensorOwner, EventOwner {
   async synchronize(): Promise<void> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('synchronize()');
     await this.engine.synchronize().catch((e: unknown) => this.#fail(e, caller));
   }
 
   /** An event recorded on the stream after everything issued so far (docs/cuda-path.md#streams-and-events). */
   record(): CudaEvent {
     this.#open();
+    this.#notCapturing('record()');
     let id: number;
     try {
       id = this.engine.recordEvent();
@@ -442,10 +461,71 @@ export class CudaSession implements TensorOwner, EventOwner {
     if (!this.#disposed) this.engine.destroyEvent(id);
   }
 
+  /**
+   * Records the decode calls `record` makes on this instance as one CUDA graph
+   * (docs/cuda-path.md#graphs): everything queued before is waited for, then the stream is captured
+   * on the calling thread while `record` runs.
+   */
+  async captureGraph(record: () => unknown): Promise<CudaGraph> {
+    this.#open();
+    check(typeof record === 'function', 'E_VALUE', 'record', 'captureGraph takes a function that makes the decode calls to record');
+    this.#notCapturing('captureGraph()');
+    await this.synchronize();
+    this.#open();
+    this.#notCapturing('captureGraph()');
+    try {
+      this.engine.beginCapture();
+    } catch (e) {
+      this.#fail(e, new Error());
+    }
+    this.#capturing = true;
+    let recorded = false;
+    try {
+      await record();
+      recorded = true;
+    } finally {
+      this.#capturing = false;
+      if (!recorded && !this.#disposed) {
+        try {
+          this.engine.endCapture(false);
+        } catch {
+          // The capture's own error is the one to report.
+        }
+      }
+    }
+    let id: number | undefined;
+    try {
+      id = this.engine.endCapture(true);
+    } catch (e) {
+      this.#fail(e, new Error());
+    }
+    return mintCudaGraph(this, id!);
+  }
+
+  async replayGraph(id: number): Promise<void> {
+    this.#open();
+    this.#notCapturing('replaying a graph');
+    let queued: Promise<void> | undefined;
+    try {
+      queued = this.engine.launchGraph(id);
+    } catch (e) {
+      this.#fail(e, new Error());
+    }
+    if (queued !== undefined) {
+      const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+      await queued.catch((e: unknown) => this.#fail(e, caller));
+    }
+  }
+
+  destroyGraph(id: number): void {
+    if (!this.#disposed) this.engine.destroyGraph(id);
+  }
+
   /** Frees the cached blocks of this instance's pool (blocks in use stay). */
   async emptyCache(): Promise<void> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('emptyCache()');
     await this.engine.emptyCache().catch((e: unknown) => this.#fail(e, caller));
   }
 
