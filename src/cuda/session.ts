@@ -2,7 +2,7 @@ import { check, FlashMLAError } from '../errors.js';
 import type { Bound, DecodePlan } from '../plan.js';
 import type { SchedMetaSlot } from '../sched-meta.js';
 import {
-  ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
+  contiguousStrides, ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
   type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
 } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
@@ -375,7 +375,7 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
       const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
       outcome = await queued.catch((e: unknown) => this.#fail(e, caller));
     }
-    return this.#result(call.plan, outcome, given);
+    return this.#result(call.plan, outcome, given, call.shapes);
   }
 
   /** launch() of a prepared call; its errors as the FlashMLAErrors callers see. */
@@ -388,15 +388,14 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
   }
 
   /** Counts the call and returns its outputs: the preallocated tensors, or the pooled blocks it got. */
-  #result(plan: DecodePlan, outcome: NativeDecodeOutcome, given: { out: DeviceTensor | null; lse: DeviceTensor | null }): DecodeResult<DeviceTensor> {
+  #result(plan: DecodePlan, outcome: NativeDecodeOutcome, given: { out: DeviceTensor | null; lse: DeviceTensor | null }, shapes = outputShapes(plan)): DecodeResult<DeviceTensor> {
     this.stats.decodes++;
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
-    const shapes = outputShapes(plan);
-    const mint = (a: NativeAllocation, dtype: DType, shape: readonly number[], n: number) =>
-      mintDeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
+    const mint = (a: NativeAllocation, dtype: DType, shape: readonly number[], strides: readonly number[], n: number) =>
+      mintDeviceTensor(this, { dtype, shape, strides, capacity: n, address: a.address, allocation: a.id });
     return {
-      out: given.out ?? mint(outcome.out!, shapes.outDtype, shapes.out, shapes.rows * 512),
-      lse: given.lse ?? mint(outcome.lse!, 'fp32', shapes.lse, shapes.rows),
+      out: given.out ?? mint(outcome.out!, shapes.outDtype, shapes.out, shapes.outStrides, shapes.rows * 512),
+      lse: given.lse ?? mint(outcome.lse!, 'fp32', shapes.lse, shapes.lseStrides, shapes.rows),
     };
   }
 
@@ -427,7 +426,7 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     this.stats.decodes++;
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
     const shapes = outputShapes(plan);
-    return { out: { dtype: shapes.outDtype, shape: shapes.out, data: hostOut! }, lse: { dtype: 'fp32', shape: shapes.lse, data: hostLse! } };
+    return { out: { dtype: shapes.outDtype, shape: [...shapes.out], data: hostOut! }, lse: { dtype: 'fp32', shape: [...shapes.lse], data: hostLse! } };
   }
 
   /** Resolves once the stream has completed everything issued before the call (docs/cuda-path.md#streams-and-events). */
@@ -593,7 +592,11 @@ class PreparedCall {
   readonly #tensors: (WeakRef<DeviceTensor> | null)[];
   readonly #scalars: unknown[];
 
+  /** Its outputs' shapes, made once: every output tensor of the call shares them (frozen). */
+  readonly shapes: OutputShapes;
+
   constructor(args: DecodeArgs, readonly plan: DecodePlan, readonly prepared: NativePrepared) {
+    this.shapes = outputShapes(plan);
     this.#tensors = TENSOR_ARG_KEYS.map((k) => (args[k] === undefined || args[k] === null ? null : new WeakRef(args[k] as DeviceTensor)));
     this.#scalars = SCALAR_ARG_KEYS.map((k) => args[k]);
   }
@@ -618,12 +621,23 @@ function allDevice(args: DecodeArgs): boolean {
   return true;
 }
 
-/** The output shapes and dtype of a plan. */
-function outputShapes(plan: DecodePlan): { outDtype: DType; out: number[]; lse: number[]; rows: number } {
+/** The output shapes (frozen, with their contiguous strides) and dtype of a plan. */
+interface OutputShapes {
+  readonly outDtype: DType;
+  readonly out: readonly number[];
+  readonly outStrides: readonly number[];
+  readonly lse: readonly number[];
+  readonly lseStrides: readonly number[];
+  readonly rows: number;
+}
+
+function outputShapes(plan: DecodePlan): OutputShapes {
+  const out = [plan.b, plan.sQ, plan.hQ, 512];
+  const lse = [plan.b, plan.hQ, plan.sQ];
   return {
     outDtype: plan.kind === 'dense' ? plan.dtype : 'bf16',
-    out: [plan.b, plan.sQ, plan.hQ, 512],
-    lse: [plan.b, plan.hQ, plan.sQ],
+    out: Object.freeze(out), outStrides: Object.freeze(contiguousStrides(out)),
+    lse: Object.freeze(lse), lseStrides: Object.freeze(contiguousStrides(lse)),
     rows: plan.b * plan.sQ * plan.hQ,
   };
 }
