@@ -12,6 +12,8 @@ namespace cuda_abi {
 using cudaError_t = int;
 using cudaStream_t = void*;
 using cudaEvent_t = void*;
+using cudaGraph_t = void*;
+using cudaGraphExec_t = void*;
 
 inline constexpr cudaError_t cudaSuccess = 0;
 inline constexpr cudaError_t cudaErrorInvalidValue = 1;
@@ -34,6 +36,10 @@ inline constexpr int cudaMemcpyDeviceToDevice = 3;
 inline constexpr unsigned cudaStreamNonBlocking = 1;
 // cudaHostAlloc flags: page-locked memory usable by every context, not only the current one.
 inline constexpr unsigned cudaHostAllocPortable = 1;
+
+// cudaStreamCaptureMode: Relaxed lets other threads (the instance's worker) make any call while
+// the calling thread captures (docs/cuda-path.md#graphs).
+inline constexpr int cudaStreamCaptureModeRelaxed = 2;
 
 // cudaMemoryType in cudaPointerAttributes::type.
 inline constexpr int cudaMemoryTypeDevice = 2;
@@ -99,7 +105,13 @@ inline constexpr std::size_t kDevicePropBufferBytes = 16384;
   X(EventRecord, "cudaEventRecord", cudaError_t (*)(cudaEvent_t, cudaStream_t))                   \
   X(EventSynchronize, "cudaEventSynchronize", cudaError_t (*)(cudaEvent_t))                       \
   X(EventElapsedTime, "cudaEventElapsedTime", cudaError_t (*)(float*, cudaEvent_t, cudaEvent_t))  \
-  X(EventDestroy, "cudaEventDestroy", cudaError_t (*)(cudaEvent_t))
+  X(EventDestroy, "cudaEventDestroy", cudaError_t (*)(cudaEvent_t))                              \
+  X(StreamBeginCapture, "cudaStreamBeginCapture", cudaError_t (*)(cudaStream_t, int))             \
+  X(StreamEndCapture, "cudaStreamEndCapture", cudaError_t (*)(cudaStream_t, cudaGraph_t*))        \
+  X(GraphInstantiateWithFlags, "cudaGraphInstantiateWithFlags", cudaError_t (*)(cudaGraphExec_t*, cudaGraph_t, unsigned long long)) \
+  X(GraphLaunch, "cudaGraphLaunch", cudaError_t (*)(cudaGraphExec_t, cudaStream_t))               \
+  X(GraphExecDestroy, "cudaGraphExecDestroy", cudaError_t (*)(cudaGraphExec_t))                   \
+  X(GraphDestroy, "cudaGraphDestroy", cudaError_t (*)(cudaGraph_t))
 
 // Looked up separately: "cudaGetDeviceProperties_v2" then "cudaGetDeviceProperties",
 // signature cudaError_t (*)(void* prop, int device).

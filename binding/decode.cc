@@ -282,6 +282,7 @@ bool ensureSchedMeta(DeviceContext& ctx, const DecodeRequest& r, DecodeBuffers& 
     p.stream = d.stream;
     callLauncher(ctx, Launcher::SchedMeta, p);
     slot.computed = true;
+    ctx.noteCapturedSlot(r.slot);
     slot.numSmParts = r.numSmParts;
     slot.b = r.b;
   }
@@ -375,6 +376,12 @@ DecodeOutcome runDecode(DeviceContext& ctx, int major, int minor, const DecodeRe
   uploadOperands(ctx, r, w, ws, d);
   regroupQ(ctx, r, w, ws, d);
   outcome.schedMetaRan = ensureSchedMeta(ctx, r, d);
+  // Graph capture: the blocks a replay will use stay out of the pool while the graph lives.
+  ctx.pin(ws);
+  ctx.pin(d.meta);
+  ctx.pin(d.numSplits);
+  if (outcome.outId != 0) ctx.pin(out);
+  if (outcome.lseId != 0) ctx.pin(lse);
   d.out = r.outDirect ? out : ws + w.outRawAt;
   d.lse = reinterpret_cast<float*>(r.lseDirect ? lse : ws + w.lseRawAt);
   d.lseAccum = reinterpret_cast<float*>(ws + w.lseAccumAt);

@@ -132,6 +132,7 @@ void* DeviceContext::takeBlock(std::size_t cls) {
     throw NativeError("E_CUDA", "cudaMalloc(" + std::to_string(cls) + " bytes) failed: " + cuda().describe(err), err);
   }
   pooledBytes_ += cls;
+  blockClass_[p] = cls;
   return p;
 }
 
@@ -140,6 +141,7 @@ void DeviceContext::trimPool() {
   for (auto& [cls, blocks] : cached_) {
     for (void* p : blocks) {
       cuda().Free(p);
+      blockClass_.erase(p);
       pooledBytes_ -= cls;
     }
     blocks.clear();
@@ -160,9 +162,57 @@ bool DeviceContext::releasePooled(uint64_t id) {
   auto it = owned_.find(id);
   if (it == owned_.end()) return true;  // already freed: nothing left to do on any thread
   if (it->second.bytes == 0) return false;
-  cached_[it->second.bytes].push_back(it->second.ptr);
+  if (pins_.count(it->second.ptr) != 0) deferred_.emplace(it->second.ptr, it->second.bytes);
+  else cached_[it->second.bytes].push_back(it->second.ptr);
   owned_.erase(it);
   return true;
+}
+
+void DeviceContext::startPinning() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  pinning_ = true;
+  pinned_.clear();
+  capturedSlots_.clear();
+}
+
+std::vector<void*> DeviceContext::stopPinning() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  pinning_ = false;
+  for (uint64_t id : capturedSlots_) {
+    auto it = slots_.find(id);
+    if (it != slots_.end()) it->second.computed = false;
+  }
+  capturedSlots_.clear();
+  std::vector<void*> out;
+  out.swap(pinned_);
+  return out;
+}
+
+void DeviceContext::noteCapturedSlot(uint64_t slot) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (pinning_) capturedSlots_.push_back(slot);
+}
+
+void DeviceContext::pin(void* block) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!pinning_ || blockClass_.count(block) == 0) return;
+  for (void* p : pinned_) if (p == block) return;
+  pins_[block]++;
+  pinned_.push_back(block);
+}
+
+void DeviceContext::unpin(const std::vector<void*>& blocks) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (void* p : blocks) {
+    auto it = pins_.find(p);
+    if (it == pins_.end() || --it->second > 0) continue;
+    pins_.erase(it);
+    auto d = deferred_.find(p);
+    if (d != deferred_.end()) {
+      cached_[d->second].push_back(p);
+      deferred_.erase(d);
+    }
+  }
 }
 
 void DeviceContext::free(uint64_t id) {
@@ -222,7 +272,11 @@ void DeviceContext::release() {
   if (stream_ != nullptr) cuda().StreamSynchronize(stream_);
   for (auto& [id, o] : owned_) cuda().Free(o.ptr);
   owned_.clear();
+  for (auto& [p, cls] : deferred_) cuda().Free(p);
+  deferred_.clear();
+  pins_.clear();
   trimPool();
+  blockClass_.clear();
   pooledBytes_ = 0;
   slots_.clear();
   scratchId_ = 0;

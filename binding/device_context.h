@@ -75,6 +75,17 @@ class DeviceContext {
   // to the pool (stream-ordered, like every pooled block).
   void* scratch(std::size_t bytes);
 
+  // Graph capture (docs/cuda-path.md#graphs): while a capture runs, every pool block a captured
+  // call uses is pinned to the graph. A pinned block freed by its owner goes back to the pool only
+  // once no graph holds it, so a replay never writes into memory handed out again.
+  // A sched meta first computed inside a capture is computed by the graph's replays only: once the
+  // capture ends, a direct call computes it again into new buffers (the graph keeps its own).
+  void startPinning();
+  std::vector<void*> stopPinning();
+  void noteCapturedSlot(uint64_t slot);
+  void pin(void* block);  // no-op unless capturing, or for memory the pool does not own
+  void unpin(const std::vector<void*>& blocks);
+
   // Bytes held by the pool (in use and cached), for tests and the soak.
   std::size_t pooledBytes() const;
   // Frees the pool's cached blocks (those not in use); cudaFree waits for the device, so worker thread only.
@@ -106,6 +117,12 @@ class DeviceContext {
   std::unordered_map<uint64_t, Owned> owned_;
   std::unordered_map<uint64_t, SchedSlot> slots_;
   std::unordered_map<std::size_t, std::vector<void*>> cached_;  // free pool blocks by size class
+  std::unordered_map<void*, std::size_t> blockClass_;            // every pool block -> its size class
+  std::unordered_map<void*, int> pins_;                          // pool block -> graphs holding it
+  std::unordered_map<void*, std::size_t> deferred_;              // freed while pinned -> size class
+  bool pinning_ = false;
+  std::vector<void*> pinned_;                                    // the capture's blocks so far
+  std::vector<uint64_t> capturedSlots_;                          // sched metas computed in the capture
   std::size_t pooledBytes_ = 0;
   uint64_t scratchId_ = 0;
   std::size_t scratchBytes_ = 0;

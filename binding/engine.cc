@@ -31,6 +31,10 @@ Napi::Function Engine::Define(Napi::Env env) {
                          InstanceMethod("recordEvent", &Engine::RecordEvent),
                          InstanceMethod("synchronizeEvent", &Engine::SynchronizeEvent),
                          InstanceMethod("destroyEvent", &Engine::DestroyEvent),
+                         InstanceMethod("beginCapture", &Engine::BeginCapture),
+                         InstanceMethod("endCapture", &Engine::EndCapture),
+                         InstanceMethod("launchGraph", &Engine::LaunchGraph),
+                         InstanceMethod("destroyGraph", &Engine::DestroyGraph),
                          InstanceMethod("dispose", &Engine::Dispose),
                      });
 }
@@ -557,6 +561,98 @@ Napi::Value Engine::EmptyCache(const Napi::CallbackInfo& info) {
   return enqueue(info.Env(), std::move(task), true);
 }
 
+// beginCapture(): starts capturing the stream on this thread (docs/cuda-path.md#graphs). JavaScript
+// has drained the queue first and refuses queued work until endCapture().
+Napi::Value Engine::BeginCapture(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (disposed_) throwError(env, "E_DISPOSED", "this FlashMLA instance was disposed");
+  if (!canIssueHere()) throwError(env, "E_INTERNAL", "beginCapture() with queued stream work");
+  try {
+    ctx_->activate();
+    ctx_->cuda().GetLastError();
+    ctx_->check(ctx_->cuda().StreamBeginCapture(ctx_->stream(), cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+    ctx_->startPinning();
+  } catch (const NativeError& e) {
+    throw makeError(env, e);
+  }
+  return env.Undefined();
+}
+
+// endCapture(keep) → graph id (keep) or undefined: ends the capture; with keep, instantiates the
+// graph, which holds the pool blocks the captured calls used until destroyGraph().
+Napi::Value Engine::EndCapture(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const bool keep = info.Length() > 0 && info[0].ToBoolean().Value();
+  std::vector<void*> pinned = ctx_->stopPinning();
+  void* graph = nullptr;
+  void* exec = nullptr;
+  try {
+    ctx_->activate();
+    ctx_->check(ctx_->cuda().StreamEndCapture(ctx_->stream(), &graph), "cudaStreamEndCapture");
+    if (keep) ctx_->check(ctx_->cuda().GraphInstantiateWithFlags(&exec, graph, 0), "cudaGraphInstantiateWithFlags");
+  } catch (const NativeError& e) {
+    if (graph != nullptr) ctx_->cuda().GraphDestroy(graph);
+    ctx_->unpin(pinned);
+    throw makeError(env, e);
+  }
+  if (!keep) {
+    if (graph != nullptr) ctx_->cuda().GraphDestroy(graph);
+    ctx_->unpin(pinned);
+    return env.Undefined();
+  }
+  const uint64_t id = nextGraph_++;
+  graphs_.emplace(id, CapturedGraph{graph, exec, std::move(pinned)});
+  return Napi::Number::New(env, static_cast<double>(id));
+}
+
+// launchGraph(id) → undefined when issued here, or a Promise when queued behind earlier work.
+Napi::Value Engine::LaunchGraph(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint64_t id = static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue());
+  if (disposed_) throwError(env, "E_DISPOSED", "this FlashMLA instance was disposed");
+  auto it = graphs_.find(id);
+  if (it == graphs_.end()) throwError(env, "E_DISPOSED", "the graph was disposed");
+  void* exec = it->second.exec;
+  auto run = [exec](DeviceContext& ctx) {
+    ctx.cuda().GetLastError();
+    ctx.check(ctx.cuda().GraphLaunch(exec, ctx.stream()), "cudaGraphLaunch");
+    ctx.check(ctx.cuda().GetLastError(), "graph replay");
+  };
+  if (!canIssueHere()) {
+    auto task = std::make_unique<Task>();
+    task->streamWork = true;
+    task->execute = run;
+    return enqueue(env, std::move(task), true);
+  }
+  try {
+    ctx_->activate();
+    run(*ctx_);
+  } catch (const NativeError& e) {
+    throw makeError(env, e);
+  }
+  return env.Undefined();
+}
+
+// destroyGraph(id): behind every queued replay; the graph's pool blocks are released then.
+Napi::Value Engine::DestroyGraph(const Napi::CallbackInfo& info) {
+  if (!disposed_) destroyGraph(info.Env(), static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue()));
+  return info.Env().Undefined();
+}
+
+void Engine::destroyGraph(Napi::Env env, uint64_t id) {
+  auto it = graphs_.find(id);
+  if (it == graphs_.end()) return;
+  auto g = std::make_shared<CapturedGraph>(std::move(it->second));
+  graphs_.erase(it);
+  auto task = std::make_unique<Task>();
+  task->execute = [g](DeviceContext& ctx) {
+    ctx.cuda().GraphExecDestroy(g->exec);
+    ctx.cuda().GraphDestroy(g->graph);
+    ctx.unpin(g->pinned);
+  };
+  enqueue(env, std::move(task), false);
+}
+
 // pooledBytes() → bytes the instance's pool holds (blocks in use and cached).
 Napi::Value Engine::PooledBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(ctx_->pooledBytes()));
@@ -570,6 +666,10 @@ Napi::Value Engine::Dispose(const Napi::CallbackInfo& info) {
     d.Resolve(env.Undefined());
     return d.Promise();
   }
+  // Graphs first (their replays are queued before), then everything else.
+  std::vector<uint64_t> ids;
+  for (auto& [id, g] : graphs_) ids.push_back(id);
+  for (uint64_t id : ids) destroyGraph(env, id);
   auto task = std::make_unique<Task>();
   task->stop = true;
   Napi::Value p = enqueue(env, std::move(task), true);

@@ -20,6 +20,8 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include "decode.h"
 #include "device_context.h"
@@ -73,6 +75,11 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value RecordEvent(const Napi::CallbackInfo& info);
   Napi::Value SynchronizeEvent(const Napi::CallbackInfo& info);
   Napi::Value DestroyEvent(const Napi::CallbackInfo& info);
+  Napi::Value BeginCapture(const Napi::CallbackInfo& info);
+  Napi::Value EndCapture(const Napi::CallbackInfo& info);
+  Napi::Value LaunchGraph(const Napi::CallbackInfo& info);
+  Napi::Value DestroyGraph(const Napi::CallbackInfo& info);
+  void destroyGraph(Napi::Env env, uint64_t id);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
   // Queues `task` (with a Promise unless fire-and-forget) and returns the Promise or undefined.
@@ -92,6 +99,13 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::ThreadSafeFunction tsfn_;
   bool tsfnActive_ = false;
   std::shared_ptr<bool> tsfnGone_ = std::make_shared<bool>(false);  // set by the TSFN's finalizer
+  struct CapturedGraph {
+    void* graph;
+    void* exec;
+    std::vector<void*> pinned;  // pool blocks its replays use
+  };
+  std::unordered_map<uint64_t, CapturedGraph> graphs_;  // JavaScript thread only
+  uint64_t nextGraph_ = 1;
   Napi::Reference<Napi::Value> mailboxRef_;  // launch()'s exchange (JavaScript thread only)
   uint64_t* mailbox_ = nullptr;
   std::atomic<int> unissued_{0};  // queued stream-work tasks that have not issued their work yet

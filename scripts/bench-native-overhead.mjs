@@ -87,6 +87,7 @@ const ids = new Map((await import('../dist/addon.js')).loadAddon().addon.launche
 console.log(`native host time per decode call (emulator ${process.env.FLASHMLA_EMU_ARCH}, FLASHMLA_EMU_MODE=noop), ${steps} steps × ${LAYERS} calls, one sched meta per step`);
 console.log('case | new outputs: median [p10, p90] | preallocated outputs: median [p10, p90]');
 const breakdowns = [];
+const replays = [];
 for (const c of cases) {
   const dev = await onDevice(c.args);
   const fresh = await timeSteps(steps, async (schedMeta) => {
@@ -98,6 +99,15 @@ for (const c of cases) {
   const given = { out: first.out, lse: first.lse };
   const pre = await timeSteps(steps, (schedMeta) => fm.flashMlaWithKvCache({ ...dev, schedMeta }, given));
   console.log(`${c.name} | ${fmtStats(fresh)} | ${fmtStats(pre)}`);
+
+  // One step of 61 calls captured as a CUDA graph (docs/cuda-path.md#graphs), replayed.
+  const stepMeta = getMlaMetadata();
+  const graph = await fm.captureGraph(async () => {
+    for (let l = 0; l < LAYERS; l++) await fm.flashMlaWithKvCache({ ...dev, schedMeta: stepMeta }, given);
+  });
+  const replay = await timeSteps(Math.max(1, Math.ceil(steps / 5)), () => graph.replay());
+  graph.dispose();
+  replays.push({ name: c.name, replay, call: pre });
 
   // Breakdown, each piece on its own.
   const meta = getMlaMetadata();
@@ -122,6 +132,8 @@ for (const c of cases) {
   breakdowns.push({ name: c.name, read, plan, native, promise, total });
   dev.q.dispose?.();
 }
+console.log(`\ngraph replay of one step (${LAYERS} calls captured with captureGraph, preallocated outputs): median [p10, p90] of single replays, and against one call`);
+for (const r of replays) console.log(`${r.name} | ${fmtStats(r.replay)} | ${(r.replay.median / r.call.median).toFixed(2)}× one call (${fmt(r.call.median)})`);
 console.log('\nbreakdown (µs per call, median over batches of 100 calls, preallocated outputs; each piece timed alone):');
 console.log('case | read args + options | native launch (addon + emulated CUDA) | Promises (3 async frames) | rest: cache lookup, sched-meta bind, outputs | whole call | a cache miss would add: validate + plan');
 for (const b of breakdowns) {

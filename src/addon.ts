@@ -126,6 +126,13 @@ export interface NativeEngine {
   recordEvent(): number;
   synchronizeEvent(id: number): Promise<void>;
   destroyEvent(id: number): void;
+  /** Starts capturing the stream on the calling thread (the queue must hold no stream work). */
+  beginCapture(): void;
+  /** Ends the capture: with keep, the instantiated graph's id; else the capture is dropped. */
+  endCapture(keep: boolean): number | undefined;
+  /** Issues a graph here (undefined) or behind queued work (a Promise). */
+  launchGraph(id: number): Promise<void> | undefined;
+  destroyGraph(id: number): void;
   malloc(bytes: number): Promise<NativeAllocation>;
   free(id: number): void;
   /** Page-locked host memory (cudaHostAlloc) as an ArrayBuffer that frees it when collected. */

@@ -27,6 +27,8 @@ export interface DeviceTensorInit<D extends DType> {
   readonly allocation: number | null;
 }
 
+const frozenCopy = (xs: readonly number[]): readonly number[] => (Object.isFrozen(xs) ? xs : Object.freeze([...xs]));
+
 /** Only this package makes DeviceTensors: the constructor needs this token. */
 const MINT: unique symbol = Symbol('DeviceTensor');
 
@@ -57,9 +59,10 @@ export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D
   constructor(token: typeof MINT, owner: TensorOwner, init: DeviceTensorInit<D>) {
     check(token === MINT, 'E_VALUE', 'DeviceTensor', 'DeviceTensor objects are made by FlashMLA.upload, allocate and wrap, not constructed');
     this.#dtype = init.dtype;
-    this.#shape = Object.freeze([...init.shape]);
+    // Frozen arrays (the package's own, e.g. a prepared call's output shapes) are shared as they are.
+    this.#shape = frozenCopy(init.shape);
     // Own properties only: the init objects are the package's own, but Object.prototype may carry planted ones.
-    this.#strides = Object.freeze([...(Object.hasOwn(init, 'strides') && init.strides !== undefined ? init.strides : contiguousStrides(init.shape))]);
+    this.#strides = frozenCopy(Object.hasOwn(init, 'strides') && init.strides !== undefined ? init.strides : contiguousStrides(init.shape));
     this.#offset = Object.hasOwn(init, 'offset') && init.offset !== undefined ? init.offset : 0;
     this.#capacity = init.capacity;
     this.#address = init.address;

@@ -3,6 +3,7 @@ import { check, FlashMLAError } from './errors.js';
 import { DeviceTensor } from './device-tensor.js';
 import { openCudaSession, type CudaSession } from './cuda/session.js';
 import type { CudaEvent } from './cuda/event.js';
+import type { CudaGraph } from './cuda/graph.js';
 import { callKindOf } from './cuda/usability.js';
 import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions, TENSOR_ARG_KEYS } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
@@ -191,6 +192,20 @@ export class FlashMLA {
    */
   record(): CudaEvent {
     return this.#cuda('record').record();
+  }
+
+  /**
+   * Records the decode calls `record` makes on this instance (sched-meta computation included) as
+   * one CUDA graph, replayed with `await graph.replay()` for about the host cost of one call
+   * (docs/cuda-path.md#graphs). Pointers, shapes, scalars and sched metas are fixed at capture; the
+   * contents of the input tensors may change between replays (as in vLLM), and replays write the
+   * same output tensors. Inside `record`, only decode calls with DeviceTensors may be made on this
+   * instance: host tensors, `validate: true`, uploads, downloads, allocations, `synchronize()` and
+   * `record()` are refused (`E_UNSUPPORTED`), and an error ends the capture and is rethrown.
+   * @throws FlashMLAError `E_BACKEND` on a reference instance, `E_DISPOSED` after dispose().
+   */
+  async captureGraph(record: () => unknown): Promise<CudaGraph> {
+    return this.#cuda('captureGraph').captureGraph(record);
   }
 
   /** What this instance runs on (for a reference instance: what `auto` would find). */

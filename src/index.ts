@@ -31,6 +31,7 @@ export { absIndicesToKvcacheIndices } from './kvcache/indices.js';
 export { FlashMLA, type FlashMLAOpenOptions } from './flashmla.js';
 export { DeviceTensor } from './device-tensor.js';
 export type { CudaEvent } from './cuda/event.js';
+export type { CudaGraph } from './cuda/graph.js';
 export {
   backendInfo, doctorReport, formatDoctor, type BackendInfo, type BackendInfoOptions, type DeviceInfo, type FeatureStatus,
 } from './backend-info.js';

@@ -2,7 +2,7 @@ import { check, FlashMLAError } from '../errors.js';
 import type { Bound, DecodePlan } from '../plan.js';
 import type { SchedMetaSlot } from '../sched-meta.js';
 import {
-  ARRAY_OF, ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
+  ARRAY_OF, contiguousStrides, ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
   type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
 } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
@@ -10,6 +10,8 @@ import { ownValue, readDecodeArgs, readDecodeOptions, readTensor, TENSOR_ARG_KEY
 import { validateDecode } from '../validate/index.js';
 import { MAILBOX, type NativeAllocation, type NativeDecodeOutcome, type NativeEngine, type NativePrepared, type NativeStart } from '../addon.js';
 import { mintCudaEvent, type CudaEvent, type EventOwner } from './event.js';
+import { mintCudaGraph, type CudaGraph, type GraphOwner } from './graph.js';
+import { isGiven } from '../validate/common.js';
 import { FlashMLASchedMeta } from '../sched-meta.js';
 import { expectNoOutputOptions, expectOutputTensor } from '../validate/outputs.js';
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
@@ -70,13 +72,15 @@ const droppedSchedMetas = new FinalizationRegistry<{ session: CudaSession; id: n
 });
 
 /** The CUDA side of one FlashMLA instance: its worker, device memory and decode calls. */
-export class CudaSession implements TensorOwner, EventOwner {
+export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
   readonly facts: DeviceFacts;
   /** The instance's cudaStream_t (its own, or the one it was opened with). */
   readonly stream: bigint;
   /** Completed decode calls and how many of them ran the scheduler (docs/flashmla-interface.md#sched-meta-caching: once per sched meta). */
   readonly stats = { decodes: 0, schedMetaRuns: 0 };
   #disposed = false;
+  /** A graph capture is running (docs/cuda-path.md#graphs): only device-resident decodes may be issued. */
+  #capturing = false;
   /** Prepared calls by their q (docs/cuda-path.md#per-call-cost). */
   readonly #calls = new WeakMap<DeviceTensor, PreparedCall[]>();
   /** Preallocated outputs already checked, with the plan and option they were checked for. */
@@ -114,6 +118,13 @@ export class CudaSession implements TensorOwner, EventOwner {
   /** Frees a sched meta's device-side scheduler buffers (no-op once the instance is disposed). */
   releaseSchedSlot(id: number): void {
     if (!this.#disposed) this.engine.freeSchedSlot(id);
+  }
+
+  /** Work that copies between host and device, waits, or allocates cannot be recorded in a graph. */
+  #notCapturing(what: string, argument?: string): void {
+    check(!this.#capturing, 'E_UNSUPPORTED', argument,
+      () => `${what} cannot be recorded in a CUDA graph (it copies between host and device, waits or allocates); ` +
+        'inside captureGraph() only decode calls with DeviceTensors are allowed');
   }
 
   #open(): void {
@@ -172,6 +183,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async allocate<D extends DType>(dtype: D, shape: readonly number[]): Promise<DeviceTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('allocate()');
     const view = viewOf({ dtype, shape, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false }, 'shape');
     const n = numel(view.shape);
     const a = await this.#withMemory(() => this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch((e: unknown) => this.#fail(e, caller)));
@@ -185,6 +197,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async allocatePinned<D extends DType>(dtype: D, shape: readonly number[]): Promise<HostTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('allocatePinned()');
     const view = viewOf({ dtype, shape, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false }, 'shape');
     const bytes = numel(view.shape) * ELEMENT_BYTES[dtype];
     if (bytes === 0) return { dtype, shape: [...view.shape], data: new ARRAY_OF[dtype](0) as DataOf[D] };
@@ -196,6 +209,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async upload<D extends DType>(tensor: HostTensor<D>): Promise<DeviceTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('upload()');
     const t = readTensor(tensor, 'tensor');
     check(isHostTensor(t), 'E_VALUE', 'tensor', 'upload takes a host tensor ({ dtype, shape, data })');
     const view = viewOf(t, 'tensor');
@@ -221,6 +235,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async download<D extends DType>(t: DeviceTensorMeta<D>): Promise<HostTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('download()');
     check(t !== null && typeof t === 'object' && !isHostTensor(t as Tensor), 'E_VALUE', 'tensor', 'download takes a DeviceTensor');
     const view = viewOf(t, 'tensor');
     this.#deviceTensor(t, 'tensor');
@@ -250,6 +265,7 @@ export class CudaSession implements TensorOwner, EventOwner {
   async wrap<D extends DType>(address: bigint, meta: TensorMeta<D> & { capacity?: number }): Promise<DeviceTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('wrap()');
     check(typeof address === 'bigint' && address > 0n && address < 2n ** 64n, 'E_VALUE', 'address', 'address must be a non-zero 64-bit bigint');
     check(meta !== null && typeof meta === 'object', 'E_VALUE', 'meta', 'meta must be an object ({ dtype, shape, strides?, offset?, capacity? })');
     const field = (k: string) => ownValue(meta, k, `meta.${k}`);
@@ -375,7 +391,7 @@ export class CudaSession implements TensorOwner, EventOwner {
       const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
       outcome = await queued.catch((e: unknown) => this.#fail(e, caller));
     }
-    return this.#result(call.plan, outcome, given);
+    return this.#result(call.plan, outcome, given, call.shapes);
   }
 
   /** launch() of a prepared call; its errors as the FlashMLAErrors callers see. */
@@ -388,21 +404,22 @@ export class CudaSession implements TensorOwner, EventOwner {
   }
 
   /** Counts the call and returns its outputs: the preallocated tensors, or the pooled blocks it got. */
-  #result(plan: DecodePlan, outcome: NativeDecodeOutcome, given: { out: DeviceTensor | null; lse: DeviceTensor | null }): DecodeResult<DeviceTensor> {
+  #result(plan: DecodePlan, outcome: NativeDecodeOutcome, given: { out: DeviceTensor | null; lse: DeviceTensor | null }, shapes = outputShapes(plan)): DecodeResult<DeviceTensor> {
     this.stats.decodes++;
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
-    const shapes = outputShapes(plan);
-    const mint = (a: NativeAllocation, dtype: DType, shape: readonly number[], n: number) =>
-      mintDeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
+    const mint = (a: NativeAllocation, dtype: DType, shape: readonly number[], strides: readonly number[], n: number) =>
+      mintDeviceTensor(this, { dtype, shape, strides, capacity: n, address: a.address, allocation: a.id });
     return {
-      out: given.out ?? mint(outcome.out!, shapes.outDtype, shapes.out, shapes.rows * 512),
-      lse: given.lse ?? mint(outcome.lse!, 'fp32', shapes.lse, shapes.rows),
+      out: given.out ?? mint(outcome.out!, shapes.outDtype, shapes.out, shapes.outStrides, shapes.rows * 512),
+      lse: given.lse ?? mint(outcome.lse!, 'fp32', shapes.lse, shapes.lseStrides, shapes.rows),
     };
   }
 
   /** Any call, validated and planned now and run on the worker thread (host tensors, validate: true). */
   async #decodeQueued(args: DecodeArgs, options: CallOptions): Promise<DecodeResult<Tensor>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+    if (options.validate === true) this.#notCapturing('a decode call with validate: true', 'options.validate');
+    else this.#notCapturing('a decode call with host tensors', TENSOR_ARG_KEYS.find((k) => isGiven(args[k]) && isHostTensor(args[k]!)));
     let downloaded: Map<Tensor, HostTensor> | undefined;
     if (options.validate === true) downloaded = await this.#downloadForValidation(args);
     const plan = validateDecode(args, { downloaded });
@@ -425,19 +442,21 @@ export class CudaSession implements TensorOwner, EventOwner {
     this.stats.decodes++;
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
     const shapes = outputShapes(plan);
-    return { out: { dtype: shapes.outDtype, shape: shapes.out, data: hostOut! }, lse: { dtype: 'fp32', shape: shapes.lse, data: hostLse! } };
+    return { out: { dtype: shapes.outDtype, shape: [...shapes.out], data: hostOut! }, lse: { dtype: 'fp32', shape: [...shapes.lse], data: hostLse! } };
   }
 
   /** Resolves once the stream has completed everything issued before the call (docs/cuda-path.md#streams-and-events). */
   async synchronize(): Promise<void> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('synchronize()');
     await this.engine.synchronize().catch((e: unknown) => this.#fail(e, caller));
   }
 
   /** An event recorded on the stream after everything issued so far (docs/cuda-path.md#streams-and-events). */
   record(): CudaEvent {
     this.#open();
+    this.#notCapturing('record()');
     let id: number;
     try {
       id = this.engine.recordEvent();
@@ -457,10 +476,71 @@ export class CudaSession implements TensorOwner, EventOwner {
     if (!this.#disposed) this.engine.destroyEvent(id);
   }
 
+  /**
+   * Records the decode calls `record` makes on this instance as one CUDA graph
+   * (docs/cuda-path.md#graphs): everything queued before is waited for, then the stream is captured
+   * on the calling thread while `record` runs.
+   */
+  async captureGraph(record: () => unknown): Promise<CudaGraph> {
+    this.#open();
+    check(typeof record === 'function', 'E_VALUE', 'record', 'captureGraph takes a function that makes the decode calls to record');
+    this.#notCapturing('captureGraph()');
+    await this.synchronize();
+    this.#open();
+    this.#notCapturing('captureGraph()');
+    try {
+      this.engine.beginCapture();
+    } catch (e) {
+      this.#fail(e, new Error());
+    }
+    this.#capturing = true;
+    let recorded = false;
+    try {
+      await record();
+      recorded = true;
+    } finally {
+      this.#capturing = false;
+      if (!recorded && !this.#disposed) {
+        try {
+          this.engine.endCapture(false);
+        } catch {
+          // The capture's own error is the one to report.
+        }
+      }
+    }
+    let id: number | undefined;
+    try {
+      id = this.engine.endCapture(true);
+    } catch (e) {
+      this.#fail(e, new Error());
+    }
+    return mintCudaGraph(this, id!);
+  }
+
+  async replayGraph(id: number): Promise<void> {
+    this.#open();
+    this.#notCapturing('replaying a graph');
+    let queued: Promise<void> | undefined;
+    try {
+      queued = this.engine.launchGraph(id);
+    } catch (e) {
+      this.#fail(e, new Error());
+    }
+    if (queued !== undefined) {
+      const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+      await queued.catch((e: unknown) => this.#fail(e, caller));
+    }
+  }
+
+  destroyGraph(id: number): void {
+    if (!this.#disposed) this.engine.destroyGraph(id);
+  }
+
   /** Frees the cached blocks of this instance's pool (blocks in use stay). */
   async emptyCache(): Promise<void> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
+    this.#notCapturing('emptyCache()');
     await this.engine.emptyCache().catch((e: unknown) => this.#fail(e, caller));
   }
 
@@ -528,7 +608,11 @@ class PreparedCall {
   readonly #tensors: (WeakRef<DeviceTensor> | null)[];
   readonly #scalars: unknown[];
 
+  /** Its outputs' shapes, made once: every output tensor of the call shares them (frozen). */
+  readonly shapes: OutputShapes;
+
   constructor(args: DecodeArgs, readonly plan: DecodePlan, readonly prepared: NativePrepared) {
+    this.shapes = outputShapes(plan);
     this.#tensors = TENSOR_ARG_KEYS.map((k) => (args[k] === undefined || args[k] === null ? null : new WeakRef(args[k] as DeviceTensor)));
     this.#scalars = SCALAR_ARG_KEYS.map((k) => args[k]);
   }
@@ -553,12 +637,23 @@ function allDevice(args: DecodeArgs): boolean {
   return true;
 }
 
-/** The output shapes and dtype of a plan. */
-function outputShapes(plan: DecodePlan): { outDtype: DType; out: number[]; lse: number[]; rows: number } {
+/** The output shapes (frozen, with their contiguous strides) and dtype of a plan. */
+interface OutputShapes {
+  readonly outDtype: DType;
+  readonly out: readonly number[];
+  readonly outStrides: readonly number[];
+  readonly lse: readonly number[];
+  readonly lseStrides: readonly number[];
+  readonly rows: number;
+}
+
+function outputShapes(plan: DecodePlan): OutputShapes {
+  const out = [plan.b, plan.sQ, plan.hQ, 512];
+  const lse = [plan.b, plan.hQ, plan.sQ];
   return {
     outDtype: plan.kind === 'dense' ? plan.dtype : 'bf16',
-    out: [plan.b, plan.sQ, plan.hQ, 512],
-    lse: [plan.b, plan.hQ, plan.sQ],
+    out: Object.freeze(out), outStrides: Object.freeze(contiguousStrides(out)),
+    lse: Object.freeze(lse), lseStrides: Object.freeze(contiguousStrides(lse)),
     rows: plan.b * plan.sQ * plan.hQ,
   };
 }

@@ -19,6 +19,8 @@ using cuda_abi::cudaError_t;
 inline constexpr cudaError_t kErrNoKernelImage = 209;
 inline constexpr cudaError_t kErrInvalidPitchValue = 12;
 inline constexpr cudaError_t kErrInvalidResourceHandle = 400;
+inline constexpr cudaError_t kErrIllegalState = 401;
+inline constexpr cudaError_t kErrStreamCaptureUnsupported = 900;
 inline constexpr cudaError_t kErrNotReady = 600;
 inline constexpr cudaError_t kErrAssert = 710;
 

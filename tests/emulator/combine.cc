@@ -127,7 +127,7 @@ template <class T> void runCombine(CombineParams& p) {
   require(FailStyle::Exit, maxSplits != 0, launcher.c_str(), "false (num_sm_parts > 160 in MLA_NUM_SPLITS_SWITCH)");
   const std::string image = std::string("combine_") + Elem<T>::name;
   LaunchSpec spec{launcher.c_str(), "flash_fwd_mla_combine_kernel", image.c_str(), FailStyle::Exit, KernelArch::Any, p.stream};
-  launch(spec, [&](KernelScope& k) { combineKernel<T>(k, p, maxSplits); });
+  launch(spec, [=](KernelScope& k) { combineKernel<T>(k, p, maxSplits); });  // by value: a captured launch runs later
 }
 
 }  // namespace

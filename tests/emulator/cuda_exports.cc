@@ -3,6 +3,7 @@
 // libcudart. Semantics follow the real runtime where the addon can observe them: per-thread last
 // error, sticky device faults, per-thread current device, cudaErrorInsufficientDriver from every
 // device call when the driver is older than the runtime.
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -14,6 +15,8 @@
 
 using cuda_abi::cudaError_t;
 using cuda_abi::cudaEvent_t;
+using cuda_abi::cudaGraph_t;
+using cuda_abi::cudaGraphExec_t;
 using cuda_abi::cudaStream_t;
 
 namespace {
@@ -181,7 +184,14 @@ __attribute__((visibility("default"))) cudaError_t cudaMemcpyAsync(void* dst, co
   if ((dstDevice && !deviceRange(d, dst, bytes)) || (srcDevice && !deviceRange(d, src, bytes))) {
     return emu::recordError(cuda_abi::cudaErrorInvalidValue);
   }
-  if (bytes != 0) std::memmove(dst, src, bytes);  // work runs synchronously at call time
+  if (emu::Graph* g = emu::capturing(stream)) {
+    // Captured: device-to-device copies replay; a copy from or to pageable host memory cannot be captured.
+    if (kind != cuda_abi::cudaMemcpyDeviceToDevice) return emu::recordError(emu::kErrStreamCaptureUnsupported);
+    g->ops.push_back([dst, src, bytes](const emu::Config& c) { if (!c.noop) std::memmove(dst, src, bytes); });
+    return cuda_abi::cudaSuccess;
+  }
+  // Work runs synchronously at call time; in no-op mode the device does none (device-to-device copies are checked, not done).
+  if (bytes != 0 && !(kind == cuda_abi::cudaMemcpyDeviceToDevice && emu::config().noop)) std::memmove(dst, src, bytes);
   return cuda_abi::cudaSuccess;
 }
 
@@ -202,9 +212,18 @@ __attribute__((visibility("default"))) cudaError_t cudaMemcpy2DAsync(void* dst, 
   if ((dstDevice && !deviceRange(d, dst, (height - 1) * dpitch + width)) || (srcDevice && !deviceRange(d, src, (height - 1) * spitch + width))) {
     return emu::recordError(cuda_abi::cudaErrorInvalidValue);
   }
-  for (std::size_t i = 0; i < height; i++) {
-    std::memmove(static_cast<char*>(dst) + i * dpitch, static_cast<const char*>(src) + i * spitch, width);
+  auto copy = [dst, dpitch, src, spitch, width, height, kind](const emu::Config& c) {
+    if (kind == cuda_abi::cudaMemcpyDeviceToDevice && c.noop) return;  // no-op mode: the device does no work
+    for (std::size_t i = 0; i < height; i++) {
+      std::memmove(static_cast<char*>(dst) + i * dpitch, static_cast<const char*>(src) + i * spitch, width);
+    }
+  };
+  if (emu::Graph* g = emu::capturing(stream)) {
+    if (kind != cuda_abi::cudaMemcpyDeviceToDevice) return emu::recordError(emu::kErrStreamCaptureUnsupported);
+    g->ops.push_back(copy);
+    return cuda_abi::cudaSuccess;
   }
+  copy(emu::config());
   return cuda_abi::cudaSuccess;
 }
 
@@ -213,7 +232,11 @@ __attribute__((visibility("default"))) cudaError_t cudaMemsetAsync(void* dst, in
   if (cudaError_t e = gate(&d)) return e;
   if (!emu::streamUsable(stream, d)) return emu::recordError(emu::kErrInvalidResourceHandle);
   if (!deviceRange(d, dst, bytes)) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
-  if (bytes != 0) std::memset(dst, value, bytes);
+  if (emu::Graph* g = emu::capturing(stream)) {
+    g->ops.push_back([dst, value, bytes](const emu::Config& c) { if (!c.noop) std::memset(dst, value, bytes); });
+    return cuda_abi::cudaSuccess;
+  }
+  if (bytes != 0 && !emu::config().noop) std::memset(dst, value, bytes);
   return cuda_abi::cudaSuccess;
 }
 
@@ -248,6 +271,7 @@ __attribute__((visibility("default"))) cudaError_t cudaStreamGetDevice(cudaStrea
 __attribute__((visibility("default"))) cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   int d;
   if (cudaError_t e = gate(&d)) return e;
+  if (emu::capturing(stream) != nullptr) return emu::recordError(emu::kErrStreamCaptureUnsupported);
   return emu::streamUsable(stream, d) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
 }
 
@@ -277,6 +301,7 @@ __attribute__((visibility("default"))) cudaError_t cudaEventRecord(cudaEvent_t e
   int d;
   if (cudaError_t e = gate(&d)) return e;
   if (!emu::streamUsable(stream, d)) return emu::recordError(emu::kErrInvalidResourceHandle);
+  if (emu::capturing(stream) != nullptr) return emu::recordError(emu::kErrStreamCaptureUnsupported);  // event nodes: not emulated
   return emu::recordEvent(event, d) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
 }
 
@@ -299,6 +324,56 @@ __attribute__((visibility("default"))) cudaError_t cudaEventDestroy(cudaEvent_t 
   bool ok = emu::destroyEvent(event);
   if (e != cuda_abi::cudaSuccess) return e;
   return ok ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrInvalidResourceHandle);
+}
+
+// Stream capture and graphs: the work issued on a capturing stream is recorded, not run;
+// an instantiated graph replays it in order on the device of the capture.
+__attribute__((visibility("default"))) cudaError_t cudaStreamBeginCapture(cudaStream_t stream, int mode) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (reinterpret_cast<std::uintptr_t>(stream) <= 2 || !emu::streamUsable(stream, d)) return emu::recordError(emu::kErrStreamCaptureUnsupported);
+  if (mode < 0 || mode > 2) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  return emu::beginCapture(stream, d) ? cuda_abi::cudaSuccess : emu::recordError(emu::kErrIllegalState);
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  if (graph == nullptr) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  emu::Graph* g = emu::endCapture(stream);
+  if (g == nullptr) return emu::recordError(emu::kErrIllegalState);
+  *graph = g;
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  if (exec == nullptr || graph == nullptr || flags != 0) return emu::recordError(cuda_abi::cudaErrorInvalidValue);
+  *exec = new emu::Graph(*static_cast<emu::Graph*>(graph));
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  int d;
+  if (cudaError_t e = gate(&d)) return e;
+  auto* g = static_cast<emu::Graph*>(exec);
+  if (g == nullptr || !emu::streamUsable(stream, d) || g->device != d) return emu::recordError(emu::kErrInvalidResourceHandle);
+  if (emu::capturing(stream) != nullptr) return emu::recordError(emu::kErrStreamCaptureUnsupported);
+  const emu::Config c = emu::config();  // once per replay
+  for (auto& op : g->ops) {
+    if (emu::sticky(d) != cuda_abi::cudaSuccess) break;  // a fault ends the rest of the graph's work
+    op(c);
+  }
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete static_cast<emu::Graph*>(exec);
+  return cuda_abi::cudaSuccess;
+}
+
+__attribute__((visibility("default"))) cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete static_cast<emu::Graph*>(graph);
+  return cuda_abi::cudaSuccess;
 }
 
 }  // extern "C"

@@ -130,7 +130,7 @@ template <class T> void runDense(DenseAttnDecodeParams& p) {
   if (!tmaOk) logLine("Error: Failed to initialize the TMA descriptor (" + launcher + ")");
   const std::string image = std::string("dense_") + Elem<T>::name;
   LaunchSpec spec{launcher.c_str(), "flash_fwd_splitkv_mla_kernel", image.c_str(), FailStyle::Exit, KernelArch::Sm90, p.stream};
-  launch(spec, [&](KernelScope& k) {
+  launch(spec, [=](KernelScope& k) {  // by value: a captured launch runs later
     if (!tmaOk) k.illegalAddress("TMA load through an invalid tensor map");
     DenseKernel<T>{k, p}.run();
   });

@@ -107,6 +107,17 @@ cudaError_t launchState(const LaunchSpec& spec, int device);
 bool archMatches(KernelArch arch, const Config& c);
 void reportLaunchError(const LaunchSpec& spec, cudaError_t e);
 
+// Runs a kernel body (or traps on the wrong arch, or skips it in no-op mode); a fault ends it.
+template <class Body> void runKernel(const char* kernel, int device, KernelArch arch, const Config& c, Body& body) {
+  KernelScope scope(kernel, device);
+  try {
+    if (!archMatches(arch, c)) scope.trap("CUTE_INVALID_CONTROL_PATH: kernel has no code path for this architecture");
+    if (!c.noop) body(scope);
+  } catch (const KernelAbort&) {
+    // The fault is sticky on the device; the launch itself returned normally (faults are async).
+  }
+}
+
 template <class Body> void launch(const LaunchSpec& spec, Body&& body) {
   int device = currentDevice();
   if (cudaError_t e = launchState(spec, device)) reportLaunchError(spec, e);
@@ -114,12 +125,13 @@ template <class Body> void launch(const LaunchSpec& spec, Body&& body) {
   // Without code for the device the runtime refuses the launch (cudaErrorNoKernelImageForDevice),
   // and FlashMLA's CHECK_CUDA / KU_CUDA_CHECK fail the launcher.
   if (!hasKernelImage(spec.image, c)) reportLaunchError(spec, recordError(kErrNoKernelImage));
-  KernelScope scope(spec.kernel, device);
-  try {
-    if (!archMatches(spec.arch, c)) scope.trap("CUTE_INVALID_CONTROL_PATH: kernel has no code path for this architecture");
-    if (!c.noop) body(scope);
-  } catch (const KernelAbort&) {
-    // The fault is sticky on the device; the launch itself returned normally (faults are async).
+  if (Graph* g = capturing(spec.stream)) {
+    // Stream capture: the kernel is recorded (with its own copy of the parameters) and runs at each replay.
+    g->ops.push_back([kernel = std::string(spec.kernel), device, arch = spec.arch, body](const Config& at) mutable {
+      runKernel(kernel.c_str(), device, arch, at, body);
+    });
+  } else {
+    runKernel(spec.kernel, device, spec.arch, c, body);
   }
   if (cudaError_t e = takePendingError()) reportLaunchError(spec, e);
 }

@@ -43,6 +43,7 @@ struct Event {
 struct Handles {
   std::mutex mutex;
   std::map<void*, int> streams;  // handle -> device
+  std::map<void*, Graph*> captures;  // capturing stream -> its graph
   std::map<void*, std::unique_ptr<Event>> events;
 };
 Handles& handles() {
@@ -107,7 +108,9 @@ const char* errorString(cudaError_t e) {
     case 101: return "invalid device ordinal";
     case 209: return "no kernel image is available for execution on the device";
     case 400: return "invalid resource handle";
+    case 401: return "the operation cannot be performed in the present state";
     case 600: return "device not ready";
+    case 900: return "operation not permitted when stream is capturing";
     case 700: return "an illegal memory access was encountered";
     case 710: return "device-side assert triggered";
     default: return "unrecognized error code";
@@ -265,6 +268,33 @@ bool destroyStream(void* s) {
   h.streams.erase(it);
   ::operator delete(s);
   return true;
+}
+
+Graph* capturing(void* stream) {
+  Handles& h = handles();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  auto it = h.captures.find(stream);
+  return it == h.captures.end() ? nullptr : it->second;
+}
+
+bool beginCapture(void* stream, int device) {
+  Handles& h = handles();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  if (h.captures.count(stream) != 0) return false;
+  auto* g = new Graph();
+  g->device = device;
+  h.captures[stream] = g;
+  return true;
+}
+
+Graph* endCapture(void* stream) {
+  Handles& h = handles();
+  std::lock_guard<std::mutex> lock(h.mutex);
+  auto it = h.captures.find(stream);
+  if (it == h.captures.end()) return nullptr;
+  Graph* g = it->second;
+  h.captures.erase(it);
+  return g;
 }
 
 int streamDevice(void* s) {

@@ -5,7 +5,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "abi.h"
 
@@ -81,6 +83,18 @@ void* createEvent(int device);
 bool destroyEvent(void* e);
 // Records e on a stream of `device`; false for an unknown event or one of another device (400).
 bool recordEvent(void* e, int device);
+// ---- stream capture ---------------------------------------------------------------------------
+// A graph being captured or captured: the stream's work in order, run at each replay.
+struct Graph {
+  int device = 0;
+  std::vector<std::function<void(const Config&)>> ops;  // each told the configuration of the replay
+};
+// The graph `stream` is capturing into, or null.
+Graph* capturing(void* stream);
+bool beginCapture(void* stream, int device);
+// Ends the capture; the graph (owned by the caller) or null when the stream was not capturing.
+Graph* endCapture(void* stream);
+
 // Milliseconds between two recorded events; false if either is unknown or unrecorded.
 bool eventElapsedMs(void* start, void* end, float* ms);
 bool eventKnown(void* e);

@@ -132,7 +132,7 @@ void run_get_decoding_sched_meta_kernel(GetDecodeSchedMetaParams& params) {
     fail(FailStyle::Exit, std::string(launcher) + ": CUDA error 1 (invalid argument): dynamic shared memory " +
                               std::to_string(smem) + " bytes");
   }
-  launch(spec, [&](KernelScope& k) { schedMetaKernel(k, params); });
+  launch(spec, [=](KernelScope& k) { schedMetaKernel(k, params); });  // by value: a captured launch runs later
 }
 
 }  // namespace smxx::decode

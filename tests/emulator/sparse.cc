@@ -173,7 +173,7 @@ void runSparse(const SparseAttnDecodeParams& p, const char* launcher, const Spar
                const DeviceFault& fault) {
   const std::string image = imageOf(v, arch);
   LaunchSpec spec{launcher, v.kernel, image.c_str(), FailStyle::Throw, arch, p.stream};
-  launch(spec, [&](KernelScope& k) {
+  launch(spec, [=](KernelScope& k) {  // by value: a captured launch runs later
     if (fault.fault) k.illegalAddress(fault.what);
     SparseKernel{k, p, v}.run();
   });

@@ -2,7 +2,7 @@
 // Each `@ts-expect-error` line must fail to type-check, each other line must type-check.
 import {
   DeviceTensor, FlashMLA, FlashMLAError, flashMlaWithKvCache, getMlaMetadata, zeros,
-  type CudaEvent, type DecodeArgs, type DecodeResult, type HostTensor, type Tensor,
+  type CudaEvent, type CudaGraph, type DecodeArgs, type DecodeResult, type HostTensor, type Tensor,
 } from '../../src/index.js';
 import { f32ToBf16 } from '../../src/formats/index.js';
 import { oracleDecode } from '../../src/testing.js';
@@ -64,6 +64,11 @@ export async function preallocatedOutputsStreamsEvents(): Promise<void> {
   ev.dispose();
   await fm.synchronize();
   await fm.emptyCache();
+  const graph: CudaGraph = await fm.captureGraph(async () => {
+    await fm.flashMlaWithKvCache({ q: deviceQ, ...rest }, again);
+  });
+  await graph.replay();
+  graph.dispose();
   void s;
 }
 
