@@ -51,14 +51,15 @@ class UniqueFd {
 class Mapping {
  public:
   // Maps `bytes` (> 0) of fd; throws NativeError(E_BACKEND) when mmap fails.
-  Mapping(int fd, uint64_t bytes) : bytes_(bytes) {
+  Mapping(int fd, uint64_t bytes, bool hugePages) : bytes_(bytes) {
     void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) throw NativeError("E_BACKEND", "mmap of " + std::to_string(bytes) + " bytes failed: " + ErrnoText(errno));
     base_ = static_cast<const uint8_t*>(p);
-    // Advice only: a kernel that refuses it serves the same bytes. Huge pages cut the TLB misses
-    // of random rows; MADV_RANDOM stops read-ahead of neighbours nobody asked for
-    // (docs/engram-native.md#mapping).
-    hugePages_ = ::madvise(p, bytes, MADV_HUGEPAGE) == 0;
+    // Advice only: a kernel that refuses it serves the same bytes. MADV_RANDOM stops read-ahead of
+    // neighbours nobody asked for. Huge pages, when asked for, cut the TLB misses of random rows in
+    // a table already in memory, but make the first touch of a row fault in 2 MiB of the file
+    // (docs/engram-native.md#mapping), so they are opt-in.
+    hugePages_ = hugePages && ::madvise(p, bytes, MADV_HUGEPAGE) == 0;
     ::madvise(p, bytes, MADV_RANDOM);
   }
   Mapping(const Mapping&) = delete;
@@ -219,6 +220,8 @@ class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
     if (!info[1].IsObject()) throw ArgError(env, "E_VALUE", "spec", "must be an object");
     geometry_ = ReadSpec(env, info[1].As<Napi::Object>());
 
+    // new EngramMapping(path, spec, { hugePages })
+    const bool hugePages = info[2].IsObject() && info[2].As<Napi::Object>().Get("hugePages").ToBoolean().Value();
     const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) throw ArgError(env, "E_VALUE", "path", "cannot open " + path + ": " + ErrnoText(errno));
     struct stat st;
@@ -229,7 +232,7 @@ class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
     // mmap refuses 0 bytes; an empty file can only hold a table of 0 rows (CheckFits), which no id reaches.
     if (fileBytes > 0) {
       try {
-        file_ = std::make_shared<const Mapping>(fd.get(), fileBytes);
+        file_ = std::make_shared<const Mapping>(fd.get(), fileBytes, hugePages);
       } catch (const NativeError& e) {
         throw ArgError(env, e.code.c_str(), "path", path + ": " + e.what());
       }

@@ -191,7 +191,7 @@ export interface NativeEngramSpec {
 export interface NativeEngramMapping {
   /** Size of the file in bytes when it was opened. */
   readonly fileBytes: number;
-  /** Whether the kernel accepted MADV_HUGEPAGE for the mapping (advice only: it does not promise huge pages). */
+  /** Whether huge pages were asked for and the kernel accepted MADV_HUGEPAGE (advice only: it does not promise huge pages). */
   readonly hugePages: boolean;
   /** Packed records of rowIds into out: 'fp8' → headDim e4m3 bytes then headDim/32 e8m0 bytes per row; 'fp32' → 4·headDim bytes. */
   gatherRaw(rowIds: Int32Array, out: Uint8Array): void;
@@ -222,7 +222,7 @@ export interface NativeAddon {
    * Maps an Engram table file (absent from addons built before it: callers then read rows with pread).
    * `kernels` says which dequantisation runs: 'avx2-f16c', or 'portable' (SSE2 baseline; also forced by FLASHMLA_ENGRAM_ISA=portable).
    */
-  readonly EngramMapping?: (new (path: string, spec: NativeEngramSpec) => NativeEngramMapping) & { readonly kernels: 'avx2-f16c' | 'portable' };
+  readonly EngramMapping?: (new (path: string, spec: NativeEngramSpec, options?: { hugePages?: boolean }) => NativeEngramMapping) & { readonly kernels: 'avx2-f16c' | 'portable' };
   /**
    * Engram's N-gram hash (binding/engram_hash.cc, src/engram/hash-native.ts), one instance per layout:
    * hash() writes out[t − history][layer][col] for t in [history, seq.length); seq holds canonical ids,

@@ -32,6 +32,13 @@ export interface EngramTableOpenOptions {
   readonly layerId?: number;
   /** How rows are read; default: 'auto'. */
   readonly io?: EngramTableIo;
+  /**
+   * Asks the kernel for transparent huge pages on the mapping (io 'mmap'). They speed up random
+   * rows of a table that is already in memory (page cache, /dev/shm), but the first touch of a row
+   * then reads 2 MiB of the file: leave them off for tables read cold from disk
+   * (docs/engram-native.md#mapping). Default: false.
+   */
+  readonly hugePages?: boolean;
 }
 
 /** Options of {@link EngramTable.lookup}. */
@@ -129,7 +136,7 @@ export class EngramTable {
     let used: 'mmap' | 'pread';
     const native = io === 'pread' ? undefined : nativeMapping();
     if (native !== undefined && 'ctor' in native) {
-      reader = mappedReader(new native.ctor(path, opened.placement));
+      reader = mappedReader(new native.ctor(path, opened.placement, { hugePages: options.hugePages === true }));
       used = 'mmap';
     } else if (io === 'mmap') {
       throw new FlashMLAError('E_BACKEND', `io 'mmap' needs the addon's EngramMapping: ${native!.reason}`, 'options.io');
