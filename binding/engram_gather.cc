@@ -1,7 +1,12 @@
 // The row gathers of engram_gather.h and their run-time choice of instruction set.
 #include "engram_gather.h"
 
+#include <cstdlib>
 #include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "fp8_dequant.h"
 
@@ -76,30 +81,98 @@ struct CopySplit {
   }
 };
 
+// 32 values of one scale in portable C++: a fixed trip count and no branch, which GCC turns into
+// one vector loop for whatever instruction set the entry point is compiled for (SSE2 baseline).
+struct PortableGroup {
+  template <class O>
+  static FMLA_INLINE void Run(const uint8_t* __restrict w, uint8_t s, typename O::T* __restrict o) {
+    const float scale = ScaleOf(s);
+    const uint32_t scaleNan = ScaleNanMask(s);
+    for (uint32_t j = 0; j < 32; j++) o[j] = O::Exact(DequantBits(w[j], scale, scaleNan));
+  }
+  template <class O>
+  static FMLA_INLINE void Row(const uint8_t* w, const uint8_t* s, uint32_t groups, typename O::T* o) {
+    for (uint32_t g = 0; g < groups; g++) Run<O>(w + 32 * g, s[g], o + 32 * g);
+  }
+};
+
+#if defined(__x86_64__)
+#define FMLA_AVX2 __attribute__((target("avx2,f16c")))
+// The same 32 values through float16 (docs/engram-native.md#vectorisation): e4m3fn S.EEEE.MMM
+// placed at float16 bits 7…14 (sign at 15) is a float16 with the same exponent field and bias 15
+// instead of 7, subnormals included, i.e. exactly e4m3 · 2^-8; vcvtph2ps widens 8 of them to
+// float32 in one instruction, exactly and without the subnormal assist. The e4m3 NaN code becomes
+// the float16 quiet NaN 0x7E00 (with its sign), which widens to kQuietNan; a NaN scale is masked in
+// afterwards. Then · 2^8 · scale, both exact as in DequantBits.
+struct F16cGroup {
+  template <class O>
+  static FMLA_AVX2 FMLA_INLINE void Run(const uint8_t* __restrict w, uint8_t s, typename O::T* __restrict o) {
+    const __m256 scale = _mm256_set1_ps(ScaleOf(s));
+    const __m256i scaleNan = _mm256_set1_epi32(static_cast<int>(ScaleNanMask(s)));
+    const __m256 two8 = _mm256_set1_ps(0x1p8f);
+    __m256 v[4];
+    for (int half = 0; half < 2; half++) {
+      const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * half)));
+      const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8);
+      const __m256i magnitude = _mm256_and_si256(b, _mm256_set1_epi16(0x7F));
+      const __m256i nan = _mm256_cmpeq_epi16(magnitude, _mm256_set1_epi16(0x7F));
+      const __m256i h = _mm256_or_si256(_mm256_blendv_epi8(_mm256_slli_epi16(magnitude, 7), _mm256_set1_epi16(0x7E00), nan), sign);
+      for (int q = 0; q < 2; q++) {
+        const __m256 x = _mm256_cvtph_ps(q == 0 ? _mm256_castsi256_si128(h) : _mm256_extracti128_si256(h, 1));
+        const __m256 value = _mm256_mul_ps(_mm256_mul_ps(x, two8), scale);
+        // A NaN scale: the weight's sign with kQuietNan (x's sign bit is the weight's).
+        const __m256 nanValue = _mm256_or_ps(_mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)))),
+                                             _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kQuietNan))));
+        v[2 * half + q] = _mm256_blendv_ps(value, nanValue, _mm256_castsi256_ps(scaleNan));
+      }
+    }
+    O::Store(v, o);
+  }
+  // A whole row per call: not forced inline, since code of the default target (the row loop) may
+  // call it but not inline AVX2 code.
+  template <class O>
+  static FMLA_AVX2 void Row(const uint8_t* w, const uint8_t* s, uint32_t groups, typename O::T* o) {
+    for (uint32_t g = 0; g < groups; g++) Run<O>(w + 32 * g, s[g], o + 32 * g);
+  }
+};
+#endif
+
 // The output of a dequantised value given by its float32 bits: as is, or rounded to bf16.
 struct F32Out {
   using T = float;
   static FMLA_INLINE float Exact(uint32_t bits) { return std::bit_cast<float>(bits); }
+#if defined(__x86_64__)
+  static FMLA_AVX2 FMLA_INLINE void Store(const __m256 (&v)[4], float* o) {
+    for (int k = 0; k < 4; k++) _mm256_storeu_ps(o + 8 * k, v[k]);
+  }
+#endif
 };
 struct Bf16Out {
   using T = uint16_t;
   static FMLA_INLINE uint16_t Exact(uint32_t bits) { return Bf16OfExact(bits); }
+#if defined(__x86_64__)
+  // Bf16OfExact on 8 lanes, then 16 lanes packed to words (packus works within 128-bit halves;
+  // the permute puts the quarters back in order).
+  static FMLA_AVX2 FMLA_INLINE __m256i Round(__m256 x) {
+    const __m256i f = _mm256_castps_si256(x);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(f, 16), _mm256_set1_epi32(1));
+    return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(f, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  }
+  static FMLA_AVX2 FMLA_INLINE void Store(const __m256 (&v)[4], uint16_t* o) {
+    for (int k = 0; k < 2; k++) {
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(Round(v[2 * k]), Round(v[2 * k + 1])), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16 * k), packed);
+    }
+  }
+#endif
 };
 
-// 32 values of one scale: a fixed trip count and no branch, so one vector loop.
-template <class O>
-FMLA_INLINE void DequantGroup(const uint8_t* __restrict w, uint8_t s, typename O::T* __restrict o) {
-  const float scale = ScaleOf(s);
-  const uint32_t scaleNan = ScaleNanMask(s);
-  for (uint32_t j = 0; j < 32; j++) o[j] = O::Exact(DequantBits(w[j], scale, scaleNan));
-}
-
-template <class O>
+template <class O, class Group>
 struct DequantFp8 {
   typename O::T* out;
   uint32_t headDim;
   FMLA_INLINE void operator()(std::size_t i, Row r) {
-    for (uint32_t g = 0; g < headDim / 32; g++) DequantGroup<O>(r.weights + 32 * g, r.scales[g], out + i * headDim + 32 * g);
+    Group::template Row<O>(r.weights, r.scales, headDim / 32, out + i * headDim);
   }
 };
 
@@ -136,10 +209,10 @@ FMLA_INLINE void RawBody(const uint8_t* base, const Geometry& g, const int32_t* 
   }
 }
 
-template <class O, class Fp32Row>
+template <class O, class Fp32Row, class Group>
 FMLA_INLINE void ValuesBody(const uint8_t* base, const Geometry& g, const int32_t* ids, std::size_t n, typename O::T* out) {
   if (g.fp8) {
-    DequantFp8<O> emit{out, g.headDim};
+    DequantFp8<O, Group> emit{out, g.headDim};
     ForRows(base, g, ids, n, emit);
   } else {
     Fp32Row emit{out, g.headDim};
@@ -147,32 +220,36 @@ FMLA_INLINE void ValuesBody(const uint8_t* base, const Geometry& g, const int32_
   }
 }
 
-// The same bodies compiled twice: for the baseline x86-64 (SSE2) and, where the CPU has it,
-// AVX2 (wider integer widening and blends). Chosen once per process with libgcc's CPU check, as
-// binding/cpu_kernels.cc does, so no ifunc support is needed from the C library.
+// The same bodies compiled twice: for the baseline x86-64 (SSE2, the portable dequantisation) and,
+// where the CPU has them, AVX2 + F16C (wider copies, the float16 dequantisation). Chosen once per
+// process with libgcc's CPU check, as binding/cpu_kernels.cc does, so no ifunc support is needed
+// from the C library.
 #if defined(__x86_64__)
-#define FMLA_AVX2 __attribute__((target("avx2")))
 FMLA_AVX2 void RawAvx2(const uint8_t* b, const Geometry& g, const int32_t* ids, std::size_t n, uint8_t* out) { RawBody(b, g, ids, n, out); }
 FMLA_AVX2 void F32Avx2(const uint8_t* b, const Geometry& g, const int32_t* ids, std::size_t n, float* out) {
-  ValuesBody<F32Out, CopyF32>(b, g, ids, n, out);
+  ValuesBody<F32Out, CopyF32, F16cGroup>(b, g, ids, n, out);
 }
 FMLA_AVX2 void Bf16Avx2(const uint8_t* b, const Geometry& g, const int32_t* ids, std::size_t n, uint16_t* out) {
-  ValuesBody<Bf16Out, RoundF32>(b, g, ids, n, out);
+  ValuesBody<Bf16Out, RoundF32, F16cGroup>(b, g, ids, n, out);
 }
 
-bool HasAvx2() {
+// FLASHMLA_ENGRAM_ISA=portable keeps the baseline kernels on any CPU (docs/engram-native.md#vectorisation:
+// how the tests check both).
+bool HasAvx2F16c() {
+  const char* isa = std::getenv("FLASHMLA_ENGRAM_ISA");
+  if (isa != nullptr && std::strcmp(isa, "portable") == 0) return false;
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
 }
-const bool kAvx2 = HasAvx2();
+const bool kAvx2F16c = HasAvx2F16c();
 #else
-constexpr bool kAvx2 = false;
+constexpr bool kAvx2F16c = false;
 #endif
 
 void RawDefault(const uint8_t* b, const Geometry& g, const int32_t* ids, std::size_t n, uint8_t* out) { RawBody(b, g, ids, n, out); }
-void F32Default(const uint8_t* b, const Geometry& g, const int32_t* ids, std::size_t n, float* out) { ValuesBody<F32Out, CopyF32>(b, g, ids, n, out); }
+void F32Default(const uint8_t* b, const Geometry& g, const int32_t* ids, std::size_t n, float* out) { ValuesBody<F32Out, CopyF32, PortableGroup>(b, g, ids, n, out); }
 void Bf16Default(const uint8_t* b, const Geometry& g, const int32_t* ids, std::size_t n, uint16_t* out) {
-  ValuesBody<Bf16Out, RoundF32>(b, g, ids, n, out);
+  ValuesBody<Bf16Out, RoundF32, PortableGroup>(b, g, ids, n, out);
 }
 
 }  // namespace
@@ -189,21 +266,23 @@ void GatherBaseline(const uint8_t* base, const Geometry& g, const int32_t* ids, 
 
 void GatherRaw(const uint8_t* base, const Geometry& g, const int32_t* ids, std::size_t n, uint8_t* out) {
 #if defined(__x86_64__)
-  if (kAvx2) return RawAvx2(base, g, ids, n, out);
+  if (kAvx2F16c) return RawAvx2(base, g, ids, n, out);
 #endif
   RawDefault(base, g, ids, n, out);
 }
 
 void GatherF32(const uint8_t* base, const Geometry& g, const int32_t* ids, std::size_t n, float* out) {
 #if defined(__x86_64__)
-  if (kAvx2) return F32Avx2(base, g, ids, n, out);
+  if (kAvx2F16c) return F32Avx2(base, g, ids, n, out);
 #endif
   F32Default(base, g, ids, n, out);
 }
 
+const char* KernelIsa() { return kAvx2F16c ? "avx2-f16c" : "portable"; }
+
 void GatherBf16(const uint8_t* base, const Geometry& g, const int32_t* ids, std::size_t n, uint16_t* out) {
 #if defined(__x86_64__)
-  if (kAvx2) return Bf16Avx2(base, g, ids, n, out);
+  if (kAvx2F16c) return Bf16Avx2(base, g, ids, n, out);
 #endif
   Bf16Default(base, g, ids, n, out);
 }

@@ -41,4 +41,8 @@ void GatherF32(const uint8_t* base, const Geometry& g, const int32_t* ids, std::
 // headDim bf16 values per row: the float32 values of GatherF32 rounded to nearest even.
 void GatherBf16(const uint8_t* base, const Geometry& g, const int32_t* ids, std::size_t n, uint16_t* out);
 
+// Which kernels the gathers run: "avx2-f16c" or "portable" (the baseline build's auto-vectorised
+// loops; also where FLASHMLA_ENGRAM_ISA=portable is set).
+const char* KernelIsa();
+
 }  // namespace fmla::engram

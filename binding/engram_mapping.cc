@@ -330,6 +330,10 @@ class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
 
 }  // namespace
 
-Napi::Function DefineEngramMapping(Napi::Env env) { return EngramMappingWrap::Define(env); }
+Napi::Function DefineEngramMapping(Napi::Env env) {
+  Napi::Function cls = EngramMappingWrap::Define(env);
+  cls.Set("kernels", KernelIsa());
+  return cls;
+}
 
 }  // namespace fmla::engram

@@ -26,18 +26,26 @@ inline uint32_t ScaleNanMask(uint8_t s) { return 0u - static_cast<uint32_t>(s ==
 constexpr uint32_t kQuietNan = 0x7FC00000u;
 
 // float32 bits of e4m3fn(b) · scale (scale = ScaleOf(s), scaleNan = ScaleNanMask(s)).
-// Placing the 7 magnitude bits of b at float32 bits 20…26 gives a float32 whose exponent field is
-// the e4m3 exponent E and whose top mantissa bits are the e4m3 mantissa m: (1 + m/8)·2^(E − 127)
-// for E > 0, and the subnormal m/8 · 2^-126 for E = 0. Multiplying by 2^120 turns both into the
-// e4m3 value ((1 + m/8)·2^(E − 7), m · 2^-9) exactly, since every result is a normal float32.
+// The e4m3 magnitude is rebuilt as a normal float32 by integer arithmetic, never through a
+// float32 subnormal (x86 takes a slow microcode assist on every subnormal operand or result, and a
+// random table has a subnormal weight in almost every vector):
+// - exponent E ≥ 1: the 7 magnitude bits placed at float32 bits 20…26 hold E and the 3 mantissa
+//   bits m; adding 120 to the exponent field gives (1 + m/8)·2^(E − 7) exactly;
+// - E = 0 (the subnormal m·2^-9): with 121 added instead the float32 is 2^-6 + m·2^-9, and
+//   subtracting 2^-6 leaves m·2^-9 exactly (both operands within a factor of 2: Sterbenz).
+// A mask picks one of the two; the sign is ORed in afterwards (so 0x80 gives −0).
 // The product with the scale is exact too: |e4m3| has 4 significant bits between 2^-9 and 448,
-// so the product lies on a multiple of 2^-136 (> the float32 subnormal step 2^-149); only
-// overflow (448 · 2^127) rounds, to ±Inf, which is the correctly rounded float32 value.
+// so the product lies on a multiple of 2^-136 (coarser than the float32 subnormal step 2^-149);
+// only overflow (e.g. 448 · 2^127) rounds, to ±Inf, which is the correctly rounded float32 value.
 // e4m3fn NaN (S.1111.111) and a NaN scale give kQuietNan with the weight's sign.
 inline uint32_t DequantBits(uint32_t b, float scale, uint32_t scaleNan) {
   const uint32_t sign = (b & 0x80u) << 24;
   const uint32_t magnitude = b & 0x7Fu;
-  const float value = std::bit_cast<float>(sign | (magnitude << 20)) * 0x1p120f * scale;
+  const uint32_t normal = (magnitude << 20) + (120u << 23);
+  const uint32_t subnormal = std::bit_cast<uint32_t>(std::bit_cast<float>((magnitude << 20) + (121u << 23)) - 0x1p-6f);
+  const uint32_t isSubnormal = 0u - static_cast<uint32_t>(magnitude < 8u);
+  const uint32_t e4m3 = sign | (normal & ~isSubnormal) | (subnormal & isSubnormal);
+  const float value = std::bit_cast<float>(e4m3) * scale;
   const uint32_t nan = scaleNan | (0u - static_cast<uint32_t>(magnitude == 0x7Fu));
   return (std::bit_cast<uint32_t>(value) & ~nan) | (nan & (sign | kQuietNan));
 }

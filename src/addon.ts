@@ -171,8 +171,11 @@ export interface NativeAddon {
   readonly launchers: readonly { id: number; key: string; mangled: string }[];
   readonly head128Fallback: string;
   readonly cudaFunctions: readonly string[];
-  /** Maps an Engram table file (absent from addons built before it: callers then read rows with pread). */
-  readonly EngramMapping?: new (path: string, spec: NativeEngramSpec) => NativeEngramMapping;
+  /**
+   * Maps an Engram table file (absent from addons built before it: callers then read rows with pread).
+   * `kernels` says which dequantisation runs: 'avx2-f16c', or 'portable' (SSE2 baseline; also forced by FLASHMLA_ENGRAM_ISA=portable).
+   */
+  readonly EngramMapping?: (new (path: string, spec: NativeEngramSpec) => NativeEngramMapping) & { readonly kernels: 'avx2-f16c' | 'portable' };
   /**
    * Engram's N-gram hash (binding/engram_hash.cc, src/engram/hash-native.ts): out[t − history][layer][col]
    * for t in [history, seq.length); seq holds canonical ids, −1 for a dead token. Absent from addons built before it.
