@@ -50,7 +50,7 @@ Napi::TypedArrayOf<T> Array(const Napi::CallbackInfo& info, std::size_t i, napi_
 
 Napi::Value EngramHash(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() != 11) Fail(env, "expects 11 arguments");
+  if (info.Length() != 12) Fail(env, "expects 12 arguments");
   const auto seq = Array<int32_t>(info, 0, napi_int32_array, "seq");
   const int64_t n = static_cast<int64_t>(seq.ElementLength());
   const int64_t history = Int(info, 1, 0, n, "history");
@@ -62,12 +62,14 @@ Napi::Value EngramHash(const Napi::CallbackInfo& info) {
   const int64_t layers = Int(info, 7, 1, 1 << 16, "layers");
   const int64_t order = Int(info, 8, 2, 1 << 16, "order");
   const int64_t heads = Int(info, 9, 1, 1 << 16, "heads");
-  auto out = Array<int32_t>(info, 10, napi_int32_array, "out");
+  const auto reciprocals = Array<uint64_t>(info, 10, napi_biguint64_array, "reciprocals");
+  auto out = Array<int32_t>(info, 11, napi_int32_array, "out");
 
   const int64_t cols = (order - 1) * heads;
   if (static_cast<int64_t>(mults.ElementLength()) != layers * order) Fail(env, "multipliers.length != layers·order");
   if (static_cast<int64_t>(primes.ElementLength()) != layers * cols) Fail(env, "primes.length != layers·(order − 1)·heads");
   if (static_cast<int64_t>(offsets.ElementLength()) != layers * cols) Fail(env, "offsets.length != primes.length");
+  if (static_cast<int64_t>(reciprocals.ElementLength()) != layers * cols) Fail(env, "reciprocals.length != primes.length");
   if (static_cast<int64_t>(out.ElementLength()) / (layers * cols) != n - history ||
       static_cast<int64_t>(out.ElementLength()) % (layers * cols) != 0) {
     Fail(env, "out.length != (seq.length − history)·layers·(order − 1)·heads");
@@ -78,7 +80,11 @@ Napi::Value EngramHash(const Napi::CallbackInfo& info) {
     const int32_t p = primes[i], off = offsets[i];
     // A residue below p plus its offset must stay an int32 row id; p ≥ 2 keeps Barrett's M finite.
     if (p < 2 || off < 0 || static_cast<int64_t>(off) + p - 1 > INT32_MAX) Fail(env, "a prime or offset is out of range");
-    mods[i] = {UINT64_MAX / static_cast<uint64_t>(p), static_cast<uint64_t>(p), off};
+    // JavaScript computes M once per hasher; M = ⌊(2^64 − 1)/p⌋ exactly when M·p ≤ 2^64 − 1 < (M + 1)·p,
+    // which two multiplications check (a division per prime per call would cost more than the hash of a token).
+    const unsigned __int128 mp = static_cast<unsigned __int128>(reciprocals[i]) * static_cast<uint64_t>(p);
+    if (mp > UINT64_MAX || UINT64_MAX - static_cast<uint64_t>(mp) >= static_cast<uint64_t>(p)) Fail(env, "a reciprocal is not ⌊(2^64 − 1)/p⌋");
+    mods[i] = {reciprocals[i], static_cast<uint64_t>(p), off};
   }
   const int64_t* m = mults.Data();
   for (int64_t i = 0; i < layers * order; i++) {
@@ -90,8 +96,13 @@ Napi::Value EngramHash(const Napi::CallbackInfo& info) {
   }
 
   // docs/engram-hashing.md#masks: −1 marks a dead token; it and everything behind it read as pad.
-  std::vector<uint64_t> x(static_cast<std::size_t>(order));
-  int32_t* o = out.Data();
+  std::vector<uint64_t> window(static_cast<std::size_t>(order));
+  uint64_t* __restrict x = window.data();
+  const uint64_t* __restrict mul = reinterpret_cast<const uint64_t*>(m);
+  const Modulus* __restrict mod = mods.data();
+  // __restrict: out is a JavaScript buffer the compiler cannot tell apart from ids, so without it
+  // every store would force the moduli and window to be reloaded.
+  int32_t* __restrict o = out.Data();
   for (int64_t t = history; t < n; t++) {
     bool blocked = false;
     for (int64_t s = 0; s < order; s++) {
@@ -99,13 +110,14 @@ Napi::Value EngramHash(const Napi::CallbackInfo& info) {
       x[s] = blocked ? static_cast<uint64_t>(pad) : static_cast<uint64_t>(ids[t - s]);
     }
     for (int64_t l = 0; l < layers; l++) {
-      const uint64_t* ml = reinterpret_cast<const uint64_t*>(m) + l * order;
-      const Modulus* dl = mods.data() + l * cols;
+      const uint64_t* ml = mul + l * order;
+      const Modulus* dl = mod + l * cols;
       uint64_t mix = x[0] * ml[0];
       for (int64_t g = 1; g < order; g++) {
         mix ^= x[g] * ml[g];
         const Modulus* d = dl + (g - 1) * heads;
-        for (int64_t h = 0; h < heads; h++) *o++ = static_cast<int32_t>(Reduce(mix, d[h])) + d[h].offset;
+        for (int64_t h = 0; h < heads; h++) o[h] = static_cast<int32_t>(Reduce(mix, d[h])) + d[h].offset;
+        o += heads;
       }
     }
   }

@@ -22,7 +22,7 @@ export class HashSession {
   #seq: Int32Array;
   #length = 0;
 
-  /** @internal Use `NgramHasher.session()`. */
+  /** Made by `NgramHasher.session()` (and `fork()`); the plan and kernel are the hasher's. */
   constructor(plan: HashPlan, kernel: HashKernel, seq: Int32Array = new Int32Array(64), length = 0) {
     this.#plan = plan;
     this.#kernel = kernel;

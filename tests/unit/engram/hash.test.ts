@@ -240,17 +240,19 @@ describe('NgramHasher', () => {
     const m = BigInt64Array.of(3n, 5n);
     const p = Int32Array.of(7);
     const o = Int32Array.of(0);
-    const good = [Int32Array.of(1, 2), 0, 0, 10, m, p, o, 1, 2, 1, new Int32Array(2)];
+    const r = BigUint64Array.of((2n ** 64n - 1n) / 7n);
+    const good: unknown[] = [Int32Array.of(1, 2), 0, 0, 10, m, p, o, 1, 2, 1, r, new Int32Array(2)];
     expect(() => fn(...good)).not.toThrow();
     const bad: [number, unknown][] = [[0, [1, 2]], [1, 3], [1, -1], [2, 10], [3, 0], [4, BigInt64Array.of(3n)], [4, BigInt64Array.of(3n, -5n)],
-      [5, Int32Array.of(1)], [5, Int32Array.of(7, 7)], [6, Int32Array.of(2 ** 31 - 3)], [7, 2], [8, 1], [10, new Int32Array(1)],
-      [10, new Int32Array(3)], [0, Int32Array.of(1, 10)], [0, Int32Array.of(-2, 1)], [9, 1.5]];
+      [5, Int32Array.of(1)], [5, Int32Array.of(7, 7)], [6, Int32Array.of(2 ** 31 - 3)], [7, 2], [8, 1], [11, new Int32Array(1)],
+      [11, new Int32Array(3)], [0, Int32Array.of(1, 10)], [0, Int32Array.of(-2, 1)], [9, 1.5], [10, BigUint64Array.of(r[0]! + 1n)],
+      [10, BigUint64Array.of(r[0]! - 1n)], [10, BigUint64Array.of(2n ** 64n - 1n)], [10, BigUint64Array.of(r[0]!, 1n)], [10, m]];
     for (const [i, value] of bad) {
       const args = [...good];
       args[i] = value;
       const e = errorOf(() => fn(...args));
       expect(e.code, `argument ${i}`).toBe('E_INTERNAL');
     }
-    expect(errorOf(() => fn(...good.slice(0, 10))).code).toBe('E_INTERNAL');
+    expect(errorOf(() => fn(...good.slice(0, 11))).code).toBe('E_INTERNAL');
   });
 });
