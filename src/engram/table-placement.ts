@@ -131,15 +131,19 @@ export function findCheckpointTable(header: SafetensorsHeader, layerId: number |
 
 /**
  * Layer `layerId`'s layout from `config` (layout(config) of ./layout.ts; V′ from `compressedVocabSize`,
- * default config.compressedVocabSize), checked against a table of `rows` rows and `headDim` values
- * per row: a mismatch means the file belongs to another model or layer (E_VALUE naming `argument`).
+ * default config.compressedVocabSize), checked against a table's rows, headDim and format: a mismatch means the file belongs to another model or layer (E_VALUE naming `argument`).
  */
 export function layoutForTable(
-  config: EngramConfig, layerId: number, rows: number, headDim: number, argument: string, compressedVocabSize?: number,
+  config: EngramConfig, layerId: number, placement: Pick<TablePlacement, 'rows' | 'headDim' | 'format'>, argument: string,
+  compressedVocabSize?: number,
 ): EngramLayerLayout {
+  const { rows, headDim, format } = placement;
   if (config === null || typeof config !== 'object') throw new FlashMLAError('E_VALUE', 'must be an EngramConfig', argument);
   if (config.headDim !== headDim) {
     throw new FlashMLAError('E_VALUE', `config.headDim is ${config.headDim} but the table has ${headDim} values per row`, argument);
+  }
+  if ((config.tableDtype === 'fp32') !== (format === 'fp32')) {
+    throw new FlashMLAError('E_VALUE', `config.tableDtype is ${config.tableDtype} but the table's rows are ${format}`, argument);
   }
   const vocab = compressedVocabSize ?? config.compressedVocabSize;
   if (vocab === undefined) {

@@ -184,7 +184,7 @@ export async function convertTable(srcPath: string, dstPath: string, options: Co
         `is layer ${layout.layerId} with ${layout.numEmbeddings} rows; the shard's table is layer ${found.layerId} with ${p.rows}`, 'options.layout');
     }
   } else if (options.config !== undefined) {
-    layout = layoutForTable(options.config, found.layerId, p.rows, p.headDim, 'options.config');
+    layout = layoutForTable(options.config, found.layerId, p, 'options.config');
   } else {
     throw new FlashMLAError('E_VALUE', 'convertTable needs options.config or options.layout: the own format stores the layout', 'options.config');
   }

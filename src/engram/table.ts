@@ -185,8 +185,13 @@ export class EngramTable {
       throw new FlashMLAError('E_SHAPE', `options.out must be [${n}, ${this.headDim}], got [${view.shape.join(', ')}]`, 'options.out');
     }
     if (!isContiguous(view)) throw new FlashMLAError('E_STRIDE', 'options.out must be contiguous', 'options.out');
-    const data = (out.data as Float32Array | Uint16Array).subarray(view.offset, view.offset + n * this.headDim);
-    return { tensor: out, data };
+    // `data` is read again here: check what was read, so a getter cannot swap in a shorter array.
+    const whole = out.data as unknown;
+    const Expected = dtype === 'fp32' ? Float32Array : Uint16Array;
+    if (!(whole instanceof Expected) || whole.length < view.offset + n * this.headDim) {
+      throw new FlashMLAError('E_BUFFER', `options.out.data must be a ${Expected.name} of at least ${view.offset + n * this.headDim} elements`, 'options.out');
+    }
+    return { tensor: out, data: whole.subarray(view.offset, view.offset + n * this.headDim) };
   }
 
   #rawOutput(n: number, options: EngramLookupRawOptions): Uint8Array {
@@ -281,7 +286,7 @@ function openShard(path: string, layerId: number | undefined, config: EngramConf
   const header = readSafetensorsHeader(path);
   const found = findCheckpointTable(header, layerId, 'path');
   const p = found.placement;
-  const layout = config === undefined ? undefined : layoutForTable(config, found.layerId, p.rows, p.headDim, 'options.config');
+  const layout = config === undefined ? undefined : layoutForTable(config, found.layerId, p, 'options.config');
   return { kind: 'safetensors', layerId: found.layerId, layout, tokenMap: undefined, placement: p };
 }
 
@@ -298,7 +303,7 @@ function openOwn(path: string, layerId: number | undefined, config: EngramConfig
     closeSync(fd);
   }
   if (config !== undefined) {
-    const expected = layoutForTable(config, file.layout.layerId, file.rows, file.headDim, 'options.config', tokenMap?.size);
+    const expected = layoutForTable(config, file.layout.layerId, file, 'options.config', tokenMap?.size);
     const same = expected.primes.every((p, i) => file.layout.primes[i] === p) && expected.primes.length === file.layout.primes.length &&
       expected.multipliers.every((m, i) => file.layout.multipliers[i] === m) && expected.multipliers.length === file.layout.multipliers.length;
     if (!same) throw new FlashMLAError('E_VALUE', `${path} was written with other primes or multipliers than the config gives`, 'options.config');
