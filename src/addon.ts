@@ -154,7 +154,7 @@ export interface NativeEngramMapping {
   gatherRawAsync(rowIds: Int32Array, out: Uint8Array): Promise<void>;
   /** gather on the libuv pool; rowIds are copied at the call, out is kept alive (do not transfer its buffer until the Promise settles). */
   gatherAsync(rowIds: Int32Array, out: Float32Array | Uint16Array): Promise<void>;
-  /** The same bytes as gatherRaw by one plain memcpy per row region: the bench's baseline (scripts/bench-engram-gather.mjs). */
+  /** The same bytes as gatherRaw by one plain memcpy per row region: the bench's baseline (src/bench/engram-gather.ts). */
   gatherBaseline(rowIds: Int32Array, out: Uint8Array): void;
   /** Releases the mapping (idempotent); async gathers still running keep it mapped until they end. */
   close(): void;

@@ -60,6 +60,12 @@ function decodeE4m3(code: number): number {
 
 const widened = new DataView(new ArrayBuffer(4));
 
+/** The bf16 spacing at |x| (from its float32 exponent field: Math.log2 can miss by one at a power of two). */
+function bf16Ulp(x: number): number {
+  widened.setFloat32(0, Math.abs(x));
+  return 2 ** (Math.max(1, (widened.getUint32(0) >>> 23) & 0xff) - 127 - 7);
+}
+
 /** bf16 bits → value by widening to float32 bits. */
 function bf16Value(bits: number): number {
   widened.setUint32(0, bits << 16);
@@ -247,7 +253,7 @@ async function runDemo(io: EngramTableIo, hidden: number, dir: string): Promise<
       let flips = 0;
       for (let i = 0; i < kv.length; i++) {
         const x = exact.kv[i]!;
-        const ulp = 2 ** (Math.floor(Math.log2(Math.max(Math.abs(x), 2 ** -126))) - 7);
+        const ulp = bf16Ulp(x);
         worst = Math.max(worst, Math.abs(bf16Value(kv[i]!) - x) / ulp);
         if (bf16Value(kv[i]!) !== roundBf16(x)) flips++;
       }
