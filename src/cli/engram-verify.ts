@@ -29,10 +29,10 @@ async function verifyOwn(path: string, json: boolean): Promise<number> {
   if (json) {
     process.stdout.write(`${JSON.stringify({ path, kind: 'engram', ...r }, null, 2)}\n`);
   } else {
-    const lines = [`header  OK        CRC-32C ${r.headerCrc32c}`];
+    const lines = [`header   OK        CRC-32C ${r.headerCrc32c}`];
     for (const s of r.sections) {
       const status = s.expected === null ? 'UNCHECKED' : s.ok ? 'OK' : 'MISMATCH';
-      lines.push(`${s.section.padEnd(8)}${status.padEnd(10)}${s.expected === null ? `no checksum recorded (read: ${s.actual})` : `stored ${s.expected}, computed ${s.actual}`}`);
+      lines.push(`${s.section.padEnd(9)}${status.padEnd(10)}${s.expected === null ? `no checksum recorded (read: ${s.actual})` : `stored ${s.expected}, computed ${s.actual}`}`);
     }
     lines.push(r.ok ? `PASS: ${path}: every recorded checksum matches.` : `FAIL: ${path}: checksum mismatch (the file is damaged or was changed after writing).`);
     process.stdout.write(`${lines.join('\n')}\n`);
