@@ -12,8 +12,8 @@
  */
 import { check, FlashMLAError } from '../errors.js';
 import type { HostTensor } from '../tensor.js';
-import type { GateSign } from './gate.js';
-import { rankOf, readArgs, readChoice, readCount, readFloat, readNumber, readOptions } from './inputs.js';
+import { signFactor, type GateSign } from './gate.js';
+import { checkElements, rankOf, readArgs, readChoice, readCount, readFloat, readNumber, readOptions } from './inputs.js';
 
 /** The short convolution's look-back: the last (kernel−1)·dilation normalised positions of every channel. */
 export interface DemoConvState {
@@ -32,6 +32,7 @@ export function demoConvState(channels: number, kernel: number, dilation: number
   const c = readCount(channels, 'channels', 1);
   const k = readCount(kernel, 'kernel', 1);
   const dl = readCount(dilation, 'dilation', 1);
+  checkElements((k - 1) * dl * c, 'dilation');
   return { channels: c, kernel: k, dilation: dl, history: new Float32Array((k - 1) * dl * c) };
 }
 
@@ -145,6 +146,7 @@ export function readDemoInputs(args: ForwardDemoArgs, p: DemoParams): DemoInputs
   const convWeight = readFloat(a.convWeight, 'convWeight', convDims);
   const kernel = convWeight.shape[convWeight.shape.length - 1]!;
   check(kernel >= 1, 'E_SHAPE', 'convWeight', 'convWeight must have a kernel of at least 1');
+  checkElements(((kernel - 1) * p.dilation + T) * C, 'options.dilation');
   return {
     tokens: T, branches: M, dim: D, embed: Ke, kernel,
     e: e.values, h: h.values,
@@ -205,7 +207,6 @@ export function runDemo(x: DemoInputs, p: DemoParams): ForwardDemoResult {
   const convNormEps = f(p.convNormEps);
   const clamp = f(p.clamp);
   const sqrtD = f(Math.sqrt(D));
-  const copysign = p.sign === 'copysign';
   // Normalised conv inputs with the look-back in front: row H + t is token t.
   const xhat = new Float32Array((H + T) * C);
   xhat.set(x.history);
@@ -225,8 +226,7 @@ export function runDemo(x: DemoInputs, p: DemoParams): ForwardDemoResult {
       for (let i = 0; i < D; i++) sd += f(nk[i]! * nq[i]!);
       const s = f(f(sd) / sqrtD);
       const mag = f(Math.sqrt(Math.max(Math.abs(s), clamp)));
-      const signed = copysign ? (s < 0 || Object.is(s, -0) ? -mag : mag) : s > 0 ? mag : s < 0 ? -mag : 0;
-      const g = f(1 / (1 + Math.exp(-signed)));
+      const g = f(1 / (1 + Math.exp(-mag * signFactor(s, p.sign))));
       gates[t * M + m] = g;
       const o = t * C + m * D;
       for (let i = 0; i < D; i++) tilde[o + i] = g * value[i]!;

@@ -10,7 +10,7 @@ import { E4M3_TO_F32, E8M0_TO_F32 } from '../formats/fp8.js';
 import { viewOf, type HostTensor } from '../tensor.js';
 import { FP8_BLOCK, quantizeActivationE4m3 } from './act-quant.js';
 import { fusedWeight, readGateOptions, runGate, type GateArgs, type GateOptions, type GateResult } from './gate.js';
-import { findCode, readArgs, readBytes, readFloat, readTokenMask, type FloatInput } from './inputs.js';
+import { checkElements, findCode, readArgs, readBytes, readFloat, readTokenMask, type FloatInput } from './inputs.js';
 
 /** Inputs of {@link forwardV41}: the gate's, with the concatenated rows e and the wkv weight in place of key and value. */
 export interface ForwardV41Args extends Omit<GateArgs, 'key' | 'value'> {
@@ -80,6 +80,7 @@ export function readV41Inputs(args: ForwardV41Args): V41Inputs {
   const K = e.shape[1]!;
   check(K >= 1 && K % FP8_BLOCK === 0, 'E_SHAPE', 'e', () => `e's row length K must be a positive multiple of ${FP8_BLOCK}, got ${K}`);
   const N = d * (M + 1);
+  checkElements(T * N, 'wkv');
   const wkv = readBytes(a.wkv, 'wkv', [['N = d·(M+1)', N], ['K', K]]);
   const nan = findCode(wkv, [N, K], (c) => (c & 0x7f) === 0x7f);
   if (nan !== null) throw new FlashMLAError('E_VALUE', `wkv[${nan}] is an e4m3fn NaN code (0x7F/0xFF)`, 'wkv');

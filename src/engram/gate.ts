@@ -21,6 +21,15 @@ import { readArgs, readChoice, readFloat, readNumber, readOptions, readTokenMask
  */
 export type GateSign = 'copysign' | 'sign';
 
+/**
+ * The factor that gives √max(|s|, clamp) the sign of s (docs/engram-math.md#sign-at-zero): ±1 by
+ * the sign bit for 'copysign' (+0 → +1), sign(s) for 'sign' (0 at ±0). @internal
+ */
+export function signFactor(s: number, sign: GateSign): number {
+  if (sign === 'copysign') return s < 0 || Object.is(s, -0) ? -1 : 1;
+  return s > 0 ? 1 : s < 0 ? -1 : 0;
+}
+
 /** Numbers of the gate. */
 export interface GateOptions {
   /**
@@ -124,7 +133,6 @@ export function runGate(x: GateInputs, p: GateParams): GateResult {
   const eps = f(p.eps);
   const clamp = f(p.clamp);
   const scale = f(d ** -0.5);
-  const copysign = p.sign === 'copysign';
   const hv = h.values;
   const out = new Float32Array(T * M * d);
   const dots = new Float32Array(T * M);
@@ -155,7 +163,7 @@ export function runGate(x: GateInputs, p: GateParams): GateResult {
       const s = f(f(dot * f(rh * rk)) * scale);
       if (Number.isNaN(s)) {
         throw new FlashMLAError('E_VALUE',
-          `h·w·key overflows float32 at token ${t}, branch ${m} (+Inf and -Inf terms); h and key are too large for the gate`, 'h');
+          `the gate score is NaN at token ${t}, branch ${m}: h and key are too large for float32 (h·w·key or their squares overflow)`, 'h');
       }
       dots[r] = dot;
       rstdH[r] = rh;
@@ -165,9 +173,7 @@ export function runGate(x: GateInputs, p: GateParams): GateResult {
         continue;
       }
       const mag = f(Math.sqrt(Math.max(Math.abs(s), clamp)));
-      // copysign reads the sign bit (+0 → +); sign() maps ±0 to 0 (docs/engram-math.md#sign-at-zero).
-      const signed = copysign ? (s < 0 || Object.is(s, -0) ? -mag : mag) : s > 0 ? mag : s < 0 ? -mag : 0;
-      const g = f(1 / (1 + Math.exp(-signed)));
+      const g = f(1 / (1 + Math.exp(-mag * signFactor(s, p.sign))));
       gates[r] = g;
       for (let i = 0; i < d; i++) out[hOff + i] = hv[hOff + i]! + f(g * value[vOff + i]!);
     }

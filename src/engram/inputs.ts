@@ -18,6 +18,19 @@ export interface FloatInput {
   readonly values: Float32Array;
 }
 
+/**
+ * The most elements one array of the CPU Engram math may hold (2^28: 1 GiB of float32). A V4.1
+ * wkv weight has 157 M; the cap turns a shape that zero strides make huge into an error instead of
+ * an allocation failure (docs/engram-math.md#inputs).
+ */
+export const MAX_ELEMENTS = 2 ** 28;
+
+/** Rejects an array of `n` elements beyond {@link MAX_ELEMENTS}, naming `name`. */
+export function checkElements(n: number, name: string): void {
+  check(n <= MAX_ELEMENTS, 'E_UNSUPPORTED', name,
+    () => `${name} needs ${n} elements; the CPU Engram math holds at most 2^28 (${MAX_ELEMENTS}) in one array`);
+}
+
 /** A named size: the expected extent of one dim and the name the message gives it. */
 export type Dim = readonly [name: string, size: number] | null;
 
@@ -70,6 +83,7 @@ export function readFloat(t: unknown, name: string, dims: readonly Dim[], dtypes
   const view = hostView(t, name, dims.length, dtypes);
   expectDims(view, name, dims);
   const n = numel(view.shape);
+  checkElements(n, name);
   const data = (t as HostTensor).data;
   let values: Float32Array;
   if (view.dtype === 'fp32') {
@@ -95,6 +109,7 @@ export function readBytes(t: unknown, name: string, dims: readonly Dim[]): Uint8
   const view = hostView(t, name, dims.length, ['uint8']);
   expectDims(view, name, dims);
   const n = numel(view.shape);
+  checkElements(n, name);
   const data = (t as HostTensor<'uint8'>).data;
   return isContiguous(view) ? data.subarray(view.offset, view.offset + n) : gather(data, view, new Uint8Array(n));
 }

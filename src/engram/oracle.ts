@@ -2,12 +2,13 @@
  * Float64 oracles of the Engram math (docs/engram-math.md#oracles): the same formulas as
  * ./gate.ts, ./forward-v41.ts and ./forward-demo.ts evaluated in float64 without the float32
  * roundings, keeping only the format conversions that define the model (V4.1's e4m3 activation
- * and its bf16 kv), each written here independently of src/formats. Outputs are left unrounded.
+ * and its bf16 kv, a float32 result cast to bf16), each written here independently of
+ * src/formats. Outputs are left unrounded.
  */
 import { check } from '../errors.js';
 import { readDemoInputs, readDemoOptions, type ForwardDemoArgs, type ForwardDemoOptions } from './forward-demo.js';
 import { readV41Inputs, type ForwardV41Args } from './forward-v41.js';
-import { readGateInputs, readGateOptions, type GateArgs, type GateInputs, type GateOptions, type GateParams } from './gate.js';
+import { readGateInputs, readGateOptions, signFactor, type GateArgs, type GateInputs, type GateOptions, type GateParams } from './gate.js';
 
 /** What {@link gateOracle} returns, all float64, row-major. */
 export interface GateOracleResult {
@@ -149,7 +150,7 @@ function gateF64(x: GateInputs, p: GateParams): GateOracleResult {
       const s = sd * rstdH[r]! * rstdKey[r]! / Math.sqrt(d);
       const masked = tokenMask !== null && tokenMask[t] === 0;
       const mag = Math.sqrt(Math.max(Math.abs(s), p.clamp));
-      const signed = p.sign === 'copysign' ? (s < 0 || Object.is(s, -0) ? -mag : mag) : Math.sign(s) * mag;
+      const signed = mag * signFactor(s, p.sign);
       const g = masked ? 0 : 1 / (1 + Math.exp(-signed));
       gates[r] = g;
       const vOff = valueOffset + t * valueStride;
@@ -167,7 +168,7 @@ export function gateOracle(args: GateArgs, options?: GateOptions): GateOracleRes
 
 /**
  * {@link forwardV41} in float64: the activation quantised to e4m3 (float64 rules above), kv exact,
- * the gate fed with kv rounded once to bf16 (V4.1's kv dtype).
+ * the gate fed with kv as V4.1 casts it: the float32 result rounded to bf16.
  */
 export function forwardV41Oracle(args: ForwardV41Args, options?: GateOptions): ForwardV41OracleResult {
   const p = readGateOptions(options);
@@ -184,7 +185,8 @@ export function forwardV41Oracle(args: ForwardV41Args, options?: GateOptions): F
         s += act[t * K + k]! * w;
       }
       kv[t * N + n] = s;
-      kvBf16[t * N + n] = roundBf16(s);
+      // The Linear's float32 result cast to bf16 (torch's .to(bfloat16) of a float32 tensor).
+      kvBf16[t * N + n] = roundBf16(Math.fround(s));
     }
   }
   const g = gateF64({
@@ -233,7 +235,7 @@ export function forwardDemoOracle(args: ForwardDemoArgs, options?: ForwardDemoOp
       for (let i = 0; i < D; i++) s += nk[i]! * nq[i]!;
       s /= Math.sqrt(D);
       const mag = Math.sqrt(Math.max(Math.abs(s), p.clamp));
-      const signed = p.sign === 'copysign' ? (s < 0 || Object.is(s, -0) ? -mag : mag) : Math.sign(s) * mag;
+      const signed = mag * signFactor(s, p.sign);
       const g = 1 / (1 + Math.exp(-signed));
       gates[t * M + m] = g;
       for (let i = 0; i < D; i++) tilde[t * C + m * D + i] = g * v[i]!;
