@@ -3,9 +3,9 @@
 #include <napi.h>
 
 #include "cpu_tile.h"
-#include "engram_mapping.h"
-#include "engram_hash.h"
 #include "engine.h"
+#include "engram_hash.h"
+#include "engram_mapping.h"
 #include "flashmla_symbols.h"
 #include "js_errors.h"
 #include "library_wrap.h"

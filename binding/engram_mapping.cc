@@ -273,8 +273,8 @@ class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
     if (bad != 0) {
       for (std::size_t i = 0; i < n; i++) {
         if (static_cast<uint64_t>(static_cast<uint32_t>(r.ids[i])) >= geometry_.rows) {
-          throw ArgError(env, "E_RANGE", "rowIds[" + std::to_string(i) + "]",
-                         "row id " + std::to_string(r.ids[i]) + " is outside the table's 0…" + std::to_string(geometry_.rows) + "−1");
+          const std::string range = geometry_.rows == 0 ? "the table has no rows" : "rows are 0…" + std::to_string(geometry_.rows - 1);
+          throw ArgError(env, "E_RANGE", "rowIds[" + std::to_string(i) + "]", "row id " + std::to_string(r.ids[i]) + " is out of range (" + range + ")");
         }
       }
     }

@@ -1,7 +1,7 @@
 // Exact, branch-free dequantisation of one e4m3fn weight by one e8m0 block scale
-// (docs/engram-native.md#dequantisation). Every step is a lane-wise integer or float operation
-// with no data-dependent branch, so GCC vectorises the loops that call these (-O3, SSE2 baseline;
-// AVX2 in the target("avx2") entry points of engram_gather.cc).
+// (docs/engram-native.md#dequantisation): the portable kernels of engram_gather.cc. Every step is a
+// lane-wise integer or float operation with no data-dependent branch, so GCC vectorises the loops
+// that call these for the baseline x86-64 (SSE2) at -O2 and -O3.
 #pragma once
 
 #include <bit>

@@ -205,6 +205,19 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     expect(b[127 * 256 + 0xff]).toBe(0xffc0);
   }
 
+  test('rows wider than the L1 stage (headDim 16384) are dequantised in place, with the same values', () => {
+    const t = packedTable(5, 16384, 21, 1);
+    const m = open(t.path, t.spec);
+    const ids = Int32Array.of(4, 0, 2);
+    const want = pickPacked(t, ids);
+    const f = new Float32Array(ids.length * 16384), b = new Uint16Array(ids.length * 16384);
+    m.gather(ids, f);
+    m.gather(ids, b);
+    expectF32(f, want.weights, want.scales, 16384);
+    expectBf16(b, want.weights, want.scales, 16384);
+    m.close();
+  });
+
   test('every (e4m3 byte, e8m0 scale) pair, 256 × 256, is exact in float32 and rounds to nearest even in bf16', () => {
     expect(['avx2-f16c', 'portable']).toContain(EngramMapping!.kernels);
     const m = open(pairs.path, pairs.spec);
@@ -398,7 +411,39 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     }
   });
 
-  test('worker threads: each environment has its own class and error class; gathers there match the main thread', async () => {
+  test('close() unmaps at once when no gather runs, after the last async gather otherwise; a collected mapping is unmapped by its finaliser (/proc/self/maps)', () => {
+    const t = packedTable(64, 256, 13);
+    const script = `
+      const a = require(process.argv[1]);
+      const fs = require('node:fs');
+      const mapped = () => fs.readFileSync('/proc/self/maps', 'utf8').includes(process.argv[2]);
+      const spec = JSON.parse(process.argv[3]);
+      const seen = [];
+      let m = new a.EngramMapping(process.argv[2], spec);
+      seen.push(mapped());
+      m.close();
+      seen.push(mapped());
+      m = new a.EngramMapping(process.argv[2], spec);
+      seen.push(mapped());
+      m = null;
+      (async () => {
+        for (let i = 0; i < 20 && mapped(); i++) { globalThis.gc(); await new Promise((r) => setImmediate(r)); }
+        seen.push(mapped());
+        // An async gather holds the mapping past close() until it has ended.
+        m = new a.EngramMapping(process.argv[2], spec);
+        const ids = new Int32Array(200000).map((_, i) => i % spec.rows);
+        const done = m.gatherRawAsync(ids, new Uint8Array(ids.length * 264));
+        m.close();
+        seen.push(mapped());
+        await done;
+        seen.push(mapped());
+        process.stdout.write(JSON.stringify(seen));
+      })();`;
+    const seen = execFileSync(process.execPath, ['--expose-gc', '-e', script, loaded.ok ? loaded.path : '', t.path, JSON.stringify(t.spec)], { encoding: 'utf8' });
+    expect(JSON.parse(seen)).toEqual([true, false, true, false, true, false]);
+  });
+
+  test('worker threads: each environment has its own class and error class; gathers there match the main thread; terminate() with gathers in flight', async () => {
     const t = packedTable(100, 256, 11);
     const ids = Int32Array.of(3, 99, 42);
     const want = new Float32Array(3 * 256);
@@ -425,6 +470,21 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     await worker.terminate();
     expectSameBytes(reply.out, want);
     expect(reply.error).toEqual({ worker: true, code: 'E_RANGE', argument: 'rowIds[0]' });
+    // A worker terminated with gathers in flight: Node waits for its pool work before the
+    // environment (and the output arrays) go; the mapping stays until the gathers end.
+    const busy = new Worker(`
+      const { parentPort, workerData } = require('node:worker_threads');
+      const addon = require(workerData.addon);
+      const m = new addon.EngramMapping(workerData.path, workerData.spec);
+      const ids = new Int32Array(100000).map((_, i) => (i * 7) % 100);
+      for (let k = 0; k < 4; k++) m.gatherAsync(ids, new Float32Array(ids.length * 256));
+      m.close();
+      parentPort.postMessage('queued');`, { eval: true, workerData: { addon: loaded.ok ? loaded.path : '', path: t.path, spec: t.spec } });
+    await new Promise((resolve, reject) => {
+      busy.once('message', resolve);
+      busy.once('error', reject);
+    });
+    await busy.terminate();
     // The main thread's class is still FlashMLAError.
     expect((await errorOf(() => m.gather(Int32Array.of(100), want))).argument).toBe('rowIds[0]');
     m.close();
