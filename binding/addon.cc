@@ -37,7 +37,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuTile", fmla::cpu::CpuTileExports(env));
   // Engram tables mapped from their files (src/addon.ts NativeEngramMapping).
   exports.Set("EngramMapping", fmla::engram::DefineEngramMapping(env));
-  exports.Set("engramHash", Napi::Function::New(env, fmla::engram::EngramHash, "engramHash"));  // src/engram/hash-native.ts
+  exports.Set("EngramHasher", fmla::engram::EngramHasherClass(env));  // src/engram/hash-native.ts
   return exports;
 }
 

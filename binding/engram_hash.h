@@ -5,9 +5,9 @@
 
 namespace fmla::engram {
 
-// engramHash(seq, history, pad, vocab, multipliers, primes, offsets, layers, order, heads, reciprocals, out):
-// out[t − history][layer][(n − 2)·heads + head] for every t in [history, seq.length); reciprocals[i] =
-// ⌊(2^64 − 1)/primes[i]⌋ (Barrett constants, checked).
-Napi::Value EngramHash(const Napi::CallbackInfo& info);
+// The EngramHasher class: new EngramHasher(pad, vocab, multipliers, primes, offsets, layers, order,
+// heads) copies and checks the layout once; hash(seq, history, out) writes
+// out[t − history][layer][(n − 2)·heads + head] for every t in [history, seq.length).
+Napi::Function EngramHasherClass(Napi::Env env);
 
 }  // namespace fmla::engram

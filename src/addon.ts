@@ -177,13 +177,12 @@ export interface NativeAddon {
    */
   readonly EngramMapping?: (new (path: string, spec: NativeEngramSpec) => NativeEngramMapping) & { readonly kernels: 'avx2-f16c' | 'portable' };
   /**
-   * Engram's N-gram hash (binding/engram_hash.cc, src/engram/hash-native.ts): out[t − history][layer][col]
-   * for t in [history, seq.length); seq holds canonical ids, −1 for a dead token; reciprocals[i] = ⌊(2^64 − 1)/primes[i]⌋.
-   * Absent from addons built before it.
+   * Engram's N-gram hash (binding/engram_hash.cc, src/engram/hash-native.ts), one instance per layout:
+   * hash() writes out[t − history][layer][col] for t in [history, seq.length); seq holds canonical ids,
+   * −1 for a dead token. Absent from addons built before it.
    */
-  readonly engramHash?: (seq: Int32Array, history: number, pad: number, vocab: number, multipliers: BigInt64Array,
-    primes: Int32Array, offsets: Int32Array, layers: number, order: number, heads: number, reciprocals: BigUint64Array,
-    out: Int32Array) => void;
+  readonly EngramHasher?: new (pad: number, vocab: number, multipliers: BigInt64Array, primes: Int32Array, offsets: Int32Array,
+    layers: number, order: number, heads: number) => { hash(seq: Int32Array, history: number, out: Int32Array): void };
 }
 
 export type AddonResult =

@@ -77,6 +77,7 @@ function positive(value: unknown, argument: string): number {
 /**
  * Checks an EngramConfig built by hand (or by {@link paperDemoConfig} with overrides) and returns a
  * frozen copy; every bad field throws a FlashMLAError naming `${argument}.<field>`.
+ * @param argument the name errors give the config. Default: 'config'.
  */
 export function checkConfig(config: EngramConfig, argument = 'config'): EngramConfig {
   check(isObject(config), 'E_VALUE', argument, `${argument} must be an EngramConfig object`);
@@ -158,7 +159,7 @@ export function configFromHf(configJson: string | object, options: ConfigFromHfO
     headDim: integer(src.engram_head_dim, field('engram_head_dim'), 1),
     vocabSizes,
     compressedVocabSize: optionalInt('engram_compressed_vocab_size', 1),
-    padTokenId: integer(src.engram_pad_token_id, field('engram_pad_token_id'), 0),
+    padTokenId: padTokenIdOf(src, field),
     numEmbeddings: src.engram_num_embeddings === undefined ? undefined
       : integers(src.engram_num_embeddings, field('engram_num_embeddings'), 1, layerIds.length),
     seed: src.engram_seed === undefined ? 0 : integer(src.engram_seed, field('engram_seed'), 0, Number.MAX_SAFE_INTEGER),
@@ -168,6 +169,18 @@ export function configFromHf(configJson: string | object, options: ConfigFromHfO
     ...variantDefaults(variant, n),
   };
   return checkConfig(config, prefix);
+}
+
+/**
+ * The pad id: `engram_pad_token_id` (DeepSeek-V4.1's config.json), or `engram_pad_id` (the name
+ * SGLang's V4.1 module and transformers' tests use); both present must agree.
+ */
+function padTokenIdOf(src: Json, field: (key: string) => string): number {
+  if (src.engram_pad_token_id === undefined && src.engram_pad_id !== undefined) return integer(src.engram_pad_id, field('engram_pad_id'), 0);
+  const id = integer(src.engram_pad_token_id, field('engram_pad_token_id'), 0);
+  check(src.engram_pad_id === undefined || src.engram_pad_id === id, 'E_VALUE', field('engram_pad_id'),
+    () => `${field('engram_pad_id')} (${JSON.stringify(src.engram_pad_id)}) disagrees with ${field('engram_pad_token_id')} (${id})`);
+  return id;
 }
 
 /** What a variant fixes that config.json does not say: the table format and the demo's short convolution. */

@@ -41,11 +41,15 @@ export interface HashPlan {
 }
 
 /**
- * A hash tier: for every t in [history, seq.length), out[(t − history)·layers·cols + layer·cols + col]
- * = the row id of column col (order, head) of that layer, reading look-backs from seq (canonical
- * ids, DEAD for a dead token; positions before seq[0] are the sequence start).
+ * A tier's hash loop for one plan: for every t in [history, seq.length),
+ * out[(t − history)·layers·cols + layer·cols + col] = the row id of column col (order, head) of that
+ * layer, reading look-backs from seq (canonical ids, DEAD for a dead token; positions before seq[0]
+ * are the sequence start).
  */
-export type HashKernel = (plan: HashPlan, seq: Int32Array, history: number, out: Int32Array) => void;
+export type HashKernel = (seq: Int32Array, history: number, out: Int32Array) => void;
+
+/** A tier: builds its loop for a plan (once per hasher). */
+export type HashTierKernel = (plan: HashPlan) => HashKernel;
 
 /** Checks a layout given by the caller against the config and V′; the layout() of the same config passes. */
 function checkLayout(given: unknown, config: EngramConfig, vocab: number): readonly EngramLayerLayout[] {
@@ -77,6 +81,14 @@ function checkLayout(given: unknown, config: EngramConfig, vocab: number): reado
     });
   });
   return given as readonly EngramLayerLayout[];
+}
+
+/** Plans made by makePlan: a HashSession refuses anything else (it is made by NgramHasher.session()). */
+const plans = new WeakSet<HashPlan>();
+
+/** Whether `x` is a plan makePlan made. */
+export function isPlan(x: unknown): x is HashPlan {
+  return typeof x === 'object' && x !== null && plans.has(x as HashPlan);
 }
 
 /** The plan of a hasher; `layoutOf(vocab)` computes the layout when the caller gave none. */
@@ -126,7 +138,30 @@ export function makePlan(
     primes.set(l.primes, i * cols);
     offsets.set(l.offsets, i * cols);
   });
-  return { layers: layers.length, order, heads: config.nHeads, cols, vocab, pad, multipliers, primes, offsets, tokenMap, layout: layers };
+  const plan: HashPlan = { layers: layers.length, order, heads: config.nHeads, cols, vocab, pad, multipliers, primes, offsets, tokenMap, layout: layers };
+  plans.add(plan);
+  return plan;
+}
+
+/**
+ * The output of hashing `tokens` tokens. A length the engine cannot allocate (a typed array's
+ * length limit, or memory) is the caller's to split, so it is a FlashMLAError, not a RangeError.
+ */
+export function allocateRowIds(plan: HashPlan, tokens: number): Int32Array {
+  const length = tokens * plan.layers * plan.cols;
+  try {
+    return new Int32Array(length);
+  } catch (e) {
+    throw new FlashMLAError('E_RANGE', `${tokens} tokens need ${length} row ids, which cannot be allocated here ` +
+      `(${(e as Error).message}); hash them in chunks (a HashSession keeps the look-back between chunks)`, 'ids');
+  }
+}
+
+/** The `compressed` option: true, false or absent (false). */
+export function readCompressed(value: unknown, argument: string): boolean {
+  check(value === undefined || typeof value === 'boolean', 'E_VALUE', argument,
+    () => `${argument} must be a boolean, got ${String(value)}`);
+  return value === true;
 }
 
 /** A flag array: Uint8Array (non-zero = dead) or booleans (true = dead). */
@@ -135,8 +170,9 @@ export type MaskInput = Uint8Array | readonly boolean[];
 export type IdsInput = Int32Array | readonly number[];
 
 /**
- * Validates ids (+ mask) and writes their canonical ids into `dst` from `at` on, DEAD where the
- * mask marks a token. Raw ids go through the token map unless `compressed` (or there is no map).
+ * Validates ids (+ mask) and writes the canonical ids of entries skip… into `dst` from `at` on,
+ * DEAD where the mask marks a token (all entries are checked). Raw ids go through the token map
+ * unless `compressed` (or there is no map).
  */
 export function canonicalInto(
   plan: HashPlan,
@@ -146,6 +182,7 @@ export function canonicalInto(
   names: { readonly ids: string; readonly mask: string },
   dst: Int32Array,
   at: number,
+  skip = 0,
 ): void {
   const typed = ids instanceof Int32Array;
   check(typed || Array.isArray(ids), 'E_DTYPE', names.ids, `${names.ids} must be an Int32Array or an array of integers`);
@@ -166,7 +203,7 @@ export function canonicalInto(
       throw new FlashMLAError('E_RANGE',
         `${names.ids}[${i}] = ${id} is outside 0…${limit - 1} (${map ? 'raw ids of the token map' : 'canonical ids'})`, `${names.ids}[${i}]`);
     }
-    dst[at + i] = map ? map[id]! : id;
+    if (i >= skip) dst[at + i - skip] = map ? map[id]! : id;
   }
   if (mask === undefined) return;
   const bytes = mask instanceof Uint8Array;
@@ -175,6 +212,6 @@ export function canonicalInto(
     if (!bytes && typeof dead !== 'boolean') {
       throw new FlashMLAError('E_VALUE', `${names.mask}[${i}] must be a boolean, got ${String(dead)}`, `${names.mask}[${i}]`);
     }
-    if (dead) dst[at + i] = DEAD;
+    if (dead && i >= skip) dst[at + i - skip] = DEAD;
   }
 }

@@ -4,7 +4,7 @@
  * the ids of hashing the whole sequence at once, and a rejected speculative draft can be rolled back.
  */
 import { check } from '../errors.js';
-import { canonicalInto, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
+import { allocateRowIds, canonicalInto, isPlan, readCompressed, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
 
 /** Options of {@link HashSession.append}. */
 export interface AppendOptions {
@@ -14,16 +14,20 @@ export interface AppendOptions {
   readonly compressed?: boolean;
 }
 
+const NAMES = { ids: 'ids', mask: 'options.mask' } as const;
+
 /** One request's history of an NgramHasher; made by `NgramHasher.session()`. */
 export class HashSession {
   readonly #plan: HashPlan;
   readonly #kernel: HashKernel;
   /** Canonical ids (DEAD for dead tokens) of positions 0…length − 1; capacity grows by doubling. */
   #seq: Int32Array;
-  #length = 0;
+  #length: number;
 
-  /** Made by `NgramHasher.session()` (and `fork()`); the plan and kernel are the hasher's. */
+  /** Made by `NgramHasher.session()` (and `fork()`); the plan and its hash loop are the hasher's. */
   constructor(plan: HashPlan, kernel: HashKernel, seq: Int32Array = new Int32Array(64), length = 0) {
+    check(isPlan(plan) && typeof kernel === 'function' && seq instanceof Int32Array && Number.isSafeInteger(length) &&
+      length >= 0 && length <= seq.length, 'E_VALUE', 'HashSession', 'a HashSession is made by NgramHasher.session()');
     this.#plan = plan;
     this.#kernel = kernel;
     this.#seq = seq;
@@ -45,12 +49,14 @@ export class HashSession {
     const plan = this.#plan;
     const tail = Math.min(this.#length, plan.order - 1);
     check(ids instanceof Int32Array || Array.isArray(ids), 'E_DTYPE', 'ids', 'ids must be an Int32Array or an array of integers');
+    const compressed = readCompressed(options.compressed, 'options.compressed');
+    const out = allocateRowIds(plan, ids.length); // first: the largest allocation (a too-long ids fails here)
     const seq = new Int32Array(tail + ids.length);
-    seq.set(this.#seq.subarray(this.#length - tail, this.#length));
-    canonicalInto(plan, ids, options.mask, options.compressed === true, { ids: 'ids', mask: 'options.mask' }, seq, tail);
-    const out = new Int32Array(ids.length * plan.layers * plan.cols);
-    this.#kernel(plan, seq, tail, out);
-    this.#record(seq.subarray(tail));
+    // At most N − 1 values: a loop is cheaper than a subarray view (decoding appends one token at a time).
+    for (let i = 0, from = this.#length - tail; i < tail; i++) seq[i] = this.#seq[from + i]!;
+    canonicalInto(plan, ids, options.mask, compressed, NAMES, seq, tail);
+    this.#kernel(seq, tail, out);
+    this.#record(seq, tail);
     return out;
   }
 
@@ -84,14 +90,17 @@ export class HashSession {
     return { ids: Int32Array.from(part, (v) => (v < 0 ? this.#plan.pad : v)), mask };
   }
 
-  #record(canonical: Int32Array): void {
-    const need = this.#length + canonical.length;
+  /** Appends seq[from…] to the recorded tokens. */
+  #record(seq: Int32Array, from: number): void {
+    const count = seq.length - from;
+    const need = this.#length + count;
     if (need > this.#seq.length) {
       const grown = new Int32Array(Math.max(need, 2 * this.#seq.length));
       grown.set(this.#seq.subarray(0, this.#length));
       this.#seq = grown;
     }
-    this.#seq.set(canonical, this.#length);
+    if (count < 16) for (let i = 0; i < count; i++) this.#seq[this.#length + i] = seq[from + i]!;
+    else this.#seq.set(seq.subarray(from), this.#length);
     this.#length = need;
   }
 }

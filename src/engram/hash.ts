@@ -5,11 +5,14 @@
 import { check, FlashMLAError } from '../errors.js';
 import { checkConfig, type EngramConfig } from './config.js';
 import { hashJs } from './hash-js.js';
-import { nativeHashKernel } from './hash-native.js';
-import { canonicalInto, makePlan, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
+import { nativeHashTier } from './hash-native.js';
+import { allocateRowIds, canonicalInto, makePlan, readCompressed, type HashKernel, type HashPlan, type IdsInput, type MaskInput } from './hash-plan.js';
 import { HashSession } from './hash-session.js';
 import { layout, type EngramLayerLayout } from './layout.js';
 import type { TokenMap } from './types.js';
+
+const IDS_NAMES = { ids: 'ids', mask: 'options.mask' } as const;
+const HISTORY_NAMES = { ids: 'options.history.ids', mask: 'options.history.mask' } as const;
 
 /** Which implementation hashes: the addon's C++ loop or the JavaScript one (docs/engram-hashing.md#tiers). */
 export type HashTier = 'native' | 'js';
@@ -78,11 +81,11 @@ export class NgramHasher {
       () => `options.tier must be 'auto', 'native' or 'js', got ${JSON.stringify(tier)}`);
     const plan = makePlan(this.config, options.tokenMap, options.layout,
       (vocab) => layout(this.config, { compressedVocabSize: vocab }));
-    const native = tier === 'js' ? undefined : nativeHashKernel();
+    const native = tier === 'js' ? undefined : nativeHashTier();
     if (tier === 'native' && typeof native === 'string') {
       throw new FlashMLAError('E_BACKEND', `the native Engram hash is unavailable: ${native}`, 'options.tier');
     }
-    this.#kernel = typeof native === 'function' ? native : hashJs;
+    this.#kernel = (typeof native === 'function' ? native : hashJs)(plan);
     this.tier = typeof native === 'function' ? 'native' : 'js';
     this.#plan = plan;
     this.layout = plan.layout;
@@ -101,7 +104,9 @@ export class NgramHasher {
     check(options !== null && typeof options === 'object', 'E_VALUE', 'options', 'options must be an object');
     check(ids instanceof Int32Array || Array.isArray(ids), 'E_DTYPE', 'ids', 'ids must be an Int32Array or an array of integers');
     const plan = this.#plan;
-    const compressed = options.compressed === true;
+    const compressed = readCompressed(options.compressed, 'options.compressed');
+    // First: the largest allocation, so a too-long ids fails before anything else is allocated or read.
+    const out = allocateRowIds(plan, ids.length);
     const history = options.history;
     let before = 0;
     let seq: Int32Array;
@@ -113,16 +118,13 @@ export class NgramHasher {
       const h = history.ids;
       check(h instanceof Int32Array || Array.isArray(h), 'E_DTYPE', 'options.history.ids',
         'options.history.ids must be an Int32Array or an array of integers');
-      // Everything is checked; only the last N − 1 are read.
-      const all = new Int32Array(h.length);
-      canonicalInto(plan, h, history.mask, compressed, { ids: 'options.history.ids', mask: 'options.history.mask' }, all, 0);
+      // Every entry is checked; only the last N − 1 reach a look-back.
       before = Math.min(h.length, plan.order - 1);
       seq = new Int32Array(before + ids.length);
-      seq.set(all.subarray(h.length - before));
+      canonicalInto(plan, h, history.mask, compressed, HISTORY_NAMES, seq, 0, h.length - before);
     }
-    canonicalInto(plan, ids, options.mask, compressed, { ids: 'ids', mask: 'options.mask' }, seq, before);
-    const out = new Int32Array(ids.length * this.idsPerToken);
-    this.#kernel(plan, seq, before, out);
+    canonicalInto(plan, ids, options.mask, compressed, IDS_NAMES, seq, before);
+    this.#kernel(seq, before, out);
     return out;
   }
 

@@ -28,7 +28,7 @@ export interface LayoutOptions {
 }
 
 /** Salt between layers' multiplier seeds (docs/engram-hashing.md#multipliers). */
-const LAYER_SEED_STRIDE = 10007;
+const LAYER_SEED_STRIDE = 10007n;
 
 /**
  * The tables and multipliers of every Engram layer of `config`, in config.layerIds order
@@ -67,7 +67,7 @@ export function layout(config: EngramConfig, options: LayoutOptions = {}): Engra
     const stated = c.numEmbeddings?.[i];
     check(stated === undefined || stated === total, 'E_VALUE', 'config.numEmbeddings',
       () => `config.numEmbeddings[${i}] (engram_num_embeddings) is ${stated} but layer ${layerId}'s primes sum to ${total}`);
-    const r = defaultRngIntegers(c.seed + LAYER_SEED_STRIDE * layerId, bound, n);
+    const r = defaultRngIntegers(BigInt(c.seed) + LAYER_SEED_STRIDE * BigInt(layerId), bound, n); // exact for any safe seed
     return Object.freeze({
       layerId,
       primes,

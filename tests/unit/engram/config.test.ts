@@ -40,6 +40,9 @@ describe('configFromHf', () => {
     expect(c.compressedVocabSize).toBeUndefined();
     expect(c.rmsNormEps).toBeUndefined();
     expect([c.variant, c.tableDtype, c.convKernel, c.convDilation]).toEqual(['paper-demo', 'fp32', 4, 3]);
+    const padId = configFromHf({ ...v41.text_config, engram_pad_token_id: undefined, engram_pad_id: 8 });
+    expect(padId.padTokenId).toBe(8);
+    expect(configFromHf({ ...v41.text_config, engram_pad_id: 2 }).padTokenId).toBe(2);
   });
 
   it('names every missing or invalid field', () => {
@@ -70,6 +73,7 @@ describe('configFromHf', () => {
     for (const [key, value, argument] of bad) {
       expect(errorOf(() => configFromHf({ text_config: { ...v41.text_config, [key]: value } })).argument, key).toBe(argument);
     }
+    expect(errorOf(() => configFromHf({ text_config: { ...v41.text_config, engram_pad_id: 3 } })).argument).toBe('config.text_config.engram_pad_id');
     expect(errorOf(() => configFromHf('{ not json')).argument).toBe('configJson');
     expect(errorOf(() => configFromHf('[1]')).argument).toBe('configJson');
     expect(errorOf(() => configFromHf(v41, { variant: 'v5' as never })).argument).toBe('options.variant');

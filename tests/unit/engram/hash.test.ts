@@ -4,12 +4,13 @@ import { loadAddon } from '../../../src/addon.js';
 import { FlashMLAError } from '../../../src/errors.js';
 import { configFromHf, paperDemoConfig, type EngramConfig } from '../../../src/engram/config.js';
 import { NgramHasher, type HashTier } from '../../../src/engram/hash.js';
-import { nativeHashKernel } from '../../../src/engram/hash-native.js';
+import { HashSession } from '../../../src/engram/hash-session.js';
+import { nativeHashTier } from '../../../src/engram/hash-native.js';
 import { layout, type EngramLayerLayout } from '../../../src/engram/layout.js';
 import type { TokenMap } from '../../../src/engram/types.js';
 
 const v41 = configFromHf(readFileSync(new URL('../../fixtures/engram/v41-config.json', import.meta.url), 'utf8'));
-const hasNative = typeof nativeHashKernel() === 'function';
+const hasNative = typeof nativeHashTier() === 'function';
 const tiers: HashTier[] = hasNative ? ['js', 'native'] : ['js'];
 
 /**
@@ -162,6 +163,25 @@ describe('NgramHasher', () => {
     });
   }
 
+  it('blocks a dead token\'s own slot and every slot behind it, as a sequence start does (SGLang V4.1 rule)', () => {
+    for (const tier of tiers) {
+      const h = new NgramHasher(v41, { tier });
+      const per = h.idsPerToken;
+      const at = (out: Int32Array, t: number) => [...out.subarray(t * per, (t + 1) * per)];
+      const out = h.hash([10, 11, 12, 13, 14, 15], { mask: [false, false, true, false, false, false] });
+      // A dead token reads an all-pad window: the ids of the pad token at a sequence start.
+      expect(at(out, 2)).toEqual(at(h.hash([2]), 0));
+      // After it, look-backs stop at it: like a sequence starting right after the dead token.
+      expect(at(out, 3)).toEqual(at(h.hash([13]), 0));
+      expect(at(out, 5)).toEqual(at(h.hash([13, 14, 15]), 2));
+      // Before it, nothing changes.
+      expect(at(out, 1)).toEqual(at(h.hash([10, 11]), 1));
+      // A window reaching past N − 1 tokens no longer sees it.
+      const later = h.hash([10, 11, 12, 13, 14, 15, 16], { mask: [false, false, true, false, false, false, false] });
+      expect(at(later, 6)).toEqual(at(h.hash([12, 13, 14, 15, 16]), 4));
+    }
+  });
+
   it('maps raw ids through a token map (pad = map[padTokenId]) unless compressed', () => {
     const rand = random(5);
     const map = Int32Array.from({ length: 130000 }, () => Math.floor(rand() * 99092));
@@ -214,12 +234,19 @@ describe('NgramHasher', () => {
       [() => hasher.hash([1, 2], { mask: new Uint16Array(2) as unknown as Uint8Array }), 'E_DTYPE', 'options.mask'],
       [() => hasher.hash([1], { history: { ids: [4, 99092] } }), 'E_RANGE', 'options.history.ids[1]'],
       [() => hasher.hash([1], { history: { ids: [4], mask: [] } }), 'E_SHAPE', 'options.history.mask'],
+      [() => hasher.hash([1], { history: { ids: [4, 5, 6, 7, 8], mask: [false, 'no' as never, false, false, false] } }), 'E_VALUE', 'options.history.mask[1]'],
+      [() => hasher.hash([1], { history: { ids: [-4, 5, 6, 7, 8] } }), 'E_RANGE', 'options.history.ids[0]'],
       [() => hasher.hash([1], { history: 5 as never }), 'E_VALUE', 'options.history'],
       [() => hasher.hash([1], null as never), 'E_VALUE', 'options'],
+      [() => hasher.hash([1], { compressed: 1 as never }), 'E_VALUE', 'options.compressed'],
+      [() => hasher.session().append([1], { compressed: 'yes' as never }), 'E_VALUE', 'options.compressed'],
       [() => hasher.session().rollback(1), 'E_RANGE', 'n'],
+      [() => hasher.hash(new Array<number>(2 ** 32 - 1)), 'E_RANGE', 'ids'],
+      [() => hasher.session().append(new Array<number>(2 ** 32 - 1)), 'E_RANGE', 'ids'],
       [() => hasher.session().rollback(-1), 'E_RANGE', 'n'],
       [() => hasher.session().append([5.5]), 'E_VALUE', 'ids[0]'],
       [() => new NgramHasher(v41, { tier: 'gpu' as never }), 'E_VALUE', 'options.tier'],
+      [() => new HashSession({} as never, (() => undefined) as never), 'E_VALUE', 'HashSession'],
       [() => new NgramHasher(paperDemoConfig()), 'E_VALUE', 'config.compressedVocabSize'],
       [() => new NgramHasher(paperDemoConfig({ compressedVocabSize: 2 ** 29 + 1 })), 'E_UNSUPPORTED', 'config.compressedVocabSize'],
       [() => new NgramHasher(paperDemoConfig({ compressedVocabSize: 2 })), 'E_RANGE', 'config.padTokenId'],
@@ -236,23 +263,28 @@ describe('NgramHasher', () => {
   });
 
   it.skipIf(!hasNative)('native: the addon re-checks every length and value before touching memory', () => {
-    const fn = (loadAddon() as { ok: true; addon: { engramHash: (...a: unknown[]) => void } }).addon.engramHash;
-    const m = BigInt64Array.of(3n, 5n);
-    const p = Int32Array.of(7);
-    const o = Int32Array.of(0);
-    const r = BigUint64Array.of((2n ** 64n - 1n) / 7n);
-    const good: unknown[] = [Int32Array.of(1, 2), 0, 0, 10, m, p, o, 1, 2, 1, r, new Int32Array(2)];
-    expect(() => fn(...good)).not.toThrow();
-    const bad: [number, unknown][] = [[0, [1, 2]], [1, 3], [1, -1], [2, 10], [3, 0], [4, BigInt64Array.of(3n)], [4, BigInt64Array.of(3n, -5n)],
-      [5, Int32Array.of(1)], [5, Int32Array.of(7, 7)], [6, Int32Array.of(2 ** 31 - 3)], [7, 2], [8, 1], [11, new Int32Array(1)],
-      [11, new Int32Array(3)], [0, Int32Array.of(1, 10)], [0, Int32Array.of(-2, 1)], [9, 1.5], [10, BigUint64Array.of(r[0]! + 1n)],
-      [10, BigUint64Array.of(r[0]! - 1n)], [10, BigUint64Array.of(2n ** 64n - 1n)], [10, BigUint64Array.of(r[0]!, 1n)], [10, m]];
-    for (const [i, value] of bad) {
+    type Native = new (...a: unknown[]) => { hash(...a: unknown[]): void };
+    const Hasher = (loadAddon() as { ok: true; addon: { EngramHasher: Native } }).addon.EngramHasher;
+    const good: unknown[] = [0, 10, BigInt64Array.of(3n, 5n), Int32Array.of(7), Int32Array.of(0), 1, 2, 1];
+    const hasher = new Hasher(...good);
+    const call: unknown[] = [Int32Array.of(1, 2), 0, new Int32Array(2)];
+    expect(() => hasher.hash(...call)).not.toThrow();
+    const badLayout: [number, unknown][] = [[0, 10], [0, -1], [1, 0], [1, 1.5], [2, BigInt64Array.of(3n)], [2, BigInt64Array.of(3n, -5n)],
+      [2, BigInt64Array.of(3n, 0n)], [3, Int32Array.of(1)], [3, Int32Array.of(7, 7)], [3, new Float64Array(1)], [4, Int32Array.of(2 ** 31 - 3)],
+      [4, Int32Array.of(-1)], [5, 2], [6, 1], [7, 2], [7, 'x']];
+    for (const [i, value] of badLayout) {
       const args = [...good];
       args[i] = value;
-      const e = errorOf(() => fn(...args));
-      expect(e.code, `argument ${i}`).toBe('E_INTERNAL');
+      expect(errorOf(() => new Hasher(...args)).code, `constructor argument ${i}`).toBe('E_INTERNAL');
     }
-    expect(errorOf(() => fn(...good.slice(0, 11))).code).toBe('E_INTERNAL');
+    expect(errorOf(() => new Hasher(...good.slice(0, 7))).code).toBe('E_INTERNAL');
+    const badCall: [number, unknown][] = [[0, [1, 2]], [0, Int32Array.of(1, 10)], [0, Int32Array.of(-2, 1)], [1, 3], [1, -1], [1, 0.5],
+      [2, new Int32Array(1)], [2, new Int32Array(3)], [2, new Uint32Array(2)]];
+    for (const [i, value] of badCall) {
+      const args = [...call];
+      args[i] = value;
+      expect(errorOf(() => hasher.hash(...args)).code, `hash argument ${i}`).toBe('E_INTERNAL');
+    }
+    expect(errorOf(() => hasher.hash(...call.slice(0, 2))).code).toBe('E_INTERNAL');
   });
 });

@@ -78,6 +78,12 @@ describe('layout', () => {
     expect([tooBig.code, tooBig.argument]).toEqual(['E_RANGE', 'config.vocabSizes']);
   });
 
+  it('seeds layer L with seed + 10007·L exactly, also past 2^53', () => {
+    // numpy: (np.random.default_rng(2**53 - 1 + 10007*5).integers(0, (2**63 - 1)//1000//2, size=3, dtype=np.int64) * 2 + 1)
+    const c = paperDemoConfig({ seed: 2 ** 53 - 1, layerIds: [5], maxNgramSize: 3, nHeads: 1, vocabSizes: [100, 100], compressedVocabSize: 1000 });
+    expect([...layout(c)[0]!.multipliers]).toEqual([52838345210977n, 6587206424151247n, 1305952806223841n]);
+  });
+
   it('keeps every (V′ − 1)·m below 2^63 (the hash needs exact non-negative products)', () => {
     for (const v of [1, 2, 3, 99092, 2 ** 20 + 7, 2 ** 29, 2 ** 31 - 1]) {
       const [l] = layout(paperDemoConfig({ compressedVocabSize: v, vocabSizes: [1000, 1000] }));
