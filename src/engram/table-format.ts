@@ -8,11 +8,11 @@ import { closeSync, fstatSync, openSync } from 'node:fs';
 import { open as openAsync } from 'node:fs/promises';
 import { FlashMLAError } from '../errors.js';
 import { INT32_MAX } from '../tensor.js';
-import type { EngramConfig } from './config.js';
+import { checkConfig, type EngramConfig } from './config.js';
 import { crc32c, crcHex } from './crc32c.js';
 import type { EngramLayerLayout } from './layout.js';
 import { readFully } from './table-io.js';
-import { checkRowGeometry, rowBytesOf, type EngramRowFormat, type TablePlacement } from './table-placement.js';
+import { checkRowGeometry, configDescribes, rowBytesOf, type EngramRowFormat, type TablePlacement } from './table-placement.js';
 import type { TokenMap } from './types.js';
 
 /** The first 8 bytes of every own-format table file: "ENGRAMTB". */
@@ -58,7 +58,7 @@ export interface EngramTableFile {
   readonly alignment: number;
   /** The layer's hash layout (primes, offsets, multipliers). */
   readonly layout: EngramLayerLayout;
-  /** The model configuration the table was written for, when the writer had one. */
+  /** The model configuration the table was written for, when the writer had one (checked like any EngramConfig, and against the table). */
   readonly config: EngramConfig | undefined;
   /** The token map section (raw id → canonical id, int32 LE), when present; `size` is V′. */
   readonly tokenMap: (TableSection & { readonly entries: number; readonly size: number }) | undefined;
@@ -250,10 +250,15 @@ function parseTableHeader(fd: number, path: string, argument: string): EngramTab
   field(json.alignment === TABLE_ALIGNMENT, 'alignment');
   const layout = parseLayout(json.layout, fail);
   if (layout.numEmbeddings !== json.rows) fail('E_VALUE', `rows ${json.rows} differ from layout.numEmbeddings ${layout.numEmbeddings}`);
-  // The stored config must at least describe this table (its hash fields are the writer's to get right).
-  field(json.config === null || (typeof json.config === 'object' && Array.isArray(json.config.layerIds) &&
-    json.config.layerIds.includes(layout.layerId) && json.config.headDim === json.headDim &&
-    json.config.maxNgramSize === layout.multipliers.length), 'config');
+  let config: EngramConfig | undefined;
+  if (json.config !== null) {
+    try {
+      config = checkConfig(json.config, 'config');
+    } catch (e) {
+      fail('E_VALUE', `header ${(e as Error).message}`);
+    }
+    field(configDescribes(config!, layout, json.headDim, json.format), 'config (it does not describe this table)');
+  }
   field(json.sections !== null && typeof json.sections === 'object', 'sections');
   const section = (s: unknown, name: string): TableSection => {
     const t = s as TableSection;
@@ -278,7 +283,7 @@ function parseTableHeader(fd: number, path: string, argument: string): EngramTab
   if (size > fileBytes) fail('E_VALUE', `the header states ${fileBytes} bytes but the file has ${size} (trailing bytes)`);
   return {
     path, version, fileBytes, headerBytes: PREAMBLE_BYTES + jsonBytes, format: json.format, headDim: json.headDim, rows: json.rows, rowBytes,
-    alignment: TABLE_ALIGNMENT, layout, config: json.config ?? undefined, tokenMap, rowsSection, headerCrc32c: crcHex(headerCrc),
+    alignment: TABLE_ALIGNMENT, layout, config, tokenMap, rowsSection, headerCrc32c: crcHex(headerCrc),
   };
 }
 
@@ -374,7 +379,7 @@ export interface VerifyTableOptions {
  * or malformed file throws a FlashMLAError.
  */
 export async function verifyTable(path: string, options: VerifyTableOptions = {}): Promise<TableVerification> {
-  const file = readTableHeader(path);
+  if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
   const chunk = options.chunkBytes ?? 8 * 1024 * 1024;
   if (!Number.isSafeInteger(chunk) || chunk < 1 || chunk > 1 << 30) {
     throw new FlashMLAError('E_VALUE', `must be an integer in [1, 2^30], got ${String(chunk)}`, 'options.chunkBytes');
@@ -382,7 +387,8 @@ export async function verifyTable(path: string, options: VerifyTableOptions = {}
   if (options.onProgress !== undefined && typeof options.onProgress !== 'function') {
     throw new FlashMLAError('E_VALUE', 'must be a function', 'options.onProgress');
   }
-  const sections: [TableVerification['sections'][number]['section'], TableSection][] = [];
+  const file = readTableHeader(path);
+  const sections: [SectionVerification['section'], TableSection][] = [];
   if (file.tokenMap !== undefined) sections.push(['tokenMap', file.tokenMap]);
   sections.push(['rows', file.rowsSection]);
   const total = sections.reduce((s, [, sec]) => s + sec.length, 0);

@@ -7,7 +7,7 @@ import { FlashMLAError } from '../errors.js';
 import { readSafetensorsHeader, type SafetensorsDType } from './safetensors.js';
 import { hasTableMagic, readTableHeader, TABLE_ALIGNMENT } from './table-format.js';
 import { readFully } from './table-io.js';
-import { rowBytesOf, type EngramRowFormat } from './table-placement.js';
+import { findCheckpointTable, rowBytesOf, type EngramRowFormat } from './table-placement.js';
 
 /** One Engram layer's table found in a file. */
 export interface InspectedTable {
@@ -21,6 +21,8 @@ export interface InspectedTable {
   readonly format: EngramRowFormat;
   /** Bytes per packed row. */
   readonly rowBytes: number;
+  /** Why EngramTable.open would refuse this layer's tensors (wrong dtype, missing scale, …); undefined when they form a table. */
+  readonly problem: string | undefined;
 }
 
 /** What {@link inspectTable} reports. */
@@ -84,7 +86,7 @@ export function inspectTable(path: string): TableInspection {
     ].map((s) => ({ name: s.name, offset: s.offset, length: s.length, crc32c: s.crc32c, aligned: s.offset % TABLE_ALIGNMENT === 0 }));
     return {
       path, kind: 'engram', fileBytes: f.fileBytes, headerBytes: f.headerBytes, tensors: [],
-      tables: [{ layerId: f.layout.layerId, rows: f.rows, headDim: f.headDim, format: f.format, rowBytes: f.rowBytes }],
+      tables: [{ layerId: f.layout.layerId, rows: f.rows, headDim: f.headDim, format: f.format, rowBytes: f.rowBytes, problem: undefined }],
       layout: {
         layerId: f.layout.layerId, primes: [...f.layout.primes], offsets: [...f.layout.offsets], numEmbeddings: f.layout.numEmbeddings,
         multipliers: [...f.layout.multipliers].map(String),
@@ -98,10 +100,17 @@ export function inspectTable(path: string): TableInspection {
   const tables: InspectedTable[] = [];
   for (const t of h.tensors) {
     const m = ENGRAM_WEIGHT.exec(t.name);
-    if (m === null || t.shape.length !== 2) continue;
+    if (m === null) continue;
+    const layerId = Number(m[1]);
     const format: EngramRowFormat = t.dtype === 'F32' ? 'fp32' : 'fp8';
-    if (t.dtype !== 'F32' && t.dtype !== 'F8_E4M3') continue;
-    tables.push({ layerId: Number(m[1]), rows: t.shape[0]!, headDim: t.shape[1]!, format, rowBytes: rowBytesOf(format, t.shape[1]!) });
+    let problem: string | undefined;
+    try {
+      findCheckpointTable(h, layerId, 'path');
+    } catch (e) {
+      problem = (e as Error).message;
+    }
+    const [rows = 0, headDim = 0] = t.shape;
+    tables.push({ layerId, rows, headDim, format, rowBytes: rowBytesOf(format, headDim), problem });
   }
   return {
     path, kind: 'safetensors', fileBytes: h.fileBytes, headerBytes: h.headerBytes,

@@ -4,7 +4,7 @@
  */
 import { FlashMLAError } from '../errors.js';
 import { INT32_MAX } from '../tensor.js';
-import type { EngramConfig } from './config.js';
+import { checkConfig, type EngramConfig } from './config.js';
 import { layout, type EngramLayerLayout } from './layout.js';
 import type { SafetensorsHeader, SafetensorsTensor } from './safetensors.js';
 
@@ -45,9 +45,9 @@ export function checkRowGeometry(rows: number, headDim: number, format: EngramRo
   if (!Number.isSafeInteger(rows) || rows < 1 || rows > INT32_MAX) {
     throw new FlashMLAError('E_VALUE', `rows must be an integer in [1, ${INT32_MAX}] (row ids are int32), got ${rows}`, argument);
   }
-  if (!Number.isSafeInteger(headDim) || headDim < 1 || (format === 'fp8' && headDim % FP8_BLOCK !== 0) || headDim > 1 << 20) {
+  if (!Number.isSafeInteger(headDim) || headDim < 1 || (format === 'fp8' && headDim % FP8_BLOCK !== 0) || headDim > 1 << 16) {
     throw new FlashMLAError('E_VALUE',
-      `headDim must be a positive integer${format === 'fp8' ? ' multiple of 32' : ''} (at most 2^20), got ${headDim}`, argument);
+      `headDim must be a positive integer${format === 'fp8' ? ' multiple of 32' : ''} (at most 65536), got ${headDim}`, argument);
   }
 }
 
@@ -130,31 +130,39 @@ export function findCheckpointTable(header: SafetensorsHeader, layerId: number |
 }
 
 /**
+ * Whether `config` describes a table of `layout`, `headDim` and `format`: it lists the layer, and its
+ * headDim, N (the number of multipliers) and table dtype agree.
+ */
+export function configDescribes(config: EngramConfig, layout: EngramLayerLayout, headDim: number, format: EngramRowFormat): boolean {
+  return config.layerIds.includes(layout.layerId) && config.headDim === headDim &&
+    config.maxNgramSize === layout.multipliers.length && (config.tableDtype === 'fp32') === (format === 'fp32');
+}
+
+/**
  * Layer `layerId`'s layout from `config` (layout(config) of ./layout.ts; V′ from `compressedVocabSize`,
- * default config.compressedVocabSize), checked against a table's rows, headDim and format: a mismatch means the file belongs to another model or layer (E_VALUE naming `argument`).
+ * default config.compressedVocabSize), checked against a table's rows, headDim and format: a
+ * mismatch means the file belongs to another model or layer (E_VALUE naming `argument`).
  */
 export function layoutForTable(
   config: EngramConfig, layerId: number, placement: Pick<TablePlacement, 'rows' | 'headDim' | 'format'>, argument: string,
   compressedVocabSize?: number,
 ): EngramLayerLayout {
   const { rows, headDim, format } = placement;
-  if (config === null || typeof config !== 'object') throw new FlashMLAError('E_VALUE', 'must be an EngramConfig', argument);
-  if (config.headDim !== headDim) {
-    throw new FlashMLAError('E_VALUE', `config.headDim is ${config.headDim} but the table has ${headDim} values per row`, argument);
-  }
-  if ((config.tableDtype === 'fp32') !== (format === 'fp32')) {
-    throw new FlashMLAError('E_VALUE', `config.tableDtype is ${config.tableDtype} but the table's rows are ${format}`, argument);
-  }
-  const vocab = compressedVocabSize ?? config.compressedVocabSize;
+  const c = checkConfig(config, argument);
+  const vocab = compressedVocabSize ?? c.compressedVocabSize;
   if (vocab === undefined) {
-    throw new FlashMLAError('E_VALUE', 'config.compressedVocabSize (V′) is unknown, so the layout\'s multipliers cannot be computed', argument);
+    throw new FlashMLAError('E_VALUE', `${argument}.compressedVocabSize (V′) is unknown, so the layout's multipliers cannot be computed`, argument);
   }
-  const found = layout(config, { compressedVocabSize: vocab }).find((l) => l.layerId === layerId);
+  const found = layout(c, { compressedVocabSize: vocab }).find((l) => l.layerId === layerId);
   if (found === undefined) {
-    throw new FlashMLAError('E_VALUE', `layer ${layerId} is not an Engram layer of the config (layerIds [${config.layerIds.join(', ')}])`, argument);
+    throw new FlashMLAError('E_VALUE', `layer ${layerId} is not an Engram layer of the config (layerIds [${c.layerIds.join(', ')}])`, argument);
   }
   if (found.numEmbeddings !== rows) {
     throw new FlashMLAError('E_VALUE', `layer ${layerId} of the config has ${found.numEmbeddings} rows but the table has ${rows}`, argument);
+  }
+  if (!configDescribes(c, found, headDim, format)) {
+    throw new FlashMLAError('E_VALUE',
+      `the config (headDim ${c.headDim}, tableDtype ${c.tableDtype}) does not describe this ${format} table of ${headDim} values per row`, argument);
   }
   return found;
 }

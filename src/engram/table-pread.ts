@@ -3,14 +3,18 @@
  * and a table-driven dequantisation, for when the addon (or its EngramMapping) is missing or
  * io: 'pread' is asked for. Bit-identical to the native gather: value = e4m3(w) · 2^(e8m0 − 127),
  * computed exactly and rounded once to float32 (the product of an e4m3 value and a power of two is
- * exact in float64), then to bf16 by round-to-nearest-even (src/formats/bf16.ts).
+ * exact in float64), then to bf16 by round-to-nearest-even (src/formats/bf16.ts); a NaN result is the
+ * quiet NaN with the e4m3 code's sign.
  */
 import { closeSync, fstatSync, openSync, read } from 'node:fs';
 import { FlashMLAError } from '../errors.js';
-import { f32ArrayToBf16 } from '../formats/bf16.js';
+import { bitsViewOf, f32ArrayToBf16 } from '../formats/bf16.js';
 import { E4M3_TO_F32, E8M0_TO_F32 } from '../formats/fp8.js';
 import { readFully } from './table-io.js';
 import { FP8_BLOCK, rowBytesOf, type RowReader, type TablePlacement } from './table-placement.js';
+
+/** float32 bits of the quiet NaN (sign clear). */
+const F32_QUIET_NAN = 0x7fc00000;
 
 /** One positional read: `length` bytes at file offset `position` into `out[offset …]`. */
 interface ReadOp { readonly offset: number; readonly length: number; readonly position: number }
@@ -41,14 +45,25 @@ export function dequantRows(raw: Uint8Array, n: number, headDim: number, format:
     new Uint8Array(f32.buffer, f32.byteOffset, 4 * count).set(raw.subarray(0, 4 * count));
   } else {
     const rowBytes = rowBytesOf('fp8', headDim);
+    const e4m3 = E4M3_TO_F32;
+    const e8m0 = E8M0_TO_F32;
+    // A JavaScript NaN loses its sign; NaN results are written as bits, with the sign of the e4m3
+    // code like every other result (the scale is positive), as the native gather does.
+    const bits = bitsViewOf(f32);
+    const at = f32.byteOffset >>> 2;
     for (let r = 0; r < n; r++) {
       const w = r * rowBytes;
       const s = w + headDim;
       const o = r * headDim;
       for (let b = 0; b < headDim / FP8_BLOCK; b++) {
-        const scale = E8M0_TO_F32[raw[s + b]!]!;
+        const scale = e8m0[raw[s + b]!]!;
         const base = b * FP8_BLOCK;
-        for (let j = base; j < base + FP8_BLOCK; j++) f32[o + j] = E4M3_TO_F32[raw[w + j]!]! * scale;
+        for (let j = base; j < base + FP8_BLOCK; j++) {
+          const code = raw[w + j]!;
+          const v = e4m3[code]! * scale;
+          if (v === v) f32[o + j] = v;
+          else bits[at + o + j] = F32_QUIET_NAN | ((code & 0x80) << 24);
+        }
       }
     }
   }

@@ -7,13 +7,13 @@
 import { closeSync, openSync } from 'node:fs';
 import { open as openAsync, rename, rm } from 'node:fs/promises';
 import { FlashMLAError } from '../errors.js';
-import type { EngramConfig } from './config.js';
+import { checkConfig, type EngramConfig } from './config.js';
 import { crc32c, crcHex } from './crc32c.js';
 import type { EngramLayerLayout } from './layout.js';
 import { readSafetensorsHeader } from './safetensors.js';
 import { checkLayout, encodeTableHeader, planSections, readTableHeader, type EngramTableFile, type TableSection } from './table-format.js';
 import { readFully } from './table-io.js';
-import { checkRowGeometry, findCheckpointTable, layoutForTable, rowBytesOf, type EngramRowFormat } from './table-placement.js';
+import { checkRowGeometry, configDescribes, findCheckpointTable, layoutForTable, rowBytesOf, type EngramRowFormat } from './table-placement.js';
 import type { TokenMap } from './types.js';
 
 /**
@@ -46,21 +46,39 @@ export interface WriteEngramTableOptions {
   readonly onProgress?: (rowsDone: number, rowsTotal: number) => void;
 }
 
-function checkTokenMap(tokenMap: TokenMap): void {
-  if (tokenMap === null || typeof tokenMap !== 'object' || !(tokenMap.map instanceof Int32Array) || tokenMap.map.length === 0 ||
-    !Number.isSafeInteger(tokenMap.size) || tokenMap.size < 1 || tokenMap.size > tokenMap.map.length) {
+/** Checks a token map and returns the snapshot that is written (its fields read once). */
+function checkTokenMap(tokenMap: TokenMap): TokenMap {
+  const { map, size } = tokenMap === null || typeof tokenMap !== 'object' ? { map: undefined, size: undefined } : tokenMap;
+  if (!(map instanceof Int32Array) || map.length === 0 || !Number.isSafeInteger(size) || size! < 1 || size! > map.length) {
     throw new FlashMLAError('E_VALUE', 'must be { map: Int32Array (non-empty), size: integer in [1, map.length] }', 'options.tokenMap');
   }
-  const i = tokenMap.map.findIndex((v) => v < 0 || v >= tokenMap.size);
-  if (i >= 0) throw new FlashMLAError('E_RANGE', `map[${i}] = ${tokenMap.map[i]} is outside [0, ${tokenMap.size})`, 'options.tokenMap');
+  const copy = map.slice();
+  const i = copy.findIndex((v) => v < 0 || v >= size!);
+  if (i >= 0) throw new FlashMLAError('E_RANGE', `map[${i}] = ${copy[i]} is outside [0, ${size})`, 'options.tokenMap');
+  return { map: copy, size: size! };
 }
 
-function checkConfig(config: EngramConfig, layout: EngramLayerLayout, headDim: number): void {
-  if (config === null || typeof config !== 'object' || !Array.isArray(config.layerIds) || !config.layerIds.includes(layout.layerId) ||
-    config.headDim !== headDim || config.maxNgramSize !== layout.multipliers.length) {
-    throw new FlashMLAError('E_VALUE',
-      `must describe this table: layerIds including ${layout.layerId}, headDim ${headDim}, maxNgramSize ${layout.multipliers.length}`, 'options.config');
+function checkTableConfig(config: EngramConfig, layout: EngramLayerLayout, headDim: number, format: EngramRowFormat): EngramConfig {
+  const checked = checkConfig(config, 'options.config');
+  if (!configDescribes(checked, layout, headDim, format)) {
+    throw new FlashMLAError('E_VALUE', `must describe this table: layerIds including ${layout.layerId}, headDim ${headDim}, ` +
+      `maxNgramSize ${layout.multipliers.length}, tableDtype ${format === 'fp32' ? 'fp32' : 'fp8-e4m3-e8m0'}`, 'options.config');
   }
+  return checked;
+}
+
+/** Largest single write: FileHandle.write takes at most 2^31 − 1 bytes per call. */
+const MAX_WRITE = 1 << 30;
+
+/**
+ * A file system failure while writing (no such directory, no space, no permission) as a FlashMLAError
+ * naming 'path'; other errors (a FlashMLAError, or one the row source threw) pass unchanged.
+ */
+function fileError(e: unknown, path: string): unknown {
+  const sys = e as NodeJS.ErrnoException;
+  return e instanceof Error && typeof sys.syscall === 'string'
+    ? new FlashMLAError('E_VALUE', `cannot write ${path}: ${e.message}`, 'path')
+    : e;
 }
 
 /** Yields the chunks of any row source. */
@@ -82,12 +100,12 @@ async function* chunksOf(source: EngramRowSource, rows: number, chunkRows: numbe
 export async function writeEngramTable(path: string, options: WriteEngramTableOptions): Promise<EngramTableFile> {
   if (typeof path !== 'string' || path.length === 0) throw new FlashMLAError('E_VALUE', 'must be a non-empty file path', 'path');
   if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
-  const { layout, headDim, format, rows: source, tokenMap, config, onProgress } = options;
+  const { layout, headDim, format, rows: source, onProgress } = options;
   checkLayout(layout, 'options.layout');
   if (format !== 'fp8' && format !== 'fp32') throw new FlashMLAError('E_VALUE', `must be 'fp8' or 'fp32', got ${String(format)}`, 'options.format');
   checkRowGeometry(layout.numEmbeddings, headDim, format, 'options.headDim');
-  if (tokenMap !== undefined) checkTokenMap(tokenMap);
-  if (config !== undefined) checkConfig(config, layout, headDim);
+  const tokenMap = options.tokenMap === undefined ? undefined : checkTokenMap(options.tokenMap);
+  const config = options.config === undefined ? undefined : checkTableConfig(options.config, layout, headDim, format);
   const chunkRows = options.chunkRows ?? 65536;
   if (!Number.isSafeInteger(chunkRows) || chunkRows < 1) throw new FlashMLAError('E_VALUE', `must be a positive integer, got ${String(chunkRows)}`, 'options.chunkRows');
   const isIterable = source !== null && typeof source === 'object' && (Symbol.iterator in source || Symbol.asyncIterator in source);
@@ -101,7 +119,7 @@ export async function writeEngramTable(path: string, options: WriteEngramTableOp
   const total = rows * rowBytes;
   const plan = planSections(rows, rowBytes, tokenMap?.map.length);
   const partial = `${path}.partial`;
-  const handle = await openAsync(partial, 'w');
+  const handle = await openAsync(partial, 'w').catch((e: Error) => { throw fileError(e, partial); });
   let closed = false;
   try {
     let tokenSection: (TableSection & { entries: number; size: number }) | undefined;
@@ -120,7 +138,7 @@ export async function writeEngramTable(path: string, options: WriteEngramTableOp
         throw new FlashMLAError('E_BUFFER', `the source gave more than the ${total} bytes of ${rows} rows × ${rowBytes} bytes`, 'options.rows');
       }
       for (let at = 0; at < chunk.length;) {
-        const { bytesWritten } = await handle.write(chunk, at, chunk.length - at, plan.rowsOffset + written + at);
+        const { bytesWritten } = await handle.write(chunk, at, Math.min(chunk.length - at, MAX_WRITE), plan.rowsOffset + written + at);
         at += bytesWritten;
       }
       crc = crc32c(chunk, crc);
@@ -143,7 +161,7 @@ export async function writeEngramTable(path: string, options: WriteEngramTableOp
   } catch (e) {
     if (!closed) await handle.close();
     await rm(partial, { force: true });
-    throw e;
+    throw fileError(e, partial);
   }
   return readTableHeader(path);
 }
@@ -172,19 +190,21 @@ export interface ConvertTableOptions {
  */
 export async function convertTable(srcPath: string, dstPath: string, options: ConvertTableOptions = {}): Promise<EngramTableFile> {
   if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
+  // Each option is read once: what is checked is what is used.
+  const { layerId, config, layout: given, tokenMap, chunkRows, onProgress } = options;
   const header = readSafetensorsHeader(srcPath, 'srcPath');
-  const found = findCheckpointTable(header, options.layerId, 'srcPath');
+  const found = findCheckpointTable(header, layerId, 'srcPath');
   const p = found.placement;
   let layout: EngramLayerLayout;
-  if (options.layout !== undefined) {
-    checkLayout(options.layout, 'options.layout');
-    layout = options.layout;
+  if (given !== undefined) {
+    checkLayout(given, 'options.layout');
+    layout = given;
     if (layout.layerId !== found.layerId || layout.numEmbeddings !== p.rows) {
       throw new FlashMLAError('E_VALUE',
         `is layer ${layout.layerId} with ${layout.numEmbeddings} rows; the shard's table is layer ${found.layerId} with ${p.rows}`, 'options.layout');
     }
-  } else if (options.config !== undefined) {
-    layout = layoutForTable(options.config, found.layerId, p, 'options.config');
+  } else if (config !== undefined) {
+    layout = layoutForTable(config, found.layerId, p, 'options.config');
   } else {
     throw new FlashMLAError('E_VALUE', 'convertTable needs options.config or options.layout: the own format stores the layout', 'options.config');
   }
@@ -211,10 +231,7 @@ export async function convertTable(srcPath: string, dstPath: string, options: Co
     };
     return await writeEngramTable(dstPath, {
       layout, headDim: p.headDim, format: p.format, rows,
-      ...(options.config !== undefined ? { config: options.config } : {}),
-      ...(options.tokenMap !== undefined ? { tokenMap: options.tokenMap } : {}),
-      ...(options.chunkRows !== undefined ? { chunkRows: options.chunkRows } : {}),
-      ...(options.onProgress !== undefined ? { onProgress: options.onProgress } : {}),
+      config, tokenMap, chunkRows, onProgress,
     });
   } finally {
     closeSync(fd);

@@ -2,6 +2,7 @@
  * EngramTable: one Engram layer's embedding table, opened in place from a checkpoint shard
  * (safetensors) or from the package's own format, read row by row (docs/engram-tables.md).
  */
+import { constants } from 'node:buffer';
 import { closeSync, openSync } from 'node:fs';
 import { loadAddon, type NativeAddon } from '../addon.js';
 import { FlashMLAError } from '../errors.js';
@@ -155,6 +156,13 @@ export class EngramTable {
       throw new FlashMLAError('E_VALUE', 'must be an Int32Array or an array of row ids', 'rowIds');
     }
     const n = rowIds.length;
+    // Node keeps one typed array under buffer.constants.MAX_LENGTH bytes: the output, and the pread
+    // path's packed rows, must each fit.
+    const perRow = Math.max(this.rowBytes, 4 * this.headDim);
+    if (n * perRow > constants.MAX_LENGTH) {
+      throw new FlashMLAError('E_RANGE',
+        `${n} rows exceed what one lookup can return (at most ${Math.floor(constants.MAX_LENGTH / perRow)} rows of this table)`, 'rowIds');
+    }
     const ids = new Int32Array(n);
     for (let i = 0; i < n; i++) {
       const id = rowIds[i];
@@ -176,7 +184,7 @@ export class EngramTable {
     const dtype = options.dtype ?? out?.dtype ?? 'bf16';
     if (dtype !== 'bf16' && dtype !== 'fp32') throw new FlashMLAError('E_VALUE', `must be 'bf16' or 'fp32', got ${String(dtype)}`, 'options.dtype');
     if (out === undefined) {
-      const tensor = zeros(dtype, [n, this.headDim]);
+      const tensor = allocate(n, () => zeros(dtype, [n, this.headDim]));
       return { tensor, data: tensor.data };
     }
     const view = viewOf(out, 'options.out', 2);
@@ -197,7 +205,7 @@ export class EngramTable {
   #rawOutput(n: number, options: EngramLookupRawOptions): Uint8Array {
     if (options === null || typeof options !== 'object') throw new FlashMLAError('E_VALUE', 'must be an options object', 'options');
     const bytes = n * this.rowBytes;
-    if (options.out === undefined) return new Uint8Array(bytes);
+    if (options.out === undefined) return allocate(n, () => new Uint8Array(bytes));
     if (!(options.out instanceof Uint8Array)) throw new FlashMLAError('E_DTYPE', 'must be a Uint8Array', 'options.out');
     if (options.out.length < bytes) {
       throw new FlashMLAError('E_BUFFER', `options.out holds ${options.out.length} bytes; ${n} rows × ${this.rowBytes} need ${bytes}`, 'options.out');
@@ -254,6 +262,18 @@ export class EngramTable {
   close(): void {
     this.#reader?.close();
     this.#reader = undefined;
+  }
+}
+
+/**
+ * Allocates a lookup's output; an allocation JavaScript refuses (over the typed-array limit of
+ * `buffer.constants.MAX_LENGTH`, or out of memory) is a FlashMLAError naming 'rowIds' (too many ids).
+ */
+function allocate<T>(n: number, make: () => T): T {
+  try {
+    return make();
+  } catch (e) {
+    throw new FlashMLAError('E_RANGE', `the output for ${n} rows cannot be allocated (${(e as Error).message}); look up fewer rows at a time`, 'rowIds');
   }
 }
 

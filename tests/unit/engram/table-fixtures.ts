@@ -102,28 +102,35 @@ function e4m3(c: number): number {
   return e === 0 ? sign * (m / 8) * 2 ** -6 : sign * (1 + m / 8) * 2 ** (e - 7);
 }
 
-/** Float32 values of rows `ids`: fround(e4m3 · 2^(s − 127)), NaN for scale 0xFF. */
+/**
+ * Float32 values of rows `ids`: fround(e4m3 · 2^(s − 127)); a NaN (e4m3 0x7F/0xFF or scale 0xFF) is
+ * the quiet NaN with the e4m3 code's sign bit, written as bits.
+ */
 export function decodeF32(t: SyntheticTable, ids: ArrayLike<number>): Float32Array {
   const out = new Float32Array(ids.length * t.headDim);
+  const bits = new Uint32Array(out.buffer);
   const blocks = t.headDim / 32;
   for (let i = 0; i < ids.length; i++) {
     for (let j = 0; j < t.headDim; j++) {
       const id = ids[i]!;
       const s = t.scales[id * blocks + (j >> 5)]!;
-      out[i * t.headDim + j] = s === 255 ? NaN : e4m3(t.weights[id * t.headDim + j]!) * 2 ** (s - 127);
+      const code = t.weights[id * t.headDim + j]!;
+      const v = e4m3(code) * 2 ** (s - 127);
+      if (s === 255 || Number.isNaN(v)) bits[i * t.headDim + j] = (code & 0x80 ? 0xffc00000 : 0x7fc00000) >>> 0;
+      else out[i * t.headDim + j] = v;
     }
   }
   return out;
 }
 
-/** bf16 bits of float32 values by round-to-nearest-even on the bits (NaN → quiet NaN). */
+/** bf16 bits of float32 values by round-to-nearest-even on the bits (NaN → quiet NaN, sign kept). */
 export function toBf16(f: Float32Array): Uint16Array {
   const bits = new Uint32Array(f.buffer, f.byteOffset, f.length);
   const out = new Uint16Array(f.length);
   for (let i = 0; i < f.length; i++) {
     const b = bits[i]!;
     if ((b & 0x7fffffff) > 0x7f800000) {
-      out[i] = 0x7fc0;
+      out[i] = ((b >>> 16) & 0x8000) | 0x7fc0;
       continue;
     }
     const lower = b & 0xffff;
@@ -134,26 +141,14 @@ export function toBf16(f: Float32Array): Uint16Array {
   return out;
 }
 
-/** Equal element by element, NaN matching any NaN (the sign of a NaN is not part of the contract). */
+/** Bit-for-bit equal float32 arrays (NaN signs and payloads included). */
 export function sameF32(a: Float32Array, b: Float32Array): boolean {
-  if (a.length !== b.length) return false;
-  const ab = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  const bb = new Uint32Array(b.buffer, b.byteOffset, b.length);
-  for (let i = 0; i < a.length; i++) {
-    if (Number.isNaN(a[i]) && Number.isNaN(b[i])) continue;
-    if (ab[i] !== bb[i]) return false;
-  }
-  return true;
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }
 
+/** Bit-for-bit equal bf16 arrays. */
 export function sameBf16(a: Uint16Array, b: Uint16Array): boolean {
-  if (a.length !== b.length) return false;
-  const nan = (x: number): boolean => (x & 0x7f80) === 0x7f80 && (x & 0x7f) !== 0;
-  for (let i = 0; i < a.length; i++) {
-    if (nan(a[i]!) && nan(b[i]!)) continue;
-    if (a[i] !== b[i]) return false;
-  }
-  return true;
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }
 
 /** A layout for a synthetic table of `rows` rows (not real primes: the file format does not need them). */

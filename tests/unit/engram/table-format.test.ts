@@ -97,6 +97,11 @@ describe('own format', () => {
       .rejects.toMatchObject({ code: 'E_VALUE', argument: 'options.rows' });
     expect(existsSync(path) || existsSync(`${path}.partial`)).toBe(false);
     await expect(writeEngramTable(path, { layout, headDim: 100, format: 'fp8', rows: [] })).rejects.toMatchObject({ argument: 'options.headDim' });
+    await expect(writeEngramTable(join(dir, 'no-such-dir', 'x.engram'), { layout, headDim: 256, format: 'fp8', rows: [] }))
+      .rejects.toMatchObject({ code: 'E_VALUE', argument: 'path' });
+    const sourceError = new Error('the source failed');
+    await expect(writeEngramTable(path, { layout, headDim: 256, format: 'fp8', rows: () => { throw sourceError; } })).rejects.toBe(sourceError);
+    expect(existsSync(`${path}.partial`)).toBe(false);
     await expect(writeEngramTable(path, { layout: { ...layout, numEmbeddings: 999 }, headDim: 256, format: 'fp8', rows: [] }))
       .rejects.toMatchObject({ code: 'E_VALUE', argument: 'options.layout' });
     await expect(writeEngramTable(path, { layout, headDim: 256, format: 'fp8', rows: [], tokenMap: { map: Int32Array.of(0, 5, 1), size: 2 } }))
@@ -151,7 +156,7 @@ describe('own format', () => {
     const st = inspectTable(shard);
     expect(st.kind).toBe('safetensors');
     expect(st.tensors.map((t) => t.name)).toEqual(['layers.1.attn.wq.weight', 'layers.1.engram.embed.weight', 'layers.1.engram.embed.scale']);
-    expect(st.tables).toEqual([{ layerId: 1, rows: 1000, headDim: 256, format: 'fp8', rowBytes: 264 }]);
+    expect(st.tables).toEqual([{ layerId: 1, rows: 1000, headDim: 256, format: 'fp8', rowBytes: 264, problem: undefined }]);
     const own = inspectTable(dst);
     expect(own.kind).toBe('engram');
     expect(own.tables).toEqual(st.tables);
