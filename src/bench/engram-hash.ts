@@ -5,7 +5,7 @@
  * (what one core does when other processes share it). Tiers are checked to agree before timing.
  */
 import { NgramHasher, type HashTier } from '../engram/hash.js';
-import { nativeHashKernel } from '../engram/hash-native.js';
+import { nativeHashTier } from '../engram/hash-native.js';
 import { FlashMLAError } from '../errors.js';
 import { median } from './timing.js';
 import { v41Config } from './engram-tables.js';
@@ -54,7 +54,7 @@ export function benchHash(tokens: number, runs: number, chunk = 8192): HashBench
   const ids = Int32Array.from({ length: tokens }, () => Math.floor(rand() * config.compressedVocabSize!));
   const mask = Uint8Array.from({ length: tokens }, () => (rand() < 0.02 ? 1 : 0));
   const decodeTokens = Math.min(tokens, 100_000);
-  const native = nativeHashKernel();
+  const native = nativeHashTier();
   const tiers: HashTier[] = typeof native === 'function' ? ['native', 'js'] : ['js'];
   let reference: Int32Array | undefined;
   const results = tiers.map((tier): HashRow => {
