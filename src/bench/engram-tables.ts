@@ -2,7 +2,7 @@
  * Synthetic Engram tables for the benchmarks (src/bench/engram-*.ts): dense packed fp8 tables with
  * V4.1's structure, of a chosen size, written once and reused. Not sparse files of V4.1's real size:
  * through the addon's mapping (MADV_HUGEPAGE) the first read of a hole faults in a 2 MiB page that the
- * kernel zeroes (measured: ~2 MiB of page cache and ~1.5 ms per row), far from a resident table
+ * kernel zeroes (measured: 2 MiB of page cache and 1.3–1.6 ms per row), far from a resident table
  * (docs/cli.md#engram-bench).
  */
 import { randomFillSync } from 'node:crypto';
