@@ -48,8 +48,11 @@ export interface GatherBenchOptions {
 
 /** Everything {@link benchGather} reports. */
 export interface GatherBench {
+  /** The table file. */
   readonly path: string;
+  /** Its size in bytes. */
   readonly tableBytes: number;
+  /** Its rows (random ids are drawn in [0, rows)). */
   readonly rows: number;
   /** read(2) of the whole file while warming the page cache, bytes/s. */
   readonly warmReadBytesPerS: number;
@@ -57,6 +60,7 @@ export interface GatherBench {
   readonly hugePages: boolean;
   /** The addon's dequantisation kernels ('avx2-f16c' or 'portable'). */
   readonly kernels: string;
+  /** One row per method, then the two ceilings. */
   readonly results: readonly GatherRow[];
 }
 

@@ -12,19 +12,29 @@ import { v41Config } from './engram-tables.js';
 
 /** One tier's rates, tokens per second. */
 export interface HashRow {
+  /** The tier measured. */
   readonly tier: HashTier;
+  /** Prefill (chunked appends), tokens per wall-clock second. */
   readonly prefillTokensPerS: number;
+  /** Prefill, tokens per second of process CPU time. */
   readonly prefillTokensPerCpuS: number;
+  /** Decode (one-token appends), tokens per wall-clock second. */
   readonly decodeTokensPerS: number;
+  /** Decode, tokens per second of process CPU time. */
   readonly decodeTokensPerCpuS: number;
 }
 
 /** What {@link benchHash} reports. */
 export interface HashBench {
+  /** Tokens per prefill run. */
   readonly tokens: number;
+  /** One-token appends per decode run. */
   readonly decodeTokens: number;
+  /** Tokens per prefill append. */
   readonly chunk: number;
+  /** Timed runs per tier (medians are reported). */
   readonly runs: number;
+  /** One row per tier (native first when the addon has it). */
   readonly results: readonly HashRow[];
   /** Why the native tier is absent, when it is. */
   readonly nativeMissing: string | undefined;

@@ -28,15 +28,21 @@ export interface PrefetchBenchOptions {
 
 /** Percentiles of the steps, milliseconds. */
 export interface LatencySummary {
+  /** Median. */
   readonly p50: number;
+  /** 90th percentile (nearest rank). */
   readonly p90: number;
+  /** 99th percentile (nearest rank). */
   readonly p99: number;
+  /** Slowest step. */
   readonly max: number;
+  /** Mean. */
   readonly mean: number;
 }
 
 /** What {@link benchPrefetch} reports. */
 export interface PrefetchBench {
+  /** The options the steps ran with. */
   readonly options: PrefetchBenchOptions;
   /** Rows per step (requests × layers × 24). */
   readonly rowsPerStep: number;
@@ -44,6 +50,7 @@ export interface PrefetchBench {
   readonly tableRows: readonly number[];
   /** Bytes per layer table file. */
   readonly tableBytes: readonly number[];
+  /** Step latency from the prefetch call to its settled promise, milliseconds. */
   readonly latencyMs: LatencySummary;
 }
 
