@@ -205,9 +205,12 @@ describe('engram demo and bench', () => {
     expect(r.stdout).toMatch(/^\(b\) hash, V4.1 layout/m);
     expect(r.stdout).toMatch(/^js /m);
     expect(r.stdout).toMatch(/^\(c\) EngramStore.prefetch of a 4-request decode step \(4 tokens, 192 rows, bf16 out\)/m);
-    const json = JSON.parse((await cli([...args, '--json', '--only', 'gather,prefetch'])).stdout) as { gather: { results: { method: string }[] }; hash?: unknown; prefetch: { latencyMs: { p99: number } } };
+    expect(r.stdout).toMatch(/^prefetch step +[\d.]+ /m);
+    expect(r.stdout).toMatch(/^hash alone +[\d.]+ /m);
+    const json = JSON.parse((await cli([...args, '--json', '--only', 'gather,prefetch'])).stdout) as { gather: { results: { method: string }[] }; hash?: unknown; prefetch: { latencyMs: { p99: number }; hashMs: { p99: number } } };
     expect(json.gather.results.map((x) => x.method)).toEqual(['baseline', 'lookupRaw', 'lookup bf16', 'lookup fp32', 'lookupRawAsync ×2', 'sequential', 'PCIe Gen5 x16']);
     expect(json.hash).toBeUndefined();
     expect(json.prefetch.latencyMs.p99).toBeGreaterThan(0);
+    expect(json.prefetch.hashMs.p99).toBeGreaterThan(0);
   });
 });
