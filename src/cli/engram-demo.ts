@@ -180,8 +180,8 @@ async function runDemo(io: EngramTableIo, hidden: number, dir: string): Promise<
     const stored = tables[0]!.tokenMap!;
     const storedLayout = tables.map((t) => t.layout!);
     checks.push({
-      name: 'stored token map and layouts read back', ms: 0,
-      pass: stored.size === map.size && stored.map.every((v, i) => v === map.map[i]) && storedLayout.every((l, i) => l.multipliers.every((m, j) => m === layouts[i]!.multipliers[j])),
+      name: 'stored token map and layouts (primes, multipliers) read back', ms: 0,
+      pass: stored.size === map.size && stored.map.every((v, i) => v === map.map[i]) && storedLayout.every((l, i) => l.multipliers.every((m, j) => m === layouts[i]!.multipliers[j]) && l.primes.every((q, j) => q === layouts[i]!.primes[j])),
       detail: `io ${tables[0]!.io}, V′ ${stored.size}, ${stored.map.length} raw ids`,
     });
     const store = EngramStore.open({ config, tables, tokenMap: stored, threads: 2 });
