@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { benchGather, type GatherBench } from '../bench/engram-gather.js';
 import { benchHash, type HashBench } from '../bench/engram-hash.js';
@@ -102,6 +102,7 @@ export const engramBench: Command = {
     const only = parts(values);
     const bytes = tableBytes(values);
     const dir = str(values, 'dir') ?? tmpdir();
+    if (!statSync(dir, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--dir: '${dir}' is not a folder`);
     const ids = integer(values, 'rows', 2_000_000, 1, 2 ** 28);
     const repeats = integer(values, 'repeats', 5, 1, 1000);
     const batch = integer(values, 'batch', 4096, 2, 1 << 22);

@@ -75,6 +75,7 @@ describe('engram commands: help and usage errors', () => {
     [['engram', 'bench', '--table-gib', '0'], /--table-gib must be a number of GiB/],
     [['engram', 'bench', '--only', 'gather,disk'], /--only must be a comma-separated list of gather, hash, prefetch/],
     [['engram', 'bench', '--rows', '0'], /--rows must be/],
+    [['engram', 'bench', '--dir', join(dir, 'no-such-folder')], /--dir: '.*no-such-folder' is not a folder/],
   ])('%j exits 2 with one line', async (args, message) => {
     const r = await cli(args);
     expect(r.status).toBe(2);
