@@ -197,11 +197,11 @@ export interface NativeEngramMapping {
   gatherRaw(rowIds: Int32Array, out: Uint8Array): void;
   /** Dequantised rows (exact) into out: float32 values (Float32Array) or bf16 bits rounded to nearest even (Uint16Array). */
   gather(rowIds: Int32Array, out: Float32Array | Uint16Array): void;
-  /** gatherRaw on the libuv pool; rowIds are copied at the call, out is kept alive (do not transfer its buffer until the Promise settles). */
+  /** gatherRaw on the libuv pool into the addon's own memory (rowIds are copied at the call): resolves to the records. */
   gatherRawAsync(rowIds: Int32Array): Promise<ArrayBuffer>;
-  /** gather on the libuv pool; rowIds are copied at the call, out is kept alive (do not transfer its buffer until the Promise settles). */
+  /** gather on the libuv pool into the addon's own memory: resolves to float32 values ('fp32') or bf16 bits ('bf16'). */
   gatherAsync(rowIds: Int32Array, dtype: 'fp32' | 'bf16'): Promise<ArrayBuffer>;
-  /** The same bytes as gatherRaw by one plain memcpy per row region: the bench's baseline (scripts/bench-engram-gather.mjs). */
+  /** The same bytes as gatherRaw by one plain memcpy per row region: the bench's baseline (src/bench/engram-gather.ts). */
   gatherBaseline(rowIds: Int32Array, out: Uint8Array): void;
   /** Releases the mapping (idempotent); async gathers still running keep it mapped until they end. */
   close(): void;

@@ -6,8 +6,13 @@ import { bench } from './bench.js';
 import { compareCommand } from './compare.js';
 import { demo } from './demo.js';
 import { doctor } from './doctor.js';
+import { engramBench } from './engram-bench.js';
+import { engramConvert } from './engram-convert.js';
+import { engramDemo } from './engram-demo.js';
+import { engramInspect } from './engram-inspect.js';
+import { engramVerify } from './engram-verify.js';
 
-const COMMANDS: readonly Command[] = [demo, doctor, compareCommand, bench];
+const COMMANDS: readonly Command[] = [demo, doctor, compareCommand, bench, engramInspect, engramVerify, engramConvert, engramDemo, engramBench];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
