@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_rows.h"
 #include "cpu_tile.h"
 #include "js_errors.h"
 
@@ -296,9 +297,46 @@ void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out&
   Store(b, rows, c.dV, out);
 }
 
+// ---- finishing: merged rows into out and lse -------------------------------------------------
+
+/**
+ * Where a call's rows go once its items are done (src/reference/index.ts `runOnRunner`): each
+ * group's partials (consecutive items of one request × KV head × row block, or request × query
+ * token) fold in item order, as the `merger` of src/reference/index.ts folds them, and its rows
+ * are written: out rounded to bf16 or fp16, and the merged max and sum into lseM and lseL, from
+ * which JavaScript takes the natural-log LSE (one log per row; docs/reference-backend.md#native-runner).
+ * A call's items may come in waves: `carry` holds the fold of a group that a wave leaves open.
+ */
+struct Finish {
+  uint16_t* out;
+  float *lseM, *lseL, *carry;
+  int64_t outLength, lseLength, carryLength;
+  bool carryIn;  // the first group's fold so far is in carry (it began in an earlier wave)
+  bool open;     // the last group goes on in the next wave: its fold goes to carry, no rows written
+  bool fp16;
+  int64_t b, sQ, hQ, dv;
+  int64_t hpk;  // dense: query heads per KV head; sparse: 0 (an item's rows are the heads of its token)
+};
+
+/** Items [first, last) of a wave that fold into one group of `rows` rows. */
+struct Group {
+  int64_t first, last, rows;
+};
+
+/** Rows [r0, r1) of group g: the unit of finishing work a thread claims. */
+struct Task {
+  int64_t g, r0, r1;
+};
+
+/** Rows per finishing task: 16 rows × 512 floats, a few µs each, so every thread gets a share. */
+constexpr int64_t kTaskRows = 16;
+
 // ---- the helper threads -----------------------------------------------------------------------
 
-/** One call's items, claimed from the front by every thread that joins it. */
+/**
+ * One call's items, claimed from the front by every thread that joins it; then, with `finish`,
+ * its finishing tasks, claimed the same way, each once all items of its group are done.
+ */
 struct Job {
   const int32_t* items;
   int64_t count;
@@ -307,15 +345,27 @@ struct Job {
   uint64_t call;
   const DenseCall* dense;
   const SparseCall* sparse;
-  std::atomic<int64_t> next{0};
+  const Finish* finish = nullptr;
+  std::vector<int64_t> groupOf;  // item → group (with finish)
+  std::vector<Group> groups;
+  std::vector<Task> tasks;
+  // Items of each group not yet done; −1 once the call failed (waiters then leave).
+  std::unique_ptr<std::atomic<int32_t>[]> pending;
+  std::atomic<int64_t> next{0}, nextTask{0};
   std::atomic<bool> failed{false};
   std::mutex errorMu;
   std::string error;
 
   void Fail(const std::string& why) {
-    std::lock_guard<std::mutex> lk(errorMu);
-    if (error.empty()) error = why;
+    {
+      std::lock_guard<std::mutex> lk(errorMu);
+      if (error.empty()) error = why;
+    }
     failed.store(true);
+    for (std::size_t g = 0; finish != nullptr && g < groups.size(); g++) {
+      pending[g].store(-1);
+      pending[g].notify_all();
+    }
   }
 
   void Work() {
@@ -327,6 +377,20 @@ struct Job {
         const Out out{at, at + rows, at + 2 * rows};
         if (dense) RunDense(*dense, it, call, out);
         else RunSparse(*sparse, it, call, out);
+        if (finish != nullptr) {
+          std::atomic<int32_t>& left = pending[groupOf[j]];
+          if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) left.notify_all();
+        }
+      }
+      if (finish == nullptr) return;
+      for (int64_t t = nextTask.fetch_add(1); t < static_cast<int64_t>(tasks.size()) && !failed.load(std::memory_order_relaxed);
+           t = nextTask.fetch_add(1)) {
+        std::atomic<int32_t>& left = pending[tasks[t].g];
+        for (int32_t v = left.load(std::memory_order_acquire); v != 0; v = left.load(std::memory_order_acquire)) {
+          if (v < 0) return;
+          left.wait(v, std::memory_order_acquire);
+        }
+        FinishRows(tasks[t]);
       }
     } catch (const OutOfRange& e) {
       Fail(e.what);
@@ -334,6 +398,52 @@ struct Job {
       Fail("out of memory for a tile workspace");
     } catch (...) {
       Fail("an item failed");
+    }
+  }
+
+  /** Folds rows [r0, r1) of a group's partials in item order, then writes them (or carries them on). */
+  void FinishRows(const Task& t) const {
+    const Finish& f = *finish;
+    const Group& g = groups[t.g];
+    const int64_t R = g.rows;
+    const bool fromCarry = f.carryIn && t.g == 0;
+    const bool toCarry = f.open && t.g + 1 == static_cast<int64_t>(groups.size());
+    float* acc = fromCarry ? f.carry : results + g.first * slot;
+    for (int64_t j = fromCarry ? g.first : g.first + 1; j < g.last; j++) {
+      const float* p = results + j * slot;
+      for (int64_t r = t.r0; r < t.r1; r++) MergeRow(acc + r, acc + R + r, acc + 2 * R + r * dv, p + r, p + R + r, p + 2 * R + r * dv, dv);
+    }
+    if (toCarry) {
+      if (fromCarry) return;
+      std::memcpy(f.carry + t.r0, acc + t.r0, sizeof(float) * (t.r1 - t.r0));
+      std::memcpy(f.carry + R + t.r0, acc + R + t.r0, sizeof(float) * (t.r1 - t.r0));
+      std::memcpy(f.carry + 2 * R + t.r0 * dv, acc + 2 * R + t.r0 * dv, sizeof(float) * (t.r1 - t.r0) * dv);
+      return;
+    }
+    const int32_t* it = items + kItem * g.first;
+    const int64_t i = it[0];
+    for (int64_t r = t.r0; r < t.r1; r++) {
+      // Dense rows are (s, head of KV head it[1]) (docs/flashmla-interface.md#dense-host-layer); sparse rows are the heads of token it[1].
+      const int64_t s = f.hpk > 0 ? (it[4] + r) / f.hpk : it[1];
+      const int64_t h = f.hpk > 0 ? it[1] * f.hpk + (it[4] + r) % f.hpk : r;
+      // lse (b, h_q, s_q) at (i, h, s); out (b, s_q, h_q, d_v) at (i, s, h, 0).
+      int64_t ih, is, lseAt, outAt;
+      Require(MulAdd(h, i, f.hQ, ih) && MulAdd(s, ih, f.sQ, lseAt) && Inside(lseAt, 1, f.lseLength) && MulAdd(s, i, f.sQ, is) &&
+                  MulAdd(h, is, f.hQ, outAt) && MulAdd(0, outAt, f.dv, outAt) && Inside(outAt, f.dv, f.outLength),
+              "an output row past out or lse");
+      const float m = acc[r], l = acc[R + r];
+      f.lseM[lseAt] = m;
+      f.lseL[lseAt] = l;
+      uint16_t* to = f.out + outAt;
+      if (LseIsInfinite(m, l)) {
+        std::memset(to, 0, sizeof(uint16_t) * dv);
+        continue;
+      }
+      // src/reference/finalize.ts `writeRows`: the product in double, rounded to float, then to q's dtype.
+      const double factor = 1.0 / static_cast<double>(l);
+      const float* o = acc + 2 * R + r * dv;
+      if (f.fp16) for (int64_t x = 0; x < dv; x++) to[x] = Fp16Of(static_cast<float>(o[x] * factor));
+      else for (int64_t x = 0; x < dv; x++) to[x] = Bf16Of(static_cast<float>(o[x] * factor));
     }
   }
 };
@@ -454,9 +564,70 @@ Params ParamsOf(const Napi::CallbackInfo& info) {
   return {info.Env(), a.Data(), a.ElementLength()};
 }
 
-/** items, count, results, slot, threads from argument `first` on; runs the job; throws its error. */
-void RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, int64_t dv) {
+/**
+ * The finishing arguments from argument `at` on (out, lse, lseL, carry, flags; out null: none) into
+ * `f` (whose call fields are set); groups and tasks of the job's items. Every group's rows, lse
+ * and out places are checked again when written; here the arrays' sizes against the call.
+ */
+bool FinishOf(const Napi::CallbackInfo& info, std::size_t at, Finish& f, Job& job) {
   Napi::Env env = info.Env();
+  if (info[at].IsNull() || info[at].IsUndefined()) return false;
+  const Span<uint16_t> out = SpanOf<uint16_t>(env, info[at], napi_uint16_array, "out");
+  const Span<float> lseM = SpanOf<float>(env, info[at + 1], napi_float32_array, "lse");
+  const Span<float> lseL = SpanOf<float>(env, info[at + 2], napi_float32_array, "lseL");
+  const Span<float> carry = SpanOf<float>(env, info[at + 3], napi_float32_array, "carry");
+  int64_t flags;
+  if (!info[at + 4].IsNumber() || !WholeInt(info[at + 4].As<Napi::Number>().DoubleValue(), flags) || flags < 0 || flags > 3) {
+    Bad(env, "flags out of range");
+  }
+  int64_t rows, outs;
+  if (!(MulAdd(0, f.b, f.sQ, rows) && MulAdd(0, rows, f.hQ, rows) && MulAdd(0, rows, f.dv, outs)) || out.length < outs ||
+      lseM.length < rows || lseL.length < rows) {
+    Bad(env, "out or lse shorter than the call");
+  }
+  f.out = const_cast<uint16_t*>(out.data);
+  f.lseM = const_cast<float*>(lseM.data);
+  f.lseL = const_cast<float*>(lseL.data);
+  f.carry = const_cast<float*>(carry.data);
+  f.outLength = out.length;
+  f.lseLength = lseM.length < lseL.length ? lseM.length : lseL.length;
+  f.carryLength = carry.length;
+  f.carryIn = (flags & 1) != 0;
+  f.open = (flags & 2) != 0;
+  // Groups as the merger of src/reference/index.ts tells them: consecutive items with the same
+  // request, head or token, and first row.
+  const int32_t* it = job.items;
+  job.groupOf.resize(job.count);
+  for (int64_t j = 0; j < job.count; j++) {
+    const int32_t* a = it + kItem * j;
+    const int32_t* p = a - kItem;
+    if (j > 0 && a[0] == p[0] && a[1] == p[1] && a[4] == p[4]) {
+      if (a[5] != p[5]) Bad(env, "items of one group with different rows");
+      job.groups.back().last = j + 1;
+    } else {
+      job.groups.push_back({j, j + 1, static_cast<int64_t>(a[5]) - a[4]});
+    }
+    job.groupOf[j] = static_cast<int64_t>(job.groups.size()) - 1;
+  }
+  const auto carries = [&](const Group& g) { return g.rows <= carry.length / (f.dv + 2); };
+  if ((f.carryIn || f.open) && job.groups.empty()) Bad(env, "a carry without items");
+  if ((f.carryIn && !carries(job.groups.front())) || (f.open && !carries(job.groups.back()))) Bad(env, "carry shorter than its group");
+  job.pending.reset(new std::atomic<int32_t>[job.groups.size()]);
+  for (std::size_t g = 0; g < job.groups.size(); g++) {
+    const Group& gr = job.groups[g];
+    job.pending[g].store(static_cast<int32_t>(gr.last - gr.first));
+    for (int64_t r = 0; r < gr.rows; r += kTaskRows) job.tasks.push_back({static_cast<int64_t>(g), r, r + kTaskRows < gr.rows ? r + kTaskRows : gr.rows});
+  }
+  return true;
+}
+
+/**
+ * items, count, results, slot, threads from argument `first` on, then the finishing arguments
+ * (FinishOf; `f` holds the call's fields); runs the job; throws its error.
+ */
+void RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, Finish& f) {
+  Napi::Env env = info.Env();
+  const int64_t dv = f.dv;
   const Span<int32_t> items = SpanOf<int32_t>(env, info[first], napi_int32_array, "items");
   Span<float> results = SpanOf<float>(env, info[first + 2], napi_float32_array, "results");
   const auto number = [&](std::size_t k, int64_t lo, int64_t hi, const char* name) {
@@ -482,14 +653,17 @@ void RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* 
   job.call = ++calls;
   job.dense = dense;
   job.sparse = sparse;
-  const int64_t helpers = threads - 1 < count - 1 ? threads - 1 : count - 1;
+  if (FinishOf(info, first + 5, f, job)) job.finish = &f;
+  // Finishing tasks are work for the helpers too: a call of one item still has its group's rows.
+  const int64_t units = count > static_cast<int64_t>(job.tasks.size()) ? count : static_cast<int64_t>(job.tasks.size());
+  const int64_t helpers = threads - 1 < units - 1 ? threads - 1 : units - 1;
   Helpers::Get().Run(job, helpers > 0 ? static_cast<int>(helpers) : 0);
   if (job.failed.load()) Bad(env, job.error);
 }
 
 }  // namespace
 
-// runDense(params, q, kCache, blockTable, seqlens, items, count, results, slot, threads)
+// runDense(params, q, kCache, blockTable, seqlens, items, count, results, slot, threads, out, lse, lseL, carry, flags)
 Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Params p = ParamsOf(info);
@@ -513,11 +687,13 @@ Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
   c.bt = SpanOf<int32_t>(env, info[3], napi_int32_array, "blockTable");
   c.seqlens = SpanOf<int32_t>(env, info[4], napi_int32_array, "seqlens");
   if (c.seqlens.length < c.b) Bad(env, "seqlens shorter than b");
-  RunJob(info, 5, &c, nullptr, c.dV);
+  Finish f{};
+  f.fp16 = c.fp16, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = c.hQ / c.hK;
+  RunJob(info, 5, &c, nullptr, f);
   return Napi::Value();
 }
 
-// runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads)
+// runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads, out, lse, lseL, carry, flags)
 Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Params p = ParamsOf(info);
@@ -543,7 +719,9 @@ Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
     s.indices = SpanOf<int32_t>(env, info[3 + 3 * n], napi_int32_array, "indices");
     s.lengths = SpanOf<int32_t>(env, info[4 + 3 * n], napi_int32_array, "lengths", true);
   }
-  RunJob(info, 8, nullptr, &c, c.dV);
+  Finish f{};
+  f.fp16 = false, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = 0;
+  RunJob(info, 8, nullptr, &c, f);
   return Napi::Value();
 }
 

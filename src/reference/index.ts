@@ -6,15 +6,15 @@ import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
 import { liveLength, readDecodeArgs, readDecodeOptions } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
 import { allocateOutputs, writeRows, type RowPlaces } from './finalize.js';
-import { ITEM, itemRows, planFlops, runItem, workItems } from './items.js';
+import { ITEM, itemRows, planFlops, runItem, sameGroup, workItems } from './items.js';
 import { kernelsFor, resolveTier, type Tier, type TileKernels } from './kernels.js';
-import { copyPartial, mergeInto, partialIn, type Partial } from './partial.js';
+import { copyPartial, lseOf, mergeInto, partialIn, type Partial } from './partial.js';
 import { pool } from './pool.js';
 import { forgetQ } from './qmemo.js';
 import type { Job } from './worker.js';
 import { backLimit, claimBack, closeClaims, frontClaims, MAX_WAVE_ITEMS, openClaims } from './claim.js';
 import { arena, stagePlan, type Staged } from './share.js';
-import { nativeRunner, runItemsNative } from './runner.js';
+import { nativeRunner, runItemsNative, type RunnerFinish } from './runner.js';
 
 export { resolveTier, TIER_ENV, TIERS, tierAvailable, tierUnavailable, type Tier } from './kernels.js';
 
@@ -107,15 +107,14 @@ function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTenso
   const factors = new Float64Array(rows);
   const bases = new Float64Array(rows);
   const field = (j: number, f: number): number => items[ITEM * j + f]!;
-  const sameGroup = (a: number, b: number): boolean => field(a, 0) === field(b, 0) && field(a, 1) === field(b, 1) && field(a, 4) === field(b, 4);
   return (j, p) => {
-    if (j === 0 || !sameGroup(j, j - 1)) {
+    if (j === 0 || !sameGroup(items, j, j - 1)) {
       acc = partialIn(accBuffer, 0, p.rows, plan.dV);
       copyPartial(acc, p);
     } else {
       mergeInto(acc, p);
     }
-    if (j + 1 < n && sameGroup(j, j + 1)) return;
+    if (j + 1 < n && sameGroup(items, j, j + 1)) return;
     const g = field(j, 1), r0 = field(j, 4);
     places.i = field(j, 0);
     for (let r = 0; r < acc.rows; r++) {
@@ -168,25 +167,42 @@ function runCallerShare(
   }
 }
 
-/** Partials of the runner's items, reused from call to call (fresh memory costs a page fault per 4 KiB). */
+/** Partials of the runner's items and the fold a wave leaves open, reused from call to call (fresh memory costs a page fault per 4 KiB). */
 let runnerResults = new Float32Array(0);
+let runnerCarry = new Float32Array(0);
 
 /**
  * The native tier: waves of items through the addon's runner (runner.ts), which returns when a
- * wave is done; their partials merge in item order as the pool's do.
+ * wave is done. Without an attention sink the runner's threads also merge each group's partials
+ * and write its rows, and only the LSE of each row is left here; with one (whose out scaling
+ * needs the LSE) the partials merge here in item order as the pool's do.
  */
 function runOnRunner(
   runner: NonNullable<ReturnType<typeof nativeRunner>>, plan: DecodePlan, items: Int32Array,
-  absorb: (j: number, p: Partial) => void, slot: number, threads: number,
+  res: DecodeResult<HostTensor>, slot: number, threads: number,
 ): void {
   const n = items.length / ITEM;
   const wave = Math.max(1, Math.min(n, Math.floor(WAVE_BYTES / (4 * slot))));
   if (runnerResults.length < wave * slot) runnerResults = new Float32Array(wave * slot);
+  if (plan.kind === 'sparse' && plan.attnSink) {
+    const absorb = merger(plan, items, res);
+    for (let w0 = 0; w0 < n; w0 += wave) {
+      const count = Math.min(n - w0, wave);
+      runItemsNative(runner, plan, items.subarray(ITEM * w0), count, runnerResults, slot, threads);
+      for (let j = 0; j < count; j++) absorb(w0 + j, slotOf(items, w0 + j, j, runnerResults, slot, plan.dV));
+    }
+    return;
+  }
+  if (runnerCarry.length < slot) runnerCarry = new Float32Array(slot);
+  const lse = res.lse.data as Float32Array;
+  const finish: RunnerFinish = { out: res.out.data as Uint16Array, lse, sums: new Float32Array(lse.length), carry: runnerCarry, flags: 0 };
   for (let w0 = 0; w0 < n; w0 += wave) {
     const count = Math.min(n - w0, wave);
-    runItemsNative(runner, plan, items.subarray(ITEM * w0), count, runnerResults, slot, threads);
-    for (let j = 0; j < count; j++) absorb(w0 + j, slotOf(items, w0 + j, j, runnerResults, slot, plan.dV));
+    const end = w0 + count;
+    finish.flags = (w0 > 0 && sameGroup(items, w0 - 1, w0) ? 1 : 0) | (end < n && sameGroup(items, end - 1, end) ? 2 : 0);
+    runItemsNative(runner, plan, items.subarray(ITEM * w0), count, runnerResults, slot, threads, finish);
   }
+  for (let x = 0; x < lse.length; x++) lse[x] = lseOf(lse[x]!, finish.sums[x]!);
 }
 
 /** Runs a validated plan on the CPU with FlashMLA's semantics (docs/flashmla-interface.md#reference-semantics). */
@@ -206,15 +222,15 @@ async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<Decode
   const res = allocateOutputs(plan);
   const items = workItems(plan);
   const n = items.length / ITEM;
-  const absorb = merger(plan, items, res);
   const slot = itemRows(plan) * (plan.dV + 2);
 
   const serial = threads === 1 || n === 1 || planFlops(plan) < PARALLEL_MIN_FLOPS;
   const runner = tier === 'native' ? nativeRunner() : null;
   if (runner) {
-    runOnRunner(runner, plan, items, absorb, slot, serial ? 1 : threads);
+    runOnRunner(runner, plan, items, res, slot, serial ? 1 : threads);
     return res;
   }
+  const absorb = merger(plan, items, res);
   if (serial) {
     const scratch = new Float32Array(slot);
     for (let j = 0; j < n; j++) {

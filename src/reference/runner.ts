@@ -2,9 +2,9 @@
  * The native tier's item runner (binding/cpu_runner.cc): every work item of a call runs in the
  * addon, on the calling thread and the addon's helper threads, reading the caller's arrays in
  * place, plain or shared (docs/reference-backend.md#native-runner). The call is synchronous, so the
- * arrays cannot be detached or collected while helpers read them; JavaScript then merges the
- * partials in item order as with the worker pool, so results are bitwise identical for any thread
- * count.
+ * arrays cannot be detached or collected while helpers read them. The same threads then merge the
+ * partials in item order and round the outputs (`RunnerFinish`), so results are bitwise identical
+ * for any thread count.
  */
 import type { DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
 import type { HostTensor } from '../tensor.js';
@@ -47,17 +47,42 @@ function sparseParams(plan: SparsePlan, scopes: SparseScope[]): Float64Array {
 }
 
 /**
- * Runs items [0, count) of `items` into `results` (item j's partial at j·slot, m then l then o as
- * partial.ts `partialIn`) on the calling thread and up to threads − 1 helpers.
+ * Where the runner writes a call's finished rows (binding/cpu_runner.cc `Finish`): each group's
+ * partials folded in item order as index.ts's merger folds them, out rounded as finalize.ts
+ * `writeRows` rounds it, and per row the merged max and sum, from which the caller takes the LSE
+ * (partial.ts `lseOf`). Only for calls without an attention sink, whose out does not depend on
+ * the LSE.
  */
-export function runItemsNative(r: Runner, plan: DecodePlan, items: Int32Array, count: number, results: Float32Array, slot: number, threads: number): void {
+export interface RunnerFinish {
+  /** out's data, in q's dtype (b, s_q, h_q, d_v). */
+  out: Uint16Array;
+  /** lse's data (b, h_q, s_q): the runner writes each row's merged base-2 max there. */
+  lse: Float32Array;
+  /** Each row's merged sum, at the row's place in lse. */
+  sums: Float32Array;
+  /** One slot: the fold of the group a wave leaves open, for the next wave. */
+  carry: Float32Array;
+  /** 1: the wave's first group goes on from carry; 2: its last group goes on in the next wave. */
+  flags: number;
+}
+
+/**
+ * Runs items [0, count) of `items` into `results` (item j's partial at j·slot, m then l then o as
+ * partial.ts `partialIn`) on the calling thread and up to threads − 1 helpers; with `finish`, the
+ * same threads then fold each group's partials and write its rows there.
+ */
+export function runItemsNative(
+  r: Runner, plan: DecodePlan, items: Int32Array, count: number, results: Float32Array, slot: number, threads: number,
+  finish: RunnerFinish | null = null,
+): void {
   const at = items.subarray(0, ITEM * count);
+  const f = finish ? [finish.out, finish.lse, finish.sums, finish.carry, finish.flags] as const : [null, null, null, null, 0] as const;
   if (plan.kind === 'dense') {
-    r.runDense(denseParams(plan), dataOf(plan.q), dataOf(plan.kCache), dataOf(plan.blockTable), plan.seqlens!, at, count, results, slot, threads);
+    r.runDense(denseParams(plan), dataOf(plan.q), dataOf(plan.kCache), dataOf(plan.blockTable), plan.seqlens!, at, count, results, slot, threads, ...f);
     return;
   }
   const scopes = plan.extra ? [plan.main, plan.extra] : [plan.main];
   const [m, x] = [plan.main, plan.extra];
   r.runSparse(sparseParams(plan, scopes), dataOf(plan.q), dataOf(m.cache), dataOf(m.indices), m.lengths,
-    x ? dataOf(x.cache) : null, x ? dataOf(x.indices) : null, x?.lengths ?? null, at, count, results, slot, threads);
+    x ? dataOf(x.cache) : null, x ? dataOf(x.indices) : null, x?.lengths ?? null, at, count, results, slot, threads, ...f);
 }
