@@ -152,13 +152,54 @@ void Require(bool ok, const char* what) {
   if (!ok) throw OutOfRange{what};
 }
 
+/**
+ * The first element of q, in (b, s_q, h_q, d_qk) order, that is NaN or ±Infinity among the rows
+ * the items read: the check of src/validate/common.ts `expectFiniteValues`, made here as the
+ * threads load q rows (every row of q is loaded by some item) instead of before the call on the
+ * calling thread alone (docs/reference-backend.md#native-runner).
+ */
+struct QScan {
+  std::atomic<int64_t> first{INT64_MAX};
+
+  /** Records the flat index ((i·s_q + s)·h_q + h)·d_qk + d of a non-finite element. */
+  void Note(int64_t i, int64_t s, int64_t h, int64_t d, int64_t sQ, int64_t hQ, int64_t dQK) {
+    int64_t at;
+    Require(MulAdd(s, i, sQ, at) && MulAdd(h, at, hQ, at) && MulAdd(d, at, dQK, at), "q index past int64");
+    for (int64_t v = first.load(); at < v && !first.compare_exchange_weak(v, at);) {
+    }
+  }
+};
+
+// q row → float32 bits (bf16 shifted, fp16 widened); returns the first d whose element has an
+// all-ones exponent (NaN or ±Infinity), or −1. The flag is an OR in the loop, so it stays vectorised.
+int64_t LoadQRow(const uint16_t* from, uint32_t* to, int64_t n, bool fp16) {
+  const uint32_t mask = fp16 ? 0x7c00u : 0x7f80u;
+  uint32_t bad = 0;
+  if (fp16) {
+    for (int64_t d = 0; d < n; d++) {
+      to[d] = Fp16Bits(from[d]);
+      bad |= (from[d] & mask) == mask;
+    }
+  } else {
+    for (int64_t d = 0; d < n; d++) {
+      to[d] = static_cast<uint32_t>(from[d]) << 16;
+      bad |= (from[d] & mask) == mask;
+    }
+  }
+  if (bad == 0) return -1;
+  for (int64_t d = 0; d < n; d++) {
+    if ((from[d] & mask) == mask) return d;
+  }
+  return -1;
+}
+
 void Store(const TileBuffers& b, int rows, int64_t dv, const Out& out) {
   std::memcpy(out.m, b.m, sizeof(float) * rows);
   std::memcpy(out.l, b.l, sizeof(float) * rows);
   std::memcpy(out.o, b.o, sizeof(float) * rows * dv);
 }
 
-void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& out) {
+void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& out, QScan& scan) {
   const int64_t i = it[0], k = it[1], t1 = it[3], r0 = it[4], r1 = it[5];
   const int64_t hpk = c.hQ / c.hK;
   Require(i >= 0 && i < c.b && k >= 0 && k < c.hK && r0 >= 0 && r1 > r0 && r1 <= c.sQ * hpk && r1 - r0 <= 4096 && it[2] >= 0,
@@ -177,10 +218,8 @@ void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& o
       Require(MulAdd(c.qv.offset, i, c.qv.s0, src) && MulAdd(src, s, c.qv.s1, src) && MulAdd(src, k * hpk + j, c.qv.s2, src) &&
                   Inside(src, c.dQK, c.q.length),
               "q row past its array");
-      const uint16_t* from = c.q.data + src;
-      uint32_t* to = q32 + r * c.dQK;
-      if (c.fp16) for (int64_t d = 0; d < c.dQK; d++) to[d] = Fp16Bits(from[d]);
-      else for (int64_t d = 0; d < c.dQK; d++) to[d] = static_cast<uint32_t>(from[d]) << 16;
+      const int64_t d = LoadQRow(c.q.data + src, q32 + r * c.dQK, c.dQK, c.fp16);
+      if (d >= 0) scan.Note(i, s, k * hpk + j, d, c.sQ, c.hQ, c.dQK);
     }
   }
   kn.reset(b);
@@ -220,7 +259,7 @@ void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& o
   Store(b, rows, c.dV, out);
 }
 
-void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out& out) {
+void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out& out, QScan& scan) {
   const int64_t i = it[0], s = it[1], p0 = it[2], p1 = it[3];
   Require(i >= 0 && i < c.b && s >= 0 && s < c.sQ && p0 >= 0 && p1 >= p0 && it[4] == 0 && it[5] == c.hQ, "sparse item out of range");
   const int rows = static_cast<int>(c.hQ);
@@ -236,7 +275,8 @@ void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out&
       Require(MulAdd(c.qv.offset, i, c.qv.s0, src) && MulAdd(src, s, c.qv.s1, src) && MulAdd(src, h, c.qv.s2, src) &&
                   Inside(src, c.dQK, c.q.length),
               "q row past its array");
-      for (int64_t d = 0; d < c.dQK; d++) q32[h * c.dQK + d] = static_cast<uint32_t>(c.q.data[src + d]) << 16;
+      const int64_t d = LoadQRow(c.q.data + src, q32 + h * c.dQK, c.dQK, false);
+      if (d >= 0) scan.Note(i, s, h, d, c.sQ, c.hQ, c.dQK);
     }
   }
   kn.reset(b);
@@ -352,6 +392,7 @@ struct Job {
   // Items of each group not yet done; −1 once the call failed (waiters then leave).
   std::unique_ptr<std::atomic<int32_t>[]> pending;
   std::atomic<int64_t> next{0}, nextTask{0};
+  QScan qScan;
   std::atomic<bool> failed{false};
   std::mutex errorMu;
   std::string error;
@@ -375,8 +416,8 @@ struct Job {
         const int64_t rows = static_cast<int64_t>(it[5]) - it[4];
         float* at = results + j * slot;
         const Out out{at, at + rows, at + 2 * rows};
-        if (dense) RunDense(*dense, it, call, out);
-        else RunSparse(*sparse, it, call, out);
+        if (dense) RunDense(*dense, it, call, out, qScan);
+        else RunSparse(*sparse, it, call, out, qScan);
         if (finish != nullptr) {
           std::atomic<int32_t>& left = pending[groupOf[j]];
           if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) left.notify_all();
@@ -623,9 +664,10 @@ bool FinishOf(const Napi::CallbackInfo& info, std::size_t at, Finish& f, Job& jo
 
 /**
  * items, count, results, slot, threads from argument `first` on, then the finishing arguments
- * (FinishOf; `f` holds the call's fields); runs the job; throws its error.
+ * (FinishOf; `f` holds the call's fields); runs the job; throws its error. Returns the flat index
+ * of the first non-finite q element the items read (QScan), or −1.
  */
-void RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, Finish& f) {
+int64_t RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, Finish& f) {
   Napi::Env env = info.Env();
   const int64_t dv = f.dv;
   const Span<int32_t> items = SpanOf<int32_t>(env, info[first], napi_int32_array, "items");
@@ -659,6 +701,8 @@ void RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* 
   const int64_t helpers = threads - 1 < units - 1 ? threads - 1 : units - 1;
   Helpers::Get().Run(job, helpers > 0 ? static_cast<int>(helpers) : 0);
   if (job.failed.load()) Bad(env, job.error);
+  const int64_t bad = job.qScan.first.load();
+  return bad == INT64_MAX ? -1 : bad;
 }
 
 }  // namespace
@@ -689,8 +733,7 @@ Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
   if (c.seqlens.length < c.b) Bad(env, "seqlens shorter than b");
   Finish f{};
   f.fp16 = c.fp16, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = c.hQ / c.hK;
-  RunJob(info, 5, &c, nullptr, f);
-  return Napi::Value();
+  return Napi::Number::New(env, static_cast<double>(RunJob(info, 5, &c, nullptr, f)));
 }
 
 // runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads, out, lse, lseL, carry, flags)
@@ -721,8 +764,7 @@ Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
   }
   Finish f{};
   f.fp16 = false, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = 0;
-  RunJob(info, 8, nullptr, &c, f);
-  return Napi::Value();
+  return Napi::Number::New(env, static_cast<double>(RunJob(info, 8, nullptr, &c, f)));
 }
 
 // startHelpers(n): the runner's helper threads, started ahead of the first call (warm-up).

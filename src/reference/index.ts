@@ -8,13 +8,13 @@ import { validateDecode } from '../validate/index.js';
 import { allocateOutputs, writeRows, type RowPlaces } from './finalize.js';
 import { ITEM, itemRows, planFlops, runItem, sameGroup, workItems } from './items.js';
 import { kernelsFor, resolveTier, type Tier, type TileKernels } from './kernels.js';
-import { copyPartial, lseOf, mergeInto, partialIn, type Partial } from './partial.js';
+import { copyPartial, mergeInto, partialIn, type Partial } from './partial.js';
 import { pool } from './pool.js';
 import { forgetQ } from './qmemo.js';
 import type { Job } from './worker.js';
 import { backLimit, claimBack, closeClaims, frontClaims, MAX_WAVE_ITEMS, openClaims } from './claim.js';
 import { arena, stagePlan, type Staged } from './share.js';
-import { nativeRunner, runItemsNative, type RunnerFinish } from './runner.js';
+import { firstReport, nativeRunner, runFinishing, runItemsNative, runnerResults, throwIfNonFiniteQ } from './runner.js';
 
 export { resolveTier, TIER_ENV, TIERS, tierAvailable, tierUnavailable, type Tier } from './kernels.js';
 
@@ -167,15 +167,12 @@ function runCallerShare(
   }
 }
 
-/** Partials of the runner's items and the fold a wave leaves open, reused from call to call (fresh memory costs a page fault per 4 KiB). */
-let runnerResults = new Float32Array(0);
-let runnerCarry = new Float32Array(0);
-
 /**
  * The native tier: waves of items through the addon's runner (runner.ts), which returns when a
  * wave is done. Without an attention sink the runner's threads also merge each group's partials
- * and write its rows, and only the LSE of each row is left here; with one (whose out scaling
- * needs the LSE) the partials merge here in item order as the pool's do.
+ * and write its rows (runner.ts `runFinishing`); with one (whose out scaling needs the LSE) the
+ * partials merge here in item order as the pool's do. Either way the runner reports a non-finite
+ * q, which referenceDecode leaves to it (docs/reference-backend.md#native-runner).
  */
 function runOnRunner(
   runner: NonNullable<ReturnType<typeof nativeRunner>>, plan: DecodePlan, items: Int32Array,
@@ -183,26 +180,19 @@ function runOnRunner(
 ): void {
   const n = items.length / ITEM;
   const wave = Math.max(1, Math.min(n, Math.floor(WAVE_BYTES / (4 * slot))));
-  if (runnerResults.length < wave * slot) runnerResults = new Float32Array(wave * slot);
-  if (plan.kind === 'sparse' && plan.attnSink) {
-    const absorb = merger(plan, items, res);
-    for (let w0 = 0; w0 < n; w0 += wave) {
-      const count = Math.min(n - w0, wave);
-      runItemsNative(runner, plan, items.subarray(ITEM * w0), count, runnerResults, slot, threads);
-      for (let j = 0; j < count; j++) absorb(w0 + j, slotOf(items, w0 + j, j, runnerResults, slot, plan.dV));
-    }
+  if (!(plan.kind === 'sparse' && plan.attnSink)) {
+    runFinishing(runner, plan, items, res, slot, threads, wave);
     return;
   }
-  if (runnerCarry.length < slot) runnerCarry = new Float32Array(slot);
-  const lse = res.lse.data as Float32Array;
-  const finish: RunnerFinish = { out: res.out.data as Uint16Array, lse, sums: new Float32Array(lse.length), carry: runnerCarry, flags: 0 };
+  const absorb = merger(plan, items, res);
+  const results = runnerResults(wave * slot);
+  let badQ = -1;
   for (let w0 = 0; w0 < n; w0 += wave) {
     const count = Math.min(n - w0, wave);
-    const end = w0 + count;
-    finish.flags = (w0 > 0 && sameGroup(items, w0 - 1, w0) ? 1 : 0) | (end < n && sameGroup(items, end - 1, end) ? 2 : 0);
-    runItemsNative(runner, plan, items.subarray(ITEM * w0), count, runnerResults, slot, threads, finish);
+    badQ = firstReport(badQ, runItemsNative(runner, plan, items.subarray(ITEM * w0), count, results, slot, threads));
+    for (let j = 0; j < count; j++) absorb(w0 + j, slotOf(items, w0 + j, j, results, slot, plan.dV));
   }
-  for (let x = 0; x < lse.length; x++) lse[x] = lseOf(lse[x]!, finish.sums[x]!);
+  throwIfNonFiniteQ(plan, badQ);
 }
 
 /** Runs a validated plan on the CPU with FlashMLA's semantics (docs/flashmla-interface.md#reference-semantics). */
@@ -286,7 +276,9 @@ export async function referenceDecode(callerArgs: DecodeArgs, callerOptions?: Ca
   const args = readDecodeArgs(callerArgs);
   const options = readDecodeOptions(callerOptions);
   const threads = resolveThreads(options.threads);
-  const plan = validateDecode(args);
+  const tier = resolveTier(options.tier ?? options.kernels?.name);
+  // The native runner checks q's values as its threads load q (docs/reference-backend.md#native-runner).
+  const plan = validateDecode(args, { finiteQ: tier !== 'native' || nativeRunner() === null });
   args.schedMeta.bind(plan.config);
-  return runReference(plan, { threads, tier: options.tier, kernels: options.kernels });
+  return runReference(plan, { threads, tier, kernels: options.kernels });
 }

@@ -7,10 +7,12 @@
  * for any thread count.
  */
 import type { DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
-import type { HostTensor } from '../tensor.js';
-import type { View } from '../tensor.js';
+import type { HostTensor, View } from '../tensor.js';
+import type { DecodeResult } from '../types.js';
 import { softmaxScaleLog2 } from '../softmax-scale.js';
-import { ITEM } from './items.js';
+import { nonFiniteError } from '../validate/common.js';
+import { ITEM, sameGroup } from './items.js';
+import { lseOf } from './partial.js';
 import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 
 type Runner = Required<Pick<CpuTileApi, 'runDense' | 'runSparse' | 'startHelpers'>>;
@@ -69,20 +71,70 @@ export interface RunnerFinish {
 /**
  * Runs items [0, count) of `items` into `results` (item j's partial at j·slot, m then l then o as
  * partial.ts `partialIn`) on the calling thread and up to threads − 1 helpers; with `finish`, the
- * same threads then fold each group's partials and write its rows there.
+ * same threads then fold each group's partials and write its rows there. Returns the flat index
+ * ((i·s_q + s)·h_q + h)·d_qk + d of the first NaN or ±Infinity element of q the items read, or −1
+ * (the runner checks q as it loads it; `firstNonFiniteQ` turns it into the error).
  */
 export function runItemsNative(
   r: Runner, plan: DecodePlan, items: Int32Array, count: number, results: Float32Array, slot: number, threads: number,
   finish: RunnerFinish | null = null,
-): void {
+): number {
   const at = items.subarray(0, ITEM * count);
   const f = finish ? [finish.out, finish.lse, finish.sums, finish.carry, finish.flags] as const : [null, null, null, null, 0] as const;
   if (plan.kind === 'dense') {
-    r.runDense(denseParams(plan), dataOf(plan.q), dataOf(plan.kCache), dataOf(plan.blockTable), plan.seqlens!, at, count, results, slot, threads, ...f);
-    return;
+    return r.runDense(denseParams(plan), dataOf(plan.q), dataOf(plan.kCache), dataOf(plan.blockTable), plan.seqlens!, at, count, results, slot, threads, ...f);
   }
   const scopes = plan.extra ? [plan.main, plan.extra] : [plan.main];
   const [m, x] = [plan.main, plan.extra];
-  r.runSparse(sparseParams(plan, scopes), dataOf(plan.q), dataOf(m.cache), dataOf(m.indices), m.lengths,
+  return r.runSparse(sparseParams(plan, scopes), dataOf(plan.q), dataOf(m.cache), dataOf(m.indices), m.lengths,
     x ? dataOf(x.cache) : null, x ? dataOf(x.indices) : null, x?.lengths ?? null, at, count, results, slot, threads, ...f);
+}
+
+/** The runner's reports of two waves as one: the lesser flat index, −1 for none. */
+export const firstReport = (a: number, b: number): number => (a < 0 ? b : b < 0 ? a : Math.min(a, b));
+
+let results = new Float32Array(0);
+let carry = new Float32Array(0);
+
+/** A buffer for the partials of a wave, at least `floats` long, reused from call to call (fresh memory costs a page fault per 4 KiB). */
+export function runnerResults(floats: number): Float32Array {
+  if (results.length < floats) results = new Float32Array(floats);
+  return results;
+}
+
+/**
+ * A call without an attention sink, all on the runner's threads: its items in waves of `wave`
+ * items, each wave's groups folded and their rows written to `res` (a group a wave leaves open
+ * goes on from `RunnerFinish.carry` in the next); then each row's LSE from its merged max and sum
+ * (partial.ts `lseOf`, one log per row, here). Throws the error of a non-finite q.
+ */
+export function runFinishing(
+  r: Runner, plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>, slot: number, threads: number, wave: number,
+): void {
+  const n = items.length / ITEM;
+  const buffer = runnerResults(wave * slot);
+  if (carry.length < slot) carry = new Float32Array(slot);
+  const lse = res.lse.data as Float32Array;
+  const finish: RunnerFinish = { out: res.out.data as Uint16Array, lse, sums: new Float32Array(lse.length), carry, flags: 0 };
+  let badQ = -1;
+  for (let w0 = 0; w0 < n; w0 += wave) {
+    const count = Math.min(n - w0, wave);
+    const end = w0 + count;
+    finish.flags = (w0 > 0 && sameGroup(items, w0 - 1, w0) ? 1 : 0) | (end < n && sameGroup(items, end - 1, end) ? 2 : 0);
+    badQ = firstReport(badQ, runItemsNative(r, plan, items.subarray(ITEM * w0), count, buffer, slot, threads, finish));
+  }
+  for (let x = 0; x < lse.length; x++) lse[x] = lseOf(lse[x]!, finish.sums[x]!);
+  throwIfNonFiniteQ(plan, badQ);
+}
+
+/**
+ * Throws the error `validateDecode` gives for a non-finite q (src/validate/common.ts
+ * `nonFiniteError`) when `flat` (the least of the runner's reports) is not −1.
+ */
+export function throwIfNonFiniteQ(plan: DecodePlan, flat: number): void {
+  if (flat < 0) return;
+  const d = flat % plan.dQK, row = (flat - d) / plan.dQK;
+  const h = row % plan.hQ, bs = (row - h) / plan.hQ;
+  const s = bs % plan.sQ, i = (bs - s) / plan.sQ;
+  throw nonFiniteError('q', [i, s, h, d]);
 }
