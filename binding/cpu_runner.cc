@@ -345,14 +345,16 @@ void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out&
  * token) fold in item order, as the `merger` of src/reference/index.ts folds them, and its rows
  * are written: out rounded to bf16 or fp16, and the merged max and sum into lseM and lseL, from
  * which JavaScript takes the natural-log LSE (one log per row; docs/reference-backend.md#native-runner).
- * A call's items may come in waves: `carry` holds the fold of a group that a wave leaves open.
+ * A call's items may come in waves: the fold of a group that a wave leaves open goes to carryOut,
+ * and the next wave's first group goes on from there (its carryIn). Two buffers, not one: a wave's
+ * first group may still read carryIn while its last group writes carryOut.
  */
 struct Finish {
   uint16_t* out;
-  float *lseM, *lseL, *carry;
-  int64_t outLength, lseLength, carryLength;
-  bool carryIn;  // the first group's fold so far is in carry (it began in an earlier wave)
-  bool open;     // the last group goes on in the next wave: its fold goes to carry, no rows written
+  float *lseM, *lseL, *carryIn, *carryOut;
+  int64_t outLength, lseLength;
+  bool fromCarry;  // the first group's fold so far is in carryIn (it began in an earlier wave)
+  bool open;       // the last group goes on in the next wave: its fold goes to carryOut, no rows written
   bool fp16;
   int64_t b, sQ, hQ, dv;
   int64_t hpk;  // dense: query heads per KV head; sparse: 0 (an item's rows are the heads of its token)
@@ -447,18 +449,17 @@ struct Job {
     const Finish& f = *finish;
     const Group& g = groups[t.g];
     const int64_t R = g.rows;
-    const bool fromCarry = f.carryIn && t.g == 0;
+    const bool fromCarry = f.fromCarry && t.g == 0;
     const bool toCarry = f.open && t.g + 1 == static_cast<int64_t>(groups.size());
-    float* acc = fromCarry ? f.carry : results + g.first * slot;
+    float* acc = fromCarry ? f.carryIn : results + g.first * slot;
     for (int64_t j = fromCarry ? g.first : g.first + 1; j < g.last; j++) {
       const float* p = results + j * slot;
       for (int64_t r = t.r0; r < t.r1; r++) MergeRow(acc + r, acc + R + r, acc + 2 * R + r * dv, p + r, p + R + r, p + 2 * R + r * dv, dv);
     }
     if (toCarry) {
-      if (fromCarry) return;
-      std::memcpy(f.carry + t.r0, acc + t.r0, sizeof(float) * (t.r1 - t.r0));
-      std::memcpy(f.carry + R + t.r0, acc + R + t.r0, sizeof(float) * (t.r1 - t.r0));
-      std::memcpy(f.carry + 2 * R + t.r0 * dv, acc + 2 * R + t.r0 * dv, sizeof(float) * (t.r1 - t.r0) * dv);
+      std::memcpy(f.carryOut + t.r0, acc + t.r0, sizeof(float) * (t.r1 - t.r0));
+      std::memcpy(f.carryOut + R + t.r0, acc + R + t.r0, sizeof(float) * (t.r1 - t.r0));
+      std::memcpy(f.carryOut + 2 * R + t.r0 * dv, acc + 2 * R + t.r0 * dv, sizeof(float) * (t.r1 - t.r0) * dv);
       return;
     }
     const int32_t* it = items + kItem * g.first;
@@ -606,7 +607,7 @@ Params ParamsOf(const Napi::CallbackInfo& info) {
 }
 
 /**
- * The finishing arguments from argument `at` on (out, lse, lseL, carry, flags; out null: none) into
+ * The finishing arguments from argument `at` on (out, lse, lseL, carryIn, carryOut, flags; out null: none) into
  * `f` (whose call fields are set); groups and tasks of the job's items. Every group's rows, lse
  * and out places are checked again when written; here the arrays' sizes against the call.
  */
@@ -616,9 +617,10 @@ bool FinishOf(const Napi::CallbackInfo& info, std::size_t at, Finish& f, Job& jo
   const Span<uint16_t> out = SpanOf<uint16_t>(env, info[at], napi_uint16_array, "out");
   const Span<float> lseM = SpanOf<float>(env, info[at + 1], napi_float32_array, "lse");
   const Span<float> lseL = SpanOf<float>(env, info[at + 2], napi_float32_array, "lseL");
-  const Span<float> carry = SpanOf<float>(env, info[at + 3], napi_float32_array, "carry");
+  const Span<float> carryIn = SpanOf<float>(env, info[at + 3], napi_float32_array, "carryIn");
+  const Span<float> carryOut = SpanOf<float>(env, info[at + 4], napi_float32_array, "carryOut");
   int64_t flags;
-  if (!info[at + 4].IsNumber() || !WholeInt(info[at + 4].As<Napi::Number>().DoubleValue(), flags) || flags < 0 || flags > 3) {
+  if (!info[at + 5].IsNumber() || !WholeInt(info[at + 5].As<Napi::Number>().DoubleValue(), flags) || flags < 0 || flags > 3) {
     Bad(env, "flags out of range");
   }
   int64_t rows, outs;
@@ -629,12 +631,13 @@ bool FinishOf(const Napi::CallbackInfo& info, std::size_t at, Finish& f, Job& jo
   f.out = const_cast<uint16_t*>(out.data);
   f.lseM = const_cast<float*>(lseM.data);
   f.lseL = const_cast<float*>(lseL.data);
-  f.carry = const_cast<float*>(carry.data);
+  f.carryIn = const_cast<float*>(carryIn.data);
+  f.carryOut = const_cast<float*>(carryOut.data);
   f.outLength = out.length;
   f.lseLength = lseM.length < lseL.length ? lseM.length : lseL.length;
-  f.carryLength = carry.length;
-  f.carryIn = (flags & 1) != 0;
+  f.fromCarry = (flags & 1) != 0;
   f.open = (flags & 2) != 0;
+  if (carryIn.data < carryOut.data + carryOut.length && carryOut.data < carryIn.data + carryIn.length) Bad(env, "carryIn and carryOut overlap");
   // Groups as the merger of src/reference/index.ts tells them: consecutive items with the same
   // request, head or token, and first row.
   const int32_t* it = job.items;
@@ -650,9 +653,11 @@ bool FinishOf(const Napi::CallbackInfo& info, std::size_t at, Finish& f, Job& jo
     }
     job.groupOf[j] = static_cast<int64_t>(job.groups.size()) - 1;
   }
-  const auto carries = [&](const Group& g) { return g.rows <= carry.length / (f.dv + 2); };
-  if ((f.carryIn || f.open) && job.groups.empty()) Bad(env, "a carry without items");
-  if ((f.carryIn && !carries(job.groups.front())) || (f.open && !carries(job.groups.back()))) Bad(env, "carry shorter than its group");
+  const auto carries = [&](const Span<float>& carry, const Group& g) { return g.rows <= carry.length / (f.dv + 2); };
+  if ((f.fromCarry || f.open) && job.groups.empty()) Bad(env, "a carry without items");
+  if ((f.fromCarry && !carries(carryIn, job.groups.front())) || (f.open && !carries(carryOut, job.groups.back()))) {
+    Bad(env, "carry shorter than its group");
+  }
   job.pending.reset(new std::atomic<int32_t>[job.groups.size()]);
   for (std::size_t g = 0; g < job.groups.size(); g++) {
     const Group& gr = job.groups[g];
@@ -707,7 +712,7 @@ int64_t RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCal
 
 }  // namespace
 
-// runDense(params, q, kCache, blockTable, seqlens, items, count, results, slot, threads, out, lse, lseL, carry, flags)
+// runDense(params, q, kCache, blockTable, seqlens, items, count, results, slot, threads, out, lse, lseL, carryIn, carryOut, flags)
 Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Params p = ParamsOf(info);
@@ -736,7 +741,7 @@ Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(RunJob(info, 5, &c, nullptr, f)));
 }
 
-// runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads, out, lse, lseL, carry, flags)
+// runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads, out, lse, lseL, carryIn, carryOut, flags)
 Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Params p = ParamsOf(info);

@@ -7,10 +7,10 @@
 namespace fmla::cpu {
 
 // runDense(params: Float64Array, q, kCache, blockTable, seqlens, items, count, results, slot, threads,
-//          out, lse, lseL, carry, flags): the first non-finite q element's flat index, or −1.
+//          out, lse, lseL, carryIn, carryOut, flags): the first non-finite q element's flat index, or −1.
 Napi::Value RunDenseItems(const Napi::CallbackInfo& info);
 // runSparse(params: Float64Array, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot,
-//           threads, out, lse, lseL, carry, flags): the same for a sparse call.
+//           threads, out, lse, lseL, carryIn, carryOut, flags): the same for a sparse call.
 Napi::Value RunSparseItems(const Napi::CallbackInfo& info);
 // startHelpers(n): starts the runner's helper threads up to n; returns how many run.
 Napi::Value StartHelpers(const Napi::CallbackInfo& info);

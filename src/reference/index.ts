@@ -95,8 +95,10 @@ function sinkValues(plan: SparsePlan): Float32Array | null {
 /**
  * Folds item partials, in item order, into the group they belong to and writes each group's rows
  * when its last item arrives (LSE merge as FlashMLA's combine, docs/flashmla-interface.md#split-kv).
+ * The worker pool's calls and the runner's calls with an attention sink finish here; the runner's
+ * own finishing (runner.ts `runFinishing`) is tested against it bit for bit.
  */
-function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>): (j: number, p: Partial) => void {
+export function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>): (j: number, p: Partial) => void {
   const rows = itemRows(plan);
   const accBuffer = new Float32Array(rows * (plan.dV + 2));
   let acc = partialIn(accBuffer, 0, 0, plan.dV);

@@ -62,9 +62,11 @@ export interface RunnerFinish {
   lse: Float32Array;
   /** Each row's merged sum, at the row's place in lse. */
   sums: Float32Array;
-  /** One slot: the fold of the group a wave leaves open, for the next wave. */
-  carry: Float32Array;
-  /** 1: the wave's first group goes on from carry; 2: its last group goes on in the next wave. */
+  /** One slot: the fold of the group the previous wave left open, which this wave's first group goes on from. */
+  carryIn: Float32Array;
+  /** One slot, apart from carryIn: the fold of the group this wave leaves open, for the next. */
+  carryOut: Float32Array;
+  /** 1: the wave's first group goes on from carryIn; 2: its last group goes on in the next wave. */
   flags: number;
 }
 
@@ -80,7 +82,8 @@ export function runItemsNative(
   finish: RunnerFinish | null = null,
 ): number {
   const at = items.subarray(0, ITEM * count);
-  const f = finish ? [finish.out, finish.lse, finish.sums, finish.carry, finish.flags] as const : [null, null, null, null, 0] as const;
+  const f = finish ? [finish.out, finish.lse, finish.sums, finish.carryIn, finish.carryOut, finish.flags] as const
+    : [null, null, null, null, null, 0] as const;
   if (plan.kind === 'dense') {
     return r.runDense(denseParams(plan), dataOf(plan.q), dataOf(plan.kCache), dataOf(plan.blockTable), plan.seqlens!, at, count, results, slot, threads, ...f);
   }
@@ -94,7 +97,7 @@ export function runItemsNative(
 export const firstReport = (a: number, b: number): number => (a < 0 ? b : b < 0 ? a : Math.min(a, b));
 
 let results = new Float32Array(0);
-let carry = new Float32Array(0);
+let carries = [new Float32Array(0), new Float32Array(0)];
 
 /** A buffer for the partials of a wave, at least `floats` long, reused from call to call (fresh memory costs a page fault per 4 KiB). */
 export function runnerResults(floats: number): Float32Array {
@@ -105,7 +108,7 @@ export function runnerResults(floats: number): Float32Array {
 /**
  * A call without an attention sink, all on the runner's threads: its items in waves of `wave`
  * items, each wave's groups folded and their rows written to `res` (a group a wave leaves open
- * goes on from `RunnerFinish.carry` in the next); then each row's LSE from its merged max and sum
+ * goes on in the next from the carry it left, the two carry buffers trading places each wave); then each row's LSE from its merged max and sum
  * (partial.ts `lseOf`, one log per row, here). Throws the error of a non-finite q.
  */
 export function runFinishing(
@@ -113,15 +116,17 @@ export function runFinishing(
 ): void {
   const n = items.length / ITEM;
   const buffer = runnerResults(wave * slot);
-  if (carry.length < slot) carry = new Float32Array(slot);
+  if (carries[0]!.length < slot) carries = [new Float32Array(slot), new Float32Array(slot)];
   const lse = res.lse.data as Float32Array;
-  const finish: RunnerFinish = { out: res.out.data as Uint16Array, lse, sums: new Float32Array(lse.length), carry, flags: 0 };
+  const [carryIn, carryOut] = carries as [Float32Array, Float32Array];
+  const finish: RunnerFinish = { out: res.out.data as Uint16Array, lse, sums: new Float32Array(lse.length), carryIn, carryOut, flags: 0 };
   let badQ = -1;
   for (let w0 = 0; w0 < n; w0 += wave) {
     const count = Math.min(n - w0, wave);
     const end = w0 + count;
     finish.flags = (w0 > 0 && sameGroup(items, w0 - 1, w0) ? 1 : 0) | (end < n && sameGroup(items, end - 1, end) ? 2 : 0);
     badQ = firstReport(badQ, runItemsNative(r, plan, items.subarray(ITEM * w0), count, buffer, slot, threads, finish));
+    [finish.carryIn, finish.carryOut] = [finish.carryOut, finish.carryIn];
   }
   for (let x = 0; x < lse.length; x++) lse[x] = lseOf(lse[x]!, finish.sums[x]!);
   throwIfNonFiniteQ(plan, badQ);

@@ -20,8 +20,9 @@ interface CpuTile {
   step(tokens: number, scaleLog2: number): void;
 }
 
-/** The runner's finishing arguments (out, lse, sums, carry, flags; runner.ts `RunnerFinish`); none or nulls: partials only. */
-type RunnerFinishArgs = readonly [Uint16Array, Float32Array, Float32Array, Float32Array, number] | readonly [null, null, null, null, 0] | readonly [];
+/** The runner's finishing arguments (out, lse, sums, carryIn, carryOut, flags; runner.ts `RunnerFinish`); none or nulls: partials only. */
+type RunnerFinishArgs = readonly [Uint16Array, Float32Array, Float32Array, Float32Array, Float32Array, number]
+  | readonly [null, null, null, null, null, 0] | readonly [];
 
 /** `cpuTile` of the addon (binding/addon.cc). */
 export interface CpuTileApi {
