@@ -10,6 +10,7 @@
 #include "cpu_runner.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -375,6 +376,24 @@ struct Task {
 /** Rows per finishing task: 16 rows × 512 floats, a few µs each, so every thread gets a share. */
 constexpr int64_t kTaskRows = 16;
 
+/**
+ * Spins until done() holds or ~100 µs pass; returns done(). The waits of a call (for another
+ * thread's last item of a group, for the helpers' last items) are mostly shorter than that, and a
+ * thread that sleeps instead gives its core away: on a busy machine it then waits to be scheduled
+ * again, which is serial time of the call.
+ */
+template <class Done>
+bool SpinUntil(Done done) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+  for (int k = 0;; k++) {
+    if (done()) return true;
+    if ((k & 63) == 63 && std::chrono::steady_clock::now() > until) return done();
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
 // ---- the helper threads -----------------------------------------------------------------------
 
 /**
@@ -431,6 +450,7 @@ struct Job {
       for (int64_t t = nextTask.fetch_add(1); t < static_cast<int64_t>(tasks.size()) && !failed.load(std::memory_order_relaxed);
            t = nextTask.fetch_add(1)) {
         std::atomic<int32_t>& left = pending[tasks[t].g];
+        SpinUntil([&] { return left.load(std::memory_order_acquire) <= 0; });
         for (int32_t v = left.load(std::memory_order_acquire); v != 0; v = left.load(std::memory_order_acquire)) {
           if (v < 0) return;
           left.wait(v, std::memory_order_acquire);
@@ -533,9 +553,13 @@ class Helpers {
     }
     wake_.notify_all();
     job.Work();
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = nullptr;  // no helper joins after this
+    }
+    if (SpinUntil([this] { return active_.load() == 0; })) return;
     std::unique_lock<std::mutex> lk(mu_);
-    job_ = nullptr;  // no helper joins after this
-    idle_.wait(lk, [this] { return active_ == 0; });
+    idle_.wait(lk, [this] { return active_.load() == 0; });
   }
 
  private:
@@ -560,7 +584,9 @@ class Helpers {
   std::condition_variable wake_, idle_;
   Job* job_ = nullptr;
   uint64_t generation_ = 0;
-  int wanted_ = 0, joined_ = 0, active_ = 0, started_ = 0;
+  int wanted_ = 0, joined_ = 0, started_ = 0;
+  // Helpers in a job: changed under mu_ (idle_ waits on it), read without it while the caller spins.
+  std::atomic<int> active_{0};
 };
 
 std::atomic<uint64_t> calls{0};
