@@ -376,18 +376,22 @@ struct Task {
 /** Rows per finishing task: 16 rows × 512 floats, a few µs each, so every thread gets a share. */
 constexpr int64_t kTaskRows = 16;
 
+using Clock = std::chrono::steady_clock;
+
+/** `micros` µs from now. */
+Clock::time_point In(int64_t micros) { return Clock::now() + std::chrono::microseconds(micros); }
+
 /**
- * Spins until done() holds or ~100 µs pass; returns done(). The waits of a call (for another
- * thread's last item of a group, for the helpers' last items) are mostly shorter than that, and a
- * thread that sleeps instead gives its core away: on a busy machine it then waits to be scheduled
- * again, which is serial time of the call.
+ * Spins until done() holds or `until` passes; returns done(). A call's waits (for another
+ * thread's last item of a group, for the helpers' last items: up to 100 µs) are often shorter than
+ * that, and a thread that sleeps instead gives its core away: on a busy machine it then waits to
+ * be scheduled again, which is serial time of the call.
  */
 template <class Done>
-bool SpinUntil(Done done) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+bool SpinUntil(Done done, Clock::time_point until) {
   for (int k = 0;; k++) {
     if (done()) return true;
-    if ((k & 63) == 63 && std::chrono::steady_clock::now() > until) return done();
+    if ((k & 63) == 63 && Clock::now() > until) return done();
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
@@ -450,7 +454,7 @@ struct Job {
       for (int64_t t = nextTask.fetch_add(1); t < static_cast<int64_t>(tasks.size()) && !failed.load(std::memory_order_relaxed);
            t = nextTask.fetch_add(1)) {
         std::atomic<int32_t>& left = pending[tasks[t].g];
-        SpinUntil([&] { return left.load(std::memory_order_acquire) <= 0; });
+        SpinUntil([&] { return left.load(std::memory_order_acquire) <= 0; }, In(100));
         for (int32_t v = left.load(std::memory_order_acquire); v != 0; v = left.load(std::memory_order_acquire)) {
           if (v < 0) return;
           left.wait(v, std::memory_order_acquire);
@@ -536,6 +540,21 @@ class Helpers {
     return started_;
   }
 
+  /**
+   * Wakes the helpers (starting up to n) to spin for the next job until `micros` µs from now:
+   * a call primes them as it starts, so that waking them (~0.1 ms, more on a busy machine)
+   * overlaps its validation instead of delaying its items (docs/reference-backend.md#native-runner).
+   */
+  void Prime(int n, int64_t micros) {
+    Grow(n);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      primedUntil_ = In(micros);
+      primes_++;
+    }
+    wake_.notify_all();
+  }
+
   /** Runs `job` on the calling thread and up to `helpers` helpers; returns when every item is done. */
   void Run(Job& job, int helpers) {
     std::unique_lock<std::mutex> own(busy_, std::try_to_lock);
@@ -557,17 +576,28 @@ class Helpers {
       std::lock_guard<std::mutex> lk(mu_);
       job_ = nullptr;  // no helper joins after this
     }
-    if (SpinUntil([this] { return active_.load() == 0; })) return;
+    if (SpinUntil([this] { return active_.load() == 0; }, In(100))) return;
     std::unique_lock<std::mutex> lk(mu_);
     idle_.wait(lk, [this] { return active_.load() == 0; });
   }
 
  private:
   void Loop() {
-    uint64_t seen = 0;
+    uint64_t seen = 0, primed = 0;
     std::unique_lock<std::mutex> lk(mu_);
+    const auto joinable = [&] { return job_ != nullptr && generation_ != seen && joined_ < wanted_; };
     for (;;) {
-      wake_.wait(lk, [&] { return job_ != nullptr && generation_ != seen && joined_ < wanted_; });
+      wake_.wait(lk, [&] { return joinable() || primes_ != primed; });
+      if (!joinable()) {
+        // Primed: spin, without the lock, until a job is posted or the priming ends; then join it or sleep.
+        primed = primes_;
+        const Clock::time_point until = primedUntil_;
+        const uint64_t posted = generation_;
+        lk.unlock();
+        SpinUntil([&] { return generation_.load() != posted; }, until);
+        lk.lock();
+        continue;
+      }
       seen = generation_;
       joined_++;
       active_++;
@@ -583,7 +613,10 @@ class Helpers {
   std::mutex mu_;
   std::condition_variable wake_, idle_;
   Job* job_ = nullptr;
-  uint64_t generation_ = 0;
+  // Jobs posted: changed under mu_, read without it by primed helpers.
+  std::atomic<uint64_t> generation_{0};
+  uint64_t primes_ = 0;
+  Clock::time_point primedUntil_{};
   int wanted_ = 0, joined_ = 0, started_ = 0;
   // Helpers in a job: changed under mu_ (idle_ waits on it), read without it while the caller spins.
   std::atomic<int> active_{0};
@@ -798,6 +831,17 @@ Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
   Finish f{};
   f.fp16 = false, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = 0;
   return Napi::Number::New(env, static_cast<double>(RunJob(info, 8, nullptr, &c, f)));
+}
+
+// prime(n, micros): wakes the helpers (starting up to n) to spin for the next call's items for up to micros µs.
+Napi::Value PrimeHelpers(const Napi::CallbackInfo& info) {
+  int64_t n, micros;
+  if (!info[0].IsNumber() || !WholeInt(info[0].As<Napi::Number>().DoubleValue(), n) || n < 0 || n > 255 || !info[1].IsNumber() ||
+      !WholeInt(info[1].As<Napi::Number>().DoubleValue(), micros) || micros < 0 || micros > 10000) {
+    Bad(info.Env(), "prime(n, micros) takes 0…255 and 0…10000");
+  }
+  Helpers::Get().Prime(static_cast<int>(n), micros);
+  return Napi::Value();
 }
 
 // startHelpers(n): the runner's helper threads, started ahead of the first call (warm-up).

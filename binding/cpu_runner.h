@@ -1,5 +1,5 @@
-// The native tier's item runner (cpu_runner.cc): `cpuTile.runDense`, `.runSparse` and
-// `.startHelpers` of the addon's exports.
+// The native tier's item runner (cpu_runner.cc): `cpuTile.runDense`, `.runSparse`, `.startHelpers`
+// and `.prime` of the addon's exports.
 #pragma once
 
 #include <napi.h>
@@ -14,5 +14,7 @@ Napi::Value RunDenseItems(const Napi::CallbackInfo& info);
 Napi::Value RunSparseItems(const Napi::CallbackInfo& info);
 // startHelpers(n): starts the runner's helper threads up to n; returns how many run.
 Napi::Value StartHelpers(const Napi::CallbackInfo& info);
+// prime(n, micros): wakes the helpers (up to n) to spin for the next call's items for up to micros µs.
+Napi::Value PrimeHelpers(const Napi::CallbackInfo& info);
 
 }  // namespace fmla::cpu

@@ -15,7 +15,7 @@ import { ITEM, sameGroup } from './items.js';
 import { lseOf } from './partial.js';
 import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 
-type Runner = Required<Pick<CpuTileApi, 'runDense' | 'runSparse' | 'startHelpers'>>;
+type Runner = Required<Pick<CpuTileApi, 'runDense' | 'runSparse' | 'startHelpers' | 'prime'>>;
 
 let runner: Runner | null | undefined;
 
@@ -23,8 +23,8 @@ let runner: Runner | null | undefined;
 export function nativeRunner(): Runner | null {
   if (runner === undefined) {
     const api = nativeTileApi();
-    runner = typeof api !== 'string' && api.runDense && api.runSparse && api.startHelpers
-      ? { runDense: api.runDense, runSparse: api.runSparse, startHelpers: api.startHelpers } : null;
+    runner = typeof api !== 'string' && api.runDense && api.runSparse && api.startHelpers && api.prime
+      ? { runDense: api.runDense, runSparse: api.runSparse, startHelpers: api.startHelpers, prime: api.prime } : null;
   }
   return runner;
 }

@@ -50,6 +50,8 @@ export interface CpuTileApi {
     items: Int32Array, count: number, results: Float32Array, slot: number, threads: number, ...finish: RunnerFinishArgs) => number;
   /** Starts the runner's helper threads up to n (they then sleep until a call); returns how many there are. */
   readonly startHelpers?: (n: number) => number;
+  /** Wakes the runner's helpers (starting up to n) to spin for the next call's items for up to `micros` µs (≤ 10,000). */
+  readonly prime?: (n: number, micros: number) => void;
 }
 
 let api: CpuTileApi | string | undefined;

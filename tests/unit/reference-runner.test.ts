@@ -255,6 +255,20 @@ describe('the runner re-checks every range it reads', () => {
     expect(() => runner.runSparse(Float64Array.of(0, 1, 1, 16, 512, 1, 0, 0, 0, 0, 1, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0), new Uint16Array(1),
       new Int8Array(1) as unknown as Uint8Array, new Int32Array(1), null, null, null, null, items, 1, new Float32Array(1 << 16), 1 << 14, 1)).toThrow(FlashMLAError);
     expect(() => runner.startHelpers(-1)).toThrow(FlashMLAError);
+    expect(() => runner.prime(-1, 100)).toThrow(FlashMLAError);
+    expect(() => runner.prime(1, 10_001)).toThrow(FlashMLAError);
+    expect(() => runner.prime(1, 0.5)).toThrow(FlashMLAError);
+  });
+
+  test('primed helpers that get no call go back to sleep; the next call still gets them and the same bits', async () => {
+    const plan = planOf(cases[3]!);
+    const want = partials(plan, 1);
+    runner.prime(2, 200);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    runner.prime(2, 10_000);
+    expect(same(partials(plan, 3), want)).toBe(true);
+    expect(same(partials(plan, 3), want)).toBe(true);
+    expect(runner.startHelpers(0)).toBeGreaterThanOrEqual(2);
   });
 });
 
