@@ -140,6 +140,7 @@ describe('q\'s NaN / ±Infinity check on the runner\'s threads', () => {
     ['dense fp16, +Infinity', 1, 0x7c00],
     ['dense bf16, non-contiguous q, -Infinity', 2, 0xff80],
     ['sparse bf16, NaN', 4, 0xffc1],
+    ['sparse MODEL1 with an attention sink (merged in JavaScript), NaN', 5, 0x7fc0],
   ] as const)('%s: the same E_VALUE on q, naming the first element, as validateDecode, on 1, 2 and 5 threads', async (_, k, bits) => {
     const c = cases[k]!;
     const q = c.args.q as HostTensor<'bf16'>;
