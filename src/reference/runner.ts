@@ -75,7 +75,7 @@ export interface RunnerFinish {
  * partial.ts `partialIn`) on the calling thread and up to threads − 1 helpers; with `finish`, the
  * same threads then fold each group's partials and write its rows there. Returns the flat index
  * ((i·s_q + s)·h_q + h)·d_qk + d of the first NaN or ±Infinity element of q the items read, or −1
- * (the runner checks q as it loads it; `firstNonFiniteQ` turns it into the error).
+ * (the runner checks q as it loads it; `throwIfNonFiniteQ` turns it into the error).
  */
 export function runItemsNative(
   r: Runner, plan: DecodePlan, items: Int32Array, count: number, results: Float32Array, slot: number, threads: number,
