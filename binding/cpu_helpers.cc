@@ -1,12 +1,12 @@
 // Helpers the reference backend's calling thread uses between tiles (merging split partials,
 // rounding output rows, staging sparse tokens); each replaces a JavaScript loop on the critical path.
 #include "cpu_helpers.h"
+#include "cpu_rows.h"
 #include "js_errors.h"
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 
 namespace fmla::cpu {
 
@@ -40,18 +40,7 @@ Napi::Value MergePartial(const Napi::CallbackInfo& info) {
   }
   float *dm = a[0], *dl = a[1], *dO = a[2];
   const float *sm = a[3], *sl = a[4], *sO = a[5];
-  for (int64_t r = 0; r < rows; r++) {
-    const double ms = sm[r];
-    if (ms == -std::numeric_limits<double>::infinity()) continue;
-    const double md = dm[r];
-    const double M = ms > md ? ms : md;
-    const double ad = std::exp2(md - M), as = std::exp2(ms - M);
-    dl[r] = static_cast<float>(dl[r] * ad + sl[r] * as);
-    float* o = dO + r * dv;
-    const float* so = sO + r * dv;
-    for (int64_t x = 0; x < dv; x++) o[x] = static_cast<float>(o[x] * ad + so[x] * as);
-    dm[r] = static_cast<float>(M);
-  }
+  for (int64_t r = 0; r < rows; r++) MergeRow(dm + r, dl + r, dO + r * dv, sm + r, sl + r, sO + r * dv, dv);
   return Napi::Value();
 }
 
@@ -91,13 +80,7 @@ Napi::Value Bf16Rows(const Napi::CallbackInfo& info) {
     uint16_t* out = dst.Data() + static_cast<int64_t>(atRow[r]);
     const float* src = o.Data() + r * dv;
     const double f = factor[r];
-    for (int64_t x = 0; x < dv; x++) {
-      const float v = static_cast<float>(src[x] * f);
-      uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      out[x] = (bits & 0x7fffffffu) > 0x7f800000u ? static_cast<uint16_t>(((bits >> 16) & 0x8000u) | 0x7fc0u)
-                                                  : static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-    }
+    for (int64_t x = 0; x < dv; x++) out[x] = Bf16Of(static_cast<float>(src[x] * f));
   }
   return Napi::Value();
 }

@@ -4,10 +4,13 @@
 // returns, so no buffer can be detached, transferred or collected while a helper reads it, and the
 // helpers run no JavaScript, so none can be terminated mid-item. Each item does what
 // src/reference/dense.ts `attendDense` / sparse.ts `attendSparse` do with a NativeWorkspace, through
-// the same kernels in the same order, so the partials have the same bits.
+// the same kernels in the same order, so the partials have the same bits. The same threads then
+// fold each group's partials and write its out rows (`Finish`), and q is checked for NaN/±Infinity
+// as its rows load (`QScan`), so little of a call stays on the calling thread alone.
 #include "cpu_runner.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_rows.h"
 #include "cpu_tile.h"
 #include "js_errors.h"
 
@@ -151,13 +155,54 @@ void Require(bool ok, const char* what) {
   if (!ok) throw OutOfRange{what};
 }
 
+/**
+ * The first element of q, in (b, s_q, h_q, d_qk) order, that is NaN or ±Infinity among the rows
+ * the items read: the check of src/validate/common.ts `expectFiniteValues`, made here as the
+ * threads load q rows (every row of q is loaded by some item) instead of before the call on the
+ * calling thread alone (docs/reference-backend.md#native-runner).
+ */
+struct QScan {
+  std::atomic<int64_t> first{INT64_MAX};
+
+  /** Records the flat index ((i·s_q + s)·h_q + h)·d_qk + d of a non-finite element. */
+  void Note(int64_t i, int64_t s, int64_t h, int64_t d, int64_t sQ, int64_t hQ, int64_t dQK) {
+    int64_t at;
+    Require(MulAdd(s, i, sQ, at) && MulAdd(h, at, hQ, at) && MulAdd(d, at, dQK, at), "q index past int64");
+    for (int64_t v = first.load(); at < v && !first.compare_exchange_weak(v, at);) {
+    }
+  }
+};
+
+// q row → float32 bits (bf16 shifted, fp16 widened); returns the first d whose element has an
+// all-ones exponent (NaN or ±Infinity), or −1. The flag is an OR in the loop, so it stays vectorised.
+int64_t LoadQRow(const uint16_t* from, uint32_t* to, int64_t n, bool fp16) {
+  const uint32_t mask = fp16 ? 0x7c00u : 0x7f80u;
+  uint32_t bad = 0;
+  if (fp16) {
+    for (int64_t d = 0; d < n; d++) {
+      to[d] = Fp16Bits(from[d]);
+      bad |= (from[d] & mask) == mask;
+    }
+  } else {
+    for (int64_t d = 0; d < n; d++) {
+      to[d] = static_cast<uint32_t>(from[d]) << 16;
+      bad |= (from[d] & mask) == mask;
+    }
+  }
+  if (bad == 0) return -1;
+  for (int64_t d = 0; d < n; d++) {
+    if ((from[d] & mask) == mask) return d;
+  }
+  return -1;
+}
+
 void Store(const TileBuffers& b, int rows, int64_t dv, const Out& out) {
   std::memcpy(out.m, b.m, sizeof(float) * rows);
   std::memcpy(out.l, b.l, sizeof(float) * rows);
   std::memcpy(out.o, b.o, sizeof(float) * rows * dv);
 }
 
-void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& out) {
+void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& out, QScan& scan) {
   const int64_t i = it[0], k = it[1], t1 = it[3], r0 = it[4], r1 = it[5];
   const int64_t hpk = c.hQ / c.hK;
   Require(i >= 0 && i < c.b && k >= 0 && k < c.hK && r0 >= 0 && r1 > r0 && r1 <= c.sQ * hpk && r1 - r0 <= 4096 && it[2] >= 0,
@@ -176,10 +221,8 @@ void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& o
       Require(MulAdd(c.qv.offset, i, c.qv.s0, src) && MulAdd(src, s, c.qv.s1, src) && MulAdd(src, k * hpk + j, c.qv.s2, src) &&
                   Inside(src, c.dQK, c.q.length),
               "q row past its array");
-      const uint16_t* from = c.q.data + src;
-      uint32_t* to = q32 + r * c.dQK;
-      if (c.fp16) for (int64_t d = 0; d < c.dQK; d++) to[d] = Fp16Bits(from[d]);
-      else for (int64_t d = 0; d < c.dQK; d++) to[d] = static_cast<uint32_t>(from[d]) << 16;
+      const int64_t d = LoadQRow(c.q.data + src, q32 + r * c.dQK, c.dQK, c.fp16);
+      if (d >= 0) scan.Note(i, s, k * hpk + j, d, c.sQ, c.hQ, c.dQK);
     }
   }
   kn.reset(b);
@@ -219,7 +262,7 @@ void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& o
   Store(b, rows, c.dV, out);
 }
 
-void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out& out) {
+void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out& out, QScan& scan) {
   const int64_t i = it[0], s = it[1], p0 = it[2], p1 = it[3];
   Require(i >= 0 && i < c.b && s >= 0 && s < c.sQ && p0 >= 0 && p1 >= p0 && it[4] == 0 && it[5] == c.hQ, "sparse item out of range");
   const int rows = static_cast<int>(c.hQ);
@@ -235,7 +278,8 @@ void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out&
       Require(MulAdd(c.qv.offset, i, c.qv.s0, src) && MulAdd(src, s, c.qv.s1, src) && MulAdd(src, h, c.qv.s2, src) &&
                   Inside(src, c.dQK, c.q.length),
               "q row past its array");
-      for (int64_t d = 0; d < c.dQK; d++) q32[h * c.dQK + d] = static_cast<uint32_t>(c.q.data[src + d]) << 16;
+      const int64_t d = LoadQRow(c.q.data + src, q32 + h * c.dQK, c.dQK, false);
+      if (d >= 0) scan.Note(i, s, h, d, c.sQ, c.hQ, c.dQK);
     }
   }
   kn.reset(b);
@@ -296,9 +340,70 @@ void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out&
   Store(b, rows, c.dV, out);
 }
 
+// ---- finishing: merged rows into out and lse -------------------------------------------------
+
+/**
+ * Where a call's rows go once its items are done (src/reference/index.ts `runOnRunner`): each
+ * group's partials (consecutive items of one request × KV head × row block, or request × query
+ * token) fold in item order, as the `merger` of src/reference/index.ts folds them, and its rows
+ * are written: out rounded to bf16 or fp16, and the merged max and sum into lseM and lseL, from
+ * which JavaScript takes the natural-log LSE (one log per row; docs/reference-backend.md#native-runner).
+ * A call's items may come in waves: the fold of a group that a wave leaves open goes to carryOut,
+ * and the next wave's first group goes on from there (its carryIn). Two buffers, not one: a wave's
+ * first group may still read carryIn while its last group writes carryOut.
+ */
+struct Finish {
+  uint16_t* out;
+  float *lseM, *lseL, *carryIn, *carryOut;
+  int64_t outLength, lseLength;
+  bool fromCarry;  // the first group's fold so far is in carryIn (it began in an earlier wave)
+  bool open;       // the last group goes on in the next wave: its fold goes to carryOut, no rows written
+  bool fp16;
+  int64_t b, sQ, hQ, dv;
+  int64_t hpk;  // dense: query heads per KV head; sparse: 0 (an item's rows are the heads of its token)
+};
+
+/** Items [first, last) of a wave that fold into one group of `rows` rows. */
+struct Group {
+  int64_t first, last, rows;
+};
+
+/** Rows [r0, r1) of group g: the unit of finishing work a thread claims. */
+struct Task {
+  int64_t g, r0, r1;
+};
+
+/** Rows per finishing task: 16 rows × 512 floats, a few µs each, so every thread gets a share. */
+constexpr int64_t kTaskRows = 16;
+
+using Clock = std::chrono::steady_clock;
+
+/** `micros` µs from now. */
+Clock::time_point In(int64_t micros) { return Clock::now() + std::chrono::microseconds(micros); }
+
+/**
+ * Spins until done() holds or `until` passes; returns done(). A call's waits (for another
+ * thread's last item of a group, for the helpers' last items: up to 100 µs) are often shorter than
+ * that, and a thread that sleeps instead gives its core away: on a busy machine it then waits to
+ * be scheduled again, which is serial time of the call.
+ */
+template <class Done>
+bool SpinUntil(Done done, Clock::time_point until) {
+  for (int k = 0;; k++) {
+    if (done()) return true;
+    if ((k & 63) == 63 && Clock::now() > until) return done();
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
 // ---- the helper threads -----------------------------------------------------------------------
 
-/** One call's items, claimed from the front by every thread that joins it. */
+/**
+ * One call's items, claimed from the front by every thread that joins it; then, with `finish`,
+ * its finishing tasks, claimed the same way, each once all items of its group are done.
+ */
 struct Job {
   const int32_t* items;
   int64_t count;
@@ -307,15 +412,28 @@ struct Job {
   uint64_t call;
   const DenseCall* dense;
   const SparseCall* sparse;
-  std::atomic<int64_t> next{0};
+  const Finish* finish = nullptr;
+  std::vector<int64_t> groupOf;  // item → group (with finish)
+  std::vector<Group> groups;
+  std::vector<Task> tasks;
+  // Items of each group not yet done; −1 once the call failed (waiters then leave).
+  std::unique_ptr<std::atomic<int32_t>[]> pending;
+  std::atomic<int64_t> next{0}, nextTask{0};
+  QScan qScan;
   std::atomic<bool> failed{false};
   std::mutex errorMu;
   std::string error;
 
   void Fail(const std::string& why) {
-    std::lock_guard<std::mutex> lk(errorMu);
-    if (error.empty()) error = why;
+    {
+      std::lock_guard<std::mutex> lk(errorMu);
+      if (error.empty()) error = why;
+    }
     failed.store(true);
+    for (std::size_t g = 0; finish != nullptr && g < groups.size(); g++) {
+      pending[g].store(-1);
+      pending[g].notify_all();
+    }
   }
 
   void Work() {
@@ -325,8 +443,23 @@ struct Job {
         const int64_t rows = static_cast<int64_t>(it[5]) - it[4];
         float* at = results + j * slot;
         const Out out{at, at + rows, at + 2 * rows};
-        if (dense) RunDense(*dense, it, call, out);
-        else RunSparse(*sparse, it, call, out);
+        if (dense) RunDense(*dense, it, call, out, qScan);
+        else RunSparse(*sparse, it, call, out, qScan);
+        if (finish != nullptr) {
+          std::atomic<int32_t>& left = pending[groupOf[j]];
+          if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) left.notify_all();
+        }
+      }
+      if (finish == nullptr) return;
+      for (int64_t t = nextTask.fetch_add(1); t < static_cast<int64_t>(tasks.size()) && !failed.load(std::memory_order_relaxed);
+           t = nextTask.fetch_add(1)) {
+        std::atomic<int32_t>& left = pending[tasks[t].g];
+        SpinUntil([&] { return left.load(std::memory_order_acquire) <= 0; }, In(100));
+        for (int32_t v = left.load(std::memory_order_acquire); v != 0; v = left.load(std::memory_order_acquire)) {
+          if (v < 0) return;
+          left.wait(v, std::memory_order_acquire);
+        }
+        FinishRows(tasks[t]);
       }
     } catch (const OutOfRange& e) {
       Fail(e.what);
@@ -334,6 +467,51 @@ struct Job {
       Fail("out of memory for a tile workspace");
     } catch (...) {
       Fail("an item failed");
+    }
+  }
+
+  /** Folds rows [r0, r1) of a group's partials in item order, then writes them (or carries them on). */
+  void FinishRows(const Task& t) const {
+    const Finish& f = *finish;
+    const Group& g = groups[t.g];
+    const int64_t R = g.rows;
+    const bool fromCarry = f.fromCarry && t.g == 0;
+    const bool toCarry = f.open && t.g + 1 == static_cast<int64_t>(groups.size());
+    float* acc = fromCarry ? f.carryIn : results + g.first * slot;
+    for (int64_t j = fromCarry ? g.first : g.first + 1; j < g.last; j++) {
+      const float* p = results + j * slot;
+      for (int64_t r = t.r0; r < t.r1; r++) MergeRow(acc + r, acc + R + r, acc + 2 * R + r * dv, p + r, p + R + r, p + 2 * R + r * dv, dv);
+    }
+    if (toCarry) {
+      std::memcpy(f.carryOut + t.r0, acc + t.r0, sizeof(float) * (t.r1 - t.r0));
+      std::memcpy(f.carryOut + R + t.r0, acc + R + t.r0, sizeof(float) * (t.r1 - t.r0));
+      std::memcpy(f.carryOut + 2 * R + t.r0 * dv, acc + 2 * R + t.r0 * dv, sizeof(float) * (t.r1 - t.r0) * dv);
+      return;
+    }
+    const int32_t* it = items + kItem * g.first;
+    const int64_t i = it[0];
+    for (int64_t r = t.r0; r < t.r1; r++) {
+      // Dense rows are (s, head of KV head it[1]) (docs/flashmla-interface.md#dense-host-layer); sparse rows are the heads of token it[1].
+      const int64_t s = f.hpk > 0 ? (it[4] + r) / f.hpk : it[1];
+      const int64_t h = f.hpk > 0 ? it[1] * f.hpk + (it[4] + r) % f.hpk : r;
+      // lse (b, h_q, s_q) at (i, h, s); out (b, s_q, h_q, d_v) at (i, s, h, 0).
+      int64_t ih, is, lseAt, outAt;
+      Require(MulAdd(h, i, f.hQ, ih) && MulAdd(s, ih, f.sQ, lseAt) && Inside(lseAt, 1, f.lseLength) && MulAdd(s, i, f.sQ, is) &&
+                  MulAdd(h, is, f.hQ, outAt) && MulAdd(0, outAt, f.dv, outAt) && Inside(outAt, f.dv, f.outLength),
+              "an output row past out or lse");
+      const float m = acc[r], l = acc[R + r];
+      f.lseM[lseAt] = m;
+      f.lseL[lseAt] = l;
+      uint16_t* to = f.out + outAt;
+      if (LseIsInfinite(m, l)) {
+        std::memset(to, 0, sizeof(uint16_t) * dv);
+        continue;
+      }
+      // src/reference/finalize.ts `writeRows`: the product in double, rounded to float, then to q's dtype.
+      const double factor = 1.0 / static_cast<double>(l);
+      const float* o = acc + 2 * R + r * dv;
+      if (f.fp16) for (int64_t x = 0; x < dv; x++) to[x] = Fp16Of(static_cast<float>(o[x] * factor));
+      else for (int64_t x = 0; x < dv; x++) to[x] = Bf16Of(static_cast<float>(o[x] * factor));
     }
   }
 };
@@ -362,6 +540,21 @@ class Helpers {
     return started_;
   }
 
+  /**
+   * Wakes the helpers (starting up to n) to spin for the next job until `micros` µs from now:
+   * a call primes them as it starts, so that waking them (~0.1 ms, more on a busy machine)
+   * overlaps its validation instead of delaying its items (docs/reference-backend.md#native-runner).
+   */
+  void Prime(int n, int64_t micros) {
+    Grow(n);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      primedUntil_ = In(micros);
+      primes_++;
+    }
+    wake_.notify_all();
+  }
+
   /** Runs `job` on the calling thread and up to `helpers` helpers; returns when every item is done. */
   void Run(Job& job, int helpers) {
     std::unique_lock<std::mutex> own(busy_, std::try_to_lock);
@@ -379,17 +572,32 @@ class Helpers {
     }
     wake_.notify_all();
     job.Work();
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = nullptr;  // no helper joins after this
+    }
+    if (SpinUntil([this] { return active_.load() == 0; }, In(100))) return;
     std::unique_lock<std::mutex> lk(mu_);
-    job_ = nullptr;  // no helper joins after this
-    idle_.wait(lk, [this] { return active_ == 0; });
+    idle_.wait(lk, [this] { return active_.load() == 0; });
   }
 
  private:
   void Loop() {
-    uint64_t seen = 0;
+    uint64_t seen = 0, primed = 0;
     std::unique_lock<std::mutex> lk(mu_);
+    const auto joinable = [&] { return job_ != nullptr && generation_ != seen && joined_ < wanted_; };
     for (;;) {
-      wake_.wait(lk, [&] { return job_ != nullptr && generation_ != seen && joined_ < wanted_; });
+      wake_.wait(lk, [&] { return joinable() || primes_ != primed; });
+      if (!joinable()) {
+        // Primed: spin, without the lock, until a job is posted or the priming ends; then join it or sleep.
+        primed = primes_;
+        const Clock::time_point until = primedUntil_;
+        const uint64_t posted = generation_;
+        lk.unlock();
+        SpinUntil([&] { return generation_.load() != posted; }, until);
+        lk.lock();
+        continue;
+      }
       seen = generation_;
       joined_++;
       active_++;
@@ -405,8 +613,13 @@ class Helpers {
   std::mutex mu_;
   std::condition_variable wake_, idle_;
   Job* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int wanted_ = 0, joined_ = 0, active_ = 0, started_ = 0;
+  // Jobs posted: changed under mu_, read without it by primed helpers.
+  std::atomic<uint64_t> generation_{0};
+  uint64_t primes_ = 0;
+  Clock::time_point primedUntil_{};
+  int wanted_ = 0, joined_ = 0, started_ = 0;
+  // Helpers in a job: changed under mu_ (idle_ waits on it), read without it while the caller spins.
+  std::atomic<int> active_{0};
 };
 
 std::atomic<uint64_t> calls{0};
@@ -454,9 +667,75 @@ Params ParamsOf(const Napi::CallbackInfo& info) {
   return {info.Env(), a.Data(), a.ElementLength()};
 }
 
-/** items, count, results, slot, threads from argument `first` on; runs the job; throws its error. */
-void RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, int64_t dv) {
+/**
+ * The finishing arguments from argument `at` on (out, lse, lseL, carryIn, carryOut, flags; out null: none) into
+ * `f` (whose call fields are set); groups and tasks of the job's items. Every group's rows, lse
+ * and out places are checked again when written; here the arrays' sizes against the call.
+ */
+bool FinishOf(const Napi::CallbackInfo& info, std::size_t at, Finish& f, Job& job) {
   Napi::Env env = info.Env();
+  if (info[at].IsNull() || info[at].IsUndefined()) return false;
+  const Span<uint16_t> out = SpanOf<uint16_t>(env, info[at], napi_uint16_array, "out");
+  const Span<float> lseM = SpanOf<float>(env, info[at + 1], napi_float32_array, "lse");
+  const Span<float> lseL = SpanOf<float>(env, info[at + 2], napi_float32_array, "lseL");
+  const Span<float> carryIn = SpanOf<float>(env, info[at + 3], napi_float32_array, "carryIn");
+  const Span<float> carryOut = SpanOf<float>(env, info[at + 4], napi_float32_array, "carryOut");
+  int64_t flags;
+  if (!info[at + 5].IsNumber() || !WholeInt(info[at + 5].As<Napi::Number>().DoubleValue(), flags) || flags < 0 || flags > 3) {
+    Bad(env, "flags out of range");
+  }
+  int64_t rows, outs;
+  if (!(MulAdd(0, f.b, f.sQ, rows) && MulAdd(0, rows, f.hQ, rows) && MulAdd(0, rows, f.dv, outs)) || out.length < outs ||
+      lseM.length < rows || lseL.length < rows) {
+    Bad(env, "out or lse shorter than the call");
+  }
+  f.out = const_cast<uint16_t*>(out.data);
+  f.lseM = const_cast<float*>(lseM.data);
+  f.lseL = const_cast<float*>(lseL.data);
+  f.carryIn = const_cast<float*>(carryIn.data);
+  f.carryOut = const_cast<float*>(carryOut.data);
+  f.outLength = out.length;
+  f.lseLength = lseM.length < lseL.length ? lseM.length : lseL.length;
+  f.fromCarry = (flags & 1) != 0;
+  f.open = (flags & 2) != 0;
+  if (carryIn.data < carryOut.data + carryOut.length && carryOut.data < carryIn.data + carryIn.length) Bad(env, "carryIn and carryOut overlap");
+  // Groups as the merger of src/reference/index.ts tells them: consecutive items with the same
+  // request, head or token, and first row.
+  const int32_t* it = job.items;
+  job.groupOf.resize(job.count);
+  for (int64_t j = 0; j < job.count; j++) {
+    const int32_t* a = it + kItem * j;
+    const int32_t* p = a - kItem;
+    if (j > 0 && a[0] == p[0] && a[1] == p[1] && a[4] == p[4]) {
+      if (a[5] != p[5]) Bad(env, "items of one group with different rows");
+      job.groups.back().last = j + 1;
+    } else {
+      job.groups.push_back({j, j + 1, static_cast<int64_t>(a[5]) - a[4]});
+    }
+    job.groupOf[j] = static_cast<int64_t>(job.groups.size()) - 1;
+  }
+  const auto carries = [&](const Span<float>& carry, const Group& g) { return g.rows <= carry.length / (f.dv + 2); };
+  if ((f.fromCarry || f.open) && job.groups.empty()) Bad(env, "a carry without items");
+  if ((f.fromCarry && !carries(carryIn, job.groups.front())) || (f.open && !carries(carryOut, job.groups.back()))) {
+    Bad(env, "carry shorter than its group");
+  }
+  job.pending.reset(new std::atomic<int32_t>[job.groups.size()]);
+  for (std::size_t g = 0; g < job.groups.size(); g++) {
+    const Group& gr = job.groups[g];
+    job.pending[g].store(static_cast<int32_t>(gr.last - gr.first));
+    for (int64_t r = 0; r < gr.rows; r += kTaskRows) job.tasks.push_back({static_cast<int64_t>(g), r, r + kTaskRows < gr.rows ? r + kTaskRows : gr.rows});
+  }
+  return true;
+}
+
+/**
+ * items, count, results, slot, threads from argument `first` on, then the finishing arguments
+ * (FinishOf; `f` holds the call's fields); runs the job; throws its error. Returns the flat index
+ * of the first non-finite q element the items read (QScan), or −1.
+ */
+int64_t RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, Finish& f) {
+  Napi::Env env = info.Env();
+  const int64_t dv = f.dv;
   const Span<int32_t> items = SpanOf<int32_t>(env, info[first], napi_int32_array, "items");
   Span<float> results = SpanOf<float>(env, info[first + 2], napi_float32_array, "results");
   const auto number = [&](std::size_t k, int64_t lo, int64_t hi, const char* name) {
@@ -482,14 +761,19 @@ void RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* 
   job.call = ++calls;
   job.dense = dense;
   job.sparse = sparse;
-  const int64_t helpers = threads - 1 < count - 1 ? threads - 1 : count - 1;
+  if (FinishOf(info, first + 5, f, job)) job.finish = &f;
+  // Finishing tasks are work for the helpers too: a call of one item still has its group's rows.
+  const int64_t units = count > static_cast<int64_t>(job.tasks.size()) ? count : static_cast<int64_t>(job.tasks.size());
+  const int64_t helpers = threads - 1 < units - 1 ? threads - 1 : units - 1;
   Helpers::Get().Run(job, helpers > 0 ? static_cast<int>(helpers) : 0);
   if (job.failed.load()) Bad(env, job.error);
+  const int64_t bad = job.qScan.first.load();
+  return bad == INT64_MAX ? -1 : bad;
 }
 
 }  // namespace
 
-// runDense(params, q, kCache, blockTable, seqlens, items, count, results, slot, threads)
+// runDense(params, q, kCache, blockTable, seqlens, items, count, results, slot, threads, out, lse, lseL, carryIn, carryOut, flags)
 Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Params p = ParamsOf(info);
@@ -513,11 +797,12 @@ Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
   c.bt = SpanOf<int32_t>(env, info[3], napi_int32_array, "blockTable");
   c.seqlens = SpanOf<int32_t>(env, info[4], napi_int32_array, "seqlens");
   if (c.seqlens.length < c.b) Bad(env, "seqlens shorter than b");
-  RunJob(info, 5, &c, nullptr, c.dV);
-  return Napi::Value();
+  Finish f{};
+  f.fp16 = c.fp16, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = c.hQ / c.hK;
+  return Napi::Number::New(env, static_cast<double>(RunJob(info, 5, &c, nullptr, f)));
 }
 
-// runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads)
+// runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads, out, lse, lseL, carryIn, carryOut, flags)
 Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Params p = ParamsOf(info);
@@ -543,7 +828,19 @@ Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
     s.indices = SpanOf<int32_t>(env, info[3 + 3 * n], napi_int32_array, "indices");
     s.lengths = SpanOf<int32_t>(env, info[4 + 3 * n], napi_int32_array, "lengths", true);
   }
-  RunJob(info, 8, nullptr, &c, c.dV);
+  Finish f{};
+  f.fp16 = false, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = 0;
+  return Napi::Number::New(env, static_cast<double>(RunJob(info, 8, nullptr, &c, f)));
+}
+
+// prime(n, micros): wakes the helpers (starting up to n) to spin for the next call's items for up to micros µs.
+Napi::Value PrimeHelpers(const Napi::CallbackInfo& info) {
+  int64_t n, micros;
+  if (!info[0].IsNumber() || !WholeInt(info[0].As<Napi::Number>().DoubleValue(), n) || n < 0 || n > 255 || !info[1].IsNumber() ||
+      !WholeInt(info[1].As<Napi::Number>().DoubleValue(), micros) || micros < 0 || micros > 10000) {
+    Bad(info.Env(), "prime(n, micros) takes 0…255 and 0…10000");
+  }
+  Helpers::Get().Prime(static_cast<int>(n), micros);
   return Napi::Value();
 }
 

@@ -150,6 +150,7 @@ Napi::Object CpuTileExports(Napi::Env env) {
   o.Set("runDense", Napi::Function::New(env, RunDenseItems, "runDense"));
   o.Set("runSparse", Napi::Function::New(env, RunSparseItems, "runSparse"));
   o.Set("startHelpers", Napi::Function::New(env, StartHelpers, "startHelpers"));
+  o.Set("prime", Napi::Function::New(env, PrimeHelpers, "prime"));
   return o;
 }
 

@@ -30,7 +30,8 @@ let nativeBf16: CpuTileApi['bf16Rows'] | null | undefined;
  * out 0 and lse +Infinity (docs/flashmla-interface.md#empty-rows). With an attention sink (sparse), out is scaled by
  * 1 / (1 + exp(sink − lse)); lse stays without the sink (docs/flashmla-interface.md#sparse-semantics). bf16 rows are rounded in the
  * addon when it is loaded (same bits as f32ToBf16): this runs on the calling thread after the
- * last item of a call, so it is serial time.
+ * last item of a call, so it is serial time. The native runner writes the rows of calls without a
+ * sink on its own threads the same way (binding/cpu_runner.cc `Finish`, tested against this).
  */
 export function writeRows(res: DecodeResult<HostTensor>, plan: DecodePlan, p: Partial, at: RowPlaces, factors: Float64Array, bases: Float64Array): void {
   const { sQ, hQ, dV } = plan;

@@ -6,7 +6,7 @@ import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
 import { liveLength, readDecodeArgs, readDecodeOptions } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
 import { allocateOutputs, writeRows, type RowPlaces } from './finalize.js';
-import { ITEM, itemRows, planFlops, runItem, workItems } from './items.js';
+import { ITEM, itemRows, planFlops, runItem, sameGroup, workItems } from './items.js';
 import { kernelsFor, resolveTier, type Tier, type TileKernels } from './kernels.js';
 import { copyPartial, mergeInto, partialIn, type Partial } from './partial.js';
 import { pool } from './pool.js';
@@ -14,7 +14,7 @@ import { forgetQ } from './qmemo.js';
 import type { Job } from './worker.js';
 import { backLimit, claimBack, closeClaims, frontClaims, MAX_WAVE_ITEMS, openClaims } from './claim.js';
 import { arena, stagePlan, type Staged } from './share.js';
-import { nativeRunner, runItemsNative } from './runner.js';
+import { firstReport, nativeRunner, runFinishing, runItemsNative, runnerResults, throwIfNonFiniteQ } from './runner.js';
 
 export { resolveTier, TIER_ENV, TIERS, tierAvailable, tierUnavailable, type Tier } from './kernels.js';
 
@@ -32,6 +32,12 @@ export interface ReferenceOptions {
  * workers costs ~0.1 ms, about 3 MFLOP of SIMD work.
  */
 export const PARALLEL_MIN_FLOPS = 2e7;
+
+/**
+ * How long primed helpers of the native runner spin for the call's items (µs): waking a sleeping
+ * thread takes ~0.1 ms on the development machine, preparing the items a few tens of µs.
+ */
+const PRIME_MICROS = 300;
 
 /** Results of at most this many bytes per wave of items in flight to the pool. */
 const WAVE_BYTES = 64 << 20;
@@ -95,8 +101,10 @@ function sinkValues(plan: SparsePlan): Float32Array | null {
 /**
  * Folds item partials, in item order, into the group they belong to and writes each group's rows
  * when its last item arrives (LSE merge as FlashMLA's combine, docs/flashmla-interface.md#split-kv).
+ * The worker pool's calls and the runner's calls with an attention sink finish here; the runner's
+ * own finishing (runner.ts `runFinishing`) is tested against it bit for bit.
  */
-function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>): (j: number, p: Partial) => void {
+export function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>): (j: number, p: Partial) => void {
   const rows = itemRows(plan);
   const accBuffer = new Float32Array(rows * (plan.dV + 2));
   let acc = partialIn(accBuffer, 0, 0, plan.dV);
@@ -107,15 +115,14 @@ function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTenso
   const factors = new Float64Array(rows);
   const bases = new Float64Array(rows);
   const field = (j: number, f: number): number => items[ITEM * j + f]!;
-  const sameGroup = (a: number, b: number): boolean => field(a, 0) === field(b, 0) && field(a, 1) === field(b, 1) && field(a, 4) === field(b, 4);
   return (j, p) => {
-    if (j === 0 || !sameGroup(j, j - 1)) {
+    if (j === 0 || !sameGroup(items, j, j - 1)) {
       acc = partialIn(accBuffer, 0, p.rows, plan.dV);
       copyPartial(acc, p);
     } else {
       mergeInto(acc, p);
     }
-    if (j + 1 < n && sameGroup(j, j + 1)) return;
+    if (j + 1 < n && sameGroup(items, j, j + 1)) return;
     const g = field(j, 1), r0 = field(j, 4);
     places.i = field(j, 0);
     for (let r = 0; r < acc.rows; r++) {
@@ -168,25 +175,32 @@ function runCallerShare(
   }
 }
 
-/** Partials of the runner's items, reused from call to call (fresh memory costs a page fault per 4 KiB). */
-let runnerResults = new Float32Array(0);
-
 /**
  * The native tier: waves of items through the addon's runner (runner.ts), which returns when a
- * wave is done; their partials merge in item order as the pool's do.
+ * wave is done. Without an attention sink the runner's threads also merge each group's partials
+ * and write its rows (runner.ts `runFinishing`); with one (whose out scaling needs the LSE) the
+ * partials merge here in item order as the pool's do. Either way the runner reports a non-finite
+ * q, which referenceDecode leaves to it (docs/reference-backend.md#native-runner).
  */
 function runOnRunner(
   runner: NonNullable<ReturnType<typeof nativeRunner>>, plan: DecodePlan, items: Int32Array,
-  absorb: (j: number, p: Partial) => void, slot: number, threads: number,
+  res: DecodeResult<HostTensor>, slot: number, threads: number,
 ): void {
   const n = items.length / ITEM;
   const wave = Math.max(1, Math.min(n, Math.floor(WAVE_BYTES / (4 * slot))));
-  if (runnerResults.length < wave * slot) runnerResults = new Float32Array(wave * slot);
+  if (!(plan.kind === 'sparse' && plan.attnSink)) {
+    runFinishing(runner, plan, items, res, slot, threads, wave);
+    return;
+  }
+  const absorb = merger(plan, items, res);
+  const results = runnerResults(wave * slot);
+  let badQ = -1;
   for (let w0 = 0; w0 < n; w0 += wave) {
     const count = Math.min(n - w0, wave);
-    runItemsNative(runner, plan, items.subarray(ITEM * w0), count, runnerResults, slot, threads);
-    for (let j = 0; j < count; j++) absorb(w0 + j, slotOf(items, w0 + j, j, runnerResults, slot, plan.dV));
+    badQ = firstReport(badQ, runItemsNative(runner, plan, items.subarray(ITEM * w0), count, results, slot, threads));
+    for (let j = 0; j < count; j++) absorb(w0 + j, slotOf(items, w0 + j, j, results, slot, plan.dV));
   }
+  throwIfNonFiniteQ(plan, badQ);
 }
 
 /** Runs a validated plan on the CPU with FlashMLA's semantics (docs/flashmla-interface.md#reference-semantics). */
@@ -203,18 +217,21 @@ async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<Decode
   const threads = resolveThreads(opts.threads);
   const tier = resolveTier(opts.tier ?? opts.kernels?.name);
   const kernels = kernelsFor(tier);
+  const runner = tier === 'native' ? nativeRunner() : null;
+  const parallel = threads > 1 && planFlops(plan) >= PARALLEL_MIN_FLOPS;
+  // The helpers wake up while this call's items and outputs are prepared (docs/reference-backend.md#native-runner).
+  if (runner && parallel) runner.prime(threads - 1, PRIME_MICROS);
   const res = allocateOutputs(plan);
   const items = workItems(plan);
   const n = items.length / ITEM;
-  const absorb = merger(plan, items, res);
   const slot = itemRows(plan) * (plan.dV + 2);
 
-  const serial = threads === 1 || n === 1 || planFlops(plan) < PARALLEL_MIN_FLOPS;
-  const runner = tier === 'native' ? nativeRunner() : null;
+  const serial = !parallel || n === 1;
   if (runner) {
-    runOnRunner(runner, plan, items, absorb, slot, serial ? 1 : threads);
+    runOnRunner(runner, plan, items, res, slot, serial ? 1 : threads);
     return res;
   }
+  const absorb = merger(plan, items, res);
   if (serial) {
     const scratch = new Float32Array(slot);
     for (let j = 0; j < n; j++) {
@@ -270,7 +287,9 @@ export async function referenceDecode(callerArgs: DecodeArgs, callerOptions?: Ca
   const args = readDecodeArgs(callerArgs);
   const options = readDecodeOptions(callerOptions);
   const threads = resolveThreads(options.threads);
-  const plan = validateDecode(args);
+  const tier = resolveTier(options.tier ?? options.kernels?.name);
+  // The native runner checks q's values as its threads load q (docs/reference-backend.md#native-runner).
+  const plan = validateDecode(args, { finiteQ: tier !== 'native' || nativeRunner() === null });
   args.schedMeta.bind(plan.config);
-  return runReference(plan, { threads, tier: options.tier, kernels: options.kernels });
+  return runReference(plan, { threads, tier, kernels: options.kernels });
 }

@@ -75,6 +75,14 @@ export function chunkSize(plan: DecodePlan): number {
   return chunk;
 }
 
+/**
+ * Whether items a and b fold into the same output rows (request, KV head or query token, first
+ * row); a group's items are consecutive (binding/cpu_runner.cc tells groups the same way).
+ */
+export function sameGroup(items: Int32Array, a: number, b: number): boolean {
+  return items[ITEM * a] === items[ITEM * b] && items[ITEM * a + 1] === items[ITEM * b + 1] && items[ITEM * a + 4] === items[ITEM * b + 4];
+}
+
 /** Most output rows of one item (dense: s_q·h_q/h_k up to MAX_ROWS, sparse: h_q). */
 export function itemRows(plan: DecodePlan): number {
   return plan.kind === 'dense' ? Math.min(denseRows(plan), MAX_ROWS) : plan.hQ;

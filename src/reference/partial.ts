@@ -74,6 +74,13 @@ export function mergeIntoJs(dst: Partial, src: Partial): void {
 
 /** Natural-log LSE of a row, +Infinity for a row that saw no key (docs/flashmla-interface.md#empty-rows lonely rows). */
 export function rowLse(p: Partial, r: number): number {
-  const l = p.l[r]!;
-  return l === 0 ? Infinity : (p.m[r]! + Math.log2(l)) * LN2;
+  return lseOf(p.m[r]!, p.l[r]!);
+}
+
+/**
+ * Natural-log LSE of a row whose base-2 max is m and sum l (+Infinity for l = 0). The runner's
+ * rows (binding/cpu_rows.h `LseIsInfinite` tells the +Infinity rows the same way) take it here too.
+ */
+export function lseOf(m: number, l: number): number {
+  return l === 0 ? Infinity : (m + Math.log2(l)) * LN2;
 }

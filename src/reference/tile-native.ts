@@ -20,6 +20,10 @@ interface CpuTile {
   step(tokens: number, scaleLog2: number): void;
 }
 
+/** The runner's finishing arguments (out, lse, sums, carryIn, carryOut, flags; runner.ts `RunnerFinish`); none or nulls: partials only. */
+type RunnerFinishArgs = readonly [Uint16Array, Float32Array, Float32Array, Float32Array, Float32Array, number]
+  | readonly [null, null, null, null, null, 0] | readonly [];
+
 /** `cpuTile` of the addon (binding/addon.cc). */
 export interface CpuTileApi {
   /** The best instruction set this CPU runs, null without AVX2 + FMA or off x86-64. */
@@ -34,16 +38,20 @@ export interface CpuTileApi {
   /**
    * runner.ts: a dense call's `count` items into `results` (one partial per `slot` floats) on the
    * calling thread and up to `threads − 1` of the addon's helper threads; returns when all are done.
+   * With `out` (not null), the same threads then finish the rows (runner.ts `RunnerFinish`).
+   * Returns the flat index of the first non-finite q element the items read, or −1.
    */
   readonly runDense?: (params: Float64Array, q: Uint16Array, kCache: Uint16Array, blockTable: Int32Array, seqlens: Int32Array,
-    items: Int32Array, count: number, results: Float32Array, slot: number, threads: number) => void;
+    items: Int32Array, count: number, results: Float32Array, slot: number, threads: number, ...finish: RunnerFinishArgs) => number;
   /** The same for a sparse call: per scope (main, then extra or nulls) its cache, indices and topk lengths (or null). */
   readonly runSparse?: (params: Float64Array, q: Uint16Array,
     cache0: Uint8Array, indices0: Int32Array, lengths0: Int32Array | null,
     cache1: Uint8Array | null, indices1: Int32Array | null, lengths1: Int32Array | null,
-    items: Int32Array, count: number, results: Float32Array, slot: number, threads: number) => void;
+    items: Int32Array, count: number, results: Float32Array, slot: number, threads: number, ...finish: RunnerFinishArgs) => number;
   /** Starts the runner's helper threads up to n (they then sleep until a call); returns how many there are. */
   readonly startHelpers?: (n: number) => number;
+  /** Wakes the runner's helpers (starting up to n) to spin for the next call's items for up to `micros` µs (≤ 10,000). */
+  readonly prime?: (n: number, micros: number) => void;
 }
 
 let api: CpuTileApi | string | undefined;

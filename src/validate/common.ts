@@ -120,6 +120,11 @@ function firstNonFinite(dtype: string, data: ArrayLike<number>, o: number, step:
   return -1;
 }
 
+/** The error for a NaN or ±Infinity element of tensor `name` at index `idx` (its first in row-major order). */
+export function nonFiniteError(name: string, idx: readonly number[]): FlashMLAError {
+  return new FlashMLAError('E_VALUE', `${name}[${idx.join(', ')}] is not finite (NaN or Infinity); inputs must be finite`, name);
+}
+
 /** Rejects NaN/±Inf anywhere in a host-readable floating tensor (a NaN input gives NaN rows). */
 export function expectFiniteValues(b: Bound, name: string, downloaded?: Downloaded): void {
   const h = hostData(b, downloaded);
@@ -134,7 +139,7 @@ export function expectFiniteValues(b: Bound, name: string, downloaded?: Download
     const j = firstNonFinite(dtype, h.data, o, strides[rank - 1]!, shape[rank - 1]!);
     if (j >= 0) {
       idx[rank - 1] = j;
-      throw new FlashMLAError('E_VALUE', `${name}[${idx.join(', ')}] is not finite (NaN or Infinity); inputs must be finite`, name);
+      throw nonFiniteError(name, idx);
     }
     let k = rank - 2;
     while (k >= 0 && ++idx[k]! === shape[k]) idx[k--] = 0;

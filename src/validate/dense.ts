@@ -2,7 +2,7 @@ import { check, FlashMLAError } from '../errors.js';
 import type { DensePlan } from '../plan.js';
 import type { DecodeArgs } from '../types.js';
 import {
-  bind, expectContiguous, expectSoftmaxScale, expectFiniteValues, expectLastDimContiguous, expectShape,
+  bind, expectContiguous, expectSoftmaxScale, expectLastDimContiguous, expectShape,
   expectIndexable, expectOptionalBoolean, expectRowsFit, expectTmaFriendly, hostData, isGiven, readInt32Vector, type Downloaded,
 } from './common.js';
 
@@ -17,6 +17,7 @@ const SPARSE_ONLY = ['attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLe
  * Dense decode checks: FlashMLA's Python layer (docs/flashmla-interface.md#python-dispatch), host layer in its order (docs/flashmla-interface.md#dense-host-layer),
  * the dense launcher's exit(1) checks (d == 576) and TMA rules (docs/flashmla-interface.md#tma-alignment), and what FlashMLA
  * does not check: sequence lengths within the block table, used block ids inside the cache.
+ * q's values come last, in `validateDecode`.
  */
 export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefined): DensePlan {
   for (const k of SPARSE_ONLY) {
@@ -99,8 +100,6 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
       }
     }
   }
-  expectFiniteValues(q, 'q', downloaded);
-
   return {
     kind: 'dense',
     config: {

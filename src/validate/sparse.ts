@@ -2,7 +2,7 @@ import { check, FlashMLAError } from '../errors.js';
 import type { Bound, SparsePlan, SparseScope } from '../plan.js';
 import type { DecodeArgs, KvLayout } from '../types.js';
 import {
-  bind, expectContiguous, expectSoftmaxScale, expectFiniteValues, expectIndexable, expectIntStrides, expectLastDimContiguous,
+  bind, expectContiguous, expectSoftmaxScale, expectIndexable, expectIntStrides, expectLastDimContiguous,
   expectOptionalBoolean, expectRowsFit, expectShape, expectTmaFriendly, hostData, isGiven, readInt32Vector, type Downloaded,
 } from './common.js';
 import { D_V } from './dense.js';
@@ -18,6 +18,7 @@ const TOPK_MULTIPLE = 64;
 /**
  * Sparse FP8 decode checks: Python layer (docs/flashmla-interface.md#python-checks), host layer in its order (docs/flashmla-interface.md#sparse-host-layer), the
  * launcher checks that hold on every architecture (docs/flashmla-interface.md#launcher-checks, docs/flashmla-interface.md#sm90-cache-loads, docs/flashmla-interface.md#extra-topk-multiple), and our range rules.
+ * q's values come last, in `validateDecode`.
  */
 export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefined): SparsePlan {
   expectOptionalBoolean(args.causal, 'causal');
@@ -108,7 +109,6 @@ export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefi
       }
     }
   }
-  expectFiniteValues(q, 'q', downloaded);
 
   return {
     kind: 'sparse',

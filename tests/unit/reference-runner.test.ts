@@ -9,13 +9,14 @@ import { FlashMLAError } from '../../src/errors.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase } from '../../src/harness/cases.js';
 import { oracleDecode } from '../../src/harness/oracle.js';
 import type { DecodePlan, DensePlan } from '../../src/plan.js';
+import { allocateOutputs } from '../../src/reference/finalize.js';
 import { ITEM, itemRows, runItem, workItems } from '../../src/reference/items.js';
-import { referenceDecode, TIER_ENV } from '../../src/reference/index.js';
+import { merger, referenceDecode, TIER_ENV } from '../../src/reference/index.js';
 import { kernelsFor } from '../../src/reference/kernels.js';
 import { partialIn } from '../../src/reference/partial.js';
 import { pool } from '../../src/reference/pool.js';
 import { forgetQ } from '../../src/reference/qmemo.js';
-import { nativeRunner, runItemsNative } from '../../src/reference/runner.js';
+import { nativeRunner, runFinishing, runItemsNative, type RunnerFinish } from '../../src/reference/runner.js';
 import { warmup } from '../../src/reference/warmup.js';
 import type { HostTensor } from '../../src/tensor.js';
 import type { DecodeResult } from '../../src/types.js';
@@ -63,6 +64,109 @@ describe.each(cases.map((c) => [c.name, c] as const))('%s', (_, c) => {
     const plan = planOf(c);
     const want = partials(plan, 'js');
     for (const threads of [1, 2, 5]) expect(same(partials(plan, threads), want), `${threads} threads`).toBe(true);
+  });
+});
+
+/** The same plan without its attention sink (whose out scaling needs the LSE: those calls finish in JavaScript). */
+const sinkless = (plan: DecodePlan): DecodePlan => (plan.kind === 'sparse' ? { ...plan, attnSink: null } : plan);
+
+/** out and lse as index.ts's merger writes them from the runner's partials: the path the runner's finishing replaces. */
+function mergedInJs(plan: DecodePlan): DecodeResult<HostTensor> {
+  const items = workItems(plan);
+  const n = items.length / ITEM;
+  const slot = itemRows(plan) * (plan.dV + 2);
+  const results = new Float32Array(n * slot);
+  expect(runItemsNative(runner, plan, items, n, results, slot, 1)).toBe(-1);
+  const res = allocateOutputs(plan);
+  const absorb = merger(plan, items, res);
+  for (let j = 0; j < n; j++) absorb(j, partialIn(results, j * slot, items[ITEM * j + 5]! - items[ITEM * j + 4]!, plan.dV));
+  return res;
+}
+
+const bitsOf = (r: DecodeResult<HostTensor>): [Buffer, Buffer] => [Buffer.from(r.out.data.buffer), Buffer.from(r.lse.data.buffer)];
+
+describe.each(cases.map((c) => [c.name, c] as const))('%s', (_, c) => {
+  test('the runner\'s finished rows are the JavaScript merge and rounding of its partials, bit for bit, on 1, 2 and 5 threads, in one wave or in waves of 1–3 items', () => {
+    const plan = sinkless(planOf(c));
+    const [out, lse] = bitsOf(mergedInJs(plan));
+    const items = workItems(plan);
+    const n = items.length / ITEM;
+    const slot = itemRows(plan) * (plan.dV + 2);
+    for (const threads of [1, 2, 5]) {
+      for (const wave of [n, 1, 2, 3]) {
+        const res = allocateOutputs(plan);
+        (res.out.data as Uint16Array).fill(0xabcd);
+        runFinishing(runner, plan, items, res, slot, threads, wave);
+        const [o, l] = bitsOf(res);
+        expect(o.equals(out), `out, ${threads} threads, waves of ${wave}`).toBe(true);
+        expect(l.equals(lse), `lse, ${threads} threads, waves of ${wave}`).toBe(true);
+      }
+    }
+  });
+});
+
+test('cases 0, 3 and 4 have groups of several items, so waves of 1–3 items leave groups open (carried to the next wave)', () => {
+  const groups = (c: DecodeCase): number => {
+    const items = workItems(planOf(c));
+    return new Set(Array.from({ length: items.length / ITEM }, (_, j) => `${items[ITEM * j]},${items[ITEM * j + 1]},${items[ITEM * j + 4]}`)).size;
+  };
+  const several = cases.filter((c) => workItems(planOf(c)).length / ITEM > groups(c));
+  expect(several.map((c) => c.name)).toEqual([0, 3, 4].map((k) => cases[k]!.name));
+});
+
+describe('q\'s NaN / ±Infinity check on the runner\'s threads', () => {
+  /** The error validateDecode gives for these arguments, and the one the native tier's call gives at `threads`. */
+  async function both(args: DecodeCase['args'], threads: number): Promise<[FlashMLAError, FlashMLAError]> {
+    let want: unknown;
+    try {
+      validateDecode(withMeta(args));
+    } catch (e) {
+      want = e;
+    }
+    const got = await referenceDecode(withMeta(args), { threads, tier: 'native' }).then(() => undefined, (e: unknown) => e);
+    expect(want).toBeInstanceOf(FlashMLAError);
+    expect(got).toBeInstanceOf(FlashMLAError);
+    return [want as FlashMLAError, got as FlashMLAError];
+  }
+  const poisoned = (c: DecodeCase, at: number[], bits: number): DecodeCase['args'] => {
+    const q = c.args.q as HostTensor<'bf16'>;
+    const data = q.data.slice();
+    for (const x of at) data[x] = bits;
+    return { ...c.args, q: { ...q, data } };
+  };
+
+  test.each([
+    ['dense bf16, NaN in the last group and the first', 0, 0x7fc0],
+    ['dense fp16, +Infinity', 1, 0x7c00],
+    ['dense bf16, non-contiguous q, -Infinity', 2, 0xff80],
+    ['sparse bf16, NaN', 4, 0xffc1],
+    ['sparse MODEL1 with an attention sink (merged in JavaScript), NaN', 5, 0x7fc0],
+  ] as const)('%s: the same E_VALUE on q, naming the first element, as validateDecode, on 1, 2 and 5 threads', async (_, k, bits) => {
+    const c = cases[k]!;
+    const q = c.args.q as HostTensor<'bf16'>;
+    // Elements of q's buffer that q's view reaches: the last and one near the start.
+    const plan = planOf(c);
+    const v = plan.q.view;
+    const last = v.offset + (v.shape[0]! - 1) * v.strides[0]! + (v.shape[1]! - 1) * v.strides[1]! + (v.shape[2]! - 1) * v.strides[2]! + v.shape[3]! - 1;
+    const args = poisoned(c, [last, v.offset + v.strides[2]! + 7], bits);
+    expect(q.data.length).toBeGreaterThan(last);
+    for (const threads of [1, 2, 5]) {
+      const [want, got] = await both(args, threads);
+      expect(got.code).toBe('E_VALUE');
+      expect(got.argument).toBe('q');
+      expect(got.message).toBe(want.message);
+      expect(got.message).toContain(`q[0, 0, 1, 7]`);
+    }
+  });
+
+  test('finite q: the runner reports nothing', () => {
+    for (const c of cases) {
+      const plan = planOf(c);
+      const items = workItems(plan);
+      const n = items.length / ITEM;
+      const slot = itemRows(plan) * (plan.dV + 2);
+      expect(runItemsNative(runner, plan, items, n, new Float32Array(n * slot), slot, 2)).toBe(-1);
+    }
   });
 });
 
@@ -120,6 +224,31 @@ describe('the runner re-checks every range it reads', () => {
     internal(() => run({ ...plan, main: { ...plan.main, cache: { ...plan.main.cache, tensor: { ...cache, data: cache.data.subarray(0, 1000) } } } }));
   });
 
+  test('finishing: out, lse or a carry shorter than the call, overlapping carries, bad flags, one group\'s items with different rows', () => {
+    const plan = planOf(dense);
+    const items = workItems(plan);
+    const n = items.length / ITEM;
+    const slot = itemRows(plan) * (plan.dV + 2);
+    const res = allocateOutputs(plan);
+    const out = res.out.data as Uint16Array, lse = res.lse.data as Float32Array;
+    const finish = (f: Partial<RunnerFinish>, edit: (it: Int32Array) => void = () => undefined): void => {
+      const it = items.slice();
+      edit(it);
+      runItemsNative(runner, plan, it, n, new Float32Array(n * slot), slot, 2,
+        { out, lse, sums: new Float32Array(lse.length), carryIn: new Float32Array(slot), carryOut: new Float32Array(slot), flags: 0, ...f });
+    };
+    finish({});
+    internal(() => finish({ out: out.subarray(1) }));
+    internal(() => finish({ lse: lse.subarray(1) }));
+    internal(() => finish({ sums: new Float32Array(lse.length - 1) }));
+    internal(() => finish({ carryIn: new Float32Array(slot - 1), flags: 1 }));
+    internal(() => finish({ carryOut: new Float32Array(slot - 1), flags: 2 }));
+    const carry = new Float32Array(2 * slot);
+    internal(() => finish({ carryIn: carry.subarray(0, slot + 1), carryOut: carry.subarray(slot), flags: 3 }));
+    internal(() => finish({ flags: 4 }));
+    internal(() => finish({}, (it) => { it[ITEM + 5] = it[5]! - 1; }));
+  });
+
   test('bad parameter blocks and array types', () => {
     const items = new Int32Array(ITEM);
     expect(() => runner.runDense(new Float64Array(3), new Uint16Array(1), new Uint16Array(1), new Int32Array(1), new Int32Array(1), items, 1, new Float32Array(1), 1, 1))
@@ -127,6 +256,20 @@ describe('the runner re-checks every range it reads', () => {
     expect(() => runner.runSparse(Float64Array.of(0, 1, 1, 16, 512, 1, 0, 0, 0, 0, 1, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0), new Uint16Array(1),
       new Int8Array(1) as unknown as Uint8Array, new Int32Array(1), null, null, null, null, items, 1, new Float32Array(1 << 16), 1 << 14, 1)).toThrow(FlashMLAError);
     expect(() => runner.startHelpers(-1)).toThrow(FlashMLAError);
+    expect(() => runner.prime(-1, 100)).toThrow(FlashMLAError);
+    expect(() => runner.prime(1, 10_001)).toThrow(FlashMLAError);
+    expect(() => runner.prime(1, 0.5)).toThrow(FlashMLAError);
+  });
+
+  test('primed helpers that get no call go back to sleep; the next call still gets them and the same bits', async () => {
+    const plan = planOf(cases[3]!);
+    const want = partials(plan, 1);
+    runner.prime(2, 200);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    runner.prime(2, 10_000);
+    expect(same(partials(plan, 3), want)).toBe(true);
+    expect(same(partials(plan, 3), want)).toBe(true);
+    expect(runner.startHelpers(0)).toBeGreaterThanOrEqual(2);
   });
 });
 
