@@ -199,6 +199,47 @@ class GatherWork : public Napi::AsyncWorker {
   std::size_t bytes_;
 };
 
+// A gather on the libuv pool straight into a caller's array over a SharedArrayBuffer, in blocks of
+// `blockRows` rows `blockStride` bytes apart (EngramStore's [token, layer, column] layout). A
+// SharedArrayBuffer cannot be detached, transferred or shrunk, and the reference keeps it alive, so
+// writing it from another thread is safe; an ordinary ArrayBuffer is refused for that reason.
+class BlockGatherWork : public Napi::AsyncWorker {
+ public:
+  BlockGatherWork(Napi::Env env, std::shared_ptr<const Mapping> file, const Geometry& g, Gather r, std::size_t blockRows, std::size_t blockStride,
+                  const Napi::Object& out)
+      : Napi::AsyncWorker(env, "EngramMapping.gatherBlocks"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        file_(std::move(file)),
+        geometry_(g),
+        gather_(std::move(r)),
+        blockRows_(blockRows),
+        blockStride_(blockStride),
+        out_(Napi::Persistent(out)) {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    Gather block{gather_.kind, {}, nullptr};
+    auto* at = static_cast<uint8_t*>(gather_.out);
+    for (std::size_t first = 0; first < gather_.ids.size(); first += blockRows_, at += blockStride_) {
+      block.ids.assign(gather_.ids.begin() + static_cast<std::ptrdiff_t>(first), gather_.ids.begin() + static_cast<std::ptrdiff_t>(first + blockRows_));
+      block.out = at;
+      Run(file_->data(), geometry_, block);
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<const Mapping> file_;
+  Geometry geometry_;
+  Gather gather_;
+  std::size_t blockRows_;
+  std::size_t blockStride_;
+  Napi::ObjectReference out_;
+};
+
 class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -208,6 +249,7 @@ class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
                         InstanceMethod("gatherBaseline", &EngramMappingWrap::GatherBaselineSync),
                         InstanceMethod("gatherRawAsync", &EngramMappingWrap::GatherRawAsync),
                         InstanceMethod("gatherAsync", &EngramMappingWrap::GatherAsync),
+                        InstanceMethod("gatherBlocksAsync", &EngramMappingWrap::GatherBlocksAsync),
                         InstanceMethod("close", &EngramMappingWrap::Close)});
   }
 
@@ -340,6 +382,61 @@ class EngramMappingWrap : public Napi::ObjectWrap<EngramMappingWrap> {
       GatherWork* work = new GatherWork(env, file_, geometry_, std::move(r), std::move(out), bytes);
       const Napi::Promise promise = work->Promise();
       work->Queue();  // the worker deletes itself after OnOK
+      return promise;
+    } catch (const Napi::Error& e) {
+      now.Reject(e.Value());
+      return now.Promise();
+    }
+  }
+
+  // gatherBlocksAsync(rowIds, kind 'raw' | 'fp32' | 'bf16', out, blockRows, blockStride) → Promise<void>:
+  // rows of block b (rowIds[b·blockRows …]) land at out's byte b·blockStride. Errors reject.
+  Napi::Value GatherBlocksAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Promise::Deferred now = Napi::Promise::Deferred::New(env);
+    try {
+      Gather r{Kind::Raw, Ids(info, "gatherBlocksAsync"), nullptr};
+      const std::string kind = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+      napi_typedarray_type want = napi_uint8_array;
+      if (kind == "fp32") r.kind = Kind::F32, want = napi_float32_array;
+      else if (kind == "bf16") r.kind = Kind::Bf16, want = napi_uint16_array;
+      else if (kind != "raw") throw ArgError(env, "E_VALUE", "kind", "must be 'raw', 'fp32' or 'bf16'");
+      if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != want) {
+        throw ArgError(env, "E_DTYPE", "out", "must be a " + std::string(want == napi_uint8_array ? "Uint8Array" : want == napi_float32_array ? "Float32Array" : "Uint16Array") + " for '" + kind + "' rows");
+      }
+      const Napi::TypedArray out = info[2].As<Napi::TypedArray>();
+      napi_value buffer = nullptr;
+      void* data = nullptr;  // the first element (byte offset included)
+      if (napi_get_typedarray_info(env, out, nullptr, nullptr, &data, &buffer, nullptr) != napi_ok) throw ArgError(env, "E_INTERNAL", "out", "unreadable typed array");
+      bool plain = false;
+      napi_is_arraybuffer(env, buffer, &plain);
+      if (plain) throw ArgError(env, "E_VALUE", "out", "must be a view of a SharedArrayBuffer (an ArrayBuffer could be detached while the pool writes it)");
+      const double blockRows = info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : -1;
+      const double blockStride = info[4].IsNumber() ? info[4].As<Napi::Number>().DoubleValue() : -1;
+      const uint64_t perRow = PerRow(r.kind);
+      if (!(blockRows >= 1 && blockRows <= 65536) || blockRows != static_cast<double>(static_cast<uint64_t>(blockRows)) ||
+          r.ids.size() % static_cast<std::size_t>(blockRows) != 0) {
+        throw ArgError(env, "E_VALUE", "blockRows", "must be a whole number from 1 to 65536 that divides the number of row ids");
+      }
+      const auto rowsPerBlock = static_cast<uint64_t>(blockRows);
+      if (!(blockStride >= static_cast<double>(rowsPerBlock * perRow) && blockStride <= 9007199254740991.0) ||
+          blockStride != static_cast<double>(static_cast<uint64_t>(blockStride))) {
+        throw ArgError(env, "E_VALUE", "blockStride", "must be a whole number of bytes of at least blockRows rows");
+      }
+      const auto stride = static_cast<uint64_t>(blockStride);
+      const uint64_t blocks = r.ids.size() / rowsPerBlock;
+      const unsigned __int128 need = blocks == 0 ? 0 : static_cast<unsigned __int128>(blocks - 1) * stride + rowsPerBlock * perRow;
+      if (need > out.ByteLength()) {
+        throw ArgError(env, "E_BUFFER", "out", "holds " + std::to_string(out.ByteLength()) + " bytes but " + std::to_string(blocks) + " blocks need " + U128(need));
+      }
+      if (r.ids.empty()) {
+        now.Resolve(env.Undefined());
+        return now.Promise();
+      }
+      r.out = data;
+      auto* work = new BlockGatherWork(env, file_, geometry_, std::move(r), static_cast<std::size_t>(rowsPerBlock), static_cast<std::size_t>(stride), out);
+      const Napi::Promise promise = work->Promise();
+      work->Queue();
       return promise;
     } catch (const Napi::Error& e) {
       now.Reject(e.Value());

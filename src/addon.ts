@@ -201,6 +201,11 @@ export interface NativeEngramMapping {
   gatherRawAsync(rowIds: Int32Array): Promise<ArrayBuffer>;
   /** gather on the libuv pool into the addon's own memory: resolves to float32 values ('fp32') or bf16 bits ('bf16'). */
   gatherAsync(rowIds: Int32Array, dtype: 'fp32' | 'bf16'): Promise<ArrayBuffer>;
+  /**
+   * On the libuv pool, straight into `out` (a view of a SharedArrayBuffer, which cannot be detached):
+   * the rows of block b (rowIds[b·blockRows …]) at out's byte b·blockStride.
+   */
+  gatherBlocksAsync(rowIds: Int32Array, kind: 'raw' | 'fp32' | 'bf16', out: Uint8Array | Float32Array | Uint16Array, blockRows: number, blockStride: number): Promise<void>;
   /** The same bytes as gatherRaw by one plain memcpy per row region: the bench's baseline (src/bench/engram-gather.ts). */
   gatherBaseline(rowIds: Int32Array, out: Uint8Array): void;
   /** Releases the mapping (idempotent); async gathers still running keep it mapped until they end. */

@@ -1,7 +1,7 @@
 import { FlashMLAError, check } from '../errors.js';
 import type { DeviceTensor } from '../device-tensor.js';
 import type { FlashMLA } from '../flashmla.js';
-import { ARRAY_OF, tensor, type HostTensor } from '../tensor.js';
+import { ARRAY_OF, ELEMENT_BYTES, isContiguous, tensor, viewOf, type HostTensor } from '../tensor.js';
 import type { EngramConfig } from './config.js';
 import { NgramHasher } from './hash.js';
 import type { HashSession } from './hash-session.js';
@@ -42,6 +42,13 @@ export interface EngramPrefetchOptions {
   readonly format?: EngramPrefetchFormat;
   /** A CUDA instance: the rows are also copied to a device tensor on its stream (`EngramStep.device`). Default: host only. */
   readonly device?: FlashMLA;
+  /**
+   * Where the rows go: a contiguous host tensor of the step's shape and the format's dtype whose
+   * data is a view of a SharedArrayBuffer (the pool's threads write it directly; it cannot be
+   * detached meanwhile). Reusing two of them in turn spares each step the page faults of fresh
+   * memory. It must not be read until the Promise settles. Default: a new SharedArrayBuffer per step.
+   */
+  readonly out?: HostTensor<'bf16' | 'fp32' | 'uint8'>;
 }
 
 /** Where one request's tokens sit in a step's rows. */
@@ -132,9 +139,10 @@ export class EngramStore {
     const fm = options.device;
     check(fm === undefined || (typeof fm === 'object' && fm !== null && fm.backend === 'cuda'), 'E_BACKEND', 'options.device',
       () => `must be a FlashMLA instance on the CUDA backend, got ${fm?.backend === undefined ? String(fm) : `one on the ${fm.backend} backend`}`);
+    const out = options.out === undefined ? undefined : this.#checkOut(options.out, batch, format);
     const { rowIds, requests } = this.#hash(batch);
     const tokens = requests.reduce((n, r) => n + r.count, 0);
-    const rows = await this.#gather(rowIds, tokens, format);
+    const rows = await this.#gather(rowIds, tokens, format, out);
     const device = fm === undefined ? undefined : await this.#upload(fm, rows);
     return { rowIds: tensor('int32', [tokens, this.#tables.length, this.#perToken], rowIds), rows, device, requests };
   }
@@ -183,6 +191,20 @@ export class EngramStore {
     return turn;
   }
 
+  /** options.out, checked against the step it is for before any token joins a history. */
+  #checkOut(out: HostTensor<'bf16' | 'fp32' | 'uint8'>, batch: readonly EngramRequest[], format: EngramPrefetchFormat): HostTensor<'bf16' | 'fp32' | 'uint8'> {
+    const dtype = format === 'raw' ? 'uint8' : format;
+    const width = format === 'raw' ? this.#tables[0]!.rowBytes : this.#tables[0]!.headDim;
+    const tokens = batch.reduce((n, r) => n + (typeof r === 'object' && r !== null && typeof r.tokens?.length === 'number' ? r.tokens.length : 0), 0);
+    const shape = [tokens, this.#tables.length, this.#perToken, width];
+    const view = viewOf(out, 'options.out', 4);
+    check(view.dtype === dtype, 'E_DTYPE', 'options.out', `must be ${dtype} for '${format}' rows, got ${view.dtype}`);
+    check(view.shape.every((d, i) => d === shape[i]), 'E_SHAPE', 'options.out', `must be [${shape.join(', ')}] for this step, got [${view.shape.join(', ')}]`);
+    check(isContiguous(view) && view.offset === 0, 'E_STRIDE', 'options.out', 'must be contiguous, from element 0');
+    check(out.data.buffer instanceof SharedArrayBuffer, 'E_VALUE', 'options.out', 'its data must be a view of a SharedArrayBuffer (zeros(dtype, shape, { shared: true }))');
+    return out;
+  }
+
   /** Hashes every request's tokens with its history: row ids `[T_total, layers, perToken]`. */
   #hash(batch: readonly EngramRequest[]): { rowIds: Int32Array; requests: EngramStepRequest[] } {
     const seen = new Set<string | number>();
@@ -224,38 +246,33 @@ export class EngramStore {
   }
 
   /**
-   * Gathers each layer's rows in `#pieces` concurrent pieces, then interleaves them into
-   * `[T, layers, perToken, width]` (each (token, layer) block is contiguous in both layouts).
+   * Gathers each layer's rows in `#pieces` concurrent pieces straight into place in
+   * `[T, layers, perToken, width]`: each (token, layer) block of rows is contiguous there, so a layer's
+   * rows land block by block, `layers` blocks apart. The output is a SharedArrayBuffer: the pool
+   * threads write it directly, and no caller can detach it meanwhile.
    */
-  async #gather(rowIds: Int32Array, tokens: number, format: EngramPrefetchFormat): Promise<HostTensor<'bf16' | 'fp32' | 'uint8'>> {
+  async #gather(rowIds: Int32Array, tokens: number, format: EngramPrefetchFormat, given: HostTensor<'bf16' | 'fp32' | 'uint8'> | undefined): Promise<HostTensor<'bf16' | 'fp32' | 'uint8'>> {
     const layers = this.#tables.length;
     const block = this.#perToken;
+    const dtype = format === 'raw' ? 'uint8' : format;
     const width = format === 'raw' ? this.#tables[0]!.rowBytes : this.#tables[0]!.headDim;
-    const perLayer = await Promise.all(this.#tables.map(async (table, l) => {
+    const span = block * width;
+    const elementBytes = ELEMENT_BYTES[dtype];
+    const out = (given?.data ?? new ARRAY_OF[dtype](new SharedArrayBuffer(tokens * layers * span * elementBytes))) as Uint8Array | Float32Array | Uint16Array;
+    const perPiece = Math.max(1, Math.ceil(tokens / this.#pieces));
+    const work: Promise<void>[] = [];
+    for (const [l, table] of this.#tables.entries()) {
       const ids = new Int32Array(tokens * block);
       for (let t = 0; t < tokens; t++) ids.set(rowIds.subarray((t * layers + l) * block, (t * layers + l + 1) * block), t * block);
-      const cut = Math.max(1, Math.ceil(tokens / this.#pieces)) * block;
-      const pieces: Promise<Uint8Array | Uint16Array | Float32Array>[] = [];
-      for (let from = 0; from < ids.length; from += cut) {
-        const part = ids.subarray(from, Math.min(ids.length, from + cut));
-        pieces.push(format === 'raw'
-          ? table.lookupRawAsync(part)
-          : table.lookupAsync(part, { dtype: format }).then((t) => t.data as Uint16Array | Float32Array));
-      }
-      return Promise.all(pieces);
-    }));
-    const out = format === 'raw' ? new Uint8Array(tokens * layers * block * width)
-      : format === 'fp32' ? new Float32Array(tokens * layers * block * width) : new Uint16Array(tokens * layers * block * width);
-    const span = block * width;
-    for (let l = 0; l < layers; l++) {
-      let t = 0;
-      for (const piece of perLayer[l]!) {
-        for (let p = 0; p < piece.length; p += span, t++) out.set(piece.subarray(p, p + span), (t * layers + l) * span);
+      for (let t0 = 0; t0 < tokens; t0 += perPiece) {
+        const t1 = Math.min(tokens, t0 + perPiece);
+        work.push(table.lookupBlocksAsync(ids.subarray(t0 * block, t1 * block), format, out.subarray((t0 * layers + l) * span), block, layers * span * elementBytes));
       }
     }
-    const dtype = format === 'raw' ? 'uint8' : format;
-    return tensor(dtype, [tokens, layers, block, width], out as never);
+    await Promise.all(work);
+    return given ?? tensor(dtype, [tokens, layers, block, width], out as never);
   }
+
 }
 
 /** `session.append` with the request's place in the batch in any error's argument ('batch[2].tokens[5]'). */

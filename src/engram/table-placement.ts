@@ -184,6 +184,11 @@ export interface RowReader {
   gatherRawAsync(ids: Int32Array): Promise<Uint8Array>;
   /** {@link RowReader.gather} off the main thread, into memory of its own (float32 values or bf16 bits). */
   gatherAsync(ids: Int32Array, dtype: 'fp32' | 'bf16'): Promise<Float32Array | Uint16Array>;
+  /**
+   * Off the main thread, straight into `out` (a view of a SharedArrayBuffer): the rows of block b
+   * (ids[b·blockRows …]) as 'raw' records, float32 or bf16 values, at out's byte b·blockStride.
+   */
+  gatherBlocksAsync(ids: Int32Array, kind: 'raw' | 'fp32' | 'bf16', out: Uint8Array | Float32Array | Uint16Array, blockRows: number, blockStride: number): Promise<void>;
   /** Releases the file (idempotent; waits for in-flight async gathers). */
   close(): void;
 }

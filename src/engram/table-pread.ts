@@ -160,6 +160,15 @@ export class PreadRowReader implements RowReader {
     return out;
   }
 
+  /** {@link RowReader.gatherBlocksAsync}: the rows read on the libuv pool, then placed block by block. */
+  async gatherBlocksAsync(ids: Int32Array, kind: 'raw' | 'fp32' | 'bf16', out: Uint8Array | Float32Array | Uint16Array, blockRows: number, blockStride: number): Promise<void> {
+    const rows = kind === 'raw' ? await this.gatherRawAsync(ids) : await this.gatherAsync(ids, kind);
+    const bytes = new Uint8Array(rows.buffer, rows.byteOffset, rows.byteLength);
+    const target = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+    const span = bytes.byteLength / Math.max(1, ids.length / blockRows);
+    for (let b = 0, from = 0; from < bytes.byteLength; b++, from += span) target.set(bytes.subarray(from, from + span), b * blockStride);
+  }
+
   /** Closes the file (idempotent); with async reads in flight, once they finish. */
   close(): void {
     if (this.#closing) return;

@@ -283,6 +283,18 @@ export class EngramTable {
     return out;
   }
 
+  /**
+   * EngramStore's gather: rows `rowIds` ('raw' records, or values dequantised to fp32 or bf16) off
+   * the main thread straight into `out`, a view of a SharedArrayBuffer (it cannot be detached while
+   * another thread writes it), block b of `blockRows` rows at out's byte b·blockStride. @internal
+   */
+  async lookupBlocksAsync(rowIds: Int32Array, kind: 'raw' | 'fp32' | 'bf16', out: Uint8Array | Float32Array | Uint16Array, blockRows: number, blockStride: number): Promise<void> {
+    const reader = this.#live();
+    const ids = this.#ids(rowIds);
+    if (!(out.buffer instanceof SharedArrayBuffer)) throw new FlashMLAError('E_VALUE', 'must be a view of a SharedArrayBuffer', 'out');
+    if (ids.length > 0) await reader.gatherBlocksAsync(ids, kind, out, blockRows, blockStride);
+  }
+
   /** Releases the file (idempotent); in-flight async lookups finish first. Any later use is a FlashMLAError (E_DISPOSED). */
   close(): void {
     this.#reader?.close();
@@ -297,6 +309,7 @@ function mappedReader(m: NativeEngramMapping): RowReader {
     gatherRaw: (ids, out) => m.gatherRaw(ids, out),
     gather: (ids, out) => m.gather(ids, out),
     gatherRawAsync: async (ids) => new Uint8Array(await m.gatherRawAsync(ids)),
+    gatherBlocksAsync: (ids, kind, out, blockRows, blockStride) => m.gatherBlocksAsync(ids, kind, out, blockRows, blockStride),
     gatherAsync: async (ids, dtype) => {
       const rows = await m.gatherAsync(ids, dtype);
       return dtype === 'fp32' ? new Float32Array(rows) : new Uint16Array(rows);

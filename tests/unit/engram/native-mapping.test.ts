@@ -291,6 +291,37 @@ describe.skipIf(skipReason !== null)('EngramMapping', () => {
     expect((await rejectionOf(() => m.gatherAsync(ids, 'fp32'))).code).toBe('E_DISPOSED');
   });
 
+  test('gatherBlocksAsync: rows in blocks at a stride, straight into a SharedArrayBuffer view; anything else refused', async () => {
+    const t = packedTable(200, 64, 8);
+    const m = open(t.path, t.spec);
+    const ids = Int32Array.from({ length: 12 }, (_, i) => (i * 37) % 200);
+    const stride = 3 * 4 * 66; // blocks of 4 records, 3 blocks' room apart
+    const out = new Uint8Array(new SharedArrayBuffer(stride * 3));
+    await m.gatherBlocksAsync(ids, 'raw', out, 4, stride);
+    const want = pickPacked(t, ids).records;
+    for (let b = 0; b < 3; b++) expectSameBytes(out.subarray(b * stride, b * stride + 4 * 66), want.subarray(b * 4 * 66, (b + 1) * 4 * 66));
+    expect(out.subarray(4 * 66, stride).every((v) => v === 0)).toBe(true);
+    const f = new Float32Array(new SharedArrayBuffer(12 * 64 * 4));
+    await m.gatherBlocksAsync(ids, 'fp32', f, 12, 12 * 64 * 4);
+    const sync = new Float32Array(12 * 64);
+    m.gather(ids, sync);
+    expectSameBytes(f, sync);
+    const refusals: [() => unknown, string, string][] = [
+      [() => m.gatherBlocksAsync(ids, 'raw', new Uint8Array(stride * 3), 4, stride), 'E_VALUE', 'out'],
+      [() => m.gatherBlocksAsync(ids, 'bf16', out, 4, stride), 'E_DTYPE', 'out'],
+      [() => m.gatherBlocksAsync(ids, 'raw', out, 5, stride), 'E_VALUE', 'blockRows'],
+      [() => m.gatherBlocksAsync(ids, 'raw', out, 4, 4 * 66 - 1), 'E_VALUE', 'blockStride'],
+      [() => m.gatherBlocksAsync(ids, 'raw', out.subarray(0, 2 * stride + 4 * 66 - 1), 4, stride), 'E_BUFFER', 'out'],
+      [() => m.gatherBlocksAsync(Int32Array.of(200, 0, 0, 0), 'raw', out, 4, stride), 'E_RANGE', 'rowIds[0]'],
+      [() => m.gatherBlocksAsync(ids, 'fp16' as never, out, 4, stride), 'E_VALUE', 'kind'],
+    ];
+    for (const [call, code, argument] of refusals) {
+      const e = await rejectionOf(call);
+      expect([e.code, e.argument]).toEqual([code, argument]);
+    }
+    m.close();
+  });
+
   test('a changed ids array after an async call does not change what it gathers (ids are copied at the call)', async () => {
     const t = packedTable(50, 64, 5);
     const m = open(t.path, t.spec);

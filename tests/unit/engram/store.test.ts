@@ -10,6 +10,7 @@ import { layout } from '../../../src/engram/layout.js';
 import { EngramStore } from '../../../src/engram/store.js';
 import { EngramTable } from '../../../src/engram/table.js';
 import { writeEngramTable } from '../../../src/engram/table-writer.js';
+import { zeros } from '../../../src/tensor.js';
 import { rng, tempDir } from './table-fixtures.js';
 import { expectError } from '../../helpers/errors.js';
 
@@ -91,6 +92,28 @@ describe.each(ioModes)('EngramStore (%s tables)', (io) => {
       expect(step.rows.dtype).toBe(format === 'raw' ? 'uint8' : format);
       expect(step.device).toBeUndefined();
     }
+    store.close();
+  });
+
+  it('options.out: rows land in a given SharedArrayBuffer tensor, checked against the step before any history changes', async () => {
+    const store = EngramStore.open({ config, tables });
+    const seq = tokens(3);
+    const out = zeros('bf16', [3, 2, 24, 256], { shared: true });
+    const step = await store.prefetch([{ id: 'o', tokens: seq }], { out });
+    expect(step.rows).toBe(out);
+    store.drop('o');
+    expect((await store.prefetch([{ id: 'o', tokens: seq }])).rows.data).toEqual(out.data);
+    store.drop('o');
+    const bad: [unknown, string][] = [
+      [zeros('bf16', [3, 2, 24, 256]), 'E_VALUE'],
+      [zeros('fp32', [3, 2, 24, 256], { shared: true }), 'E_DTYPE'],
+      [zeros('bf16', [4, 2, 24, 256], { shared: true }), 'E_SHAPE'],
+      [{ ...zeros('bf16', [3, 2, 24, 256], { shared: true }), strides: [1, 3, 6, 144] }, 'E_STRIDE'],
+    ];
+    for (const [o, code] of bad) {
+      await expect(store.prefetch([{ id: 'o', tokens: seq }], { out: o as never })).rejects.toMatchObject({ code, argument: 'options.out' });
+    }
+    expect(store.requests).toBe(0);
     store.close();
   });
 
