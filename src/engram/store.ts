@@ -102,7 +102,10 @@ export class EngramStore {
   /** Checks that `tables` serve exactly the config's Engram layers with its head dim, and opens a store over them. */
   static open(options: EngramStoreOptions): EngramStore {
     check(typeof options === 'object' && options !== null, 'E_VALUE', 'options', 'must be an object');
-    const { config, tables, tokenMap, threads = 2 } = options;
+    const { tables, tokenMap, threads = 2 } = options;
+    // The hasher checks the config (every field, named) before anything here reads it.
+    const hasher = new NgramHasher(options.config, tokenMap === undefined ? {} : { tokenMap });
+    const config = hasher.config;
     check(Number.isInteger(threads) && threads >= 1 && threads <= 256, 'E_VALUE', 'options.threads', `must be an integer from 1 to 256, got ${String(threads)}`);
     check(Array.isArray(tables), 'E_VALUE', 'options.tables', 'must be an array of EngramTable (one per Engram layer)');
     const ordered = config.layerIds.map((layerId) => {
@@ -115,7 +118,6 @@ export class EngramStore {
       return table;
     });
     check(ordered.length === tables.length, 'E_VALUE', 'options.tables', `has tables for layers the config does not use (config layers ${config.layerIds.join(', ')})`);
-    const hasher = new NgramHasher(config, tokenMap === undefined ? {} : { tokenMap });
     return new EngramStore(hasher, ordered, threads, (config.maxNgramSize - 1) * config.nHeads);
   }
 

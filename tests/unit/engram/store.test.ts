@@ -144,5 +144,6 @@ describe.each(ioModes)('EngramStore (%s tables)', (io) => {
     expectError(() => EngramStore.open({ config: { ...config, layerIds: [1, 4, 9] }, tables }), 'E_VALUE', 'options.tables');
     expectError(() => EngramStore.open({ config: { ...config, headDim: 128 }, tables }), 'E_SHAPE', 'options.tables');
     expectError(() => EngramStore.open({ config, tables, threads: 0 }), 'E_VALUE', 'options.threads');
+    expectError(() => EngramStore.open({ config: { ...config, nHeads: 0 }, tables }), 'E_VALUE', 'config.nHeads');
   });
 });
