@@ -9,7 +9,7 @@ import { EngramStore } from '../../src/engram/store.js';
 import { EngramTable } from '../../src/engram/table.js';
 import { writeEngramTable } from '../../src/engram/table-writer.js';
 import { FlashMLA } from '../../src/flashmla.js';
-import { buildEmulator } from '../emulator/build.mjs';
+import { useEmulatedInstance } from '../helpers/emulator.js';
 import { rng, tempDir } from '../unit/engram/table-fixtures.js';
 
 const config: EngramConfig = {
@@ -18,13 +18,10 @@ const config: EngramConfig = {
   rmsNormEps: 1e-6, tableDtype: 'fp8-e4m3-e8m0', convKernel: undefined, convDilation: undefined,
 };
 const dir = tempDir();
-let fm: FlashMLA;
+const emu = useEmulatedInstance();
 let tables: EngramTable[];
 
 beforeAll(async () => {
-  const library = await buildEmulator();
-  process.env.FLASHMLA_EMU_ARCH = 'sm90';
-  fm = await FlashMLA.open({ backend: 'cuda', library });
   tables = [];
   for (const l of layout(config)) {
     const r = rng(l.layerId);
@@ -37,21 +34,20 @@ beforeAll(async () => {
   }
 });
 
-afterAll(async () => {
+afterAll(() => {
   tables.forEach((t) => t.close());
-  await fm.dispose();
   rmSync(dir, { recursive: true, force: true });
 });
 
 describe('EngramStore rows on a CUDA instance', () => {
   it.each(['bf16', 'fp32', 'raw'] as const)('the device tensor holds the host rows (%s)', async (format) => {
     const store = EngramStore.open({ config, tables });
-    await store.prefetch([{ id: 1, tokens: [5, 6, 7] }], { device: fm, format });
-    const step = await store.prefetch([{ id: 1, tokens: [8] }, { id: 2, tokens: [9, 10] }], { device: fm, format });
+    await store.prefetch([{ id: 1, tokens: [5, 6, 7] }], { device: emu.fm, format });
+    const step = await store.prefetch([{ id: 1, tokens: [8] }, { id: 2, tokens: [9, 10] }], { device: emu.fm, format });
     expect(step.device).toBeDefined();
     expect(step.device!.shape).toEqual(step.rows.shape);
     expect(step.device!.dtype).toBe(step.rows.dtype);
-    const back = await fm.download(step.device!);
+    const back = await emu.fm.download(step.device!);
     expect(back.data).toEqual(step.rows.data);
     step.device!.dispose();
     store.close();

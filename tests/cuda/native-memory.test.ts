@@ -9,23 +9,10 @@ import { openCudaSession, type CudaSession } from '../../src/cuda/session.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';
 import type { DeviceTensorMeta, HostTensor } from '../../src/tensor.js';
 import type { DecodeResult } from '../../src/types.js';
-import { buildEmulator } from '../emulator/build.mjs';
+import { useEmulatedInstance } from '../helpers/emulator.js';
 import { expectClose, reference } from '../helpers/decode.js';
 
-let library: string;
-let fm: FlashMLA;
-
-beforeAll(async () => {
-  library = await buildEmulator();
-  process.env.FLASHMLA_EMU_ARCH = 'sm90';
-  process.env.FLASHMLA_EMU_EXIT = '1'; // a launcher reached with a stale error would end this process
-  fm = await FlashMLA.open({ backend: 'cuda', library });
-});
-
-afterAll(async () => {
-  await fm.dispose();
-  delete process.env.FLASHMLA_EMU_EXIT;
-});
+const emu = useEmulatedInstance({ exitOnStaleError: true });
 
 const rejectsWith = async (p: Promise<unknown>, code: string): Promise<FlashMLAError> => {
   const e = await p.then(() => null, (x: unknown) => x);
@@ -38,19 +25,19 @@ describe('device tensors', () => {
   it('upload and download round-trip a strided view', async () => {
     const data = Float32Array.from({ length: 40 }, (_, i) => i);
     const host: HostTensor<'fp32'> = { dtype: 'fp32', shape: [3, 4], strides: [10, 2], offset: 5, data };
-    const dev = await fm.upload(host);
+    const dev = await emu.fm.upload(host);
     expect(dev).toBeInstanceOf(DeviceTensor);
     expect([dev.shape, dev.strides, dev.offset, dev.capacity, dev.device]).toEqual([[3, 4], [10, 2], 0, 27, 0]);
-    const back = await fm.download(dev);
+    const back = await emu.fm.download(dev);
     expect(Array.from(back.data)).toEqual([5, 7, 9, 11, 15, 17, 19, 21, 25, 27, 29, 31]);
     dev.dispose();
   });
 
   it('allocate, wrap without ownership, dispose twice, use after dispose', async () => {
-    const a = await fm.allocate('int32', [4, 8]);
+    const a = await emu.fm.allocate('int32', [4, 8]);
     expect([a.capacity, a.owned]).toEqual([32, true]);
-    await fm.upload({ dtype: 'int32', shape: [1], data: new Int32Array([1]) }).then((t) => t.dispose());
-    const w = await fm.wrap(a.address + 16n, { dtype: 'int32', shape: [2, 4] });
+    await emu.fm.upload({ dtype: 'int32', shape: [1], data: new Int32Array([1]) }).then((t) => t.dispose());
+    const w = await emu.fm.wrap(a.address + 16n, { dtype: 'int32', shape: [2, 4] });
     expect([w.owned, w.capacity]).toEqual([false, 8]);
     w.dispose();
     w.dispose();
@@ -58,13 +45,13 @@ describe('device tensors', () => {
     expect(a.disposed).toBe(false); // disposing a wrap never frees the memory
     a.dispose();
     a.dispose();
-    await rejectsWith(fm.download(a), 'E_DISPOSED');
-    await rejectsWith(fm.wrap(0x1234n, { dtype: 'int32', shape: [2] }), 'E_DEVICE'); // not device memory
+    await rejectsWith(emu.fm.download(a), 'E_DISPOSED');
+    await rejectsWith(emu.fm.wrap(0x1234n, { dtype: 'int32', shape: [2] }), 'E_DEVICE'); // not device memory
   });
 
   it('frees memory on dispose (an emulated 64 MiB device fits a 40 MiB tensor twice only after freeing)', async () => {
     process.env.FLASHMLA_EMU_MEMORY = String(64 << 20);
-    const small = await FlashMLA.open({ backend: 'cuda', library });
+    const small = await FlashMLA.open({ backend: 'cuda', library: emu.library });
     try {
       const a = await small.allocate('uint8', [40 << 20]);
       await rejectsWith(small.allocate('uint8', [40 << 20]), 'E_OUT_OF_MEMORY');
@@ -79,7 +66,7 @@ describe('device tensors', () => {
 
   it('under memory pressure, the memory of dropped device tensors is collected before out-of-memory is reported', async () => {
     process.env.FLASHMLA_EMU_MEMORY = String(64 << 20);
-    const small = await FlashMLA.open({ backend: 'cuda', library });
+    const small = await FlashMLA.open({ backend: 'cuda', library: emu.library });
     try {
       // Dropped, never disposed: only garbage collection can give their memory back.
       for (let i = 0; i < 20; i++) await small.allocate('uint8', [40 << 20]);
@@ -94,7 +81,7 @@ describe('device tensors', () => {
   });
 
   it('a disposed instance disposes its tensors and rejects calls', async () => {
-    const other = await FlashMLA.open({ backend: 'cuda', library });
+    const other = await FlashMLA.open({ backend: 'cuda', library: emu.library });
     const t = await other.allocate('fp32', [8]);
     await other.dispose();
     await other.dispose();
@@ -114,10 +101,10 @@ describe('device tensors', () => {
   it('rejects device tensors of another device', async () => {
     const c = generateDenseCase({ b: 1, sQ: 1, sK: 64, hQ: 8, hK: 1, varlen: false, causal: false }, 1);
     process.env.FLASHMLA_EMU_DEVICES = '2';
-    const other = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
+    const other = await FlashMLA.open({ backend: 'cuda', library: emu.library, device: 1 });
     try {
       const q = await other.upload(c.args.q as HostTensor);
-      await rejectsWith(fm.flashMlaWithKvCache({ ...c.args, q, schedMeta: getMlaMetadata() }), 'E_DEVICE');
+      await rejectsWith(emu.fm.flashMlaWithKvCache({ ...c.args, q, schedMeta: getMlaMetadata() }), 'E_DEVICE');
     } finally {
       await other.dispose();
       delete process.env.FLASHMLA_EMU_DEVICES;
@@ -126,9 +113,9 @@ describe('device tensors', () => {
 
   it('rejects look-alike device tensors (a plain object could point anywhere)', async () => {
     const c = generateDenseCase({ b: 1, sQ: 1, sK: 64, hQ: 8, hK: 1, varlen: false, causal: false }, 1);
-    const q = await fm.upload(c.args.q as HostTensor);
+    const q = await emu.fm.upload(c.args.q as HostTensor);
     const forged: DeviceTensorMeta = { dtype: q.dtype, shape: q.shape, strides: q.strides, device: 0, capacity: q.capacity, address: 0n, disposed: false };
-    await rejectsWith(fm.flashMlaWithKvCache({ ...c.args, q: forged, schedMeta: getMlaMetadata() }), 'E_VALUE');
+    await rejectsWith(emu.fm.flashMlaWithKvCache({ ...c.args, q: forged, schedMeta: getMlaMetadata() }), 'E_VALUE');
     q.dispose();
   });
 });
@@ -136,7 +123,7 @@ describe('device tensors', () => {
 describe('worker, sched meta and errors', () => {
   let session: CudaSession;
   beforeAll(async () => {
-    const r = await openCudaSession({ library });
+    const r = await openCudaSession({ library: emu.library });
     if (!r.ok) throw new Error(r.reason);
     session = r.session;
   });
