@@ -18,6 +18,18 @@ enum class Launcher : int {
   CombineBf16,         // smxx::decode::run_flash_mla_combine_kernel<cutlass::bfloat16_t>
   CombineFp16,         // <cutlass::half_t> (absent with FLASH_MLA_DISABLE_FP16)
   SchedMeta,           // smxx::decode::run_get_decoding_sched_meta_kernel
+  // Sparse prefill (docs/flashmla-interface.md#prefill-launchers). FlashMLA's own host layer calls
+  // these templates directly; sm90::run_fwd_kernel, a dispatcher that throws a C++ exception for
+  // other d_qk, is never resolved: an exception must not cross the dlopen boundary.
+  Sm90PrefillK512,         // sm90::fwd::run_fwd_phase1_kernel<512, false>
+  Sm90PrefillK512TopkLen,  // <512, true> (topk_length given)
+  Sm90PrefillK576,         // <576, false>
+  Sm90PrefillK576TopkLen,  // <576, true>
+  Sm100PrefillH64K512,     // sm100::fwd::head64::run_fwd_phase1_kernel<512>
+  Sm100PrefillH64K576,     // <576>
+  Sm100PrefillH128K512,    // sm100::fwd::head128::run_fwd_phase1_kernel<512>
+  Sm100PrefillH128K576,    // <576>
+  Sm100PrefillSmallTopk,   // sm100::fwd_for_small_topk::head128::run_fwd_for_small_topk_phase1_kernel<Prefill, 512>
   Count
 };
 
@@ -52,6 +64,24 @@ inline constexpr LauncherSymbol kLauncherSymbols[] = {
      "_ZN4smxx6decode28run_flash_mla_combine_kernelIN7cutlass6half_tEEEvR13CombineParams"},
     {Launcher::SchedMeta, "sched_meta",
      "_ZN4smxx6decode34run_get_decoding_sched_meta_kernelER24GetDecodeSchedMetaParams"},
+    {Launcher::Sm90PrefillK512, "sm90_prefill_k512",
+     "_ZN4sm903fwd21run_fwd_phase1_kernelILi512ELb0EEEvRK19SparseAttnFwdParams"},
+    {Launcher::Sm90PrefillK512TopkLen, "sm90_prefill_k512_topklen",
+     "_ZN4sm903fwd21run_fwd_phase1_kernelILi512ELb1EEEvRK19SparseAttnFwdParams"},
+    {Launcher::Sm90PrefillK576, "sm90_prefill_k576",
+     "_ZN4sm903fwd21run_fwd_phase1_kernelILi576ELb0EEEvRK19SparseAttnFwdParams"},
+    {Launcher::Sm90PrefillK576TopkLen, "sm90_prefill_k576_topklen",
+     "_ZN4sm903fwd21run_fwd_phase1_kernelILi576ELb1EEEvRK19SparseAttnFwdParams"},
+    {Launcher::Sm100PrefillH64K512, "sm100_prefill_h64_k512",
+     "_ZN5sm1003fwd6head6421run_fwd_phase1_kernelILi512EEEvRK19SparseAttnFwdParams"},
+    {Launcher::Sm100PrefillH64K576, "sm100_prefill_h64_k576",
+     "_ZN5sm1003fwd6head6421run_fwd_phase1_kernelILi576EEEvRK19SparseAttnFwdParams"},
+    {Launcher::Sm100PrefillH128K512, "sm100_prefill_h128_k512",
+     "_ZN5sm1003fwd7head12821run_fwd_phase1_kernelILi512EEEvRK19SparseAttnFwdParams"},
+    {Launcher::Sm100PrefillH128K576, "sm100_prefill_h128_k576",
+     "_ZN5sm1003fwd7head12821run_fwd_phase1_kernelILi576EEEvRK19SparseAttnFwdParams"},
+    {Launcher::Sm100PrefillSmallTopk, "sm100_prefill_small_topk",
+     "_ZN5sm10018fwd_for_small_topk7head12836run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode0ELi512EEEvRKNSt11conditionalIX11is_decode_vIXT_EEE22SparseAttnDecodeParams19SparseAttnFwdParamsE4typeE"},
 };
 static_assert(sizeof(kLauncherSymbols) / sizeof(kLauncherSymbols[0]) == static_cast<int>(Launcher::Count));
 

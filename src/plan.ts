@@ -75,3 +75,33 @@ export interface SparsePlan {
 }
 
 export type DecodePlan = DensePlan | SparsePlan;
+
+/**
+ * A validated sparse prefill (docs/flashmla-interface.md#sparse-prefill): `flash_mla_sparse_fwd`'s
+ * host checks, the launcher checks that hold on every architecture, and our range rules.
+ * Produced by `validateSparseFwd`.
+ */
+export interface PrefillPlan {
+  readonly kind: 'prefill';
+  readonly sQ: number;
+  readonly sKv: number;
+  /** 64 or 128. */
+  readonly hQ: number;
+  /** Always 1. */
+  readonly hKv: number;
+  /** 576 (V3.2) or 512 (MODEL1). */
+  readonly dQK: number;
+  /** Always 512. */
+  readonly dV: number;
+  /** indices.shape[2]: a positive multiple of 64. */
+  readonly topk: number;
+  readonly smScale: number;
+  readonly q: Bound;
+  readonly kv: Bound;
+  /** Host int32 indices are the call's own copy (validate/common.ts bind). */
+  readonly indices: Bound;
+  readonly attnSink: Bound | null;
+  readonly topkLength: Bound | null;
+  /** Host copy of topkLength (each in [0, topk]) when host-readable or downloaded. */
+  readonly lengths: Int32Array | null;
+}

@@ -129,3 +129,53 @@ export type HostDecodeArgs = {
   [K in keyof DecodeArgs]: DecodeArgs[K] extends Tensor ? HostTensor
     : DecodeArgs[K] extends Tensor | null | undefined ? HostTensor | null | undefined : DecodeArgs[K];
 };
+
+/**
+ * Arguments of `flashMlaSparseFwd`, FlashMLA's `flash_mla_sparse_fwd` (sparse prefill) in
+ * camelCase (docs/flashmla-interface.md#sparse-prefill). No batch dimension: a call attends
+ * s_q query tokens, each to its own top-k tokens of one bf16 KV sequence.
+ */
+export interface SparseFwdArgs {
+  /** (s_q, h_q, d_qk) bf16, d_qk 576 (V3.2) or 512 (MODEL1), h_q 64 or 128; last dim contiguous. */
+  q: Tensor;
+  /** (s_kv, 1, d_qk) bf16 (not FP8); last dim contiguous. */
+  kv: Tensor;
+  /**
+   * (s_q, 1, topk) int32 token ids into `kv`. -1 **and any value outside [0, s_kv)** mark an
+   * unused position (FlashMLA's prefill rule, unlike decode). topk a positive multiple of 64.
+   */
+  indices: Tensor;
+  /** Softmax scale applied to q·k (FlashMLA has no default here); finite and > 0. */
+  smScale: number;
+  /** Must be 512. Default 512. */
+  dV?: number;
+  /** (h_q,) fp32 per-head attention sink (±Infinity allowed): scales `out` only. Default: none. */
+  attnSink?: Tensor | null;
+  /** (s_q,) int32 in [0, topk]: only the first topkLength[s] positions of query token s are used. Default: all topk. */
+  topkLength?: Tensor | null;
+}
+
+/** `flashMlaSparseFwd`'s outputs, contiguous. */
+export interface SparseFwdResult<T extends Tensor = HostTensor> {
+  /** (s_q, h_q, 512) bf16; rows with nothing valid are 0. */
+  out: T;
+  /** (s_q, h_q) fp32: max over valid tokens of smScale·q·k; −Infinity when none is valid. */
+  maxLogits: T;
+  /** (s_q, h_q) fp32, natural log of Σ exp(smScale·q·k) over valid tokens (no sink); +Infinity when none is valid. */
+  lse: T;
+}
+
+/** Per-call options of `flashMlaSparseFwd`: the decode options without preallocated outputs. */
+export type SparseFwdOptions =
+  | Omit<AutoDecodeOptions, 'out' | 'lse'>
+  | Omit<CudaDecodeOptions, 'out' | 'lse'>
+  | ReferenceDecodeOptions;
+
+/** Per-call options of `FlashMLA#flashMlaSparseFwd`. */
+export type InstanceSparseFwdOptions = Omit<InstanceDecodeOptions, 'out' | 'lse'>;
+
+/** SparseFwdArgs whose tensors are all host tensors. */
+export type HostSparseFwdArgs = {
+  [K in keyof SparseFwdArgs]: SparseFwdArgs[K] extends Tensor ? HostTensor
+    : SparseFwdArgs[K] extends Tensor | null | undefined ? HostTensor | null | undefined : SparseFwdArgs[K];
+};

@@ -18,6 +18,10 @@ export const TOLERANCES = {
   denseLse: { absTol: 1e-6, relTol: 8.01 / 65536, cosDiffTol: 1e-7 },
   sparseOut: { absTol: 1e-3, relTol: 2.01 / 128, cosDiffTol: 5e-6 },
   sparseLse: { absTol: 1e-6, relTol: 8.01 / 65536, cosDiffTol: 1e-7 },
+  /** Sparse prefill (`tests/test_flash_mla_sparse_prefill.py`): out, and max_logits / lse with the default cos tolerance. */
+  prefillOut: { absTol: 8e-4, relTol: 3.01 / 128, cosDiffTol: 7e-6 },
+  prefillMaxLogits: { absTol: 1e-6, relTol: 2.01 / 65536, cosDiffTol: 1e-7 },
+  prefillLse: { absTol: 1e-6, relTol: 2.01 / 65536, cosDiffTol: 1e-7 },
 } as const satisfies Record<string, Tolerance>;
 
 /** The verdict of FlashMLA's `check_is_allclose` on one tensor. */

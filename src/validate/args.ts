@@ -1,7 +1,7 @@
 import { check, FlashMLAError } from '../errors.js';
 import { DeviceTensor } from '../device-tensor.js';
 import { ELEMENT_BYTES, type DataOf, type DType, type Tensor } from '../tensor.js';
-import type { DecodeArgs } from '../types.js';
+import type { DecodeArgs, SparseFwdArgs } from '../types.js';
 
 /**
  * The values validated are the values used. A caller's argument object, tensor objects, shape
@@ -184,4 +184,27 @@ export function readDecodeOptions<O extends object>(options: O | undefined): O {
   Object.freeze(out);
   snapshots.add(out);
   return out as O;
+}
+
+/** The sparse prefill arguments that are tensors. */
+export const SPARSE_FWD_TENSOR_KEYS = ['q', 'kv', 'indices', 'attnSink', 'topkLength'] as const satisfies readonly (keyof SparseFwdArgs)[];
+
+/** `flashMlaSparseFwd`'s arguments, read once like readDecodeArgs (idempotent too). */
+export function readSparseFwdArgs(args: unknown): SparseFwdArgs {
+  if (typeof args === 'object' && args !== null && snapshots.has(args)) return args as SparseFwdArgs;
+  expectNoThenPollution();
+  check(args !== null && typeof args === 'object', 'E_VALUE', 'args', 'args must be an object');
+  const o = args;
+  const tensor = (k: (typeof SPARSE_FWD_TENSOR_KEYS)[number]): Tensor | null | undefined => {
+    const v = ownValue(o, k, k);
+    return v === null || v === undefined ? v : readTensor(v, k);
+  };
+  // FlashMLA's argument order.
+  const out = {
+    q: tensor('q'), kv: tensor('kv'), indices: tensor('indices'), smScale: ownValue(o, 'smScale', 'smScale'),
+    dV: ownValue(o, 'dV', 'dV'), attnSink: tensor('attnSink'), topkLength: tensor('topkLength'),
+  } satisfies Record<keyof SparseFwdArgs, unknown>;
+  Object.freeze(out);
+  snapshots.add(out);
+  return out as unknown as SparseFwdArgs;
 }
