@@ -1,11 +1,12 @@
 import { FlashMLAError } from './errors.js';
 import { defaultCuda } from './cuda/default.js';
 import { referenceDecode } from './reference/index.js';
-import { readDecodeArgs, readDecodeOptions } from './validate/args.js';
+import { referenceSparseFwd } from './reference/prefill.js';
+import { readDecodeArgs, readDecodeOptions, readSparseFwdArgs } from './validate/args.js';
 import { expectNoOutputOptions } from './validate/outputs.js';
 import type { DeviceTensor } from './device-tensor.js';
 import type { HostTensor, Tensor } from './tensor.js';
-import type { CallOptions, DecodeArgs, DecodeOptions, DecodeResult } from './types.js';
+import type { CallOptions, DecodeArgs, DecodeOptions, DecodeResult, SparseFwdArgs, SparseFwdOptions, SparseFwdResult } from './types.js';
 
 /**
  * FlashMLA's `flash_mla_with_kvcache`: one decode step of MLA attention over a paged BF16/FP16 KV
@@ -49,4 +50,36 @@ export async function flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?
 function onReference(args: DecodeArgs, options: CallOptions, why: string): Promise<DecodeResult<HostTensor>> {
   expectNoOutputOptions(options, why);
   return referenceDecode(args, options);
+}
+
+/**
+ * FlashMLA's `flash_mla_sparse_fwd`: token-sparse prefill attention of s_q query tokens over one
+ * bf16 KV sequence, each token attending to its own top-k tokens (DeepSeek V3.2 with d_qk 576,
+ * MODEL1 with d_qk 512). Semantics, arguments and shapes: docs/api.md#sparse-prefill.
+ *
+ * `options.backend` as for {@link flashMlaWithKvCache}. Outputs are host tensors for a host q,
+ * device tensors of q's instance for a DeviceTensor q.
+ *
+ * @returns `out` (s_q, h_q, 512) bf16, `maxLogits` (s_q, h_q) fp32 (−Infinity where nothing is
+ *   valid) and `lse` (s_q, h_q) fp32 natural log (+Infinity where nothing is valid).
+ * @throws FlashMLAError for every invalid argument (its `code` and `argument` say which), before
+ *   anything reaches a kernel; `E_BACKEND` when 'cuda' is asked for and not usable.
+ */
+export function flashMlaSparseFwd(args: SparseFwdArgs & { q: HostTensor }, options?: SparseFwdOptions): Promise<SparseFwdResult<HostTensor>>;
+/** A DeviceTensor q (from a FlashMLA instance): outputs are device tensors of that instance. */
+export function flashMlaSparseFwd(args: SparseFwdArgs & { q: DeviceTensor }, options?: SparseFwdOptions): Promise<SparseFwdResult<DeviceTensor>>;
+/** q of either kind: host outputs for a host q, device outputs for a device q. */
+export function flashMlaSparseFwd(args: SparseFwdArgs, options?: SparseFwdOptions): Promise<SparseFwdResult<Tensor>>;
+export async function flashMlaSparseFwd(callerArgs: SparseFwdArgs, callerOptions?: SparseFwdOptions): Promise<SparseFwdResult<Tensor>> {
+  const args = readSparseFwdArgs(callerArgs);
+  const options: CallOptions = readDecodeOptions<CallOptions>(callerOptions);
+  expectNoOutputOptions(options, 'is not supported by flashMlaSparseFwd (its outputs are always new tensors)');
+  const backend = options.backend ?? 'auto';
+  if (backend !== 'auto' && backend !== 'cuda' && backend !== 'reference') {
+    throw new FlashMLAError('E_VALUE', `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`, 'options.backend');
+  }
+  if (backend === 'reference') return referenceSparseFwd(args, options);
+  const cuda = await defaultCuda();
+  if (backend === 'cuda' && !cuda.ok) throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${cuda.reason}`, 'options.backend');
+  return referenceSparseFwd(args, options);
 }

@@ -5,11 +5,14 @@ import { openCudaSession, type CudaSession } from './cuda/session.js';
 import type { CudaEvent } from './cuda/event.js';
 import type { CudaGraph } from './cuda/graph.js';
 import { callKindOf } from './cuda/usability.js';
-import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions, TENSOR_ARG_KEYS } from './validate/args.js';
+import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions, readSparseFwdArgs, TENSOR_ARG_KEYS } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
+import { referenceSparseFwd } from './reference/prefill.js';
 import { expectNoOutputOptions } from './validate/outputs.js';
 import { INT32_MAX, isHostTensor, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta } from './tensor.js';
-import type { BackendChoice, BackendName, CallOptions, DecodeArgs, DecodeResult, InstanceDecodeOptions } from './types.js';
+import type {
+  BackendChoice, BackendName, CallOptions, DecodeArgs, DecodeResult, InstanceDecodeOptions, InstanceSparseFwdOptions, SparseFwdArgs, SparseFwdResult,
+} from './types.js';
 
 /** Options of `FlashMLA.open`. */
 export interface FlashMLAOpenOptions {
@@ -122,6 +125,23 @@ export class FlashMLA {
    * is a host tensor (so the reference could run it instead), else null.
    * @internal
    */
+  /**
+   * FlashMLA's `flash_mla_sparse_fwd` (sparse prefill) on this instance's backend: see
+   * {@link flashMlaSparseFwd}. Reference instances take host tensors.
+   */
+  flashMlaSparseFwd(args: SparseFwdArgs & { q: HostTensor }, options?: InstanceSparseFwdOptions): Promise<SparseFwdResult<HostTensor>>;
+  /** A DeviceTensor q of this instance: outputs are device tensors of this instance. */
+  flashMlaSparseFwd(args: SparseFwdArgs & { q: DeviceTensor }, options?: InstanceSparseFwdOptions): Promise<SparseFwdResult<DeviceTensor>>;
+  /** q of either kind. */
+  flashMlaSparseFwd(args: SparseFwdArgs, options?: InstanceSparseFwdOptions): Promise<SparseFwdResult<Tensor>>;
+  async flashMlaSparseFwd(callerArgs: SparseFwdArgs, callerOptions?: InstanceSparseFwdOptions): Promise<SparseFwdResult<Tensor>> {
+    check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
+    const args = readSparseFwdArgs(callerArgs);
+    const options = readDecodeOptions<CallOptions>(callerOptions);
+    expectNoOutputOptions(options, 'is not supported by flashMlaSparseFwd (its outputs are always new tensors)');
+    return referenceSparseFwd(args, options);
+  }
+
   cannotRun(args: DecodeArgs): string | null {
     if (this.#session === null || !allHost(args)) return null;
     const call = callKindOf(args);

@@ -19,10 +19,11 @@ export {
 } from './tensor.js';
 export type {
   AutoDecodeOptions, BackendChoice, BackendName, CudaDecodeOptions, DecodeArgs, DecodeOptions, DecodeResult, HostDecodeArgs,
-  InstanceDecodeOptions, KvLayout, ReferenceDecodeOptions,
+  HostSparseFwdArgs, InstanceDecodeOptions, InstanceSparseFwdOptions, KvLayout, ReferenceDecodeOptions, SparseFwdArgs, SparseFwdOptions,
+  SparseFwdResult,
 } from './types.js';
 export { FlashMLASchedMeta, getMlaMetadata, type SchedConfig } from './sched-meta.js';
-export { flashMlaWithKvCache } from './api.js';
+export { flashMlaSparseFwd, flashMlaWithKvCache } from './api.js';
 export { warmup, type WarmupOptions, type WarmupReport } from './reference/warmup.js';
 export type { Tier as ReferenceTier } from './reference/kernels.js';
 export { quantizeKCache } from './kvcache/quantize.js';
