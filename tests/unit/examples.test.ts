@@ -18,7 +18,7 @@ describe('README', () => {
   it('shows each example exactly as the file that runs above', () => {
     const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
     const blocks = [...readme.matchAll(/```js\n([\s\S]*?)\n```/g)].map((m) => m[1]);
-    for (const file of ['dense-decode.mjs', 'sparse-model1-decode.mjs']) {
+    for (const file of ['dense-decode.mjs', 'sparse-model1-decode.mjs', 'sparse-prefill.mjs']) {
       expect(blocks, file).toContain(readFileSync(new URL(`../../examples/${file}`, import.meta.url), 'utf8').trimEnd());
     }
   });
