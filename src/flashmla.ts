@@ -121,11 +121,6 @@ export class FlashMLA {
   }
 
   /**
-   * Why this instance's CUDA build cannot run this call on its device when every tensor of the call
-   * is a host tensor (so the reference could run it instead), else null.
-   * @internal
-   */
-  /**
    * FlashMLA's `flash_mla_sparse_fwd` (sparse prefill) on this instance's backend: see
    * {@link flashMlaSparseFwd}. Reference instances take host tensors.
    */
@@ -142,6 +137,11 @@ export class FlashMLA {
     return referenceSparseFwd(args, options);
   }
 
+  /**
+   * Why this instance's CUDA build cannot run this call on its device when every tensor of the call
+   * is a host tensor (so the reference could run it instead), else null.
+   * @internal
+   */
   cannotRun(args: DecodeArgs): string | null {
     if (this.#session === null || !allHost(args)) return null;
     const call = callKindOf(args);
