@@ -1,11 +1,11 @@
 // Compile-time checks of the public types (tsc runs over this file in `npm test`; nothing runs it).
 // Each `@ts-expect-error` line must fail to type-check, each other line must type-check.
 import {
-  DeviceTensor, FlashMLA, FlashMLAError, flashMlaWithKvCache, getMlaMetadata, zeros,
-  type CudaEvent, type CudaGraph, type DecodeArgs, type DecodeResult, type HostTensor, type Tensor,
+  DeviceTensor, FlashMLA, FlashMLAError, flashMlaSparseFwd, flashMlaWithKvCache, getMlaMetadata, zeros,
+  type SparseFwdResult, type CudaEvent, type CudaGraph, type DecodeArgs, type DecodeResult, type HostTensor, type Tensor,
 } from '../../src/index.js';
 import { f32ToBf16 } from '../../src/formats/index.js';
-import { oracleDecode } from '../../src/testing.js';
+import { oracleDecode, oraclePrefill } from '../../src/testing.js';
 
 declare const q: HostTensor<'bf16'>;
 declare const kCache: HostTensor<'bf16'>;
@@ -78,4 +78,22 @@ export function deviceTensorsCannotBeMade(): void {
   const e = new FlashMLAError('E_VALUE', 'message', 'argument');
   const code: 'E_VALUE' | string = e.code;
   void code;
+}
+
+export async function sparsePrefill(): Promise<void> {
+  const prefill = { kv: zeros('bf16', [64, 1, 576]), indices: zeros('int32', [1, 1, 64]), smScale: 0.5 };
+  const host: SparseFwdResult<HostTensor> = await flashMlaSparseFwd({ q, ...prefill }, { backend: 'reference', threads: 2 });
+  const logits: ArrayLike<number> = host.maxLogits.data;
+  void logits;
+  const dev: SparseFwdResult<DeviceTensor> = await flashMlaSparseFwd({ q: deviceQ, ...prefill }, { backend: 'cuda', validate: true });
+  void dev;
+  const checked: SparseFwdResult<HostTensor> = oraclePrefill({ q, ...prefill });
+  void checked;
+  // @ts-expect-error preallocated outputs are decode-only
+  await flashMlaSparseFwd({ q, ...prefill }, { out: dev.out });
+  // @ts-expect-error smScale has no default
+  await flashMlaSparseFwd({ q, kv: prefill.kv, indices: prefill.indices });
+  const fm = await FlashMLA.open();
+  const onInstance: SparseFwdResult<HostTensor> = await fm.flashMlaSparseFwd({ q, ...prefill }, { threads: 1 });
+  void onInstance;
 }
