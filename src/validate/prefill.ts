@@ -20,7 +20,7 @@ export const PREFILL_TOPK_MULTIPLE = 64;
  * contiguity), the launcher checks every architecture shares (h_kv 1, h_q 64 or 128, topk a
  * positive multiple of 64, int strides, TMA-friendly q and kv), and the range rules FlashMLA
  * leaves out: topkLength within [0, topk] (a larger one makes the kernel read past the row's
- * indices), a finite scale and sink, finite q and finite kv rows where they are used. Indices
+ * indices), a finite scale and sink, finite q and finite kv rows where a kernel loads them. Indices
  * need no range check: any value outside [0, s_kv) is "unused" here. Values are checked where
  * host-readable (host tensors, or the `downloaded` copies of device ones).
  */
@@ -103,8 +103,22 @@ export function usedIndex(plan: PrefillPlan, idx: { data: ArrayLike<number>; vie
 }
 
 /**
- * kv rows a call uses must be finite (a NaN or infinite key or value makes its rows NaN); rows no
- * index selects may hold anything, as unwritten slots of a cache do. Each row is checked once.
+ * Positions whose kv rows some GPU kernel loads for query token s: all of them without topkLength;
+ * with it, the blocks that hold the used positions, and at least one block, in blocks of 128 (the
+ * largest prefill block). sm100's kernels gather every in-range index of a block they process,
+ * past topkLength too, and such a row reaches `out` through a zero probability, so a NaN there
+ * would (docs/flashmla-interface.md#prefill-semantics).
+ */
+const LOAD_BLOCK = 128;
+function loadedPositions(plan: PrefillPlan, s: number): number {
+  if (plan.lengths === null) return plan.topk;
+  return Math.min(plan.topk, Math.max(LOAD_BLOCK, Math.ceil(plan.lengths[s]! / LOAD_BLOCK) * LOAD_BLOCK));
+}
+
+/**
+ * kv rows a kernel loads must be finite (a NaN or infinite key or value makes rows NaN); rows no
+ * index in a loaded block selects may hold anything, as unwritten slots of a cache do. Each row is
+ * checked once.
  */
 function expectUsedKvFinite(plan: PrefillPlan, downloaded: Downloaded | undefined): void {
   const kv = hostData(plan.kv, downloaded);
@@ -112,11 +126,13 @@ function expectUsedKvFinite(plan: PrefillPlan, downloaded: Downloaded | undefine
   if (kv === null || idx === null || (plan.topkLength !== null && plan.lengths === null)) return;
   const seen = new Uint8Array(plan.sKv);
   const [s0, , s2] = kv.view.strides as [number, number, number];
+  const [i0, , i2] = idx.view.strides as [number, number, number];
   const data = kv.data;
   for (let s = 0; s < plan.sQ; s++) {
-    for (let p = 0; p < plan.topk; p++) {
-      const t = usedIndex(plan, idx, s, p);
-      if (t < 0 || seen[t] === 1) continue;
+    const end = loadedPositions(plan, s);
+    for (let p = 0; p < end; p++) {
+      const t = idx.data[idx.view.offset + s * i0 + p * i2]!;
+      if (t < 0 || t >= plan.sKv || seen[t] === 1) continue;
       seen[t] = 1;
       const o = kv.view.offset + t * s0;
       for (let d = 0; d < plan.dQK; d++) {

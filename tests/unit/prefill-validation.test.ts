@@ -22,14 +22,18 @@ describe('valid prefill inputs pass', () => {
     a.indices.data.fill(2147483647);
     expect(() => v(a)()).not.toThrow();
   });
-  it('a non-finite kv row that no index uses is accepted', () => {
-    const a = base();
-    const used = new Set<number>();
-    const plan = validateSparseFwd(readSparseFwdArgs(a));
-    for (let s = 0; s < 3; s++) for (let p = 0; p < (plan.lengths?.[s] ?? 128); p++) used.add(a.indices.data[s * 128 + p]!);
-    const spare = [...Array(100).keys()].find((r) => !used.has(r))!;
+  it('a non-finite kv row that no index selects is accepted, one selected past topkLength only in a loaded block is not', () => {
+    const a = generatePrefillCase({ sQ: 2, sKv: 1000, topk: 256, hQ: 64, dQK: 512 }, 6).args;
+    const referenced = new Set(a.indices.data);
+    const spare = [...Array(1000).keys()].find((r) => !referenced.has(r))!;
     (a.kv.data as Uint16Array).fill(0x7fc0, spare * 512, (spare + 1) * 512);
     expect(() => v(a)()).not.toThrow();
+    // Token 0 uses 10 positions; position 200 lies in a block no kernel loads, position 100 in one sm100 loads.
+    const lengths = { dtype: 'int32' as const, shape: [2], data: Int32Array.from([10, 256]) };
+    a.indices.data[200] = spare;
+    expect(() => v({ ...a, topkLength: lengths })()).not.toThrow();
+    a.indices.data[100] = spare;
+    expectError(v({ ...a, topkLength: lengths }), 'E_VALUE', 'kv');
   });
 });
 
