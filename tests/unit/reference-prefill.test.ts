@@ -10,7 +10,11 @@ import { checkIsAllclose, TOLERANCES } from '../../src/harness/metrics.js';
 import { oraclePrefill } from '../../src/harness/prefill-oracle.js';
 import { generatePrefillCase, prefillTestGrid, type PrefillCaseParams } from '../../src/harness/prefill-cases.js';
 import { PARALLEL_MIN_FLOPS, tierAvailable, TIERS, type Tier } from '../../src/reference/index.js';
-import { ITEM, workItems } from '../../src/reference/items.js';
+import { ITEM, itemRows, runItem, workItems } from '../../src/reference/items.js';
+import { kernelsFor } from '../../src/reference/kernels.js';
+import { partialIn } from '../../src/reference/partial.js';
+import { forgetQ } from '../../src/reference/qmemo.js';
+import { nativeRunner, runItemsNative } from '../../src/reference/runner.js';
 import { referenceSparseFwd } from '../../src/reference/prefill.js';
 import type { HostTensor, Tensor } from '../../src/tensor.js';
 import type { HostSparseFwdArgs, SparseFwdResult } from '../../src/types.js';
@@ -85,6 +89,25 @@ describe.each(threaded.map((p, n) => [generatePrefillCase(p, 100 + n).name, gene
     }
     expect(same(await referenceSparseFwd(c.args, { tier, threads: 2 }), one), 'a second run').toBe(true);
   }, 120_000);
+});
+
+describe.runIf(available.includes('native'))('the native runner', () => {
+  test('its partials on 1, 2 and 5 threads are the JavaScript-driven native tier\'s (prefill-item.ts on NativeWorkspaces), bit for bit', () => {
+    for (const p of [threaded[0]!, threaded[1]!, { sQ: 3, sKv: 32, topk: 512, hQ: 128, dQK: 576, withLength: true } as PrefillCaseParams]) {
+      const plan = validateSparseFwd(generatePrefillCase(p, 7).args);
+      const items = workItems(plan);
+      const n = items.length / ITEM;
+      const slot = itemRows(plan) * (plan.dV + 2);
+      const want = new Float32Array(n * slot).fill(NaN);
+      for (let j = 0; j < n; j++) runItem(plan, items, j, kernelsFor('native'), partialIn(want, j * slot, plan.hQ, plan.dV));
+      forgetQ();
+      for (const threads of [1, 2, 5]) {
+        const got = new Float32Array(n * slot).fill(NaN);
+        expect(runItemsNative(nativeRunner()!, plan, items, n, got, slot, threads)).toBe(-1);
+        expect(Buffer.from(got.buffer).equals(Buffer.from(want.buffer)), `${threads} threads`).toBe(true);
+      }
+    }
+  });
 });
 
 describe('rows the kernels leave out', () => {
