@@ -4,7 +4,8 @@
 // returns, so no buffer can be detached, transferred or collected while a helper reads it, and the
 // helpers run no JavaScript, so none can be terminated mid-item. Each item does what
 // src/reference/dense.ts `attendDense` / sparse.ts `attendSparse` do with a NativeWorkspace, through
-// the same kernels in the same order, so the partials have the same bits. The same threads then
+// the same kernels in the same order, so the partials have the same bits; a sparse prefill's items
+// (`RunPrefill`) do what src/reference/prefill-item.ts `attendPrefill` does. The same threads then
 // fold each group's partials and write its out rows (`Finish`), and q is checked for NaN/±Infinity
 // as its rows load (`QScan`), so little of a call stays on the calling thread alone.
 #include "cpu_runner.h"

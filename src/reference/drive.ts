@@ -17,6 +17,7 @@ import { firstReport, nativeRunner, runItemsNative, runnerResults, throwIfNonFin
 import { arena, stagePlan, type Staged } from './share.js';
 import type { Job } from './worker.js';
 
+/** Per-call options of the reference backend (decode and prefill alike). */
 export interface ReferenceOptions {
   /** Threads (default: os.availableParallelism()). 1 = the calling thread only. */
   threads?: number;
@@ -59,8 +60,11 @@ type Runner = NonNullable<ReturnType<typeof nativeRunner>>;
 
 /** How a call runs: its tier's kernels, the native runner (native tier), and how many threads its items get. */
 export interface CallSetup {
+  /** The tier the call runs on. */
   tier: Tier;
+  /** That tier's tile kernels (the pool's and the calling thread's items). */
   kernels: TileKernels;
+  /** The addon's runner on the native tier, else null (the worker pool). */
   runner: Runner | null;
   /** The call's threads, or 1 when it is too small to share (PARALLEL_MIN_FLOPS). */
   threads: number;

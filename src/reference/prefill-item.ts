@@ -9,8 +9,11 @@ import { TILE, type Workspace } from './workspace.js';
 
 /** One unit of prefill work: query token s, index positions [p0, p1). */
 export interface PrefillItem {
+  /** Query token. */
   s: number;
+  /** First index position. */
   p0: number;
+  /** One past the last index position (the token's topkLength caps it too). */
   p1: number;
 }
 
