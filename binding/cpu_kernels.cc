@@ -94,6 +94,17 @@ struct Kernels {
     }
   }
 
+  // A gathered tile: token u's bf16 row at rows[u], each fetched 4 rows ahead (kv rows of a sparse
+  // prefill lie anywhere in kv).
+  static FMLA_INLINE void RowsBf16(const TileBuffers& b, const uint16_t* const* rows, int tokens) {
+    for (int u = 0; u < tokens; u++) {
+      if (u + 4 < tokens) {
+        for (int d = 0; d < b.dim; d += 32) __builtin_prefetch(rows[u + 4] + d);
+      }
+      Bf16Row(rows[u], b.dim, b.k + u * b.dim);
+    }
+  }
+
   // e4m3fn codes × scale, rounded to bf16 (docs/flashmla-interface.md#quantization: the kernels dequantise to bf16), exactly as
   // wasm/tile.wat: the magnitude bits at bit 20 form a float32 2^120 too small (subnormals
   // included), 0x7F is NaN, then round-to-nearest-even to bf16 kept as float32 bits.
@@ -208,7 +219,9 @@ struct Kernels {
   // Online softmax (base 2, docs/flashmla-interface.md#split-kv) for N rows at a time (rows in lanes): logits × scale for
   // t < vis[r], −∞ otherwise; p = 2^(s − m_new); l ← l·alpha + Σ p with alpha = 2^(m_old − m_new);
   // o is rescaled by alpha in Pv. A row with nothing visible so far gets p = 0 and alpha = 1.
-  static FMLA_INLINE void Softmax(const TileBuffers& b, int tokens, float scale) {
+  // With roundP, the p that Pv reads are rounded to bf16 (nearest even; p is finite and ≥ 0) and l
+  // sums them unrounded (docs/reference-backend.md#prefill).
+  static FMLA_INLINE void Softmax(const TileBuffers& b, int tokens, float scale, bool roundP) {
     const F ninf = Splat(-std::numeric_limits<float>::infinity());
     for (int r = 0; r < b.rowsPad; r += N) {
       const I lim = *reinterpret_cast<const I*>(b.vis + r);
@@ -227,7 +240,8 @@ struct Kernels {
       for (int t = 0; t < tokens; t++) {
         F* p = reinterpret_cast<F*>(b.sT + t * b.rowsPad + r);
         const F x = dead ? F{} : Exp2(*p - mNew);
-        *p = x;
+        const U bits = reinterpret_cast<U>(x);
+        *p = roundP ? reinterpret_cast<F>((bits + 0x7fff + ((bits >> 16) & 1)) & 0xffff0000u) : x;
         sum += x;
       }
       const F alpha = dead ? Splat(1.0f) : Exp2(mOld - mNew);
@@ -290,9 +304,9 @@ struct Kernels {
     for (; x < b.dv; x += N) PvColumns<1>(b, x, tokens);
   }
 
-  static FMLA_INLINE void Step(const TileBuffers& b, int tokens, float scaleLog2) {
+  static FMLA_INLINE void Step(const TileBuffers& b, int tokens, float scaleLog2, bool roundP) {
     Qk(b, tokens);
-    Softmax(b, tokens, scaleLog2);
+    Softmax(b, tokens, scaleLog2, roundP);
     Pv(b, tokens);
   }
 };
@@ -306,15 +320,17 @@ using K256 = Kernels<Avx2Shape>;
 FMLA_AVX512 void Reset512(const TileBuffers& b) { K512::Reset(b); }
 FMLA_AVX512 void CvtBf16_512(const TileBuffers& b, const uint16_t* s, int64_t ld, int n) { K512::CvtBf16(b, s, ld, n); }
 FMLA_AVX512 void DqFp8_512(const TileBuffers& b, const uint8_t* s, int u0, int u1, Fp8Layout l) { K512::DqFp8(b, s, u0, u1, l); }
-FMLA_AVX512 void Step512(const TileBuffers& b, int tokens, float scale) { K512::Step(b, tokens, scale); }
+FMLA_AVX512 void RowsBf16_512(const TileBuffers& b, const uint16_t* const* rows, int n) { K512::RowsBf16(b, rows, n); }
+FMLA_AVX512 void Step512(const TileBuffers& b, int tokens, float scale, bool roundP) { K512::Step(b, tokens, scale, roundP); }
 
 FMLA_AVX2 void Reset256(const TileBuffers& b) { K256::Reset(b); }
 FMLA_AVX2 void CvtBf16_256(const TileBuffers& b, const uint16_t* s, int64_t ld, int n) { K256::CvtBf16(b, s, ld, n); }
 FMLA_AVX2 void DqFp8_256(const TileBuffers& b, const uint8_t* s, int u0, int u1, Fp8Layout l) { K256::DqFp8(b, s, u0, u1, l); }
-FMLA_AVX2 void Step256(const TileBuffers& b, int tokens, float scale) { K256::Step(b, tokens, scale); }
+FMLA_AVX2 void RowsBf16_256(const TileBuffers& b, const uint16_t* const* rows, int n) { K256::RowsBf16(b, rows, n); }
+FMLA_AVX2 void Step256(const TileBuffers& b, int tokens, float scale, bool roundP) { K256::Step(b, tokens, scale, roundP); }
 
-const TileKernels kAvx512{Reset512, CvtBf16_512, DqFp8_512, Step512};
-const TileKernels kAvx2{Reset256, CvtBf16_256, DqFp8_256, Step256};
+const TileKernels kAvx512{Reset512, CvtBf16_512, DqFp8_512, RowsBf16_512, Step512};
+const TileKernels kAvx2{Reset256, CvtBf16_256, DqFp8_256, RowsBf16_256, Step256};
 #endif
 
 }  // namespace

@@ -4,7 +4,8 @@
 // returns, so no buffer can be detached, transferred or collected while a helper reads it, and the
 // helpers run no JavaScript, so none can be terminated mid-item. Each item does what
 // src/reference/dense.ts `attendDense` / sparse.ts `attendSparse` do with a NativeWorkspace, through
-// the same kernels in the same order, so the partials have the same bits. The same threads then
+// the same kernels in the same order, so the partials have the same bits; a sparse prefill's items
+// (`RunPrefill`) do what src/reference/prefill-item.ts `attendPrefill` does. The same threads then
 // fold each group's partials and write its out rows (`Finish`), and q is checked for NaN/±Infinity
 // as its rows load (`QScan`), so little of a call stays on the calling thread alone.
 #include "cpu_runner.h"
@@ -137,6 +138,15 @@ struct SparseCall {
   int nScopes;
 };
 
+/** A sparse prefill (docs/reference-backend.md#prefill): q (s_q, h_q, d_qk) and kv (s_kv, 1, d_qk) bf16. */
+struct PrefillCall {
+  int64_t sQ, hQ, dQK, dV, sKv, topk;
+  float scaleLog2;
+  Span<uint16_t> q, kv;
+  Span<int32_t> indices, lengths;  // lengths.data null: no topk_length
+  View qv, kv_, iv;
+};
+
 constexpr int kItem = 6;  // int32 per item (src/reference/items.ts ITEM)
 
 /** What one item needs beyond the call: its fields and where its partial goes. */
@@ -257,9 +267,26 @@ void RunDense(const DenseCall& c, const int32_t* it, uint64_t call, const Out& o
       }
       b.vis[r] = static_cast<int32_t>(v);
     }
-    kn.step(b, tokens, c.scaleLog2);
+    kn.step(b, tokens, c.scaleLog2, false);
   }
   Store(b, rows, c.dV, out);
+}
+
+// Loads the h_q bf16 rows of query token s of request i into ws (once per token and call, as
+// src/reference/qmemo.ts `qLoaded`), noting non-finite elements: sparse decode and prefill items.
+void LoadQRows(const Span<uint16_t>& q, const View& qv, int64_t i, int64_t s, int64_t sQ, int64_t hQ, int64_t dQK, Workspace& ws,
+               uint64_t call, QScan& scan) {
+  const int64_t group = i * sQ + s;
+  if (ws.call == call && ws.group == group && ws.r0 == 0) return;
+  ws.call = call, ws.group = group, ws.r0 = 0;
+  uint32_t* q32 = reinterpret_cast<uint32_t*>(ws.b.q);
+  for (int64_t h = 0; h < hQ; h++) {
+    int64_t src;
+    Require(MulAdd(qv.offset, i, qv.s0, src) && MulAdd(src, s, qv.s1, src) && MulAdd(src, h, qv.s2, src) && Inside(src, dQK, q.length),
+            "q row past its array");
+    const int64_t d = LoadQRow(q.data + src, q32 + h * dQK, dQK, false);
+    if (d >= 0) scan.Note(i, s, h, d, sQ, hQ, dQK);
+  }
 }
 
 void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out& out, QScan& scan) {
@@ -269,19 +296,7 @@ void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out&
   Workspace& ws = WorkspaceFor(rows, static_cast<int>(c.dQK), static_cast<int>(c.dV));
   const TileBuffers& b = ws.b;
   const TileKernels& kn = KernelsFor(BestIsa());
-  const int64_t group = i * c.sQ + s;
-  if (!(ws.call == call && ws.group == group && ws.r0 == 0)) {
-    ws.call = call, ws.group = group, ws.r0 = 0;
-    uint32_t* q32 = reinterpret_cast<uint32_t*>(b.q);
-    for (int64_t h = 0; h < c.hQ; h++) {
-      int64_t src;
-      Require(MulAdd(c.qv.offset, i, c.qv.s0, src) && MulAdd(src, s, c.qv.s1, src) && MulAdd(src, h, c.qv.s2, src) &&
-                  Inside(src, c.dQK, c.q.length),
-              "q row past its array");
-      const int64_t d = LoadQRow(c.q.data + src, q32 + h * c.dQK, c.dQK, false);
-      if (d >= 0) scan.Note(i, s, h, d, c.sQ, c.hQ, c.dQK);
-    }
-  }
+  LoadQRows(c.q, c.qv, i, s, c.sQ, c.hQ, c.dQK, ws, call, scan);
   kn.reset(b);
   const Fp8Shape& shape = ShapeOf(c.layout);
   const uint8_t* srcs[kTile];
@@ -295,7 +310,7 @@ void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out&
       u0 = u1;
     }
     for (int r = 0; r < rows; r++) b.vis[r] = tokens;
-    kn.step(b, tokens, c.scaleLog2);
+    kn.step(b, tokens, c.scaleLog2, false);
   };
   int64_t base = 0;
   for (int n = 0; n < c.nScopes; n++) {
@@ -335,6 +350,52 @@ void RunSparse(const SparseCall& c, const int32_t* it, uint64_t call, const Out&
       }
     }
     base += sc.topk;
+  }
+  if (filled > 0) flush(filled);
+  Store(b, rows, c.dV, out);
+}
+
+/** The running max every prefill row starts from (FlashMLA's sparse prefill kernels; docs/reference-backend.md#prefill). */
+constexpr float kPrefillMaxInit = -1e30f;
+
+// src/reference/prefill-item.ts `attendPrefill`: the used kv rows of positions [p0, p1) of query
+// token s (position < topk_length[s], index in [0, s_kv)) gathered 64 at a time, converted once
+// and served to all h_q heads; the running max starts at −1e30 and P is rounded to bf16 for P·V.
+void RunPrefill(const PrefillCall& c, const int32_t* it, uint64_t call, const Out& out, QScan& scan) {
+  const int64_t s = it[1], p0 = it[2];
+  Require(it[0] == 0 && s >= 0 && s < c.sQ && p0 >= 0 && it[3] >= p0 && it[4] == 0 && it[5] == c.hQ, "prefill item out of range");
+  const int rows = static_cast<int>(c.hQ);
+  Workspace& ws = WorkspaceFor(rows, static_cast<int>(c.dQK), static_cast<int>(c.dV));
+  const TileBuffers& b = ws.b;
+  const TileKernels& kn = KernelsFor(BestIsa());
+  // q is (s_q, h_q, d_qk): its view's first stride is the token's (no request dimension).
+  LoadQRows(c.q, View{c.qv.offset, 0, c.qv.s0, c.qv.s1}, 0, s, c.sQ, c.hQ, c.dQK, ws, call, scan);
+  kn.reset(b);
+  for (int r = 0; r < b.rowsPad; r++) b.m[r] = kPrefillMaxInit;
+  int64_t p1 = it[3] < c.topk ? it[3] : c.topk;
+  if (c.lengths.data != nullptr) {
+    Require(s < c.lengths.length, "topk length past its array");
+    p1 = p1 < c.lengths.data[s] ? p1 : c.lengths.data[s];
+  }
+  const uint16_t* tile[kTile];
+  int filled = 0;
+  const auto flush = [&](int tokens) {
+    kn.rowsBf16(b, tile, tokens);
+    for (int r = 0; r < rows; r++) b.vis[r] = tokens;
+    kn.step(b, tokens, c.scaleLog2, true);
+  };
+  for (int64_t p = p0; p < p1; p++) {
+    int64_t at;
+    Require(MulAdd(c.iv.offset, s, c.iv.s0, at) && MulAdd(at, p, c.iv.s2, at) && Inside(at, 1, c.indices.length), "index past its array");
+    const int64_t index = c.indices.data[at];
+    if (index < 0 || index >= c.sKv) continue;
+    int64_t row;
+    Require(MulAdd(c.kv_.offset, index, c.kv_.s0, row) && Inside(row, c.dQK, c.kv.length), "kv row past its array");
+    tile[filled] = c.kv.data + row;
+    if (++filled == kTile) {
+      flush(filled);
+      filled = 0;
+    }
   }
   if (filled > 0) flush(filled);
   Store(b, rows, c.dV, out);
@@ -412,6 +473,7 @@ struct Job {
   uint64_t call;
   const DenseCall* dense;
   const SparseCall* sparse;
+  const PrefillCall* prefill;
   const Finish* finish = nullptr;
   std::vector<int64_t> groupOf;  // item → group (with finish)
   std::vector<Group> groups;
@@ -444,7 +506,8 @@ struct Job {
         float* at = results + j * slot;
         const Out out{at, at + rows, at + 2 * rows};
         if (dense) RunDense(*dense, it, call, out, qScan);
-        else RunSparse(*sparse, it, call, out, qScan);
+        else if (sparse) RunSparse(*sparse, it, call, out, qScan);
+        else RunPrefill(*prefill, it, call, out, qScan);
         if (finish != nullptr) {
           std::atomic<int32_t>& left = pending[groupOf[j]];
           if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) left.notify_all();
@@ -733,7 +796,8 @@ bool FinishOf(const Napi::CallbackInfo& info, std::size_t at, Finish& f, Job& jo
  * (FinishOf; `f` holds the call's fields); runs the job; throws its error. Returns the flat index
  * of the first non-finite q element the items read (QScan), or −1.
  */
-int64_t RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, Finish& f) {
+int64_t RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCall* dense, const SparseCall* sparse, const PrefillCall* prefill,
+               Finish& f) {
   Napi::Env env = info.Env();
   const int64_t dv = f.dv;
   const Span<int32_t> items = SpanOf<int32_t>(env, info[first], napi_int32_array, "items");
@@ -761,6 +825,7 @@ int64_t RunJob(const Napi::CallbackInfo& info, std::size_t first, const DenseCal
   job.call = ++calls;
   job.dense = dense;
   job.sparse = sparse;
+  job.prefill = prefill;
   if (FinishOf(info, first + 5, f, job)) job.finish = &f;
   // Finishing tasks are work for the helpers too: a call of one item still has its group's rows.
   const int64_t units = count > static_cast<int64_t>(job.tasks.size()) ? count : static_cast<int64_t>(job.tasks.size());
@@ -799,7 +864,7 @@ Napi::Value RunDenseItems(const Napi::CallbackInfo& info) {
   if (c.seqlens.length < c.b) Bad(env, "seqlens shorter than b");
   Finish f{};
   f.fp16 = c.fp16, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = c.hQ / c.hK;
-  return Napi::Number::New(env, static_cast<double>(RunJob(info, 5, &c, nullptr, f)));
+  return Napi::Number::New(env, static_cast<double>(RunJob(info, 5, &c, nullptr, nullptr, f)));
 }
 
 // runSparse(params, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot, threads, out, lse, lseL, carryIn, carryOut, flags)
@@ -830,7 +895,33 @@ Napi::Value RunSparseItems(const Napi::CallbackInfo& info) {
   }
   Finish f{};
   f.fp16 = false, f.b = c.b, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = 0;
-  return Napi::Number::New(env, static_cast<double>(RunJob(info, 8, nullptr, &c, f)));
+  return Napi::Number::New(env, static_cast<double>(RunJob(info, 8, nullptr, &c, nullptr, f)));
+}
+
+// runPrefill(params, q, kv, indices, lengths, items, count, results, slot, threads): partials only (no finishing arguments).
+Napi::Value RunPrefillItems(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Params p = ParamsOf(info);
+  PrefillCall c{};
+  c.sQ = p.Int(1, INT32_MAX, "s_q");
+  c.hQ = p.Int(1, 4096, "h_q");
+  c.dQK = p.Int(16, 4096, "d_qk");
+  c.dV = p.Int(16, c.dQK, "d_v");
+  c.sKv = p.Int(1, INT64_MAX / 2, "s_kv");
+  c.topk = p.Int(0, INT32_MAX, "topk");
+  if (c.dQK % 16 != 0 || c.dV % 16 != 0) Bad(env, "d_qk and d_v must be multiples of 16");
+  c.scaleLog2 = static_cast<float>(p.Real("scaleLog2"));
+  c.qv = p.ViewOf();
+  c.kv_ = p.ViewOf();
+  c.iv = p.ViewOf();
+  c.q = SpanOf<uint16_t>(env, info[1], napi_uint16_array, "q");
+  c.kv = SpanOf<uint16_t>(env, info[2], napi_uint16_array, "kv");
+  c.indices = SpanOf<int32_t>(env, info[3], napi_int32_array, "indices");
+  c.lengths = SpanOf<int32_t>(env, info[4], napi_int32_array, "lengths", true);
+  if (info.Length() > 10 && !info[10].IsNull() && !info[10].IsUndefined()) Bad(env, "runPrefill takes no finishing arguments");
+  Finish f{};
+  f.fp16 = false, f.b = 1, f.sQ = c.sQ, f.hQ = c.hQ, f.dv = c.dV, f.hpk = 0;
+  return Napi::Number::New(env, static_cast<double>(RunJob(info, 5, nullptr, nullptr, &c, f)));
 }
 
 // prime(n, micros): wakes the helpers (starting up to n) to spin for the next call's items for up to micros µs.

@@ -12,6 +12,9 @@ Napi::Value RunDenseItems(const Napi::CallbackInfo& info);
 // runSparse(params: Float64Array, q, cache0, indices0, lengths0, cache1, indices1, lengths1, items, count, results, slot,
 //           threads, out, lse, lseL, carryIn, carryOut, flags): the same for a sparse call.
 Napi::Value RunSparseItems(const Napi::CallbackInfo& info);
+// runPrefill(params: Float64Array, q, kv, indices, lengths, items, count, results, slot, threads): the same for a
+// sparse prefill (partials only; src/reference/prefill.ts finishes the rows).
+Napi::Value RunPrefillItems(const Napi::CallbackInfo& info);
 // startHelpers(n): starts the runner's helper threads up to n; returns how many run.
 Napi::Value StartHelpers(const Napi::CallbackInfo& info);
 // prime(n, micros): wakes the helpers (up to n) to spin for the next call's items for up to micros µs.

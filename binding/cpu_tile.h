@@ -81,8 +81,14 @@ struct TileKernels {
   void (*cvtBf16)(const TileBuffers& b, const uint16_t* src, int64_t ld, int tokens);
   /** k[u] ← dequantised token u (u0 ≤ u < u1) of `src`, record at rec[u], scales at scl[u]. */
   void (*dqFp8)(const TileBuffers& b, const uint8_t* src, int u0, int u1, Fp8Layout layout);
-  /** One tile: Q·Kᵀ, logits × scaleLog2 masked by vis, online softmax, o ← o·alpha + P·V. */
-  void (*step)(const TileBuffers& b, int tokens, float scaleLog2);
+  /** k[u][d] ← f32(bf16 rows[u][d]) for u < tokens, d < dim: a gathered tile (sparse prefill's kv rows). */
+  void (*rowsBf16)(const TileBuffers& b, const uint16_t* const* rows, int tokens);
+  /**
+   * One tile: Q·Kᵀ, logits × scaleLog2 masked by vis, online softmax, o ← o·alpha + P·V. With
+   * roundP, P·V takes the probabilities rounded to bf16 while l sums them unrounded, as the sparse
+   * prefill kernels do (docs/reference-backend.md#prefill).
+   */
+  void (*step)(const TileBuffers& b, int tokens, float scaleLog2, bool roundP);
 };
 
 /** The kernels of `isa` (not None). */

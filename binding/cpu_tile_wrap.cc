@@ -123,11 +123,12 @@ class TileWrap : public Napi::ObjectWrap<TileWrap> {
     return Napi::Value();
   }
 
-  // step(tokens, scaleLog2)
+  // step(tokens, scaleLog2, roundP = false)
   Napi::Value Step(const Napi::CallbackInfo& info) {
     const int tokens = Tokens(info, 0);
     if (!info[1].IsNumber()) throwError(info.Env(), "E_INTERNAL", "CpuTile.step: scaleLog2 must be a number");
-    if (tokens > 0) kernels_->step(b_, tokens, info[1].As<Napi::Number>().FloatValue());
+    const bool roundP = info.Length() > 2 && info[2].ToBoolean().Value();
+    if (tokens > 0) kernels_->step(b_, tokens, info[1].As<Napi::Number>().FloatValue(), roundP);
     return Napi::Value();
   }
 
@@ -149,6 +150,7 @@ Napi::Object CpuTileExports(Napi::Env env) {
   o.Set("gather", Napi::Function::New(env, Gather, "gather"));
   o.Set("runDense", Napi::Function::New(env, RunDenseItems, "runDense"));
   o.Set("runSparse", Napi::Function::New(env, RunSparseItems, "runSparse"));
+  o.Set("runPrefill", Napi::Function::New(env, RunPrefillItems, "runPrefill"));
   o.Set("startHelpers", Napi::Function::New(env, StartHelpers, "startHelpers"));
   o.Set("prime", Napi::Function::New(env, PrimeHelpers, "prime"));
   return o;

@@ -231,9 +231,11 @@
   ;; Online softmax (base 2, docs/flashmla-interface.md#split-kv) over one tile, per row r < rows: logits s[r][t]·scale for
   ;; t < vis[r], −Infinity otherwise (t < tokens4, a multiple of 4); then s ← 2^(s − m_new),
   ;; l ← l·2^(m_old − m_new) + Σ s, o[r] ← o[r]·2^(m_old − m_new). A row with nothing visible
-  ;; gets zero probabilities and keeps its state.
+  ;; gets zero probabilities and keeps its state. With $roundP ≠ 0 the stored probabilities are
+  ;; rounded to bf16 (nearest even) while l sums them unrounded, as the sparse prefill kernels do
+  ;; (docs/reference-backend.md#prefill).
   (func (export "softmax") (param $s i32) (param $rows i32) (param $ldS i32) (param $tokens4 i32) (param $vis i32)
-    (param $scale f32) (param $m i32) (param $l i32) (param $o i32) (param $dv i32)
+    (param $scale f32) (param $m i32) (param $l i32) (param $o i32) (param $dv i32) (param $roundP i32)
     (local $r i32) (local $sp i32) (local $se i32) (local $lane v128) (local $lim v128) (local $x v128) (local $mx v128) (local $sum v128)
     (local $mt f32) (local $mOld f32) (local $mNew f32) (local $alpha v128) (local $op i32) (local $oe i32)
     (local.set $ldS (i32.shl (local.get $ldS) (i32.const 2)))
@@ -268,7 +270,12 @@
             (local.set $sum (v128.const i32x4 0 0 0 0))
             (loop $e
               (local.set $x (call $exp2 (f32x4.sub (v128.load (local.get $sp)) (f32x4.splat (local.get $mNew)))))
-              (v128.store (local.get $sp) (local.get $x))
+              (v128.store (local.get $sp) (if (result v128) (local.get $roundP)
+                (then (v128.and
+                  (i32x4.add (i32x4.add (local.get $x) (i32x4.splat (i32.const 0x7fff)))
+                    (v128.and (i32x4.shr_u (local.get $x) (i32.const 16)) (i32x4.splat (i32.const 1))))
+                  (i32x4.splat (i32.const 0xffff0000))))
+                (else (local.get $x))))
               (local.set $sum (f32x4.add (local.get $sum) (local.get $x)))
               (local.set $sp (i32.add (local.get $sp) (i32.const 16)))
               (br_if $e (i32.lt_u (local.get $sp) (local.get $se))))

@@ -1,8 +1,8 @@
 import { f32ToBf16 } from '../formats/bf16.js';
 import { f32ToFp16 } from '../formats/fp16.js';
-import type { DecodePlan } from '../plan.js';
+import type { DecodePlan, PrefillPlan } from '../plan.js';
 import { zeros, type HostTensor } from '../tensor.js';
-import type { DecodeResult } from '../types.js';
+import type { DecodeResult, SparseFwdResult } from '../types.js';
 import { rowLse, type Partial } from './partial.js';
 import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 
@@ -52,13 +52,62 @@ export function writeRows(res: DecodeResult<HostTensor>, plan: DecodePlan, p: Pa
     factors[r] = factor;
     bases[r] = base;
   }
-  const fp16 = plan.kind === 'dense' && plan.dtype === 'fp16';
+  scaleRows(p, out, factors, bases, plan.kind === 'dense' && plan.dtype === 'fp16');
+}
+
+/** out rows ← o · factors, rounded to bf16 (in the addon when loaded) or fp16; rows with bases[r] < 0 skipped. */
+function scaleRows(p: Partial, out: Uint16Array, factors: Float64Array, bases: Float64Array, fp16: boolean): void {
   if (!fp16 && nativeBf16 === undefined) {
     const api = nativeTileApi();
     nativeBf16 = typeof api === 'string' ? null : (api.bf16Rows ?? null);
   }
-  if (!fp16 && nativeBf16) nativeBf16(p.o, factors, out, bases, p.rows, dV);
-  else encodeRows(p.o, factors, out, bases, p.rows, dV, fp16 ? f32ToFp16 : f32ToBf16);
+  if (!fp16 && nativeBf16) nativeBf16(p.o, factors, out, bases, p.rows, p.dv);
+  else encodeRows(p.o, factors, out, bases, p.rows, p.dv, fp16 ? f32ToFp16 : f32ToBf16);
+}
+
+/** Output buffers of a sparse prefill: out (s_q, h_q, 512) bf16, maxLogits and lse (s_q, h_q) fp32. */
+export function allocatePrefillOutputs(plan: PrefillPlan): SparseFwdResult<HostTensor> {
+  return {
+    out: zeros('bf16', [plan.sQ, plan.hQ, plan.dV]),
+    maxLogits: zeros('fp32', [plan.sQ, plan.hQ]),
+    lse: zeros('fp32', [plan.sQ, plan.hQ]),
+  };
+}
+
+const L2E = Math.fround(Math.LOG2E);
+const LN2_F = Math.fround(Math.LN2);
+
+/**
+ * Writes the rows of prefill token s from its merged partial (base-2 max m, sum L, o), in float
+ * as FlashMLA's prefill kernels finish (docs/reference-backend.md#prefill): out = o / (L +
+ * 2^(sink·log2 e − m)) rounded to bf16, max_logits = m·ln 2, lse = ln L + m·ln 2; a row with L = 0
+ * gets out 0 (whatever its sink), max_logits −Infinity and lse +Infinity. `sinks` holds attnSink
+ * (null: none, as a −Infinity sink).
+ */
+export function writePrefillRows(
+  res: SparseFwdResult<HostTensor>, s: number, p: Partial, sinks: Float32Array | null, factors: Float64Array, bases: Float64Array,
+): void {
+  const maxLogits = res.maxLogits.data as Float32Array;
+  const lse = res.lse.data as Float32Array;
+  const out = res.out.data as Uint16Array;
+  for (let h = 0; h < p.rows; h++) {
+    const row = s * p.rows + h;
+    const m = p.m[h]!, L = p.l[h]!;
+    if (L === 0) {
+      maxLogits[row] = -Infinity;
+      lse[row] = Infinity;
+      out.fill(0, row * p.dv, (row + 1) * p.dv);
+      bases[h] = -1;
+      continue;
+    }
+    const sinkTerm = sinks ? Math.fround(2 ** Math.fround(Math.fround(sinks[h]! * L2E) - m)) : 0;
+    factors[h] = Math.fround(1 / Math.fround(L + sinkTerm));
+    bases[h] = row * p.dv;
+    const mLn2 = Math.fround(m * LN2_F);
+    maxLogits[row] = mLn2;
+    lse[row] = Math.fround(Math.fround(Math.log(L)) + mLn2);
+  }
+  scaleRows(p, out, factors, bases, false);
 }
 
 /** out[at[r] + x] ← encode(o[r·dv + x] · factors[r]) for x < dv, rows with at[r] < 0 skipped (the addon's bf16Rows in TypeScript). */

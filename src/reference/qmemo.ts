@@ -1,4 +1,3 @@
-import type { DecodePlan } from '../plan.js';
 import type { Workspace } from './workspace.js';
 
 /**
@@ -7,10 +6,10 @@ import type { Workspace } from './workspace.js';
  * Keyed by the plan object: each call (and each job a worker receives) has its own, and
  * `forgetQ` at the end of a call drops it, so a caller's later change to q is always seen.
  */
-const held = new Map<Workspace, { plan: DecodePlan; group: number; r0: number }>();
+const held = new Map<Workspace, { plan: object; group: number; r0: number }>();
 
 /** True when `ws.q` already holds rows from r0 of `group` of `plan`; else records that it will. */
-export function qLoaded(ws: Workspace, plan: DecodePlan, group: number, r0: number): boolean {
+export function qLoaded(ws: Workspace, plan: object, group: number, r0: number): boolean {
   const h = held.get(ws);
   if (h && h.plan === plan && h.group === group && h.r0 === r0) return true;
   held.set(ws, { plan, group, r0 });

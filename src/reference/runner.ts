@@ -6,16 +6,16 @@
  * partials in item order and round the outputs (`RunnerFinish`), so results are bitwise identical
  * for any thread count.
  */
-import type { DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
+import type { DecodePlan, DensePlan, PrefillPlan, SparsePlan, SparseScope } from '../plan.js';
 import type { HostTensor, View } from '../tensor.js';
 import type { DecodeResult } from '../types.js';
 import { softmaxScaleLog2 } from '../softmax-scale.js';
 import { nonFiniteError } from '../validate/common.js';
-import { ITEM, sameGroup } from './items.js';
+import { ITEM, sameGroup, type ItemPlan } from './items.js';
 import { lseOf } from './partial.js';
 import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 
-type Runner = Required<Pick<CpuTileApi, 'runDense' | 'runSparse' | 'startHelpers' | 'prime'>>;
+type Runner = Required<Pick<CpuTileApi, 'runDense' | 'runSparse' | 'runPrefill' | 'startHelpers' | 'prime'>>;
 
 let runner: Runner | null | undefined;
 
@@ -23,8 +23,8 @@ let runner: Runner | null | undefined;
 export function nativeRunner(): Runner | null {
   if (runner === undefined) {
     const api = nativeTileApi();
-    runner = typeof api !== 'string' && api.runDense && api.runSparse && api.startHelpers && api.prime
-      ? { runDense: api.runDense, runSparse: api.runSparse, startHelpers: api.startHelpers, prime: api.prime } : null;
+    runner = typeof api !== 'string' && api.runDense && api.runSparse && api.runPrefill && api.startHelpers && api.prime
+      ? { runDense: api.runDense, runSparse: api.runSparse, runPrefill: api.runPrefill, startHelpers: api.startHelpers, prime: api.prime } : null;
   }
   return runner;
 }
@@ -46,6 +46,13 @@ function sparseParams(plan: SparsePlan, scopes: SparseScope[]): Float64Array {
   const p = [plan.layout === 'v32' ? 0 : 1, plan.b, plan.sQ, plan.hQ, plan.dV, softmaxScaleLog2('sparse', plan.softmaxScale), ...viewParams(plan.q.view), scopes.length];
   for (const s of scopes) p.push(s.topk, s.pageBlockSize, ...viewParams(s.cache.view), ...viewParams(s.indices.view));
   return Float64Array.from(p);
+}
+
+function prefillParams(plan: PrefillPlan): Float64Array {
+  return Float64Array.from([
+    plan.sQ, plan.hQ, plan.dQK, plan.dV, plan.sKv, plan.topk, softmaxScaleLog2('sparse', plan.smScale),
+    ...viewParams(plan.q.view), ...viewParams(plan.kv.view), ...viewParams(plan.indices.view),
+  ]);
 }
 
 /**
@@ -78,10 +85,14 @@ export interface RunnerFinish {
  * (the runner checks q as it loads it; `throwIfNonFiniteQ` turns it into the error).
  */
 export function runItemsNative(
-  r: Runner, plan: DecodePlan, items: Int32Array, count: number, results: Float32Array, slot: number, threads: number,
+  r: Runner, plan: ItemPlan, items: Int32Array, count: number, results: Float32Array, slot: number, threads: number,
   finish: RunnerFinish | null = null,
 ): number {
   const at = items.subarray(0, ITEM * count);
+  if (plan.kind === 'prefill') {
+    // Prefill rows are finished by prefill.ts (its out scaling needs the merged sum).
+    return r.runPrefill(prefillParams(plan), dataOf(plan.q), dataOf(plan.kv), dataOf(plan.indices), plan.lengths, at, count, results, slot, threads);
+  }
   const f = finish ? [finish.out, finish.lse, finish.sums, finish.carryIn, finish.carryOut, finish.flags] as const
     : [null, null, null, null, null, 0] as const;
   if (plan.kind === 'dense') {
@@ -133,13 +144,15 @@ export function runFinishing(
 }
 
 /**
- * Throws the error `validateDecode` gives for a non-finite q (src/validate/common.ts
- * `nonFiniteError`) when `flat` (the least of the runner's reports) is not −1.
+ * Throws the error validation gives for a non-finite q (src/validate/common.ts `nonFiniteError`)
+ * when `flat` (the least of the runner's reports) is not −1: at [i, s, h, d] for a decode, at
+ * [s, h, d] for a prefill (whose q has no request dimension).
  */
-export function throwIfNonFiniteQ(plan: DecodePlan, flat: number): void {
+export function throwIfNonFiniteQ(plan: ItemPlan, flat: number): void {
   if (flat < 0) return;
   const d = flat % plan.dQK, row = (flat - d) / plan.dQK;
   const h = row % plan.hQ, bs = (row - h) / plan.hQ;
+  if (plan.kind === 'prefill') throw nonFiniteError('q', [bs, h, d]);
   const s = bs % plan.sQ, i = (bs - s) / plan.sQ;
   throw nonFiniteError('q', [i, s, h, d]);
 }

@@ -1,7 +1,8 @@
-import type { Bound, DecodePlan, DensePlan, SparsePlan, SparseScope } from '../plan.js';
+import type { Bound, DensePlan, PrefillPlan, SparsePlan, SparseScope } from '../plan.js';
 import { extentOf, type HostTensor } from '../tensor.js';
 import { MODEL1, V32 } from '../kvcache/layout.js';
-import { ITEM } from './items.js';
+import { usedIndex } from '../validate/prefill.js';
+import { ITEM, type ItemPlan } from './items.js';
 import { nativeTileApi, type CpuTileApi } from './tile-native.js';
 import { copyBytes, TILE } from './workspace.js';
 
@@ -65,7 +66,7 @@ function bound(data: Typed, dtype: HostTensor['dtype'], shape: number[], strides
  * staged before a worker runs them; the calling thread runs its own items on the original plan.
  */
 export interface Staged {
-  plan: DecodePlan;
+  plan: ItemPlan;
   stage: ((items: Int32Array, j: number) => void) | null;
 }
 
@@ -230,10 +231,53 @@ function shareSparse(plan: SparsePlan): Staged {
 }
 
 /**
+ * A prefill for workers: q shared (zero-copy when it already is); kv zero-copy when shared, else
+ * a compact shared kv of the rows staged items use, with indices remapped to it (−1, unused, where
+ * a position is not used). A row gets its slot, and is copied, when the first staged item uses it.
+ */
+function sharePrefill(plan: PrefillPlan): Staged {
+  const base = { ...plan, q: shareBound(plan.q), lengths: shareInts(plan.lengths), attnSink: null, topkLength: null };
+  const kt = plan.kv.tensor as HostTensor;
+  if (isShared(kt.data)) return { plan: { ...base, indices: shareBound(plan.indices) }, stage: null };
+  const { sQ, topk, dQK } = plan;
+  const idx = { data: (plan.indices.tensor as HostTensor).data, view: plan.indices.view };
+  const remapped = arena.take<Int32Array>(Int32Array, sQ * topk).fill(-1);
+  const slotOf = arena.take<Int32Array>(Int32Array, plan.sKv).fill(-1);
+  const capacity = Math.max(Math.min(sQ * topk, plan.sKv), 1);
+  const data = arena.take<Uint16Array>(Uint16Array, capacity * dQK);
+  const src = kt.data as Uint16Array;
+  const kvv = plan.kv.view;
+  let slots = 0;
+  const stage = (items: Int32Array, j: number): void => {
+    const s = items[ITEM * j + 1]!, p1 = items[ITEM * j + 3]!;
+    for (let p = items[ITEM * j + 2]!; p < p1; p++) {
+      const t = usedIndex(plan, idx, s, p);
+      if (t < 0) continue;
+      let slot = slotOf[t]!;
+      if (slot === -1) {
+        slotOf[t] = slot = slots++;
+        const at = kvv.offset + t * kvv.strides[0]!;
+        data.set(src.subarray(at, at + dQK), slot * dQK);
+      }
+      remapped[s * topk + p] = slot;
+    }
+  };
+  return {
+    plan: {
+      ...base,
+      sKv: capacity,
+      kv: bound(data, 'bf16', [capacity, 1, dQK], [dQK, dQK, 1]),
+      indices: bound(remapped, 'int32', [sQ, 1, topk], [topk, topk, 1]),
+    },
+    stage,
+  };
+}
+
+/**
  * The plan as worker threads see it: every array the items read is in a SharedArrayBuffer (posted
  * without copying). Host tensors already backed by one are used as they are; others get room in
  * the arena, filled item by item through `stage` (call inside pool.exclusive, after arena.reset()).
  */
-export function stagePlan(plan: DecodePlan): Staged {
-  return plan.kind === 'dense' ? shareDense(plan) : shareSparse(plan);
+export function stagePlan(plan: ItemPlan): Staged {
+  return plan.kind === 'prefill' ? sharePrefill(plan) : plan.kind === 'dense' ? shareDense(plan) : shareSparse(plan);
 }

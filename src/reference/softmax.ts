@@ -1,3 +1,5 @@
+import { bf16ToF32, f32ToBf16 } from '../formats/bf16.js';
+
 /**
  * Online softmax over tiles (base 2, like FlashMLA's kernels, docs/flashmla-interface.md#split-kv): per query row a running
  * max `m`, a running sum `l` of exp2(x − m) and an unnormalised output row in `o`.
@@ -19,9 +21,10 @@ export class RowState {
 
   /**
    * Turns the scaled logits of one tile (s[r·ldS + t], already × scale·log2 e, −Infinity where
-   * masked) into probabilities in place and rescales the row's running sum and output.
+   * masked) into probabilities in place and rescales the row's running sum and output. With
+   * `roundP`, the probabilities left in `s` are rounded to bf16 and the sum takes them unrounded.
    */
-  absorb(s: Float32Array, rows: number, ldS: number, tokens: number): void {
+  absorb(s: Float32Array, rows: number, ldS: number, tokens: number, roundP = false): void {
     const { m, l, o, dv } = this;
     for (let r = 0; r < rows; r++) {
       const base = r * ldS;
@@ -37,7 +40,7 @@ export class RowState {
       let sum = 0;
       for (let t = 0; t < tokens; t++) {
         const p = 2 ** (s[base + t]! - mNew);
-        s[base + t] = p;
+        s[base + t] = roundP ? bf16ToF32(f32ToBf16(p)) : p;
         sum += p;
       }
       if (mNew !== mOld) {

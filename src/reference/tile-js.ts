@@ -164,7 +164,7 @@ export class JsWorkspace implements Workspace {
     // Tokens were dequantised as they were gathered.
   }
 
-  step(tokens: number, scaleLog2: number): void {
+  step(tokens: number, scaleLog2: number, roundP = false): void {
     const { rows, q, k, s, dim, dv, vis, state } = this;
     qkJs(q, rows, k, tokens, dim, s, TILE);
     for (let r = 0; r < rows; r++) {
@@ -172,7 +172,7 @@ export class JsWorkspace implements Workspace {
       const visible = vis[r]!;
       for (let t = 0; t < tokens; t++) s[base + t] = t < visible ? s[base + t]! * scaleLog2 : -Infinity;
     }
-    state.absorb(s, rows, TILE, tokens);
+    state.absorb(s, rows, TILE, tokens, roundP);
     pvJs(s, rows, TILE, k, tokens, dim, dv, state.o);
   }
 }

@@ -17,7 +17,7 @@ interface CpuTile {
   bf16(src: Uint16Array, at: number, ld: number, tokens: number): void;
   /** Slots [u0, u1) ← the FP8 tokens of `src` at the byte offsets in rec / scl; layout 0 = V32, 1 = MODEL1. */
   fp8(src: Uint8Array, u0: number, u1: number, layout: 0 | 1): void;
-  step(tokens: number, scaleLog2: number): void;
+  step(tokens: number, scaleLog2: number, roundP?: boolean): void;
 }
 
 /** The runner's finishing arguments (out, lse, sums, carryIn, carryOut, flags; runner.ts `RunnerFinish`); none or nulls: partials only. */
@@ -48,6 +48,13 @@ export interface CpuTileApi {
     cache0: Uint8Array, indices0: Int32Array, lengths0: Int32Array | null,
     cache1: Uint8Array | null, indices1: Int32Array | null, lengths1: Int32Array | null,
     items: Int32Array, count: number, results: Float32Array, slot: number, threads: number, ...finish: RunnerFinishArgs) => number;
+  /**
+   * The same for a sparse prefill (src/reference/prefill.ts): partials only, whose rows prefill.ts
+   * finishes; lengths null without topkLength. Returns the flat index (s·h_q + h)·d_qk + d of the
+   * first non-finite q element the items read, or −1.
+   */
+  readonly runPrefill?: (params: Float64Array, q: Uint16Array, kv: Uint16Array, indices: Int32Array, lengths: Int32Array | null,
+    items: Int32Array, count: number, results: Float32Array, slot: number, threads: number) => number;
   /** Starts the runner's helper threads up to n (they then sleep until a call); returns how many there are. */
   readonly startHelpers?: (n: number) => number;
   /** Wakes the runner's helpers (starting up to n) to spin for the next call's items for up to `micros` µs (≤ 10,000). */
@@ -142,7 +149,7 @@ export class NativeWorkspace implements Workspace {
     srcs.fill(null, 0, tokens);
   }
 
-  step(tokens: number, scaleLog2: number): void {
-    this.tile.step(tokens, scaleLog2);
+  step(tokens: number, scaleLog2: number, roundP = false): void {
+    this.tile.step(tokens, scaleLog2, roundP);
   }
 }

@@ -12,7 +12,7 @@ interface TileExports {
   dq_fp8(src: number, ld: number, tokens: number, tiles: number, tile: number, scales: number, rope: number, dim: number, dst: number): void;
   qk(q: number, rows: number, k: number, tokens: number, dim: number, s: number, ldS: number): void;
   pv(p: number, rows: number, ldP: number, k: number, tokens: number, dim: number, dv: number, o: number): void;
-  softmax(s: number, rows: number, ldS: number, tokens4: number, vis: number, scale: number, m: number, l: number, o: number, dv: number): void;
+  softmax(s: number, rows: number, ldS: number, tokens4: number, vis: number, scale: number, m: number, l: number, o: number, dv: number, roundP: number): void;
 }
 
 /** The parts of the WebAssembly JS API used here (the project's TS lib has no WebAssembly types). */
@@ -137,10 +137,10 @@ export class WasmWorkspace implements Workspace {
     this.x.dq_fp8(this.at.raw, s.ld, tokens, s.tiles, s.tile, s.scales, s.rope, this.dim, this.at.k);
   }
 
-  step(tokens: number, scaleLog2: number): void {
+  step(tokens: number, scaleLog2: number, roundP = false): void {
     const { x, at, rows, rowsPad, dim, dv } = this;
     x.qk(at.q, rowsPad, at.k, (tokens + 1) & ~1, dim, at.s, TILE);
-    x.softmax(at.s, rows, TILE, (tokens + 3) & ~3, at.vis, scaleLog2, at.m, at.l, at.o, dv);
+    x.softmax(at.s, rows, TILE, (tokens + 3) & ~3, at.vis, scaleLog2, at.m, at.l, at.o, dv, roundP ? 1 : 0);
     x.pv(at.s, rowsPad, TILE, at.k, tokens, dim, dv, at.o);
   }
 }

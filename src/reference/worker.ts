@@ -5,16 +5,15 @@
  * write its partial into its slot of the shared results.
  */
 import { parentPort } from 'node:worker_threads';
-import type { DecodePlan } from '../plan.js';
 import { claimFront } from './claim.js';
 import { kernelsFor, type Tier } from './kernels.js';
-import { ITEM, runItem } from './items.js';
+import { ITEM, runItem, type ItemPlan } from './items.js';
 import { partialIn } from './partial.js';
 import { forgetQ } from './qmemo.js';
 
 export interface Job {
   tier: Tier;
-  plan: DecodePlan;
+  plan: ItemPlan;
   /** ITEM int32 per item (items.ts). */
   items: Int32Array;
   /** Both ends of the unclaimed items (claim.ts). */

@@ -36,8 +36,12 @@ export interface Workspace {
   tokenModel1(bytes: Uint8Array, blockAt: number, B: number, row: number, u: number): void;
   /** Completes a tile gathered with token*(): dequantises where that was deferred. */
   endTokens(layout: KvLayout, tokens: number): void;
-  /** One tile of `tokens` keys for every row; logits are scaled by scaleLog2 (= scale·log2 e). */
-  step(tokens: number, scaleLog2: number): void;
+  /**
+   * One tile of `tokens` keys for every row; logits are scaled by scaleLog2 (= scale·log2 e). With
+   * `roundP` (sparse prefill), P·V takes the probabilities rounded to bf16 while l sums them
+   * unrounded (docs/reference-backend.md#prefill).
+   */
+  step(tokens: number, scaleLog2: number, roundP?: boolean): void;
 }
 
 const wordViews = new WeakMap<ArrayBufferLike, Int32Array | null>();
