@@ -908,6 +908,16 @@ void testPrefillChecks(Lib& lib) {
           [](SparseAttnFwdParams& p) { p.stride_kv_s_kv = 513; });
   rejects(Launcher::Sm100PrefillH64K512, true, 64, 512, 64, "CUDA error 9", [](SparseAttnFwdParams& p) { p.s_q = 0; });
   CHECK(c.GetLastError() == 0, "failed launcher checks leave no error behind");
+  // FLASHMLA_EMU_MODE=noop: the launcher checks, the kernel writes nothing (outputs keep the 0xFF fill).
+  {
+    PrefillSpec s{Launcher::Sm90PrefillK576, false, 2, 64, 64, 576, 128, false, true, 0.1f, 0};
+    const PrefillData d = makePrefillData(s, rng);
+    setenv("FLASHMLA_EMU_MODE", "noop", 1);
+    PrefillOut r = runPrefill(lib, s, d);
+    unsetenv("FLASHMLA_EMU_MODE");
+    CHECK(std::all_of(r.out.begin(), r.out.end(), [](std::uint16_t x) { return x == 0xFFFF; }), "no-op mode skips the kernel");
+    CHECK(c.GetLastError() == 0, "no-op launch ran without errors");
+  }
 
   // kv stride twice the row: valid indices in the upper half read past the cache.
   CHECK(c.SetDevice(1) == 0, "device 1");
