@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inspectBuild } from '../../src/cuda/build-file.js';
+import { targetsByLauncher } from '../../src/cuda/kernels.js';
 import { buildEmulator } from '../emulator/build.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -58,10 +60,18 @@ describe('emulator library', () => {
     expect(exportedLaunchers(lib)).toEqual([...names].sort());
   });
 
+  it("carries GPU code for every launcher's kernels under the names flashmla-node looks for", () => {
+    const targets = targetsByLauncher(inspectBuild(lib));
+    expect(Object.keys(targets).sort()).toEqual(launchers().map((l) => l.key).sort());
+    for (const key of Object.keys(targets)) expect([key, targets[key]]).toEqual([key, ['sm_100f', 'sm_90a']]);
+  });
+
   it('builds variants without the prefill launchers, or without any launcher', async () => {
     const noPrefill = await buildEmulator({ name: 'no-prefill', exports: 'no-prefill' });
     const prefill = new Set(prefillNames());
     expect(exportedLaunchers(noPrefill)).toEqual(launcherNames().filter((n) => !prefill.has(n)).sort());
+    const code = targetsByLauncher(inspectBuild(noPrefill));
+    for (const l of launchers()) expect([l.key, code[l.key]]).toEqual([l.key, l.key.includes('_prefill_') ? [] : ['sm_100f', 'sm_90a']]);
     const noLaunchers = await buildEmulator({ name: 'no-launchers', exports: 'no-launchers' });
     expect(exportedLaunchers(noLaunchers)).toEqual([]);
   });
