@@ -7,7 +7,7 @@ import {
 } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult, SparseFwdArgs, SparseFwdResult } from '../types.js';
 import { ownValue, readDecodeArgs, readDecodeOptions, readTensor, SPARSE_FWD_TENSOR_KEYS, TENSOR_ARG_KEYS } from '../validate/args.js';
-import { usedIndex, validateSparseFwd } from '../validate/prefill.js';
+import { validateSparseFwd } from '../validate/prefill.js';
 import { validateDecode } from '../validate/index.js';
 import { MAILBOX, type NativeAllocation, type NativeDecodeOutcome, type NativeEngine, type NativePrefillOutcome, type NativePrepared, type NativeStart } from '../addon.js';
 import { mintCudaEvent, type CudaEvent, type EventOwner } from './event.js';
@@ -18,9 +18,12 @@ import { expectNoOutputOptions, expectOutputTensor } from '../validate/outputs.j
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
 import { DeviceTensor, mintDeviceTensor, type TensorOwner } from '../device-tensor.js';
 import { assessCuda } from './assess.js';
-import { operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
+import { archOf, operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
 import { loadInProcess } from './library.js';
-import { planPrefill, prefillOperandsOf, prefillRequestFields, type PrefillLaunch } from './prefill-host-layer.js';
+import {
+  expectReadRowsFinite, planPrefill, positionsRead, prefillCallKind, prefillKernelChoice, prefillOperandsOf, prefillRequestFields,
+  type PrefillImplementation, type PrefillLaunch,
+} from './prefill-host-layer.js';
 import { callProblem, launcherProblem, type AnyCallKind, type BuildFacts } from './usability.js';
 
 /** A native rejection: the addon rejects with FlashMLAErrors; anything else is a bug. */
@@ -462,7 +465,7 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     if (options.validate === true) this.#notCapturing('a prefill call with validate: true', 'options.validate');
     else if (hostArgs.length > 0) this.#notCapturing('a prefill call with host tensors', hostArgs[0]);
     for (const k of given) if (!isHostTensor(args[k]!)) this.#deviceTensor(args[k]!, k);
-    const plan = options.validate === true ? await this.#validatePrefillOnDevice(args) : validateSparseFwd(args);
+    const { plan, downloaded } = options.validate === true ? await this.#validatePrefillOnDevice(args) : { plan: validateSparseFwd(args), downloaded: undefined };
     let launch: PrefillLaunch;
     try {
       launch = planPrefill(plan, this.facts, (key) => launcherProblem(this.build, key, this.facts),
@@ -471,6 +474,7 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
       if (fallback !== null && e instanceof FlashMLAError && hostArgs.length === given.length) return fallback();
       throw e;
     }
+    expectReadRowsFinite(plan, launch, downloaded);
     const hostOutputs = isHostTensor(plan.q.tensor);
     const rows = plan.sQ * plan.hQ;
     const operands: Record<string, bigint | ArrayBufferView | null> = {};
@@ -505,10 +509,10 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
 
   /**
    * validate: true for a prefill: host copies of the device-resident q, indices, topkLength and
-   * attnSink are validated first; then the kv rows the call uses (as those copies say) are
-   * downloaded, in runs of consecutive rows, and checked too.
+   * attnSink are validated first; then the kv rows the device's kernel loads (as those copies say;
+   * positionsRead) are downloaded, in runs of consecutive rows, and checked too.
    */
-  async #validatePrefillOnDevice(args: SparseFwdArgs): Promise<PrefillPlan> {
+  async #validatePrefillOnDevice(args: SparseFwdArgs): Promise<{ plan: PrefillPlan; downloaded: Map<Tensor, HostTensor> }> {
     const downloaded = new Map<Tensor, HostTensor>();
     for (const name of ['q', 'indices', 'topkLength', 'attnSink'] as const) {
       const t = args[name];
@@ -517,14 +521,23 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
       downloaded.set(t, { dtype: view.dtype, shape: view.shape, strides: view.strides, offset: 0, data: await this.downloadExtent(t as DeviceTensorMeta, view) });
     }
     const plan = validateSparseFwd(args, downloaded);
-    if (isHostTensor(plan.kv.tensor)) return plan;
+    if (isHostTensor(plan.kv.tensor)) return { plan, downloaded };
+    // Which kernel runs decides which rows it loads; a call no kernel runs fails in planPrefill.
+    let implementation: PrefillImplementation = 'sm90';
+    const arch = archOf(this.facts);
+    try {
+      if (arch !== null) implementation = prefillKernelChoice(prefillCallKind(plan), arch).implementation;
+    } catch (e) {
+      if (!(e instanceof FlashMLAError)) throw e;
+    }
     const idx = downloaded.get(plan.indices.tensor) ?? (plan.indices.tensor as HostTensor);
     const idxView = viewOf(idx, 'indices');
     const used = new Uint8Array(plan.sKv);
     for (let s = 0; s < plan.sQ; s++) {
-      for (let p = 0; p < plan.topk; p++) {
-        const t = usedIndex(plan, { data: idx.data, view: idxView }, s, p);
-        if (t >= 0) used[t] = 1;
+      const end = positionsRead(plan, implementation, s);
+      for (let p = 0; p < end; p++) {
+        const t = idx.data[idxView.offset + s * idxView.strides[0]! + p * idxView.strides[2]!]!;
+        if (t >= 0 && t < plan.sKv) used[t] = 1;
       }
     }
     const kv = plan.kv.tensor as DeviceTensorMeta;
@@ -543,7 +556,7 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
       r = end;
     }
     downloaded.set(plan.kv.tensor, { dtype: 'bf16', shape: view.shape, strides: view.strides, offset: 0, data });
-    return validateSparseFwd(args, downloaded);
+    return { plan: validateSparseFwd(args, downloaded), downloaded };
   }
 
   /** Resolves once the stream has completed everything issued before the call (docs/cuda-path.md#streams-and-events). */

@@ -194,6 +194,25 @@ describe('per-architecture refusals (FlashMLA launchers whose KU_ASSERTs would e
     await cuda.dispose();
   });
 
+  it('sm100 loads kv rows past topkLength within a block: a NaN there is refused on sm100 (host, or validate: true), unused on sm90', async () => {
+    const c = small({ sQ: 1, sKv: 300, topk: 256 }, 47);
+    const idx = Int32Array.from({ length: 256 }, (_, p) => p);
+    const kvData = Uint16Array.from(c.kv.data as Uint16Array);
+    kvData[100 * 576 + 7] = 0x7f80;
+    const args = { ...c, kv: { ...c.kv, data: kvData }, indices: { dtype: 'int32' as const, shape: [1, 1, 256], data: idx },
+      topkLength: { dtype: 'int32' as const, shape: [1], data: Int32Array.from([70]) } };
+    const sm90 = await open('sm90', 'cuda');
+    expectOracle(args, await sm90.flashMlaSparseFwd(args) as SparseFwdResult<HostTensor>);
+    await sm90.dispose();
+    const sm100 = await open('sm100', 'cuda');
+    await refused(sm100.flashMlaSparseFwd(args), 'E_VALUE', 'kv', /kv\[100, 0, 7\].*past topkLength\[0\] = 70/);
+    const { args: dev, uploaded } = await onDevice(sm100, args);
+    await refused(sm100.flashMlaSparseFwd(dev, { validate: true }), 'E_VALUE', 'kv', /kv\[100, 0, 7\]/);
+    for (const t of uploaded) t.dispose();
+    await sm100.dispose();
+    expect(memoryLog()).toBe('');
+  });
+
   it('sm100: index rows must be 32-byte aligned (a device view at a 16-byte offset, or an odd row stride)', async () => {
     const c = small({}, 46);
     const padded = new Int32Array(4 + (c.indices.data as Int32Array).length);
