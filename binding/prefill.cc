@@ -1,7 +1,10 @@
 #include "prefill.h"
 
 #include <cstring>
+#include <initializer_list>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "flashmla_params.h"
 #include "js_values.h"

@@ -470,11 +470,13 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     try {
       launch = planPrefill(plan, this.facts, (key) => launcherProblem(this.build, key, this.facts),
         (b) => (isHostTensor(b.tensor) ? null : this.#baseOf(b.tensor, b.view, 'tensor')));
+      expectReadRowsFinite(plan, launch, downloaded);
     } catch (e) {
+      // Everything here is about this device's kernel, not the arguments' meaning: the reference
+      // can run such a call.
       if (fallback !== null && e instanceof FlashMLAError && hostArgs.length === given.length) return fallback();
       throw e;
     }
-    expectReadRowsFinite(plan, launch, downloaded);
     const hostOutputs = isHostTensor(plan.q.tensor);
     const rows = plan.sQ * plan.hQ;
     const operands: Record<string, bigint | ArrayBufferView | null> = {};

@@ -210,6 +210,10 @@ describe('per-architecture refusals (FlashMLA launchers whose KU_ASSERTs would e
     await refused(sm100.flashMlaSparseFwd(dev, { validate: true }), 'E_VALUE', 'kv', /kv\[100, 0, 7\]/);
     for (const t of uploaded) t.dispose();
     await sm100.dispose();
+    // Under auto the reference, which reads used rows only, runs it.
+    const auto = await open('sm100', 'auto');
+    expectOracle(args, await auto.flashMlaSparseFwd(args) as SparseFwdResult<HostTensor>);
+    await auto.dispose();
     expect(memoryLog()).toBe('');
   });
 

@@ -9,6 +9,8 @@ import {
   expectReadRowsFinite, planPrefill, positionsRead, prefillKernelChoice, prefillRequestFields, PREFILL_LAUNCHERS, type PrefillCallKind,
 } from '../../src/cuda/prefill-host-layer.js';
 import { assess, launcherProblem } from '../../src/cuda/usability.js';
+import { alternatesFor } from '../../src/cuda/library.js';
+import type { NativeAddon } from '../../src/addon.js';
 import { generatePrefillCase, type PrefillCaseParams } from '../../src/harness/prefill-cases.js';
 import type { Bound } from '../../src/plan.js';
 import { softmaxScaleLog2 } from '../../src/softmax-scale.js';
@@ -174,5 +176,26 @@ describe('prefill features per architecture', () => {
     const a = assess({ file, launchers: launchers([]) }, H100);
     expect(a.features.prefillV32).toEqual({ ok: false, reason: 'this FlashMLA build lacks the sm90_prefill_k576 launcher' });
     expect(a.features.prefillModel1.ok).toBe(false);
+  });
+});
+
+describe('the std::conditional fallback of the two small-topk launchers (docs/flashmla-interface.md#head128-fallback)', () => {
+  const launchers = [
+    { id: 0, key: 'combine_bf16', mangled: '_ZN4smxx6decode28run_flash_mla_combine_kernel' },
+    { id: 1, key: 'sm100_head128_model1', mangled: '_ZN5sm100…Mode1…libstdc++', fallback: '36run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode1ELi512E' },
+    { id: 2, key: 'sm100_prefill_small_topk', mangled: '_ZN5sm100…Mode0…libstdc++', fallback: '36run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode0ELi512E' },
+  ];
+  const addon = { launchers } as unknown as NativeAddon;
+  const build = (exports: string[]): BuildFile => ({ ...file, exports: new Set(exports) });
+  const otherLib = (mode: number) => `_ZN5sm10018fwd_for_small_topk7head12836run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode${mode}ELi512EEEvRKNSt3__1…`;
+
+  it('exact names: no alternates', () => {
+    expect(alternatesFor(addon, build([launchers[1]!.mangled, launchers[2]!.mangled]))).toEqual([]);
+  });
+
+  it('each missing small-topk name is replaced by the symbol that holds its own stable part', () => {
+    expect(alternatesFor(addon, build([otherLib(0), otherLib(1)]))).toEqual([null, otherLib(1), otherLib(0)]);
+    expect(alternatesFor(addon, build([launchers[1]!.mangled, otherLib(0)]))).toEqual([null, null, otherLib(0)]);
+    expect(alternatesFor(addon, build([]))).toEqual([null, null, null]);
   });
 });
