@@ -1,5 +1,4 @@
 import { check, FlashMLAError } from '../errors.js';
-import { hostData, nonFiniteError, type Downloaded } from '../validate/common.js';
 import type { Bound, PrefillPlan } from '../plan.js';
 import { softmaxScaleLog2 } from '../softmax-scale.js';
 import type { NativePrefillFields } from '../addon.js';
@@ -131,53 +130,6 @@ export function planPrefill(plan: PrefillPlan, device: DeviceFacts, problem: Lau
     implementation: choice.implementation, launcher: choice.launcher, numSm: device.sms,
     smScale: Math.fround(plan.smScale), smScaleLog2: softmaxScaleLog2('sparse', plan.smScale),
   };
-}
-
-/**
- * How many of query token s's index positions the kernel loads kv rows for: its topkLength (all
- * topk without one) on sm90, which reads used rows only; on sm100 every in-range index of each
- * block it processes, so topkLength rounded up to the block (64; 128 for head128), at least one
- * block (csrc/sm100/prefill/sparse/fwd/head64/phase1.cuh: num_k_blocks ≥ 1, and the index range
- * alone decides the gather).
- */
-export function positionsRead(plan: PrefillPlan, implementation: PrefillImplementation, s: number): number {
-  if (plan.lengths === null) return plan.topk;
-  const len = plan.lengths[s]!;
-  if (implementation === 'sm90') return len;
-  const block = implementation === 'sm100-head128' ? 128 : 64;
-  return Math.min(plan.topk, Math.max(Math.ceil(len / block), 1) * block);
-}
-
-/**
- * The sm100 kernels load kv rows past a token's topkLength (positionsRead) and multiply them by
- * P = 0, so a NaN or Inf there would reach `out` although the semantics leave those positions
- * unused: such rows must be finite too, where kv and indices are host-readable (host tensors, or
- * the `downloaded` copies of validate: true). Rows inside topkLength were checked by validateSparseFwd.
- */
-export function expectReadRowsFinite(plan: PrefillPlan, launch: PrefillLaunch, downloaded?: Downloaded): void {
-  if (plan.lengths === null || launch.implementation === 'sm90') return;
-  const kv = hostData(plan.kv, downloaded);
-  const idx = hostData(plan.indices, downloaded);
-  if (kv === null || idx === null) return;
-  const [k0, , k2] = kv.view.strides as [number, number, number];
-  const [i0, , i2] = idx.view.strides as [number, number, number];
-  const seen = new Uint8Array(plan.sKv);
-  for (let s = 0; s < plan.sQ; s++) {
-    const end = positionsRead(plan, launch.implementation, s);
-    for (let p: number = plan.lengths[s]!; p < end; p++) {
-      const t = idx.data[idx.view.offset + s * i0 + p * i2]!;
-      if (t < 0 || t >= plan.sKv || seen[t] === 1) continue;
-      seen[t] = 1;
-      const o = kv.view.offset + t * k0;
-      for (let d = 0; d < plan.dQK; d++) {
-        if ((kv.data[o + d * k2]! & 0x7f80) === 0x7f80) {
-          const e = nonFiniteError('kv', [t, 0, d]);
-          throw new FlashMLAError('E_VALUE', `${e.message}: FlashMLA's sm100 prefill kernels load every in-range index of a ` +
-            `block, also past topkLength[${s}] = ${plan.lengths[s]} (index position ${p}), and a NaN or Inf there reaches out`, 'kv');
-        }
-      }
-    }
-  }
 }
 
 /** The scalar part of the addon's prefill request (binding/prefill.h `PrefillRequest`). */

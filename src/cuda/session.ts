@@ -18,12 +18,9 @@ import { expectNoOutputOptions, expectOutputTensor } from '../validate/outputs.j
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
 import { DeviceTensor, mintDeviceTensor, type TensorOwner } from '../device-tensor.js';
 import { assessCuda } from './assess.js';
-import { archOf, operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
+import { operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
 import { loadInProcess } from './library.js';
-import {
-  expectReadRowsFinite, planPrefill, positionsRead, prefillCallKind, prefillKernelChoice, prefillOperandsOf, prefillRequestFields,
-  type PrefillImplementation, type PrefillLaunch,
-} from './prefill-host-layer.js';
+import { planPrefill, prefillOperandsOf, prefillRequestFields, type PrefillLaunch } from './prefill-host-layer.js';
 import { callProblem, launcherProblem, type AnyCallKind, type BuildFacts } from './usability.js';
 
 /** A native rejection: the addon rejects with FlashMLAErrors; anything else is a bug. */
@@ -465,15 +462,14 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     if (options.validate === true) this.#notCapturing('a prefill call with validate: true', 'options.validate');
     else if (hostArgs.length > 0) this.#notCapturing('a prefill call with host tensors', hostArgs[0]);
     for (const k of given) if (!isHostTensor(args[k]!)) this.#deviceTensor(args[k]!, k);
-    const { plan, downloaded } = options.validate === true ? await this.#validatePrefillOnDevice(args) : { plan: validateSparseFwd(args), downloaded: undefined };
+    const plan = options.validate === true ? await this.#validatePrefillOnDevice(args) : validateSparseFwd(args);
     let launch: PrefillLaunch;
     try {
       launch = planPrefill(plan, this.facts, (key) => launcherProblem(this.build, key, this.facts),
         (b) => (isHostTensor(b.tensor) ? null : this.#baseOf(b.tensor, b.view, 'tensor')));
-      expectReadRowsFinite(plan, launch, downloaded);
     } catch (e) {
-      // Everything here is about this device's kernel, not the arguments' meaning: the reference
-      // can run such a call.
+      // Everything planPrefill refuses is about this device's kernel, not the arguments' meaning:
+      // the reference can run such a call.
       if (fallback !== null && e instanceof FlashMLAError && hostArgs.length === given.length) return fallback();
       throw e;
     }
@@ -511,10 +507,11 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
 
   /**
    * validate: true for a prefill: host copies of the device-resident q, indices, topkLength and
-   * attnSink are validated first; then the kv rows the device's kernel loads (as those copies say;
-   * positionsRead) are downloaded, in runs of consecutive rows, and checked too.
+   * attnSink are validated first; then every kv row an index in [0, s_kv) names (whatever its
+   * position, so whichever rows validateSparseFwd checks are there) is downloaded, consecutive rows
+   * in one copy, and the whole call validated again with it.
    */
-  async #validatePrefillOnDevice(args: SparseFwdArgs): Promise<{ plan: PrefillPlan; downloaded: Map<Tensor, HostTensor> }> {
+  async #validatePrefillOnDevice(args: SparseFwdArgs): Promise<PrefillPlan> {
     const downloaded = new Map<Tensor, HostTensor>();
     for (const name of ['q', 'indices', 'topkLength', 'attnSink'] as const) {
       const t = args[name];
@@ -523,23 +520,14 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
       downloaded.set(t, { dtype: view.dtype, shape: view.shape, strides: view.strides, offset: 0, data: await this.downloadExtent(t as DeviceTensorMeta, view) });
     }
     const plan = validateSparseFwd(args, downloaded);
-    if (isHostTensor(plan.kv.tensor)) return { plan, downloaded };
-    // Which kernel runs decides which rows it loads; a call no kernel runs fails in planPrefill.
-    let implementation: PrefillImplementation = 'sm90';
-    const arch = archOf(this.facts);
-    try {
-      if (arch !== null) implementation = prefillKernelChoice(prefillCallKind(plan), arch).implementation;
-    } catch (e) {
-      if (!(e instanceof FlashMLAError)) throw e;
-    }
+    if (isHostTensor(plan.kv.tensor)) return plan;
     const idx = downloaded.get(plan.indices.tensor) ?? (plan.indices.tensor as HostTensor);
     const idxView = viewOf(idx, 'indices');
-    const used = new Uint8Array(plan.sKv);
+    const named = new Uint8Array(plan.sKv);
     for (let s = 0; s < plan.sQ; s++) {
-      const end = positionsRead(plan, implementation, s);
-      for (let p = 0; p < end; p++) {
+      for (let p = 0; p < plan.topk; p++) {
         const t = idx.data[idxView.offset + s * idxView.strides[0]! + p * idxView.strides[2]!]!;
-        if (t >= 0 && t < plan.sKv) used[t] = 1;
+        if (t >= 0 && t < plan.sKv) named[t] = 1;
       }
     }
     const kv = plan.kv.tensor as DeviceTensorMeta;
@@ -548,17 +536,16 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     const rowSpan = (plan.dQK - 1) * view.strides[2]! + 1;
     const data = new Uint16Array(Math.max(extentOf(view) - view.offset, 0));
     for (let r = 0; r < plan.sKv; r++) {
-      if (used[r] !== 1) continue;
+      if (named[r] !== 1) continue;
       let end = r;
-      while (end + 1 < plan.sKv && used[end + 1] === 1) end++;
+      while (end + 1 < plan.sKv && named[end + 1] === 1) end++;
       const from = r * rowStride;
-      const to = end * rowStride + rowSpan;
-      const part = data.subarray(from, to);
-      await this.engine.download(kv.address + BigInt((view.offset + from) * 2), part).catch((e: unknown) => this.#fail(e, new Error()));
+      await this.engine.download(kv.address + BigInt((view.offset + from) * 2), data.subarray(from, end * rowStride + rowSpan))
+        .catch((e: unknown) => this.#fail(e, new Error()));
       r = end;
     }
     downloaded.set(plan.kv.tensor, { dtype: 'bf16', shape: view.shape, strides: view.strides, offset: 0, data });
-    return { plan: validateSparseFwd(args, downloaded), downloaded };
+    return validateSparseFwd(args, downloaded);
   }
 
   /** Resolves once the stream has completed everything issued before the call (docs/cuda-path.md#streams-and-events). */

@@ -5,9 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { FlashMLAError } from '../../src/errors.js';
 import type { BuildFile } from '../../src/cuda/build-file.js';
 import type { DeviceFacts } from '../../src/cuda/host-layer.js';
-import {
-  expectReadRowsFinite, planPrefill, positionsRead, prefillKernelChoice, prefillRequestFields, PREFILL_LAUNCHERS, type PrefillCallKind,
-} from '../../src/cuda/prefill-host-layer.js';
+import { planPrefill, prefillKernelChoice, prefillRequestFields, PREFILL_LAUNCHERS, type PrefillCallKind } from '../../src/cuda/prefill-host-layer.js';
 import { assess, launcherProblem } from '../../src/cuda/usability.js';
 import { alternatesFor } from '../../src/cuda/library.js';
 import type { NativeAddon } from '../../src/addon.js';
@@ -121,36 +119,6 @@ describe('planPrefill', () => {
     const p = validateSparseFwd({ ...c.args, indices });
     refused(() => planPrefill(p, B200, ALL(B200), hostBases), 'E_STRIDE', 'indices', /strides\[0\] = 132 must be a multiple of 8/);
     expect(planPrefill(p, H100, ALL(H100), hostBases).launcher).toBe('sm90_prefill_k512');
-  });
-});
-
-describe('kv rows the kernels load past topkLength', () => {
-  // One token, topk 256, topkLength 70: sm90 reads 70 positions, sm100 head64 and small-topk 128
-  // (two blocks of 64), head128 128 (one block of 128); a length of 0 still loads one block on sm100.
-  const oneToken = (hQ: 64 | 128, dQK: 512 | 576, length: number, nanAt: number) => {
-    const c = generatePrefillCase({ sQ: 1, sKv: 300, topk: 256, hQ, dQK }, 9).args;
-    const idx = Int32Array.from({ length: 256 }, (_, p) => p);
-    const kv = Uint16Array.from(c.kv.data as Uint16Array);
-    kv[nanAt * dQK + 5] = 0x7fc0;
-    return validateSparseFwd({
-      ...c, kv: { ...c.kv, data: kv }, indices: { dtype: 'int32', shape: [1, 1, 256], data: idx },
-      topkLength: { dtype: 'int32', shape: [1], data: Int32Array.from([length]) },
-    });
-  };
-  it('positionsRead per implementation', () => {
-    const p = oneToken(64, 576, 70, 200);
-    expect(['sm90', 'sm100-head64', 'sm100-small-topk', 'sm100-head128'].map((i) => positionsRead(p, i as never, 0))).toEqual([70, 128, 128, 128]);
-    expect(positionsRead(oneToken(64, 576, 0, 200), 'sm100-head64', 0)).toBe(64);
-    expect(positionsRead(oneToken(64, 576, 200, 250), 'sm100-head128', 0)).toBe(256);
-  });
-  it('a NaN row at position 100 (past topkLength 70) is refused on sm100, not on sm90', () => {
-    const p = oneToken(64, 576, 70, 100);
-    expect(() => expectReadRowsFinite(p, planPrefill(p, H100, ALL(H100), hostBases))).not.toThrow();
-    refused(() => expectReadRowsFinite(p, planPrefill(p, B200, ALL(B200), hostBases)), 'E_VALUE', 'kv',
-      /kv\[100, 0, 5\] is not finite.*past topkLength\[0\] = 70 \(index position 100\)/);
-    // Past the last block the kernel processes, nothing is read.
-    const q = oneToken(64, 576, 70, 130);
-    expect(() => expectReadRowsFinite(q, planPrefill(q, B200, ALL(B200), hostBases))).not.toThrow();
   });
 });
 
