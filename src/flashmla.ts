@@ -126,7 +126,7 @@ export class FlashMLA {
    * tensors (host outputs) or DeviceTensors of this instance (device outputs for a DeviceTensor q);
    * one opened with 'auto' runs a host-tensor call its build or device cannot run on the reference.
    * Reference instances take host tensors. `options.validate: true` downloads device-resident q,
-   * indices, topkLength, attnSink and the kv rows the call uses, and checks their values first.
+   * indices, topkLength, attnSink and the kv rows its indices name, and checks their values first.
    * @throws FlashMLAError for invalid arguments (its `code` and `argument` say which), and
    *   `E_UNSUPPORTED` naming `q` or `indices` for a shape this device's kernel does not take;
    *   `E_DISPOSED` after dispose(); `E_DEVICE_LOST` after a device fault.
