@@ -1,4 +1,5 @@
-// Module entry: setErrorClass, load(path, preloads, alternates), Engine, the ABI facts tests compare against, and
+// Module entry: setErrorClass, load(path, preloads, alternates), Engine, the ABI facts tests compare against (launchers:
+// id, key, mangled name and the small-topk fallback), and
 // cpuTile (the reference backend's native tile loops), EngramMapping.
 #include <napi.h>
 
@@ -24,10 +25,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     o.Set("id", static_cast<int>(s.id));
     o.Set("key", s.key);
     o.Set("mangled", s.mangled);
+    if (s.fallback != nullptr) o.Set("fallback", s.fallback);
     launchers.Set(launchers.Length(), o);
   }
   exports.Set("launchers", launchers);
-  exports.Set("head128Fallback", flashmla_abi::kHead128Fallback);
   Napi::Array cudaFns = Napi::Array::New(env);
 #define FMLA_CUDA_NAME(member, symbol, type) cudaFns.Set(cudaFns.Length(), symbol);
   CUDA_ABI_FUNCTIONS(FMLA_CUDA_NAME)

@@ -128,39 +128,16 @@ DecodeRequest parseDecodeRequest(const Napi::Object& o, std::vector<Napi::Refere
   r.strideExtraIndices[1] = i32(o, "strideExtraIndicesS");
   r.outDirect = flag(o, "outDirect");
   r.lseDirect = flag(o, "lseDirect");
-  auto hostBuffer = [&](const char* name, void*& ptr, std::size_t& bytes) {
-    Napi::Value v = o.Get(name);
-    if (!v.IsTypedArray()) return;
-    Napi::TypedArray t = v.As<Napi::TypedArray>();
-    ptr = static_cast<uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset();
-    bytes = t.ByteLength();
-    keepAlive.push_back(Napi::Persistent(v));
-  };
   auto optionalAddress = [&](const char* name) -> uint64_t {
     Napi::Value v = o.Get(name);
     return v.IsUndefined() || v.IsNull() ? 0 : address(v, name);
   };
   r.outAddress = optionalAddress("outAddress");
   r.lseAddress = optionalAddress("lseAddress");
-  hostBuffer("hostOut", r.hostOut, r.hostOutBytes);
-  hostBuffer("hostLse", r.hostLse, r.hostLseBytes);
+  readHostBuffer(o, "hostOut", r.hostOut, r.hostOutBytes, keepAlive);
+  readHostBuffer(o, "hostLse", r.hostLse, r.hostLseBytes, keepAlive);
   Napi::Object ops = o.Get("operands").As<Napi::Object>();
-  for (int i = 0; i < kOperandCount; i++) {
-    Napi::Value v = ops.Get(kOperandNames[i]);
-    if (v.IsUndefined() || v.IsNull()) continue;
-    OperandSource& s = r.ops[i];
-    s.present = true;
-    if (v.IsBigInt()) {
-      s.device = address(v, kOperandNames[i]);
-    } else if (v.IsTypedArray()) {
-      Napi::TypedArray t = v.As<Napi::TypedArray>();
-      s.host = static_cast<uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset();
-      s.hostBytes = t.ByteLength();
-      keepAlive.push_back(Napi::Persistent(v));
-    } else {
-      throw NativeError("E_INTERNAL", std::string("operand ") + kOperandNames[i] + " is neither an address nor a typed array");
-    }
-  }
+  for (int i = 0; i < kOperandCount; i++) r.ops[i] = readOperand(ops.Get(kOperandNames[i]), kOperandNames[i], keepAlive);
   if (!r.ops[kQ].present || !r.ops[kKv].present) throw NativeError("E_INTERNAL", "q and the KV cache are required");
   if ((r.hostOut == nullptr) != (r.hostLse == nullptr)) throw NativeError("E_INTERNAL", "hostOut and hostLse go together");
   if (r.hostOut != nullptr && (r.outAddress != 0 || r.lseAddress != 0)) throw NativeError("E_INTERNAL", "host outputs cannot be preallocated");

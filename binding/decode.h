@@ -12,17 +12,11 @@
 
 #include "device_context.h"
 #include "flashmla_symbols.h"
+#include "request_operands.h"
 
 namespace fmla {
 
 enum Operand : int { kQ, kKv, kBlockTable, kSeqlens, kIndices, kTopkLength, kAttnSink, kExtraKv, kExtraIndices, kExtraTopkLength, kOperandCount };
-
-struct OperandSource {
-  bool present = false;
-  uint64_t device = 0;           // address of element 0 (offset applied) of a device operand
-  const void* host = nullptr;    // or the bytes of a host operand, uploaded into the workspace
-  std::size_t hostBytes = 0;
-};
 
 struct DecodeRequest {
   bool dense = false;

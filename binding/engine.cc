@@ -22,6 +22,7 @@ Napi::Function Engine::Define(Napi::Env env) {
                          InstanceMethod("newSchedSlot", &Engine::NewSchedSlot),
                          InstanceMethod("freeSchedSlot", &Engine::FreeSchedSlot),
                          InstanceMethod("decode", &Engine::Decode),
+                         InstanceMethod("prefill", &Engine::Prefill),
                          InstanceMethod("prepare", &Engine::Prepare),
                          InstanceMethod("launch", &Engine::Launch),
                          InstanceMethod("setMailbox", &Engine::SetMailbox),
@@ -467,6 +468,46 @@ Napi::Value Engine::Decode(const Napi::CallbackInfo& info) {
   } catch (const NativeError& e) {
     return rejectNow(info.Env(), e);
   }
+}
+
+static Napi::Value prefillOutcome(Napi::Env env, const PrefillOutcome& o) {
+  Napi::Object v = Napi::Object::New(env);
+  if (o.outId != 0) v.Set("out", allocation(env, o.outId, o.outPtr));
+  if (o.maxLogitsId != 0) v.Set("maxLogits", allocation(env, o.maxLogitsId, o.maxLogitsPtr));
+  if (o.lseId != 0) v.Set("lse", allocation(env, o.lseId, o.lsePtr));
+  return v;
+}
+
+// prefill(request) → the outcome when issued here (every operand a device address, nothing queued
+// still to issue its own work), else a Promise of it from the worker thread (host operands are
+// uploaded and host outputs downloaded there, docs/cuda-path.md#prefill). Errors of the
+// calling-thread path are thrown.
+Napi::Value Engine::Prefill(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto task = std::make_unique<Task>();
+  std::shared_ptr<const PrefillRequest> req;
+  try {
+    req = std::make_shared<const PrefillRequest>(parsePrefillRequest(info[0].As<Napi::Object>(), task->keepAlive));
+  } catch (const NativeError& e) {
+    return rejectNow(env, e);
+  }
+  if (!req->touchesHost() && canIssueHere() && !disposed_) {
+    PrefillOutcome o;
+    try {
+      ctx_->activate();
+      o = runPrefill(*ctx_, facts_.major, facts_.minor, *req);
+    } catch (const NativeError& e) {
+      throw makeError(env, e);
+    } catch (const std::exception& e) {
+      throwError(env, "E_INTERNAL", e.what());
+    }
+    return prefillOutcome(env, o);
+  }
+  auto outcome = std::make_shared<PrefillOutcome>();
+  task->streamWork = true;
+  task->execute = [this, req, outcome](DeviceContext& ctx) { *outcome = runPrefill(ctx, facts_.major, facts_.minor, *req); };
+  task->settle = [outcome](Napi::Env env) -> Napi::Value { return prefillOutcome(env, *outcome); };
+  return enqueue(env, std::move(task), true);
 }
 
 namespace {

@@ -6,7 +6,8 @@
 // completes. A decode of device-resident tensors is issued on the calling thread instead
 // (docs/cuda-path.md#per-call-cost): kernel launches are asynchronous, so nothing waits for the
 // device, and it is issued there only when every earlier queued operation has issued its own stream
-// work, so stream order is call order.
+// work, so stream order is call order. A sparse prefill follows the same rule: host tensors on the
+// worker, device tensors on the calling thread.
 #pragma once
 
 #include <napi.h>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "decode.h"
+#include "prefill.h"
 #include "device_context.h"
 #include "native_error.h"
 
@@ -66,6 +68,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value NewSchedSlot(const Napi::CallbackInfo& info);
   Napi::Value FreeSchedSlot(const Napi::CallbackInfo& info);
   Napi::Value Decode(const Napi::CallbackInfo& info);
+  Napi::Value Prefill(const Napi::CallbackInfo& info);
   Napi::Value Prepare(const Napi::CallbackInfo& info);
   Napi::Value Launch(const Napi::CallbackInfo& info);
   Napi::Value SetMailbox(const Napi::CallbackInfo& info);

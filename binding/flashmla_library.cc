@@ -52,7 +52,7 @@ std::shared_ptr<LoadedLibrary> loadFlashMla(const std::string& path, const std::
     void* fn = lib->handle.symbol(s.mangled);
     std::string name = s.mangled;
     if (fn == nullptr && i < static_cast<int>(alternates.size()) && !alternates[i].empty()) {
-      fn = lib->handle.symbol(alternates[i].c_str());  // docs/flashmla-interface.md#mangled-names head128 fallback
+      fn = lib->handle.symbol(alternates[i].c_str());  // docs/flashmla-interface.md#head128-fallback
       name = alternates[i];
     }
     lib->launchers[i] = fn;

@@ -38,8 +38,8 @@ struct LoadFailure {
 };
 
 // Loads `path` after `preloads` (in order). `alternates[i]`, when not empty, is a symbol name to try
-// for launcher i if its docs/flashmla-interface.md#mangled-names name is missing (the head128 fallback found by scanning the
-// dynamic symbol table). Loaded builds stay loaded for the life of the process: unloading a CUDA
+// for launcher i if its docs/flashmla-interface.md#mangled-names name is missing (a small-topk launcher's fallback found by
+// scanning the dynamic symbol table, docs/flashmla-interface.md#head128-fallback). Loaded builds stay loaded for the life of the process: unloading a CUDA
 // runtime or libtorch while the process runs (or during exit) is not safe, and Python never unloads
 // extension modules either. On failure returns nullptr and fills `failure`; handles opened so far
 // are closed.

@@ -37,6 +37,10 @@ struct LauncherSymbol {
   Launcher id;
   const char* key;      // short name reported to JavaScript
   const char* mangled;  // docs/flashmla-interface.md#mangled-names
+  // docs/flashmla-interface.md#head128-fallback: for the two small-topk instantiations, whose names
+  // spell std::conditional_t the way libstdc++ does, the stable part to look for in the dynamic
+  // symbol table when the exact name is missing (another standard library); null for the others.
+  const char* fallback = nullptr;
 };
 
 inline constexpr LauncherSymbol kLauncherSymbols[] = {
@@ -57,7 +61,8 @@ inline constexpr LauncherSymbol kLauncherSymbols[] = {
     {Launcher::Sm100Head64Model1, "sm100_head64_model1",
      "_ZN5sm1006decode6head6439run_flash_splitkv_mla_fp8_sparse_kernelIL9ModelType1EEEvRK22SparseAttnDecodeParams"},
     {Launcher::Sm100Head128Model1, "sm100_head128_model1",
-     "_ZN5sm10018fwd_for_small_topk7head12836run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode1ELi512EEEvRKNSt11conditionalIX11is_decode_vIXT_EEE22SparseAttnDecodeParams19SparseAttnFwdParamsE4typeE"},
+     "_ZN5sm10018fwd_for_small_topk7head12836run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode1ELi512EEEvRKNSt11conditionalIX11is_decode_vIXT_EEE22SparseAttnDecodeParams19SparseAttnFwdParamsE4typeE",
+     "36run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode1ELi512E"},
     {Launcher::CombineBf16, "combine_bf16",
      "_ZN4smxx6decode28run_flash_mla_combine_kernelIN7cutlass10bfloat16_tEEEvR13CombineParams"},
     {Launcher::CombineFp16, "combine_fp16",
@@ -81,12 +86,9 @@ inline constexpr LauncherSymbol kLauncherSymbols[] = {
     {Launcher::Sm100PrefillH128K576, "sm100_prefill_h128_k576",
      "_ZN5sm1003fwd7head12821run_fwd_phase1_kernelILi576EEEvRK19SparseAttnFwdParams"},
     {Launcher::Sm100PrefillSmallTopk, "sm100_prefill_small_topk",
-     "_ZN5sm10018fwd_for_small_topk7head12836run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode0ELi512EEEvRKNSt11conditionalIX11is_decode_vIXT_EEE22SparseAttnDecodeParams19SparseAttnFwdParamsE4typeE"},
+     "_ZN5sm10018fwd_for_small_topk7head12836run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode0ELi512EEEvRKNSt11conditionalIX11is_decode_vIXT_EEE22SparseAttnDecodeParams19SparseAttnFwdParamsE4typeE",
+     "36run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode0ELi512E"},
 };
 static_assert(sizeof(kLauncherSymbols) / sizeof(kLauncherSymbols[0]) == static_cast<int>(Launcher::Count));
-
-// docs/flashmla-interface.md#mangled-names "Surprise": if the exact head128 name is missing (another standard library's
-// std::conditional_t spelling), scan the dynamic symbol table for a defined symbol containing this.
-inline constexpr const char* kHead128Fallback = "36run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode1ELi512E";
 
 }  // namespace flashmla_abi

@@ -105,6 +105,33 @@ export interface NativeDecodeRequest extends NativeDecodeFields {
   readonly lseAddress?: bigint;
 }
 
+/** The scalar part of a sparse prefill request (binding/prefill.h `PrefillRequest`), as src/cuda/prefill-host-layer.ts fills it. */
+export interface NativePrefillFields {
+  readonly launcher: number;
+  readonly sQ: number; readonly sKv: number; readonly hQ: number; readonly hKv: number; readonly dQK: number; readonly dV: number; readonly topk: number;
+  readonly smScale: number; readonly smScaleLog2: number;
+  /** Element strides of q (s_q, h_q), kv (s_kv, h_kv) and indices (s_q, h_kv). */
+  readonly strideQS: number; readonly strideQH: number; readonly strideKvS: number; readonly strideKvH: number;
+  readonly strideIndicesS: number; readonly strideIndicesH: number;
+  readonly numSm: number;
+}
+
+/** A whole prefill request: the scalars, the operands and, for a host q, the host output buffers. */
+export interface NativePrefillRequest extends NativePrefillFields {
+  /** q, kv, indices, attnSink, topkLength: a device address (element 0), or the host bytes to upload; null when absent. */
+  readonly operands: Readonly<Record<string, bigint | ArrayBufferView | null>>;
+  readonly hostOut: Uint16Array | undefined;
+  readonly hostMaxLogits: Float32Array | undefined;
+  readonly hostLse: Float32Array | undefined;
+}
+
+/** A prefill's device outputs (blocks of the instance's pool), absent for host outputs. */
+export interface NativePrefillOutcome {
+  readonly out?: NativeAllocation;
+  readonly maxLogits?: NativeAllocation;
+  readonly lse?: NativeAllocation;
+}
+
 /** A decode request parsed once by the addon (`prepare`), launched many times. Opaque. */
 export interface NativePrepared {
   readonly __prepared: unique symbol;
@@ -152,6 +179,13 @@ export interface NativeEngine {
    * a FlashMLAError when issuing here fails.
    */
   launch(prepared: NativePrepared): Promise<NativeDecodeOutcome> | undefined;
+  /**
+   * A sparse prefill: issued on the calling thread (the outcome) when every operand is a device
+   * address and no queued work has still to issue its own, else on the worker thread (a Promise;
+   * host operands are uploaded and host outputs downloaded there). Throws a FlashMLAError when
+   * issuing here fails.
+   */
+  prefill(request: NativePrefillRequest): NativePrefillOutcome | Promise<NativePrefillOutcome>;
   /** The BigUint64Array (MAILBOX.size elements) through which launch exchanges its per-call values; given once. */
   setMailbox(mailbox: BigUint64Array): void;
   /** Bytes the instance's pool holds (blocks in use and cached). */
@@ -219,9 +253,11 @@ export interface NativeAddon {
   /** Loads a build (preloads first); a failed dlopen throws a FlashMLAError (E_BACKEND) carrying NativeLoadFailure. */
   load(path: string, preloads: readonly { path: string; global: boolean }[], alternates: readonly (string | null)[]): NativeLibrary;
   Engine: new (library: NativeLibrary, device: number) => NativeEngine;
-  /** docs/flashmla-interface.md#mangled-names, in launcher-id order. */
-  readonly launchers: readonly { id: number; key: string; mangled: string }[];
-  readonly head128Fallback: string;
+  /**
+   * docs/flashmla-interface.md#mangled-names, in launcher-id order; `fallback`: the stable part of
+   * a small-topk launcher's name looked for when the exact name is missing (docs/flashmla-interface.md#head128-fallback).
+   */
+  readonly launchers: readonly { id: number; key: string; mangled: string; fallback?: string }[];
   readonly cudaFunctions: readonly string[];
   /**
    * Maps an Engram table file (absent from addons built before it: callers then read rows with pread).

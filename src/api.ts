@@ -57,8 +57,10 @@ function onReference(args: DecodeArgs, options: CallOptions, why: string): Promi
  * bf16 KV sequence, each token attending to its own top-k tokens (DeepSeek V3.2 with d_qk 576,
  * MODEL1 with d_qk 512). Semantics, arguments and shapes: docs/api.md#sparse-prefill.
  *
- * `options.backend` as for {@link flashMlaWithKvCache}. Outputs are host tensors for a host q,
- * device tensors of q's instance for a DeviceTensor q.
+ * `options.backend` as for {@link flashMlaWithKvCache}: 'auto' (default) runs FlashMLA's prefill
+ * kernels when the build has them for the device and the device's kernel takes this call's shape
+ * (sm90 needs topk a multiple of 128; docs/cuda-path.md#prefill), else the CPU reference for host
+ * tensors. Outputs are host tensors for a host q, device tensors of q's instance for a DeviceTensor q.
  *
  * @returns `out` (s_q, h_q, 512) bf16, `maxLogits` (s_q, h_q) fp32 (−Infinity where nothing is
  *   valid) and `lse` (s_q, h_q) fp32 natural log (+Infinity where nothing is valid).
@@ -80,6 +82,10 @@ export async function flashMlaSparseFwd(callerArgs: SparseFwdArgs, callerOptions
   }
   if (backend === 'reference') return referenceSparseFwd(args, options);
   const cuda = await defaultCuda();
-  if (backend === 'cuda' && !cuda.ok) throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${cuda.reason}`, 'options.backend');
+  // Under 'auto' a call this build or device cannot run (no prefill launchers, a top-k the
+  // device's kernel does not take) runs on the reference when its tensors are host tensors
+  // (docs/cuda-path.md#prefill).
+  if (cuda.ok) return cuda.instance.runSparseFwd(args, options, backend === 'auto');
+  if (backend === 'cuda') throw new FlashMLAError('E_BACKEND', `the CUDA backend is not usable: ${cuda.reason}`, 'options.backend');
   return referenceSparseFwd(args, options);
 }

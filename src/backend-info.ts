@@ -3,6 +3,7 @@ import { resolveThreads, resolveTier, TIERS, tierUnavailable, type Tier } from '
 import { assessCuda, type CudaReport } from './cuda/assess.js';
 import { loadInChild, loadInProcess, probeTimeoutMs } from './cuda/library.js';
 import { FEATURE_LABELS, type FeatureName, type FeatureStatus } from './cuda/usability.js';
+import { PREFILL_LAUNCHERS } from './cuda/prefill-host-layer.js';
 
 export type { DeviceInfo } from './cuda/assess.js';
 export type { FeatureStatus } from './cuda/usability.js';
@@ -88,9 +89,14 @@ export function formatDoctor(info: BackendInfo): string {
   }
   const entries = Object.entries(info.entryPoints);
   if (entries.length > 0) {
-    lines.push(`entry points:   ${entries.filter(([, v]) => v !== null).length}/${entries.length} resolved`);
+    // Decode and sparse prefill counted apart: a decode-only build (FlashMLA's decode units alone) is common.
+    const resolved = (prefill: boolean): string => {
+      const part = entries.filter(([k]) => PREFILL_LAUNCHERS.includes(k) === prefill);
+      return `${part.filter(([, v]) => v !== null).length}/${part.length} resolved`;
+    };
+    lines.push(`entry points:   decode ${resolved(false)}, prefill ${resolved(true)}`);
     const code = info.architectures?.byLauncher ?? {};
-    for (const [k, v] of entries) lines.push(`  ${v !== null ? '✓' : '✗'} ${k.padEnd(24)}${code[k] ? ` ${code[k]!.join(', ') || 'no GPU code'}` : ''}`);
+    for (const [k, v] of entries) lines.push(`  ${v !== null ? '✓' : '✗'} ${k.padEnd(26)}${code[k] ? ` ${code[k]!.join(', ') || 'no GPU code'}` : ''}`);
   }
   const names = Object.keys(FEATURE_LABELS) as FeatureName[];
   if (info.device !== null && info.backend === 'cuda') {

@@ -121,20 +121,37 @@ export class FlashMLA {
   }
 
   /**
-   * FlashMLA's `flash_mla_sparse_fwd` (sparse prefill) on this instance's backend: see
-   * {@link flashMlaSparseFwd}. Reference instances take host tensors.
+   * FlashMLA's `flash_mla_sparse_fwd` (sparse prefill) on this instance's backend: see the
+   * top-level {@link flashMlaSparseFwd} and docs/cuda-path.md#prefill. A CUDA instance takes host
+   * tensors (host outputs) or DeviceTensors of this instance (device outputs for a DeviceTensor q);
+   * one opened with 'auto' runs a host-tensor call its build or device cannot run on the reference.
+   * Reference instances take host tensors. `options.validate: true` downloads device-resident q,
+   * indices, topkLength, attnSink and the kv rows its indices name, and checks their values first.
+   * @throws FlashMLAError for invalid arguments (its `code` and `argument` say which), and
+   *   `E_UNSUPPORTED` naming `q` or `indices` for a shape this device's kernel does not take;
+   *   `E_DISPOSED` after dispose(); `E_DEVICE_LOST` after a device fault.
    */
   flashMlaSparseFwd(args: SparseFwdArgs & { q: HostTensor }, options?: InstanceSparseFwdOptions): Promise<SparseFwdResult<HostTensor>>;
   /** A DeviceTensor q of this instance: outputs are device tensors of this instance. */
   flashMlaSparseFwd(args: SparseFwdArgs & { q: DeviceTensor }, options?: InstanceSparseFwdOptions): Promise<SparseFwdResult<DeviceTensor>>;
-  /** q of either kind. */
+  /** q of either kind: host outputs for a host q, device outputs for a device q. */
   flashMlaSparseFwd(args: SparseFwdArgs, options?: InstanceSparseFwdOptions): Promise<SparseFwdResult<Tensor>>;
   async flashMlaSparseFwd(callerArgs: SparseFwdArgs, callerOptions?: InstanceSparseFwdOptions): Promise<SparseFwdResult<Tensor>> {
+    return this.runSparseFwd(callerArgs, callerOptions, this.#fallback);
+  }
+
+  /**
+   * The sparse prefill of this instance, with `fallback`: a host-tensor call the build or device
+   * cannot run goes to the reference (the top-level function passes it under 'auto').
+   * @internal
+   */
+  async runSparseFwd(callerArgs: SparseFwdArgs, callerOptions: InstanceSparseFwdOptions | undefined, fallback: boolean): Promise<SparseFwdResult<Tensor>> {
     check(!this.#disposed, 'E_DISPOSED', undefined, 'this FlashMLA instance was disposed');
     const args = readSparseFwdArgs(callerArgs);
     const options = readDecodeOptions<CallOptions>(callerOptions);
     expectNoOutputOptions(options, 'is not supported by flashMlaSparseFwd (its outputs are always new tensors)');
-    return referenceSparseFwd(args, options);
+    if (this.#session === null) return referenceSparseFwd(args, options);
+    return this.#session.sparseFwd(args, options, fallback ? () => referenceSparseFwd(args, options) : null);
   }
 
   /**

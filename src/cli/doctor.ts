@@ -5,8 +5,9 @@ export const doctor: Command = {
   name: 'doctor',
   usage: '[--library PATH] [--device N] [--json]',
   summary: 'Reports which backend `auto` picks and why: native addon, FlashMLA build and its preloads, CUDA\n' +
-    'runtime and driver, devices, resolved entry points and features. The build is loaded in a child\n' +
-    'process, so a broken build cannot take this one down.',
+    'runtime and driver, devices, resolved entry points (decode and sparse prefill) and features, on the\n' +
+    'device and per architecture (sm90, sm100). The build is loaded in a child process, so a broken\n' +
+    'build cannot take this one down.',
   options: {
     library: { type: 'string', value: 'PATH', help: 'FlashMLA build to inspect (default: FLASHMLA_LIBRARY, then the installed flash_mla package)' },
     device: { type: 'string', value: 'N', help: 'CUDA device to report features for (default 0)' },

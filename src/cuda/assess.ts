@@ -24,7 +24,7 @@ export interface DeviceInfo {
 
 /** Everything about the CUDA path: the part of `backendInfo()` that is not the reference backend. */
 export interface CudaReport {
-  /** Whether CUDA runs decode here (for the chosen device), and why (not). */
+  /** Whether CUDA runs decode or prefill here (for the chosen device), and why (not). */
   readonly usable: boolean;
   readonly reason: string;
   readonly addon: { readonly ok: boolean; readonly path: string | null; readonly reason: string; readonly buildError: string | null };
@@ -74,7 +74,7 @@ export interface CudaAssessment {
 
 const blockedFeatures = (reason: string): Features => {
   const f = { ok: false, reason };
-  return { denseBf16: f, denseFp16: f, v32: f, model1: f };
+  return { denseBf16: f, denseFp16: f, v32: f, model1: f, prefillV32: f, prefillModel1: f };
 };
 
 /**

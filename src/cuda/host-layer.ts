@@ -60,7 +60,8 @@ export function archOf(d: Pick<DeviceFacts, 'major' | 'minor'>): Arch | null {
   return null;
 }
 
-const ccText = (d: DeviceFacts): string => `${d.major}.${d.minor}`;
+/** '9.0', '10.3': a device's compute capability as people write it. */
+export const ccText = (d: Pick<DeviceFacts, 'major' | 'minor'>): string => `${d.major}.${d.minor}`;
 
 /**
  * Why a launcher cannot run on this device with this build (not resolved, or its kernels carry no
@@ -68,20 +69,22 @@ const ccText = (d: DeviceFacts): string => `${d.major}.${d.minor}`;
  */
 export type LauncherProblem = (key: string) => string | null;
 
-function expectRunnable(problem: LauncherProblem, keys: readonly string[]): void {
+/** Throws E_UNSUPPORTED with the reason when one of the launchers cannot run (not resolved, no GPU code). */
+export function expectRunnable(problem: LauncherProblem, keys: readonly string[]): void {
   for (const k of keys) {
     const why = problem(k);
     if (why !== null) throw new FlashMLAError('E_UNSUPPORTED', why);
   }
 }
 
-function expectAligned(base: bigint | null, bytes: number, name: string, why: string): void {
+/** A device operand's base must be a multiple of `bytes` (null: uploaded into the 256-byte aligned workspace). */
+export function expectAligned(base: bigint | null, bytes: number, name: string, why: string): void {
   check(base === null || base % BigInt(bytes) === 0n, 'E_STRIDE', name,
     () => `${name} must start at a ${bytes}-byte aligned device address (${why}), got 0x${base!.toString(16)}`);
 }
 
 /** docs/flashmla-interface.md#tma-alignment: TMA strides below 2^40 bytes. */
-function expectTmaStrides(b: Bound, name: string): void {
+export function expectTmaStrides(b: Bound, name: string): void {
   const eb = ELEMENT_BYTES[b.view.dtype];
   b.view.strides.forEach((s, i) => {
     check(s * eb < 2 ** 40, 'E_STRIDE', name, () => `${name}.strides[${i}] is ${s * eb} bytes; TMA needs < 2^40`);

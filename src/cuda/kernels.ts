@@ -20,6 +20,17 @@ const KERNELS: Readonly<Record<string, { readonly prefix: string; readonly conta
   combine_bf16: { prefix: '_ZN4smxx6decode28flash_fwd_mla_combine_kernelIN7cutlass10bfloat16_tE' },
   combine_fp16: { prefix: '_ZN4smxx6decode28flash_fwd_mla_combine_kernelIN7cutlass6half_tE' },
   sched_meta: { prefix: '_ZN4smxx6decode23get_mla_metadata_kernelE' },
+  // Sparse prefill (docs/cuda-path.md#prefill). sm90 and sm100 head128 name the kernel by its
+  // KernelTemplate<D_QK…>; sm100 head64's kernel takes a bool, D_QK == 576.
+  sm90_prefill_k512: { prefix: '_ZN4sm903fwd22sparse_attn_fwd_kernelINS0_14KernelTemplateILi512ELb0EEE' },
+  sm90_prefill_k512_topklen: { prefix: '_ZN4sm903fwd22sparse_attn_fwd_kernelINS0_14KernelTemplateILi512ELb1EEE' },
+  sm90_prefill_k576: { prefix: '_ZN4sm903fwd22sparse_attn_fwd_kernelINS0_14KernelTemplateILi576ELb0EEE' },
+  sm90_prefill_k576_topklen: { prefix: '_ZN4sm903fwd22sparse_attn_fwd_kernelINS0_14KernelTemplateILi576ELb1EEE' },
+  sm100_prefill_h64_k512: { prefix: '_ZN5sm1003fwd6head6422sparse_attn_fwd_kernelILb0E' },
+  sm100_prefill_h64_k576: { prefix: '_ZN5sm1003fwd6head6422sparse_attn_fwd_kernelILb1E' },
+  sm100_prefill_h128_k512: { prefix: '_ZN5sm1003fwd7head12822sparse_attn_fwd_kernelINS1_14KernelTemplateILi512EEE' },
+  sm100_prefill_h128_k576: { prefix: '_ZN5sm1003fwd7head12822sparse_attn_fwd_kernelINS1_14KernelTemplateILi576EEE' },
+  sm100_prefill_small_topk: { prefix: '_ZN5sm10018fwd_for_small_topk7head128', contains: 'SparseAttnFwdMode0ELi512E' },
 };
 
 const isKernelOf = (key: string, name: string): boolean => {

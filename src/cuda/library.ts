@@ -22,16 +22,18 @@ export function cudaVersionString(v: number | null | undefined): string | null {
 }
 
 /**
- * The docs/flashmla-interface.md#mangled-names fallback: when the exact head128 name is missing, a defined dynamic symbol that
- * contains the stable part of its mangling (another standard library spells std::conditional_t
- * differently). Returns the alternates array the addon takes (index = launcher id).
+ * The docs/flashmla-interface.md#head128-fallback: for each launcher with a fallback (the two
+ * small-topk instantiations) whose exact name the build does not export, a defined dynamic symbol
+ * that contains the stable part of its mangling (another standard library spells
+ * std::conditional_t differently). Returns the alternates array the addon takes (index = launcher
+ * id; empty when nothing needs one).
  */
 export function alternatesFor(addon: NativeAddon, file: BuildFile): (string | null)[] {
-  const head128 = addon.launchers.find((l) => l.key === 'sm100_head128_model1')!;
-  if (file.exports.has(head128.mangled)) return [];
-  const alt = [...file.exports].find((s) => s.includes(addon.head128Fallback)) ?? null;
+  const missing = addon.launchers.filter((l) => l.fallback !== undefined && !file.exports.has(l.mangled));
+  if (missing.length === 0) return [];
+  const exported = [...file.exports];
   const out = new Array<string | null>(addon.launchers.length).fill(null);
-  out[head128.id] = alt;
+  for (const l of missing) out[l.id] = exported.find((s) => s.includes(l.fallback!)) ?? null;
   return out;
 }
 
@@ -46,7 +48,7 @@ export function vetBuild(addon: NativeAddon, located: LocatedLibrary): string | 
   const alternates = alternatesFor(addon, file);
   const found = addon.launchers.filter((l) => file.exports.has(l.mangled) || alternates[l.id]).length;
   if (found === 0) {
-    return `${path} is not a FlashMLA build (0/${addon.launchers.length} entry points): it exports none of FlashMLA's decode launchers ` +
+    return `${path} is not a FlashMLA build (0/${addon.launchers.length} entry points): it exports none of FlashMLA's decode or prefill launchers ` +
       '(builds older than FlashMLA 082094b, 2026-01-16, have other launcher signatures)';
   }
   if (!file.fatbin.ok) return `${path} is not usable: ${file.fatbin.reason}`;

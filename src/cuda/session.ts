@@ -1,14 +1,15 @@
 import { check, FlashMLAError } from '../errors.js';
-import type { Bound, DecodePlan } from '../plan.js';
+import type { Bound, DecodePlan, PrefillPlan } from '../plan.js';
 import type { SchedMetaSlot } from '../sched-meta.js';
 import {
   ARRAY_OF, contiguousStrides, ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
   type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
 } from '../tensor.js';
-import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
-import { ownValue, readDecodeArgs, readDecodeOptions, readTensor, TENSOR_ARG_KEYS } from '../validate/args.js';
+import type { CallOptions, DecodeArgs, DecodeResult, SparseFwdArgs, SparseFwdResult } from '../types.js';
+import { ownValue, readDecodeArgs, readDecodeOptions, readTensor, SPARSE_FWD_TENSOR_KEYS, TENSOR_ARG_KEYS } from '../validate/args.js';
+import { validateSparseFwd } from '../validate/prefill.js';
 import { validateDecode } from '../validate/index.js';
-import { MAILBOX, type NativeAllocation, type NativeDecodeOutcome, type NativeEngine, type NativePrepared, type NativeStart } from '../addon.js';
+import { MAILBOX, type NativeAllocation, type NativeDecodeOutcome, type NativeEngine, type NativePrefillOutcome, type NativePrepared, type NativeStart } from '../addon.js';
 import { mintCudaEvent, type CudaEvent, type EventOwner } from './event.js';
 import { mintCudaGraph, type CudaGraph, type GraphOwner } from './graph.js';
 import { isGiven } from '../validate/common.js';
@@ -17,9 +18,10 @@ import { expectNoOutputOptions, expectOutputTensor } from '../validate/outputs.j
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
 import { DeviceTensor, mintDeviceTensor, type TensorOwner } from '../device-tensor.js';
 import { assessCuda } from './assess.js';
-import { operandsOf, planLaunch, requestFields, type CallKind, type DeviceFacts } from './host-layer.js';
+import { operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
 import { loadInProcess } from './library.js';
-import { callProblem, launcherProblem, type BuildFacts } from './usability.js';
+import { planPrefill, prefillOperandsOf, prefillRequestFields, type PrefillLaunch } from './prefill-host-layer.js';
+import { callProblem, launcherProblem, type AnyCallKind, type BuildFacts } from './usability.js';
 
 /** A native rejection: the addon rejects with FlashMLAErrors; anything else is a bug. */
 function asFlashMLAError(e: unknown): FlashMLAError {
@@ -103,7 +105,7 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
   }
 
   /** Why this build cannot run a call of this kind on this device, or null (usability.ts). */
-  callProblem(call: CallKind): string | null {
+  callProblem(call: AnyCallKind): string | null {
     return callProblem(this.build, call, this.facts);
   }
 
@@ -443,6 +445,107 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
     const shapes = outputShapes(plan);
     return { out: { dtype: shapes.outDtype, shape: [...shapes.out], data: hostOut! }, lse: { dtype: 'fp32', shape: [...shapes.lse], data: hostLse! } };
+  }
+
+  /**
+   * One sparse prefill (docs/cuda-path.md#prefill). Host tensors are uploaded, run and downloaded on
+   * the worker thread; a call whose tensors are all DeviceTensors is issued on the calling thread
+   * (or behind queued work that has still to issue its own) and returns device tensors.
+   * `fallback` (instances opened with 'auto'): a call whose tensors are all host tensors and which
+   * this build or device cannot run goes there instead of failing.
+   */
+  async sparseFwd(args: SparseFwdArgs, options: CallOptions, fallback: (() => Promise<SparseFwdResult<HostTensor>>) | null): Promise<SparseFwdResult<Tensor>> {
+    const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
+    this.#open();
+    const given = SPARSE_FWD_TENSOR_KEYS.filter((k) => isGiven(args[k]));
+    const hostArgs = given.filter((k) => isHostTensor(args[k]!));
+    if (options.validate === true) this.#notCapturing('a prefill call with validate: true', 'options.validate');
+    else if (hostArgs.length > 0) this.#notCapturing('a prefill call with host tensors', hostArgs[0]);
+    for (const k of given) if (!isHostTensor(args[k]!)) this.#deviceTensor(args[k]!, k);
+    const plan = options.validate === true ? await this.#validatePrefillOnDevice(args) : validateSparseFwd(args);
+    let launch: PrefillLaunch;
+    try {
+      launch = planPrefill(plan, this.facts, (key) => launcherProblem(this.build, key, this.facts),
+        (b) => (isHostTensor(b.tensor) ? null : this.#baseOf(b.tensor, b.view, 'tensor')));
+    } catch (e) {
+      // Everything planPrefill refuses is about this device's kernel, not the arguments' meaning:
+      // the reference can run such a call.
+      if (fallback !== null && e instanceof FlashMLAError && hostArgs.length === given.length) return fallback();
+      throw e;
+    }
+    const hostOutputs = isHostTensor(plan.q.tensor);
+    const rows = plan.sQ * plan.hQ;
+    const operands: Record<string, bigint | ArrayBufferView | null> = {};
+    for (const [name, b] of Object.entries(prefillOperandsOf(plan))) operands[name] = b === null ? null : this.#operand(b, name);
+    const request = {
+      ...prefillRequestFields(plan, launch, (k) => this.launcherIds.get(k)!),
+      operands,
+      hostOut: hostOutputs ? new Uint16Array(rows * plan.dV) : undefined,
+      hostMaxLogits: hostOutputs ? new Float32Array(rows) : undefined,
+      hostLse: hostOutputs ? new Float32Array(rows) : undefined,
+    };
+    const outcome: NativePrefillOutcome = await this.#withMemory(async () => {
+      try {
+        return await this.engine.prefill(request);
+      } catch (e) {
+        return this.#fail(e, caller);
+      }
+    });
+    const outShape = [plan.sQ, plan.hQ, plan.dV];
+    const rowShape = [plan.sQ, plan.hQ];
+    if (hostOutputs) {
+      return {
+        out: { dtype: 'bf16', shape: outShape, data: request.hostOut! },
+        maxLogits: { dtype: 'fp32', shape: rowShape, data: request.hostMaxLogits! },
+        lse: { dtype: 'fp32', shape: rowShape, data: request.hostLse! },
+      };
+    }
+    const mint = (a: NativeAllocation, dtype: DType, shape: number[]) =>
+      mintDeviceTensor(this, { dtype, shape, strides: contiguousStrides(shape), capacity: numel(shape), address: a.address, allocation: a.id });
+    return { out: mint(outcome.out!, 'bf16', outShape), maxLogits: mint(outcome.maxLogits!, 'fp32', rowShape), lse: mint(outcome.lse!, 'fp32', rowShape) };
+  }
+
+  /**
+   * validate: true for a prefill: host copies of the device-resident q, indices, topkLength and
+   * attnSink are validated first; then every kv row an index in [0, s_kv) names (whatever its
+   * position, so whichever rows validateSparseFwd checks are there) is downloaded, consecutive rows
+   * in one copy, and the whole call validated again with it.
+   */
+  async #validatePrefillOnDevice(args: SparseFwdArgs): Promise<PrefillPlan> {
+    const downloaded = new Map<Tensor, HostTensor>();
+    for (const name of ['q', 'indices', 'topkLength', 'attnSink'] as const) {
+      const t = args[name];
+      if (t === null || t === undefined || isHostTensor(t)) continue;
+      const view = viewOf(t, name);
+      downloaded.set(t, { dtype: view.dtype, shape: view.shape, strides: view.strides, offset: 0, data: await this.downloadExtent(t as DeviceTensorMeta, view) });
+    }
+    const plan = validateSparseFwd(args, downloaded);
+    if (isHostTensor(plan.kv.tensor)) return plan;
+    const idx = downloaded.get(plan.indices.tensor) ?? (plan.indices.tensor as HostTensor);
+    const idxView = viewOf(idx, 'indices');
+    const named = new Uint8Array(plan.sKv);
+    for (let s = 0; s < plan.sQ; s++) {
+      for (let p = 0; p < plan.topk; p++) {
+        const t = idx.data[idxView.offset + s * idxView.strides[0]! + p * idxView.strides[2]!]!;
+        if (t >= 0 && t < plan.sKv) named[t] = 1;
+      }
+    }
+    const kv = plan.kv.tensor as DeviceTensorMeta;
+    const view = plan.kv.view;
+    const rowStride = view.strides[0]!;
+    const rowSpan = (plan.dQK - 1) * view.strides[2]! + 1;
+    const data = new Uint16Array(Math.max(extentOf(view) - view.offset, 0));
+    for (let r = 0; r < plan.sKv; r++) {
+      if (named[r] !== 1) continue;
+      let end = r;
+      while (end + 1 < plan.sKv && named[end + 1] === 1) end++;
+      const from = r * rowStride;
+      await this.engine.download(kv.address + BigInt((view.offset + from) * 2), data.subarray(from, end * rowStride + rowSpan))
+        .catch((e: unknown) => this.#fail(e, new Error()));
+      r = end;
+    }
+    downloaded.set(plan.kv.tensor, { dtype: 'bf16', shape: view.shape, strides: view.strides, offset: 0, data });
+    return validateSparseFwd(args, downloaded);
   }
 
   /** Resolves once the stream has completed everything issued before the call (docs/cuda-path.md#streams-and-events). */

@@ -3,6 +3,7 @@ import type { DecodeArgs } from '../types.js';
 import type { BuildFile } from './build-file.js';
 import { archOf, kernelChoice, launchersOf, type Arch, type CallKind } from './host-layer.js';
 import { missingCode } from './kernels.js';
+import { prefillKernelChoice, type PrefillCallKind } from './prefill-host-layer.js';
 
 /**
  * The one decision "can this FlashMLA build run this on this device, and if not, why": used by
@@ -18,20 +19,51 @@ export interface FeatureStatus {
   readonly reason: string;
 }
 
-/** The decode features a build can provide. */
-export type FeatureName = 'denseBf16' | 'denseFp16' | 'v32' | 'model1';
+/** The features a build can provide: four decode kinds and sparse prefill with each head dim. */
+export type FeatureName = 'denseBf16' | 'denseFp16' | 'v32' | 'model1' | 'prefillV32' | 'prefillModel1';
 export type Features = Readonly<Record<FeatureName, FeatureStatus>>;
 
 export const FEATURE_LABELS: Readonly<Record<FeatureName, string>> = {
   denseBf16: 'dense bf16', denseFp16: 'dense fp16', v32: 'V3.2 sparse', model1: 'MODEL1 sparse',
+  prefillV32: 'V3.2 prefill', prefillModel1: 'MODEL1 prefill',
 };
 
-const FEATURE_CALLS: Readonly<Record<FeatureName, readonly CallKind[]>> = {
-  denseBf16: [{ kind: 'dense', dtype: 'bf16' }],
-  denseFp16: [{ kind: 'dense', dtype: 'fp16' }],
-  v32: [{ kind: 'sparse', layout: 'v32', hQ: 64 }, { kind: 'sparse', layout: 'v32', hQ: 128 }],
-  model1: [{ kind: 'sparse', layout: 'model1', hQ: 64 }, { kind: 'sparse', layout: 'model1', hQ: 128 }],
+/** Any call the CUDA backend runs: a decode or a sparse prefill. */
+export type AnyCallKind = CallKind | PrefillCallKind;
+
+/** A call standing for part of a feature; `label` names that part in "only …" reasons. */
+interface FeatureCall {
+  readonly call: AnyCallKind;
+  readonly label: string;
+}
+
+const prefillCall = (dQK: number, hQ: number, topk: number, topkLength: boolean): PrefillCallKind => ({ kind: 'prefill', dQK, hQ, topk, topkLength });
+
+// Together the calls of a prefill feature reach every launcher of its head dim on each
+// architecture (docs/cuda-path.md#prefill): sm90 with and without topkLength; sm100 head64,
+// head128 and (d_qk 512) the small-topk kernel.
+const FEATURE_CALLS: Readonly<Record<FeatureName, readonly FeatureCall[]>> = {
+  denseBf16: [{ call: { kind: 'dense', dtype: 'bf16' }, label: 'dense bf16' }],
+  denseFp16: [{ call: { kind: 'dense', dtype: 'fp16' }, label: 'dense fp16' }],
+  v32: [{ call: { kind: 'sparse', layout: 'v32', hQ: 64 }, label: 'h_q 64' }, { call: { kind: 'sparse', layout: 'v32', hQ: 128 }, label: 'h_q 128' }],
+  model1: [{ call: { kind: 'sparse', layout: 'model1', hQ: 64 }, label: 'h_q 64' }, { call: { kind: 'sparse', layout: 'model1', hQ: 128 }, label: 'h_q 128' }],
+  prefillV32: [
+    { call: prefillCall(576, 64, 128, false), label: 'h_q 64' },
+    { call: prefillCall(576, 64, 128, true), label: 'h_q 64 with topkLength' },
+    { call: prefillCall(576, 128, 128, false), label: 'h_q 128' },
+  ],
+  prefillModel1: [
+    { call: prefillCall(512, 64, 128, false), label: 'h_q 64' },
+    { call: prefillCall(512, 64, 128, true), label: 'h_q 64 with topkLength' },
+    { call: prefillCall(512, 128, 128, false), label: 'h_q 128, topk ≤ 1280' },
+    { call: prefillCall(512, 128, 2048, false), label: 'h_q 128, topk > 1280' },
+  ],
 };
+
+/** The launchers a call runs on an architecture (a FlashMLAError when FlashMLA has no kernel for it there). */
+function launchersFor(call: AnyCallKind, arch: Arch): string[] {
+  return call.kind === 'prefill' ? [prefillKernelChoice(call, arch).launcher] : launchersOf(kernelChoice(call, arch));
+}
 
 /** The nominal device of each architecture FlashMLA has kernels for (for reports without a device). */
 export const ARCH_DEVICES: Readonly<Record<Arch, { readonly major: number; readonly minor: number }>> = {
@@ -58,12 +90,12 @@ export function launcherProblem(build: BuildFacts, key: string, cc: ComputeCapab
 }
 
 /** Why a call of this kind cannot run on CUDA here, or null when it can. */
-export function callProblem(build: BuildFacts, call: CallKind, cc: ComputeCapability): string | null {
+export function callProblem(build: BuildFacts, call: AnyCallKind, cc: ComputeCapability): string | null {
   const arch = archOf(cc);
   if (arch === null) return `FlashMLA's kernels run on compute capability 9.0 (Hopper) and 10.x (Blackwell); this device is ${cc.major}.${cc.minor}`;
   let keys: string[];
   try {
-    keys = launchersOf(kernelChoice(call, arch));
+    keys = launchersFor(call, arch);
   } catch (e) {
     if (e instanceof FlashMLAError) return e.message;
     throw e;
@@ -75,9 +107,9 @@ export function callProblem(build: BuildFacts, call: CallKind, cc: ComputeCapabi
   return null;
 }
 
-function hasKernel(call: CallKind, arch: Arch): boolean {
+function hasKernel(call: AnyCallKind, arch: Arch): boolean {
   try {
-    kernelChoice(call, arch);
+    launchersFor(call, arch);
     return true;
   } catch {
     return false;
@@ -86,17 +118,15 @@ function hasKernel(call: CallKind, arch: Arch): boolean {
 
 function featureStatus(build: BuildFacts, feature: FeatureName, cc: ComputeCapability): FeatureStatus {
   const calls = FEATURE_CALLS[feature];
-  const problems = calls.map((c) => callProblem(build, c, cc));
+  const problems = calls.map((c) => callProblem(build, c.call, cc));
   if (problems.every((p) => p === null)) return { ok: true, reason: 'available' };
-  if (calls.length > 1 && problems.some((p) => p === null)) {
-    const [good, bad] = problems[0] === null ? [calls[0]!, problems[1]!] : [calls[1]!, problems[0]!];
-    return { ok: true, reason: `only h_q ${(good as { hQ: number }).hQ}: ${bad}` };
-  }
-  return { ok: false, reason: problems.find((p) => p !== null)! };
+  const good = calls.filter((_, i) => problems[i] === null).map((c) => c.label);
+  const bad = problems.find((p) => p !== null)!;
+  return good.length > 0 ? { ok: true, reason: `only ${good.join(', ')}: ${bad}` } : { ok: false, reason: bad };
 }
 
 export interface Assessment {
-  /** Whether any decode feature runs here. */
+  /** Whether any feature (decode or prefill) runs here. */
   readonly usable: boolean;
   /** What runs, or why nothing does (said once, not per feature). */
   readonly reason: string;
@@ -112,7 +142,7 @@ export function assess(build: BuildFacts, cc: ComputeCapability): Assessment {
   // Why nothing runs: the features FlashMLA has kernels for on this architecture say it (dense
   // decode on Blackwell is no news).
   const arch = archOf(cc);
-  const relevant = names.filter((f) => arch !== null && FEATURE_CALLS[f].some((c) => hasKernel(c, arch)));
+  const relevant = names.filter((f) => arch !== null && FEATURE_CALLS[f].some((c) => hasKernel(c.call, arch)));
   const shown = relevant.length > 0 ? relevant : names;
   const reasons = [...new Set(shown.map((f) => features[f].reason))];
   const reason = reasons.length === 1 ? reasons[0]! : shown.map((f) => `${FEATURE_LABELS[f]}: ${features[f].reason}`).join('; ');

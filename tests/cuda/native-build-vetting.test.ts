@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { backendInfo, doctorReport, formatDoctor } from '../../src/backend-info.js';
+import { PREFILL_LAUNCHERS } from '../../src/cuda/prefill-host-layer.js';
+import { targetsByLauncher } from '../../src/cuda/kernels.js';
 import { FlashMLA } from '../../src/flashmla.js';
 import { generateDenseCase, generateSparseCase } from '../../src/harness/cases.js';
 import { inspectBuild } from '../../src/cuda/build-file.js';
@@ -62,8 +64,11 @@ describe('the fatbin reader', () => {
     expect(f.fatbin.ok).toBe(true);
     if (!f.fatbin.ok) return;
     const cubins = f.fatbin.entries.filter((e) => e.kind === 'cubin');
-    expect(cubins.length).toBe(2 * 12 - 2); // dense_bf16/fp16 carry sm_100f only
+    expect(cubins.length).toBe(2 * 21 - 2); // 12 decode and 9 prefill launchers; dense_bf16/fp16 carry sm_100f only
     expect(cubins.every((e) => e.kernels?.length === 1)).toBe(true);
+    // Each prefill launcher's kernel is attributed to it alone (src/cuda/kernels.ts prefixes).
+    const byLauncher = targetsByLauncher(f);
+    for (const k of PREFILL_LAUNCHERS) expect(byLauncher[k], k).toEqual(['sm_100f', 'sm_90a']);
   });
 
   it('knows which targets run on which device', () => {
@@ -141,10 +146,10 @@ describe('no GPU code for the device', () => {
 });
 
 describe('files that are not usable FlashMLA builds', () => {
-  it('0/12 launchers: "not a FlashMLA build" first', async () => {
-    await refusedEverywhere(lib.noLaunchers!, /is not a FlashMLA build \(0\/12 entry points\)/);
+  it('0/21 launchers: "not a FlashMLA build" first', async () => {
+    await refusedEverywhere(lib.noLaunchers!, /is not a FlashMLA build \(0\/21 entry points\)/);
     const text = formatDoctor(await doctorReport({ library: lib.noLaunchers! }));
-    expect(text.split('\n')[1]).toMatch(/not a FlashMLA build \(0\/12 entry points\)/);
+    expect(text.split('\n')[1]).toMatch(/not a FlashMLA build \(0\/21 entry points\)/);
   });
 
   it('a statically linked CUDA runtime', async () => {

@@ -17,6 +17,7 @@ using cuda_abi::cudaError_t;
 // Error codes the emulator produces beyond those cuda_runtime_abi.h names (values of the real
 // cudaError enum).
 inline constexpr cudaError_t kErrNoKernelImage = 209;
+inline constexpr cudaError_t kErrInvalidConfiguration = 9;
 inline constexpr cudaError_t kErrInvalidPitchValue = 12;
 inline constexpr cudaError_t kErrInvalidResourceHandle = 400;
 inline constexpr cudaError_t kErrIllegalState = 401;

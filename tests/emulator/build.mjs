@@ -43,18 +43,35 @@ const KERNELS = {
   combine_bf16: '_ZN4smxx6decode28flash_fwd_mla_combine_kernelIN7cutlass10bfloat16_tELi512ELi8ELi32ELi256EEEv13CombineParams',
   combine_fp16: '_ZN4smxx6decode28flash_fwd_mla_combine_kernelIN7cutlass6half_tELi512ELi8ELi32ELi256EEEv13CombineParams',
   sched_meta: '_ZN4smxx6decode23get_mla_metadata_kernelE24GetDecodeSchedMetaParams',
+  // Sparse prefill. The real names go on with the TmaParams<…> template arguments (CuTe types),
+  // shortened here as in the decode names above; flashmla-node matches the part before them.
+  sm90_prefill_k512: '_ZN4sm903fwd22sparse_attn_fwd_kernelINS0_14KernelTemplateILi512ELb0EEENS2_9TmaParamsEEEv19SparseAttnFwdParamsT0_',
+  sm90_prefill_k512_topklen: '_ZN4sm903fwd22sparse_attn_fwd_kernelINS0_14KernelTemplateILi512ELb1EEENS2_9TmaParamsEEEv19SparseAttnFwdParamsT0_',
+  sm90_prefill_k576: '_ZN4sm903fwd22sparse_attn_fwd_kernelINS0_14KernelTemplateILi576ELb0EEENS2_9TmaParamsEEEv19SparseAttnFwdParamsT0_',
+  sm90_prefill_k576_topklen: '_ZN4sm903fwd22sparse_attn_fwd_kernelINS0_14KernelTemplateILi576ELb1EEENS2_9TmaParamsEEEv19SparseAttnFwdParamsT0_',
+  sm100_prefill_h64_k512: '_ZN5sm1003fwd6head6422sparse_attn_fwd_kernelILb0ENS1_9TmaParamsEEEv19SparseAttnFwdParamsT0_',
+  sm100_prefill_h64_k576: '_ZN5sm1003fwd6head6422sparse_attn_fwd_kernelILb1ENS1_9TmaParamsEEEv19SparseAttnFwdParamsT0_',
+  sm100_prefill_h128_k512: '_ZN5sm1003fwd7head12822sparse_attn_fwd_kernelINS1_14KernelTemplateILi512EEENS1_9TmaParamsEEEv19SparseAttnFwdParamsT0_',
+  sm100_prefill_h128_k576: '_ZN5sm1003fwd7head12822sparse_attn_fwd_kernelINS1_14KernelTemplateILi576EEENS1_9TmaParamsEEEv19SparseAttnFwdParamsT0_',
+  sm100_prefill_small_topk: '_ZN5sm10018fwd_for_small_topk7head12837sparse_attn_fwd_for_small_topk_kernelINS1_14KernelTemplateIL17SparseAttnFwdMode0ELi512EEEEEvNT_4ArgTENS6_9TmaParamsE',
 };
 
 /** FlashMLA's setup.py targets: sm_100f and sm_90a cubins for every translation unit. */
 const DEFAULT_TARGETS = ['sm_90a', 'sm_100f'];
 
+/** The decode launchers: dense, sparse, the head128 <DecodeWithSplitKV, 512> instantiation, combine, scheduler. */
+const DECODE_LAUNCHERS = ['_ZN4sm9028run_flash_splitkv_mla_kernel*', '_ZN4sm906decode*', '_ZN5sm1006decode*',
+  '_ZN5sm10018fwd_for_small_topk7head12836run_fwd_for_small_topk_phase1_kernelIL17SparseAttnFwdMode1E*', '_ZN4smxx*'];
+
 const EXPORTS = {
   /** The launchers (namespaces sm90, sm100, smxx) and the C runtime functions. */
   all: ['cuda*', '_ZN4sm90*', '_ZN5sm100*', '_ZN4smxx*'],
-  /** A shared library that is no FlashMLA build of ours: 0/12 launchers. */
+  /** A shared library that is no FlashMLA build of ours: none of the launchers. */
   'no-launchers': ['cuda*'],
   /** Like a build linked with the static CUDA runtime: launchers, but no cuda* function. */
   'no-runtime': ['_ZN4sm90*', '_ZN5sm100*', '_ZN4smxx*'],
+  /** A build with the 12 decode launchers but none of the 9 sparse prefill launchers. */
+  'no-prefill': ['cuda*', ...DECODE_LAUNCHERS],
 };
 
 async function mtime(path) {
@@ -179,7 +196,7 @@ function entry(target, kernel) {
 
 /** One container per launcher (as nvcc makes one per translation unit), each holding its targets. */
 function fatbin(targetsOf) {
-  const containers = Object.entries(KERNELS).map(([key, kernel]) => {
+  const containers = Object.entries(KERNELS).filter(([key]) => targetsOf(key).length > 0).map(([key, kernel]) => {
     const entries = Buffer.concat(targetsOf(key).map((t) => entry(t, kernel)));
     const h = Buffer.alloc(16);
     h.writeUInt32LE(0xba55ed50, 0);
@@ -193,7 +210,9 @@ function fatbin(targetsOf) {
 
 /** The variant's generated translation unit: the kernel-image table and the .nv_fatbin bytes. */
 function imagesSource(variant) {
-  const targetsOf = (key) => variant.kernelTargets?.[key] ?? variant.targets ?? DEFAULT_TARGETS;
+  // A build without the prefill launchers has no prefill kernels either.
+  const absent = (key) => variant.exports === 'no-prefill' && key.includes('_prefill_');
+  const targetsOf = (key) => variant.kernelTargets?.[key] ?? (absent(key) ? [] : variant.targets ?? DEFAULT_TARGETS);
   const table = Object.keys(KERNELS).map((k) => `  {"${k}", "${targetsOf(k).join(',')}"},`).join('\n');
   const fatbinMode = variant.fatbin ?? 'ok';
   const bytes = fatbinMode === 'ok' ? fatbin(targetsOf) : fatbinMode === 'corrupt' ? Buffer.from('not a fatbin container, just bytes', 'latin1') : null;
@@ -216,7 +235,7 @@ ${section}`;
  * @property {string} [name] library file name suffix: libflashmla_emu-<name>.so
  * @property {string[]} [targets] nvcc targets of every kernel (default sm_90a, sm_100f, as FlashMLA's setup.py)
  * @property {Record<string, string[]>} [kernelTargets] per launcher key, targets that replace `targets`
- * @property {'all' | 'no-launchers' | 'no-runtime'} [exports] 'no-launchers': 0/12 entry points; 'no-runtime': like a static CUDA runtime
+ * @property {'all' | 'no-launchers' | 'no-runtime' | 'no-prefill'} [exports] 'no-launchers': none of the 21 entry points; 'no-runtime': like a static CUDA runtime; 'no-prefill': the 12 decode launchers only
  * @property {'ok' | 'none' | 'corrupt'} [fatbin] no .nv_fatbin section, or an unreadable one
  */
 
@@ -225,7 +244,7 @@ ${section}`;
  * `libflashmla_emu.so`, a full build (all launchers, shared runtime, sm_90a and sm_100f code).
  * A variant `{ name, targets?, kernelTargets?, exports?, fatbin? }` gives `libflashmla_emu-<name>.so`:
  * `targets` the nvcc targets of every kernel, `kernelTargets` per-launcher overrides,
- * `exports` 'all' | 'no-launchers' | 'no-runtime', `fatbin` 'ok' | 'none' | 'corrupt'.
+ * `exports` 'all' | 'no-launchers' | 'no-runtime' | 'no-prefill', `fatbin` 'ok' | 'none' | 'corrupt'.
  * @param {EmulatorVariant} [variant]
  * @returns {Promise<string>}
  */

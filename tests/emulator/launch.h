@@ -93,6 +93,8 @@ struct LaunchSpec {
   FailStyle style;
   KernelArch arch;
   void* stream;
+  // Thread blocks in the grid; an empty grid is refused by the launch (cudaErrorInvalidConfiguration).
+  long long gridBlocks = 1;
 };
 
 // The launch itself, after the launcher's host-side checks: the CUDA calls a real launcher makes
@@ -125,6 +127,11 @@ template <class Body> void launch(const LaunchSpec& spec, Body&& body) {
   // Without code for the device the runtime refuses the launch (cudaErrorNoKernelImageForDevice),
   // and FlashMLA's CHECK_CUDA / KU_CUDA_CHECK fail the launcher.
   if (!hasKernelImage(spec.image, c)) reportLaunchError(spec, recordError(kErrNoKernelImage));
+  // The launch itself fails; the launcher's post-launch cudaGetLastError() takes the error.
+  if (spec.gridBlocks <= 0) {
+    recordError(kErrInvalidConfiguration);
+    reportLaunchError(spec, takePendingError());
+  }
   if (Graph* g = capturing(spec.stream)) {
     // Stream capture: the kernel is recorded (with its own copy of the parameters) and runs at each replay.
     g->ops.push_back([kernel = std::string(spec.kernel), device, arch = spec.arch, body](const Config& at) mutable {

@@ -1,4 +1,4 @@
-// FlashMLA's decode launchers, declared exactly as FlashMLA declares them (same namespaces,
+// FlashMLA's decode and sparse prefill launchers, declared exactly as FlashMLA declares them (same namespaces,
 // template parameters and parameter types) so that their explicit instantiations carry the
 // mangled names of binding/flashmla_symbols.h (docs/flashmla-interface.md#mangled-names). EMU_EXPORT gives them default
 // visibility (the library builds with -fvisibility=hidden): these are its exports.
@@ -33,6 +33,20 @@ namespace sm100::fwd_for_small_topk::head128 {
 template <SparseAttnFwdMode FWD_MODE, int D_QK>
 EMU_EXPORT void run_fwd_for_small_topk_phase1_kernel(const SparseFwdArgT<FWD_MODE>& params);
 }  // namespace sm100::fwd_for_small_topk::head128
+
+// Sparse prefill (docs/flashmla-interface.md#sparse-prefill); the small-topk prefill launcher is the
+// <SparseAttnFwdMode::Prefill, 512> specialization of the head128 template above.
+namespace sm90::fwd {
+template <int D_QK, bool HAVE_TOPK_LENGTH> EMU_EXPORT void run_fwd_phase1_kernel(const SparseAttnFwdParams& params);
+}  // namespace sm90::fwd
+
+namespace sm100::fwd::head64 {
+template <int D_QK> EMU_EXPORT void run_fwd_phase1_kernel(const SparseAttnFwdParams& params);
+}  // namespace sm100::fwd::head64
+
+namespace sm100::fwd::head128 {
+template <int D_QK> EMU_EXPORT void run_fwd_phase1_kernel(const SparseAttnFwdParams& params);
+}  // namespace sm100::fwd::head128
 
 namespace smxx::decode {
 template <typename ElementT> EMU_EXPORT void run_flash_mla_combine_kernel(CombineParams& params);

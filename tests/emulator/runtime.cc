@@ -102,6 +102,7 @@ const char* errorString(cudaError_t e) {
     case 0: return "no error";
     case 1: return "invalid argument";
     case 2: return "out of memory";
+    case 9: return "invalid configuration argument";
     case 12: return "invalid pitch argument";
     case 35: return "CUDA driver version is insufficient for CUDA runtime version";
     case 100: return "no CUDA-capable device is detected";

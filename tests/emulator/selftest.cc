@@ -4,9 +4,14 @@
 //   sched   — the scheduler against a direct re-derivation of docs/flashmla-interface.md#tile-scheduler + docs/flashmla-interface.md#scheduler-leftover;
 //   memory  — the memory checker, sticky faults and last-error semantics;
 //   numeric — dense and sparse results (main + combine) against a naive float64 computation
-//             within the FlashMLA's tolerances.
-// Usage: selftest <path to libflashmla_emu.so> [sched|memory|numeric|image]...; prints one line per
-// failed check and exits non-zero if any failed.
+//             within the FlashMLA's tolerances;
+//   prefill — the nine sparse prefill launchers against a float64 computation (invalid indices of
+//             every kind, topk_length, sinks ±inf, rows with no valid index), and NaN tokens beyond
+//             topk_length on sm90 and sm100;
+//   prefill-checks — their KU_ASSERTs, an out-of-bounds kv stride, the wrong-arch trap, an empty grid.
+// `image` / `prefill-image` print whether a valid decode / prefill launch runs on the configured device.
+// Usage: selftest <path to libflashmla_emu.so> [sched|memory|numeric|prefill|prefill-checks|image|prefill-image]...;
+// prints one line per failed check and exits non-zero if any failed.
 #include <dlfcn.h>
 
 #include <cmath>
@@ -679,6 +684,282 @@ void testNumeric(Lib& lib) {
   sparseCase(lib, SparseKind::Head128, MODEL1, 2, 1, 128, 128, 3, true, rng);
 }
 
+
+// ---- prefill ----------------------------------------------------------------------------------
+// The sparse prefill launchers (docs/flashmla-interface.md#sparse-prefill) against a float64
+// computation: only positions below topk_length[s] with an index in [0, s_kv) count.
+struct PrefillSpec {
+  Launcher id;
+  bool sm100;
+  int sQ, sKv, hQ, dqk, topk;
+  bool withLength, withSink;
+  float smScale;
+  int pad;  // extra elements per row of q, kv and indices (strided tensors)
+};
+
+// Every invalid kind: −1, other negatives, s_kv itself and values past it.
+int invalidIndex(int sKv, std::mt19937& rng) {
+  const int kinds[] = {-1, -2147483647 - 1, -123456, sKv, sKv + 1, 1919810, 2147483647};
+  return kinds[std::uniform_int_distribution<int>(0, 6)(rng)];
+}
+
+struct PrefillData {
+  std::vector<std::uint16_t> q, kv;
+  std::vector<int> indices, lengths;
+  std::vector<float> sink;
+};
+
+PrefillData makePrefillData(const PrefillSpec& c, std::mt19937& rng) {
+  std::uniform_real_distribution<double> uni(-1, 1);
+  PrefillData d;
+  const int qRow = c.dqk + c.pad, iRow = c.topk + c.pad;
+  d.q.assign(static_cast<std::size_t>(c.sQ) * c.hQ * qRow, 0x7FC0);  // NaN padding: must never be read
+  d.kv.assign(static_cast<std::size_t>(c.sKv) * qRow, 0x7FC0);
+  for (int r = 0; r < c.sQ * c.hQ; ++r)
+    for (int x = 0; x < c.dqk; ++x) d.q[static_cast<std::size_t>(r) * qRow + x] = bf16(uni(rng));
+  for (int r = 0; r < c.sKv; ++r)
+    for (int x = 0; x < c.dqk; ++x) d.kv[static_cast<std::size_t>(r) * qRow + x] = bf16(uni(rng) / 2);
+  d.indices.assign(static_cast<std::size_t>(c.sQ) * iRow, 0);
+  for (int s = 0; s < c.sQ; ++s) {
+    int* row = &d.indices[static_cast<std::size_t>(s) * iRow];
+    const bool allInvalid = s == 1;  // one query token with no valid index at all
+    for (int j = 0; j < c.topk; ++j) {
+      const bool invalid = allInvalid || std::uniform_int_distribution<int>(0, 3)(rng) == 0;
+      row[j] = invalid ? invalidIndex(c.sKv, rng) : std::uniform_int_distribution<int>(0, c.sKv - 1)(rng);
+    }
+  }
+  for (int s = 0; s < c.sQ; ++s) {
+    // 0, a part of a block, and the whole list, then random.
+    const int choices[] = {0, std::min(c.topk, 70), c.topk};
+    d.lengths.push_back(s < 3 ? choices[s] : std::uniform_int_distribution<int>(0, c.topk)(rng));
+  }
+  for (int h = 0; h < c.hQ; ++h) d.sink.push_back(h % 5 == 1 ? INFINITY : (h % 5 == 2 ? -INFINITY : static_cast<float>(uni(rng))));
+  return d;
+}
+
+struct PrefillOut {
+  std::vector<std::uint16_t> out;
+  std::vector<float> maxLogits, lse;
+};
+
+// Uploads the inputs, fills SparseAttnFwdParams as FlashMLA's host layer does (contiguous outputs),
+// lets `edit` change it, and calls the launcher on the configured device; a launcher failure
+// propagates. Downloads the outputs into `result` when given.
+template <class Edit>
+void callPrefill(Lib& lib, const PrefillSpec& c, const PrefillData& d, Edit edit, PrefillOut* result) {
+  Buf dq(lib, d.q.size() * 2), dkv(lib, d.kv.size() * 2), didx(lib, d.indices.size() * 4), dlen(lib, d.lengths.size() * 4),
+      dsink(lib, d.sink.size() * 4);
+  dq.upload(d.q); dkv.upload(d.kv); didx.upload(d.indices); dlen.upload(d.lengths); dsink.upload(d.sink);
+  const std::size_t rows = static_cast<std::size_t>(c.sQ) * c.hQ;
+  Buf out(lib, rows * 512 * 2), maxLogits(lib, rows * 4), lse(lib, rows * 4);
+  SparseAttnFwdParams p{};
+  p.s_q = c.sQ; p.s_kv = c.sKv; p.h_q = c.hQ; p.h_kv = 1; p.d_qk = c.dqk; p.d_v = 512; p.topk = c.topk;
+  p.sm_scale = c.smScale; p.sm_scale_div_log2 = c.smScale * 1.44269504f;
+  p.q = dq.as<cutlass::bfloat16_t>(); p.kv = dkv.as<cutlass::bfloat16_t>(); p.indices = didx.as<int>();
+  p.attn_sink = c.withSink ? dsink.as<float>() : nullptr;
+  p.topk_length = c.withLength ? dlen.as<int>() : nullptr;
+  p.stride_q_s_q = c.hQ * (c.dqk + c.pad); p.stride_q_h_q = c.dqk + c.pad;
+  p.stride_kv_s_kv = c.dqk + c.pad; p.stride_kv_h_kv = c.dqk + c.pad;
+  p.stride_indices_s_q = c.topk + c.pad; p.stride_indices_h_kv = c.topk + c.pad;
+  p.out = out.as<cutlass::bfloat16_t>(); p.max_logits = maxLogits.as<float>(); p.lse = lse.as<float>();
+  p.num_sm = c.sm100 ? 148 : 132;
+  edit(p);
+  lib.call(c.id, p);
+  if (result != nullptr) {
+    result->out = out.download<std::uint16_t>(rows * 512);
+    result->maxLogits = maxLogits.download<float>(rows);
+    result->lse = lse.download<float>(rows);
+  }
+}
+
+const char* launcherKey(Launcher id) { return flashmla_abi::kLauncherSymbols[static_cast<int>(id)].key; }
+
+// callPrefill on the spec's architecture, expected to succeed.
+PrefillOut runPrefill(Lib& lib, const PrefillSpec& c, const PrefillData& d) {
+  PrefillOut r;
+  setenv("FLASHMLA_EMU_ARCH", c.sm100 ? "sm100" : "sm90", 1);
+  try {
+    callPrefill(lib, c, d, [](SparseAttnFwdParams&) {}, &r);
+  } catch (const std::exception& e) {
+    CHECK(false, "prefill launcher %s threw: %s", launcherKey(c.id), e.what());
+  }
+  unsetenv("FLASHMLA_EMU_ARCH");
+  return r;
+}
+
+void prefillCase(Lib& lib, const PrefillSpec& c, std::mt19937& rng) {
+  const PrefillData d = makePrefillData(c, rng);
+  const PrefillOut got = runPrefill(lib, c, d);
+  { int e = lib.cuda.GetLastError(); CHECK(e == 0, "prefill %s: error %d", launcherKey(c.id), e); }
+  const int qRow = c.dqk + c.pad, iRow = c.topk + c.pad;
+  std::vector<double> gotO, wantO, gotM, wantM, gotL, wantL;
+  std::vector<std::vector<double>> tokens(static_cast<std::size_t>(c.sKv), std::vector<double>(c.dqk));
+  for (int t = 0; t < c.sKv; ++t)
+    for (int x = 0; x < c.dqk; ++x) tokens[t][x] = fromBf16(d.kv[static_cast<std::size_t>(t) * qRow + x]);
+  for (int s = 0; s < c.sQ; ++s) {
+    const int len = c.withLength ? d.lengths[s] : c.topk;
+    std::vector<const double*> keys;
+    for (int j = 0; j < len; ++j) {
+      const int t = d.indices[static_cast<std::size_t>(s) * iRow + j];
+      if (t >= 0 && t < c.sKv) keys.push_back(tokens[t].data());
+    }
+    for (int h = 0; h < c.hQ; ++h) {
+      std::vector<double> qq(c.dqk);
+      for (int x = 0; x < c.dqk; ++x) qq[x] = fromBf16(d.q[(static_cast<std::size_t>(s) * c.hQ + h) * qRow + x]);
+      double sk = d.sink[h];
+      RowRef r = attend(qq, keys, 512, c.smScale, c.withSink ? &sk : nullptr);
+      double mx = -INFINITY;
+      for (const double* k : keys) {
+        double dotv = 0;
+        for (int x = 0; x < c.dqk; ++x) dotv += qq[x] * k[x];
+        mx = std::max(mx, dotv * c.smScale);
+      }
+      const std::size_t row = static_cast<std::size_t>(s) * c.hQ + h;
+      for (int x = 0; x < 512; ++x) {
+        gotO.push_back(fromBf16(got.out[row * 512 + x]));
+        wantO.push_back(r.out[x]);
+      }
+      gotM.push_back(got.maxLogits[row]);
+      wantM.push_back(mx);
+      gotL.push_back(got.lse[row]);
+      wantL.push_back(r.lse);
+    }
+  }
+  // FlashMLA's prefill tolerances (src/harness/metrics.ts TOLERANCES.prefill*).
+  const std::string key = launcherKey(c.id);
+  compare((key + " out").c_str(), gotO, wantO, 8e-4, 3.01 / 128);
+  compare((key + " max_logits").c_str(), gotM, wantM, 1e-6, 2.01 / 65536);
+  compare((key + " lse").c_str(), gotL, wantL, 1e-6, 2.01 / 65536);
+}
+
+// A NaN token at an in-range index beyond topk_length: sm90 never loads it; the sm100 kernels
+// gather it with the rest of the block, and P = 0 times NaN reaches O.
+void prefillNanBeyondLength(Lib& lib, Launcher id, bool sm100, bool wantNan, std::mt19937& rng) {
+  PrefillSpec c{id, sm100, 1, 64, sm100 ? 64 : 64, 512, sm100 ? 64 : 128, true, false, 0.1f, 0};
+  PrefillData d = makePrefillData(c, rng);
+  d.lengths = {10};
+  for (int j = 0; j < c.topk; ++j) d.indices[j] = j < 10 ? j : (j == 20 ? 40 : -1);
+  for (int x = 0; x < c.dqk; ++x) d.kv[40 * static_cast<std::size_t>(c.dqk) + x] = 0x7FC0;
+  const PrefillOut got = runPrefill(lib, c, d);
+  CHECK(lib.cuda.GetLastError() == 0, "nan case ran");
+  bool anyNan = false, allFinite = true;
+  for (std::uint16_t b : got.out) {
+    anyNan = anyNan || std::isnan(fromBf16(b));
+    allFinite = allFinite && std::isfinite(fromBf16(b));
+  }
+  CHECK(wantNan ? anyNan : allFinite, "%s: NaN beyond topk_length %s", launcherKey(id),
+        wantNan ? "should reach out" : "must not matter");
+  CHECK(std::isfinite(got.lse[0]) && std::isfinite(got.maxLogits[0]), "lse and max_logits stay finite");
+}
+
+// Runs `call` and reports whether it threw a std::exception whose message contains `what`.
+template <class F> bool throwsWith(F call, const char* what) {
+  try {
+    call();
+  } catch (const std::exception& e) {
+    return std::strstr(e.what(), what) != nullptr;
+  }
+  return false;
+}
+
+void testPrefillNumeric(Lib& lib) {
+  std::mt19937 rng(11);
+  const PrefillSpec cases[] = {
+      {Launcher::Sm90PrefillK576, false, 3, 200, 128, 576, 256, false, true, 0.5f, 64},
+      {Launcher::Sm90PrefillK512TopkLen, false, 5, 150, 64, 512, 128, true, true, 0.3f, 0},
+      {Launcher::Sm90PrefillK576TopkLen, false, 4, 90, 64, 576, 256, true, false, 1.0f / 24, 32},
+      {Launcher::Sm90PrefillK512, false, 2, 300, 64, 512, 128, false, true, 0.2f, 0},
+      {Launcher::Sm100PrefillH64K576, true, 4, 200, 64, 576, 192, true, true, 0.5f, 64},
+      {Launcher::Sm100PrefillH64K512, true, 2, 100, 64, 512, 64, false, false, 1.0f, 0},
+      {Launcher::Sm100PrefillH128K512, true, 4, 300, 128, 512, 256, true, true, 0.6f, 0},
+      {Launcher::Sm100PrefillH128K576, true, 2, 150, 128, 576, 128, false, true, 0.25f, 64},
+      {Launcher::Sm100PrefillSmallTopk, true, 4, 200, 128, 512, 128, true, true, 0.8f, 32},
+  };
+  for (const PrefillSpec& c : cases) prefillCase(lib, c, rng);
+  prefillNanBeyondLength(lib, Launcher::Sm90PrefillK512TopkLen, false, false, rng);
+  prefillNanBeyondLength(lib, Launcher::Sm100PrefillH64K512, true, true, rng);
+}
+
+// Launcher checks (KU_ASSERT throws), the memory checker on a kv stride past the cache, the
+// wrong-arch trap and an empty grid.
+void testPrefillChecks(Lib& lib) {
+  setenv("FLASHMLA_EMU_DEVICES", "3", 1);
+  std::mt19937 rng(5);
+  Cuda& c = lib.cuda;
+  CHECK(c.SetDevice(0) == 0, "device 0");
+  auto rejects = [&](Launcher id, bool sm100, int hQ, int dqk, int topk, const char* what, void (*edit)(SparseAttnFwdParams&)) {
+    PrefillSpec s{id, sm100, 1, 64, hQ, dqk, topk, false, false, 0.1f, 0};
+    const PrefillData d = makePrefillData(s, rng);
+    setenv("FLASHMLA_EMU_ARCH", sm100 ? "sm100" : "sm90", 1);
+    CHECK(throwsWith([&] { callPrefill(lib, s, d, edit, nullptr); }, what), "%s should fail with %s", launcherKey(id), what);
+    unsetenv("FLASHMLA_EMU_ARCH");
+  };
+  auto none = [](SparseAttnFwdParams&) {};
+  rejects(Launcher::Sm90PrefillK512, false, 64, 512, 64, "params.topk % (2*B_TOPK) == 0", none);
+  rejects(Launcher::Sm90PrefillK512, false, 96, 512, 128, "params.h_q % B_H == 0", none);
+  rejects(Launcher::Sm90PrefillK576, false, 64, 576, 128, "params.h_kv == 1", [](SparseAttnFwdParams& p) { p.h_kv = 2; });
+  rejects(Launcher::Sm90PrefillK576, false, 64, 576, 128, "params.topk > 0", [](SparseAttnFwdParams& p) { p.topk = 0; });
+  rejects(Launcher::Sm100PrefillH64K512, true, 128, 512, 64, "params.h_q == B_H", none);
+  rejects(Launcher::Sm100PrefillH64K576, true, 64, 512, 64, "params.d_qk == D_QK", none);
+  rejects(Launcher::Sm100PrefillH128K512, true, 128, 512, 64, "params.topk % Kernel::B_TOPK == 0", none);
+  rejects(Launcher::Sm100PrefillH128K576, true, 64, 576, 128, "params.h_q == Kernel::B_H", none);
+  rejects(Launcher::Sm100PrefillSmallTopk, true, 128, 576, 64, "params.d_qk == D_QK", none);
+  rejects(Launcher::Sm100PrefillSmallTopk, true, 128, 512, 64, "cuTensorMapEncodeTiled(kv)",
+          [](SparseAttnFwdParams& p) { p.stride_kv_s_kv = 513; });
+  rejects(Launcher::Sm100PrefillH64K512, true, 64, 512, 64, "CUDA error 9", [](SparseAttnFwdParams& p) { p.s_q = 0; });
+  CHECK(c.GetLastError() == 0, "failed launcher checks leave no error behind");
+  // FLASHMLA_EMU_MODE=noop: the launcher checks, the kernel writes nothing (outputs keep the 0xFF fill).
+  {
+    PrefillSpec s{Launcher::Sm90PrefillK576, false, 2, 64, 64, 576, 128, false, true, 0.1f, 0};
+    const PrefillData d = makePrefillData(s, rng);
+    setenv("FLASHMLA_EMU_MODE", "noop", 1);
+    PrefillOut r = runPrefill(lib, s, d);
+    unsetenv("FLASHMLA_EMU_MODE");
+    CHECK(std::all_of(r.out.begin(), r.out.end(), [](std::uint16_t x) { return x == 0xFFFF; }), "no-op mode skips the kernel");
+    CHECK(c.GetLastError() == 0, "no-op launch ran without errors");
+  }
+
+  // kv stride twice the row: valid indices in the upper half read past the cache.
+  CHECK(c.SetDevice(1) == 0, "device 1");
+  {
+    PrefillSpec s{Launcher::Sm100PrefillH64K512, true, 2, 64, 64, 512, 64, false, false, 0.1f, 0};
+    PrefillData d = makePrefillData(s, rng);
+    for (int j = 0; j < 64; ++j) d.indices[j] = j;
+    setenv("FLASHMLA_EMU_ARCH", "sm100", 1);
+    callPrefill(lib, s, d, [](SparseAttnFwdParams& p) { p.stride_kv_s_kv *= 2; }, nullptr);  // the fault is asynchronous
+    unsetenv("FLASHMLA_EMU_ARCH");
+    CHECK(c.GetLastError() == cudaErrorIllegalAddress, "out-of-bounds kv read is the sticky fault");
+  }
+  // The sm90 kernel on an sm100 device traps (docs/flashmla-interface.md#wrong-arch).
+  CHECK(c.SetDevice(2) == 0, "device 2");
+  {
+    PrefillSpec s{Launcher::Sm90PrefillK512, true, 1, 64, 64, 512, 128, false, false, 0.1f, 0};
+    const PrefillData d = makePrefillData(s, rng);
+    setenv("FLASHMLA_EMU_ARCH", "sm100", 1);
+    callPrefill(lib, s, d, [](SparseAttnFwdParams&) {}, nullptr);
+    unsetenv("FLASHMLA_EMU_ARCH");
+    CHECK(c.GetLastError() == 710, "sm90 prefill kernel on sm100 traps");
+  }
+  CHECK(c.SetDevice(0) == 0, "device 0");
+  unsetenv("FLASHMLA_EMU_DEVICES");
+}
+
+// A valid prefill launch on the configured device (sm90 or sm100 launcher by FLASHMLA_EMU_ARCH):
+// "launched", or the launcher's failure.
+void testPrefillImage(Lib& lib) {
+  std::mt19937 rng(3);
+  const char* arch = std::getenv("FLASHMLA_EMU_ARCH");
+  const bool sm100 = arch != nullptr && std::strcmp(arch, "sm100") == 0;
+  PrefillSpec s{sm100 ? Launcher::Sm100PrefillH64K512 : Launcher::Sm90PrefillK512, sm100, 1, 64, 64, 512, 128, false, false, 0.1f, 0};
+  const PrefillData d = makePrefillData(s, rng);
+  try {
+    callPrefill(lib, s, d, [](SparseAttnFwdParams&) {}, nullptr);
+    std::printf("prefill-image: launched\n");
+  } catch (const std::exception& e) {
+    std::printf("prefill-image: refused (%s)\n", e.what());
+  }
+}
+
 }  // namespace
 
 // A valid scheduler launch on the configured device: "launched", or the launcher's failure (a
@@ -696,7 +977,7 @@ void testImage(Lib& lib) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::printf("usage: %s <libflashmla_emu.so> [sched|memory|numeric|image]...\n", argv[0]);
+    std::printf("usage: %s <libflashmla_emu.so> [sched|memory|numeric|prefill|prefill-checks|image|prefill-image]...\n", argv[0]);
     return 2;
   }
   Lib lib = load(argv[1]);
@@ -706,7 +987,10 @@ int main(int argc, char** argv) {
     if (what == "sched") testSched(lib);
     else if (what == "memory") testMemory(lib);
     else if (what == "numeric") testNumeric(lib);
+    else if (what == "prefill") testPrefillNumeric(lib);
+    else if (what == "prefill-checks") testPrefillChecks(lib);
     else if (what == "image") { testImage(lib); continue; }
+    else if (what == "prefill-image") { testPrefillImage(lib); continue; }
     else { std::printf("unknown test %s\n", what.c_str()); return 2; }
     std::printf("%s: %s\n", what.c_str(), gFailures == before ? "ok" : "FAILED");
   }

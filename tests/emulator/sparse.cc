@@ -293,7 +293,8 @@ template void run_flash_splitkv_mla_fp8_sparse_kernel<MODEL1>(const SparseAttnDe
 namespace sm100::fwd_for_small_topk::head128 {
 template <SparseAttnFwdMode FWD_MODE, int D_QK>
 void run_fwd_for_small_topk_phase1_kernel(const SparseFwdArgT<FWD_MODE>& params) {
-  static_assert(is_decode_v<FWD_MODE> && D_QK == 512, "the emulator provides the decode instantiation only");
+  // The <Prefill, 512> launcher is an explicit specialization in prefill.cc.
+  static_assert(is_decode_v<FWD_MODE> && D_QK == 512, "this definition serves the decode instantiation only");
   emu::sm100Head128(params);
 }
 template void run_fwd_for_small_topk_phase1_kernel<SparseAttnFwdMode::DecodeWithSplitKV, 512>(
