@@ -9,7 +9,7 @@ import type { DecodeCase } from './cases.js';
 import { generateEntry, matrixEntries, type MatrixName } from './matrix.js';
 import { checkIsAllclose, TOLERANCES, type AllcloseResult, type Tolerance } from './metrics.js';
 import { oracleDecode } from './oracle.js';
-import { generatePrefillCase, type PrefillCase } from './prefill-cases.js';
+import { generatePrefillCase, prefillCaseName, type PrefillCase } from './prefill-cases.js';
 import { oraclePrefill } from './prefill-oracle.js';
 import { isPrefillMatrix, prefillMatrixEntries, type PrefillMatrixName } from './prefill-matrix.js';
 
@@ -277,20 +277,29 @@ async function runCase(c: AnyCase, a: Runner, b: Runner, warmup: number): Promis
   return result;
 }
 
-/** The candidate cases, generated one at a time so a large matrix never sits in memory whole. */
-function* candidates(source: CompareOptions['cases']): Generator<AnyCase> {
+/** A candidate case: its name when known before its tensors are generated, and how to generate it. */
+interface Candidate {
+  name: string | null;
+  make(): AnyCase;
+}
+
+/**
+ * The candidate cases, generated one at a time so a large matrix never sits in memory whole. A
+ * prefill case's name comes from its parameters, so a filter skips it without generating it.
+ */
+function* candidates(source: CompareOptions['cases']): Generator<Candidate> {
   if (Array.isArray(source)) {
-    yield* source as readonly AnyCase[];
+    for (const c of source as readonly AnyCase[]) yield { name: c.name, make: () => c };
     return;
   }
   const { matrix, seed = 0 } = source as MatrixSource;
   if (isPrefillMatrix(matrix)) {
     const entries = prefillMatrixEntries(matrix);
-    for (let i = 0; i < entries.length; i++) yield generatePrefillCase(entries[i]!, seed + i);
+    for (let i = 0; i < entries.length; i++) yield { name: prefillCaseName(entries[i]!), make: () => generatePrefillCase(entries[i]!, seed + i) };
     return;
   }
   const entries = matrixEntries(matrix);
-  for (let i = 0; i < entries.length; i++) yield generateEntry(entries[i]!, seed + i);
+  for (let i = 0; i < entries.length; i++) yield { name: null, make: () => generateEntry(entries[i]!, seed + i) };
 }
 
 function candidateCount(source: CompareOptions['cases']): number {
@@ -322,8 +331,10 @@ export async function compare(opts: CompareOptions): Promise<CompareReport> {
   try {
     const total = candidateCount(opts.cases);
     let index = 0;
-    for (const c of candidates(opts.cases)) {
+    for (const candidate of candidates(opts.cases)) {
       const i = index++;
+      if (opts.filter !== undefined && candidate.name !== null && !candidate.name.includes(opts.filter)) continue;
+      const c = candidate.make();
       if (opts.filter !== undefined && !c.name.includes(opts.filter)) continue;
       opts.onProgress?.({ index: i, total, name: c.name });
       let r: CaseResult;
