@@ -72,6 +72,7 @@ async function child(job) {
     const elsewhere = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
     report = await fuzzSparseFwd({
       ...common,
+      arch: job.arch,
       sparseFwd: (args, options) => fm.flashMlaSparseFwd(args, options),
       reference: referencePrefill,
       device: {

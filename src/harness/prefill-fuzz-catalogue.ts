@@ -66,13 +66,25 @@ const retensor = (t: HostTensor, patch: Record<string, unknown>): HostTensor => 
 const BF16_NON_FINITE = [0x7fc0, 0x7f80, 0xff80] as const;
 
 /**
- * A tiny valid case: s_q 1–2, s_kv from 1 (every index but one out of range) to 200, topk 64 or
- * 128 (sometimes above s_kv), h_q 64 (128 one time in ten), both layouts, each feature at random.
+ * The kernels a CUDA backend runs, for the rules FlashMLA checks per architecture: sm90's prefill
+ * kernel and sm100's head-128 one load indices in blocks of 128 (topk a multiple of 128), sm100's
+ * head-64 one in blocks of 64 (docs/flashmla-interface.md#sparse-prefill).
  */
-export function prefillBaseCase(rng: Rng, seed: number): PrefillCase {
+export type PrefillArch = 'sm90' | 'sm100';
+
+/** The topk multiple a case of h_q heads needs: 64 everywhere (the reference), 128 where the kernel says so. */
+const topkUnit = (arch: PrefillArch | undefined, hQ: 64 | 128): number => (arch === 'sm90' || (arch === 'sm100' && hQ === 128) ? 128 : 64);
+
+/**
+ * A tiny valid case: s_q 1–2, s_kv from 1 (every index but one out of range) to 200, topk one or
+ * two multiples of what the kernel takes (64 or 128; sometimes above s_kv), h_q 64 (128 one time
+ * in ten), both layouts, each feature at random.
+ */
+export function prefillBaseCase(rng: Rng, seed: number, arch?: PrefillArch): PrefillCase {
+  const hQ = rng.next() < 0.1 ? 128 : 64;
   return generatePrefillCase({
-    sQ: rng.int(1, 3), sKv: pick(rng, [1, 20, 64, 130, 200]), topk: pick(rng, [64, 64, 128]),
-    hQ: rng.next() < 0.1 ? 128 : 64, dQK: rng.next() < 0.5 ? 576 : 512,
+    sQ: rng.int(1, 3), sKv: pick(rng, [1, 20, 64, 130, 200]), topk: topkUnit(arch, hQ) * pick(rng, [1, 1, 2]),
+    hQ, dQK: rng.next() < 0.5 ? 576 : 512,
     sink: rng.next() < 0.5, withLength: rng.next() < 0.5, allInvalid: rng.next() < 0.2, nonContiguous: rng.next() < 0.3,
   }, seed);
 }
@@ -295,13 +307,14 @@ export const PREFILL_MUTATIONS: readonly PrefillMutation[] = [
     const patch = pick(rng, [{ data: t.data.subarray(0, extentOf(viewOf(t, f)) - 1) }, { offset: t.data.length }, { offset: -8 }, { offset: 0.5 }]);
     return withField(c, f, retensor(t, patch));
   } },
-  { name: 'bad sizes', expect: 'error', codes: ['E_SHAPE', 'E_BUFFER', 'E_UNSUPPORTED'], names: REQUIRED, apply: (c, rng) => {
+  // A wrong size in q, kv or indices can also make the shapes of the others wrong: any argument may be named.
+  { name: 'bad sizes', expect: 'error', codes: ['E_SHAPE', 'E_BUFFER', 'E_UNSUPPORTED'], names: ALL_FIELDS, apply: (c, rng) => {
     const f = pick(rng, REQUIRED);
     const shape = [...c.args[f].shape];
     shape[rng.int(0, 3)] = pick(rng, [-1, NaN, 1.5, 2 ** 40, Infinity]);
     return withField(c, f, retensor(c.args[f], { shape }));
   } },
-  { name: 'zero strides claiming a huge extent', expect: 'error', codes: ['E_UNSUPPORTED', 'E_SHAPE', 'E_BUFFER'], names: REQUIRED, apply: (c, rng) => {
+  { name: 'zero strides claiming a huge extent', expect: 'error', codes: ['E_UNSUPPORTED', 'E_SHAPE', 'E_BUFFER'], names: ALL_FIELDS, apply: (c, rng) => {
     const f = pick(rng, REQUIRED);
     const [a, b, d] = c.args[f].shape as number[];
     return withField(c, f, retensor(c.args[f], { shape: pick(rng, [[2 ** 40, b!, d!], [a!, 2 ** 33, d!]]), strides: [0, 0, 1], offset: 0 }));

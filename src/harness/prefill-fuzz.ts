@@ -11,12 +11,12 @@ import { checkIsAllclose, TOLERANCES } from './metrics.js';
 import { oraclePrefill } from './prefill-oracle.js';
 import {
   PREFILL_CALL_MUTATIONS, PREFILL_INDEX_LIKE, PREFILL_MUTATIONS, prefillBaseCase, presentPrefillFields, uploadPrefillFields,
-  type PrefillCall, type PrefillMutation, type SparseFwdFn,
+  type PrefillArch, type PrefillCall, type PrefillMutation, type SparseFwdFn,
 } from './prefill-fuzz-catalogue.js';
 import type { PrefillCase } from './prefill-cases.js';
 import { Rng } from './random.js';
 
-export type { SparseFwdFn } from './prefill-fuzz-catalogue.js';
+export type { PrefillArch, SparseFwdFn } from './prefill-fuzz-catalogue.js';
 
 /** A sparse prefill fuzz run: what to call, how many times, with which seed. */
 export interface SparseFwdFuzzOptions {
@@ -33,6 +33,11 @@ export interface SparseFwdFuzzOptions {
    * the output dtypes (`oraclePrefill`).
    */
   yardstick?: (args: HostSparseFwdArgs) => Promise<SparseFwdResult<HostTensor>>;
+  /**
+   * The architecture a CUDA backend under test runs, so that valid base cases obey its kernel's
+   * topk rule. Default: none (any multiple of 64, the reference backend's rule).
+   */
+  arch?: PrefillArch;
   /** Device-resident calls for a CUDA backend (see FuzzDevice); enables the device families. Default: none. */
   device?: FuzzDevice;
   /** The reference backend's entry point, for the family that hands it device tensors (needs `device`). Default: none. */
@@ -137,7 +142,7 @@ export async function fuzzSparseFwd(opts: SparseFwdFuzzOptions): Promise<FuzzRep
   const report: FuzzReport = { calls: 0, results: 0, errors: {}, failures: [], elapsedMs: 0 };
   const start = performance.now();
   for (let call = 0; call < opts.calls; call++) {
-    const c = prefillBaseCase(rng, opts.seed * 1_000_003 + call);
+    const c = prefillBaseCase(rng, opts.seed * 1_000_003 + call, opts.arch);
     report.calls++;
     let prepared: Prepared | null;
     try {
