@@ -30,6 +30,13 @@ export interface PrefillMutation {
   names?: readonly (string | undefined)[];
   /** Corrupts element values of an index-like tensor (checked on the device only with `validate: true`). */
   values?: true;
+  /**
+   * The outcome depends on which kv rows the indices select: with a device, the index-like inputs
+   * stay on the host (device-resident ones are the caller's contract, not read by validation).
+   */
+  readsIndices?: true;
+  /** The arguments object itself misbehaves when read: never uploaded in part. */
+  hostOnly?: true;
   /** Returns the mutated arguments, or null if it does not apply to the case. */
   apply(c: PrefillCase, rng: Rng): SparseFwdArgs | null;
   /** The call's objects misbehave when read again: the yardstick gets the generated case instead. */
@@ -165,7 +172,7 @@ export const PREFILL_MUTATIONS: readonly PrefillMutation[] = [
     ...c.args, indices: retensor(c.args.indices, { data: new Int32Array(c.args.indices.data.length).fill(pick(rng, invalidIndexCandidates(c.args.kv.shape[0]!))) }),
   }) },
   // Rows no used index selects may hold anything (docs/flashmla-interface.md#sparse-prefill): unwritten cache slots.
-  { name: 'non-finite kv row that is not used', expect: 'match', apply: (c, rng) => {
+  { name: 'non-finite kv row that is not used', expect: 'match', readsIndices: true, apply: (c, rng) => {
     const used = new Set(usedRows(c.args));
     const free = Array.from({ length: c.args.kv.shape[0]! }, (_, t) => t).filter((t) => !used.has(t));
     return free.length === 0 ? null : { ...c.args, kv: poisonRow(c.args, pick(rng, free), rng) };
@@ -276,7 +283,7 @@ export const PREFILL_MUTATIONS: readonly PrefillMutation[] = [
     data[at(q, rng.int(0, q.shape[0]!), rng.int(0, q.shape[1]!), rng.int(0, q.shape[2]!))] = pick(rng, BF16_NON_FINITE);
     return { ...c.args, q: retensor(q, { data }) };
   } },
-  { name: 'non-finite kv row that is used', expect: 'error', codes: ['E_VALUE'], names: ['kv'], apply: (c, rng) => {
+  { name: 'non-finite kv row that is used', expect: 'error', codes: ['E_VALUE'], names: ['kv'], readsIndices: true, apply: (c, rng) => {
     const used = usedRows(c.args);
     return used.length === 0 ? null : { ...c.args, kv: poisonRow(c.args, pick(rng, used), rng) };
   } },
@@ -326,7 +333,7 @@ export const PREFILL_MUTATIONS: readonly PrefillMutation[] = [
     structuredClone(data.buffer, { transfer: [data.buffer as ArrayBuffer] });
     return withField(c, f, retensor(t, { data }));
   } },
-  { name: 'throwing getter', expect: 'error', codes: ['E_VALUE'], names: [...ALL_FIELDS, 'smScale', 'dV'], apply: (c, rng) => {
+  { name: 'throwing getter', expect: 'error', codes: ['E_VALUE'], names: [...ALL_FIELDS, 'smScale', 'dV'], hostOnly: true, apply: (c, rng) => {
     if (rng.next() < 0.3) {
       const args = { ...c.args };
       Object.defineProperty(args, pick(rng, ['smScale', 'dV', 'q', 'indices']), { get: () => { throw new Error('getter'); }, enumerable: true });

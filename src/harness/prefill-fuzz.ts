@@ -81,10 +81,12 @@ async function prepare(c: PrefillCase, rng: Rng, opts: SparseFwdFuzzOptions): Pr
     if (args === null && m.name !== 'args not an object') continue;
     const host = m.oracleFromCase || args === null ? c.args : m.during !== undefined ? snapshotHost(args) : args as HostSparseFwdArgs;
     const call: PrefillCall = { args: args as SparseFwdArgs, host, uploads: [], options: m.options?.(rng) };
-    if (opts.device === undefined || args === null || typeof args !== 'object' || m.during !== undefined || rng.next() < 0.5) return { name: m.name, m, call };
+    if (opts.device === undefined || args === null || typeof args !== 'object' || m.during !== undefined || m.hostOnly || rng.next() < 0.5) {
+      return { name: m.name, m, call };
+    }
     // The mutated inputs stay on the host, where their values are always checked; so do the
-    // index-like ones of a values mutation (on the device they are the caller's contract).
-    const untouched = presentPrefillFields(args).filter((f) => args[f] === c.args[f] && !(m.values && PREFILL_INDEX_LIKE.includes(f)));
+    // index-like ones when the outcome depends on their values (on the device they are the caller's contract).
+    const untouched = presentPrefillFields(args).filter((f) => args[f] === c.args[f] && !((m.values || m.readsIndices) && PREFILL_INDEX_LIKE.includes(f)));
     call.args = await uploadPrefillFields(opts.device, args, untouched, call.uploads);
     return { name: `${m.name} [device-resident]`, m, call };
   }
