@@ -37,8 +37,8 @@ export interface PrefillMutation {
   readsIndices?: true;
   /** The arguments object itself misbehaves when read: never uploaded in part. */
   hostOnly?: true;
-  /** Returns the mutated arguments, or null if it does not apply to the case. */
-  apply(c: PrefillCase, rng: Rng): SparseFwdArgs | null;
+  /** Returns the mutated arguments, or null if it does not apply to the case (or to the backend's kernels). */
+  apply(c: PrefillCase, rng: Rng, arch?: PrefillArch): SparseFwdArgs | null;
   /** The call's objects misbehave when read again: the yardstick gets the generated case instead. */
   oracleFromCase?: true;
   /** Per-call options. */
@@ -102,15 +102,21 @@ function at(t: HostTensor, i: number, j: number, k: number): number {
   return v.offset + i * v.strides[0]! + j * v.strides[1]! + k * v.strides[2]!;
 }
 
-/** The kv rows the call reads (inside topkLength, index in [0, s_kv)), in first-use order. */
-export function usedRows(a: Args): number[] {
+/**
+ * The kv rows at in-range indices of positions below each token's topkLength (all topk without
+ * one), in first-use order: the rows the call uses. With `block`, the positions up to topkLength
+ * rounded up to the block (at least one block): the rows sm100's kernels also load, since the
+ * index range alone decides their gather (FlashMLA csrc/sm100/prefill/sparse/fwd/head64/phase1.cuh
+ * @ 9241ae3); those must be finite too.
+ */
+export function usedRows(a: Args, block?: number): number[] {
   const [sQ, , topk] = a.indices.shape as number[];
   const sKv = a.kv.shape[0]!;
   const lengths = a.topkLength ? (a.topkLength.data as Int32Array) : null;
   const idx = a.indices.data as Int32Array;
   const seen = new Set<number>();
   for (let s = 0; s < sQ!; s++) {
-    const n = lengths ? lengths[s]! : topk!;
+    const n = !lengths ? topk! : block === undefined ? lengths[s]! : Math.min(topk!, Math.max(Math.ceil(lengths[s]! / block), 1) * block);
     for (let p = 0; p < n; p++) {
       const t = idx[at(a.indices, s, 0, p)]!;
       if (t >= 0 && t < sKv) seen.add(t);
@@ -172,8 +178,9 @@ export const PREFILL_MUTATIONS: readonly PrefillMutation[] = [
     ...c.args, indices: retensor(c.args.indices, { data: new Int32Array(c.args.indices.data.length).fill(pick(rng, invalidIndexCandidates(c.args.kv.shape[0]!))) }),
   }) },
   // Rows no used index selects may hold anything (docs/flashmla-interface.md#sparse-prefill): unwritten cache slots.
-  { name: 'non-finite kv row that is not used', expect: 'match', readsIndices: true, apply: (c, rng) => {
-    const used = new Set(usedRows(c.args));
+  // On sm100 that excludes the rows its kernels load past topkLength (up to 128 positions further).
+  { name: 'non-finite kv row that is not used', expect: 'match', readsIndices: true, apply: (c, rng, arch) => {
+    const used = new Set(usedRows(c.args, arch === 'sm100' ? 128 : undefined));
     const free = Array.from({ length: c.args.kv.shape[0]! }, (_, t) => t).filter((t) => !used.has(t));
     return free.length === 0 ? null : { ...c.args, kv: poisonRow(c.args, pick(rng, free), rng) };
   } },

@@ -77,7 +77,7 @@ async function prepare(c: PrefillCase, rng: Rng, opts: SparseFwdFuzzOptions): Pr
     }
     const m = PREFILL_MUTATIONS[i]!;
     if (opts.exclude?.includes(m.name)) continue;
-    const args = m.apply(c, rng);
+    const args = m.apply(c, rng, opts.arch);
     if (args === null && m.name !== 'args not an object') continue;
     const host = m.oracleFromCase || args === null ? c.args : m.during !== undefined ? snapshotHost(args) : args as HostSparseFwdArgs;
     const call: PrefillCall = { args: args as SparseFwdArgs, host, uploads: [], options: m.options?.(rng) };
