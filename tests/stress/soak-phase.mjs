@@ -28,8 +28,9 @@ export const DEFAULT_BOUNDS = { rss: 48 * MiB, heapUsed: 16 * MiB, external: 16 
 function makeCases(lib, phase) {
   if (phase === 'prefill' || phase === 'prefill-native') {
     return [
-      lib.generatePrefillCase({ sQ: 1, sKv: 200, topk: 64, hQ: 64, dQK: 576, sink: true }, 301),
-      lib.generatePrefillCase({ sQ: 1, sKv: 40, topk: 64, hQ: 64, dQK: 512, withLength: true, nonContiguous: true }, 302),
+      // topk 128: a multiple every architecture's kernel takes (sm90 loads indices in blocks of 128).
+      lib.generatePrefillCase({ sQ: 1, sKv: 200, topk: 128, hQ: 64, dQK: 576, sink: true }, 301),
+      lib.generatePrefillCase({ sQ: 1, sKv: 40, topk: 128, hQ: 64, dQK: 512, withLength: true, nonContiguous: true }, 302),
     ];
   }
   if (phase === 'reference') {
