@@ -10,6 +10,8 @@
  * @typedef {{ phase: 'noop' | 'compute' | 'reference' | 'prefill' | 'prefill-native', calls: number, elapsedMs: number, samples: SoakSample[], growth: Partial<SoakBounds>, bounds: SoakBounds, violations: string[], mismatches: string[] }} SoakResult
  */
 
+import { readFileSync } from 'node:fs';
+
 export const MiB = 2 ** 20;
 
 /**
