@@ -1,5 +1,6 @@
 // compare() on sparse prefill cases, the prefill matrices, and prefill cases mixed with decode.
 import { describe, expect, test } from 'vitest';
+import { prefillShapes } from '../../src/bench/prefill-shapes.js';
 import { FlashMLA } from '../../src/flashmla.js';
 import { generateDenseCase } from '../../src/harness/cases.js';
 import { compare, type CustomSide } from '../../src/harness/compare.js';
@@ -111,4 +112,33 @@ describe('prefill matrices', () => {
     // Each (shape, features) appears once.
     expect(new Set(full.map((p) => JSON.stringify(p))).size).toBe(full.length);
   });
+});
+
+describe('prefill bench shapes', () => {
+  test("the GPU set is FlashMLA's performance cases; the CPU set cuts s_q and keeps each template's s_kv ends", () => {
+    const gpu = prefillShapes('gpu').shapes;
+    expect(gpu.map((s) => s.seqlen)).toEqual([8192, 32768, 65536, 98304, 131072, 8192, 32768, 49152, 65536, 8192, 32768, 49152, 65536]);
+    expect(gpu.every((s) => s.name.includes('s_q=4096'))).toBe(true);
+    const cpu = prefillShapes('cpu').shapes;
+    expect(cpu.map((s) => [s.group, s.seqlen])).toEqual([
+      ['V3.2', 8192], ['V3.2', 131072], ['MODEL1 config 1', 8192], ['MODEL1 config 1', 65536], ['MODEL1 config 2', 8192], ['MODEL1 config 2', 65536],
+    ]);
+  });
+
+  test("inputs: distinct in-range indices per token, FlashMLA's FLOP and byte counts, and a valid call", async () => {
+    const shape = prefillShapes('cpu').shapes[2]!;
+    const { args, flops, bytes } = shape.build();
+    const [sQ, hQ, dQK] = args.q.shape as number[];
+    const topk = args.indices.shape[2]!;
+    const idx = args.indices.data as Int32Array;
+    for (let s = 0; s < sQ!; s++) {
+      const row = idx.subarray(s * topk, (s + 1) * topk);
+      expect(new Set(row).size).toBe(topk);
+      expect(row.every((t) => t >= 0 && t < args.kv.shape[0]!)).toBe(true);
+    }
+    expect(flops).toBe(2 * sQ! * topk * hQ! * (dQK! + 512));
+    expect(bytes).toBe(sQ! * topk * dQK! * 2 + sQ! * hQ! * (dQK! + 512) * 2);
+    const report = await compare({ a: 'reference', b: 'oracle', cases: [{ name: shape.name, kind: 'prefill', params: { sQ: sQ!, sKv: args.kv.shape[0]!, topk, hQ: 64, dQK: 512 }, args, flops, bytes }] });
+    expect(report.pass).toBe(true);
+  }, 120_000);
 });
