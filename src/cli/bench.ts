@@ -227,7 +227,7 @@ export const bench: Command = {
   usage: '[--backend reference|cuda] [--shapes flashmla|prefill|anchors] [--threads 1,2] [--reps N] [--library PATH] [--svg FILE] [--json]',
   summary: "Times decode or sparse prefill calls and prints median ms, FLOP/s and bytes/s with FlashMLA's formulas.\n" +
     '  flashmla: FlashMLA\'s decode benchmark shapes; scaled down on the reference backend.\n' +
-    '  prefill:  FlashMLA\'s sparse prefill performance cases (s_q 4096; 8 on the reference backend).\n' +
+    '  prefill:  FlashMLA\'s sparse prefill performance cases (s_q 4096; 32 on the reference backend).\n' +
     '  anchors:  the five CPU anchor shapes, with the PyTorch CPU peer when Debian\'s python3-torch is installed.',
   options: {
     backend: { type: 'string', value: 'NAME', help: 'reference (default) or cuda' },

@@ -9,6 +9,7 @@ import { oracleDecode } from '../../src/harness/oracle.js';
 import { generatePrefillCase, prefillTestGrid, type PrefillCaseParams } from '../../src/harness/prefill-cases.js';
 import { oraclePrefill } from '../../src/harness/prefill-oracle.js';
 import { prefillMatrixEntries } from '../../src/harness/prefill-matrix.js';
+import { validateSparseFwd } from '../../src/validate/prefill.js';
 
 const small = (): ReturnType<typeof generatePrefillCase>[] => [
   generatePrefillCase({ sQ: 2, sKv: 100, topk: 128, hQ: 64, dQK: 512, sink: true, withLength: true }, 1),
@@ -125,7 +126,7 @@ describe('prefill bench shapes', () => {
     ]);
   });
 
-  test("inputs: distinct in-range indices per token, FlashMLA's FLOP and byte counts, and a valid call", async () => {
+  test("inputs: distinct in-range indices per token, FlashMLA's FLOP and byte counts, and a valid call", () => {
     const shape = prefillShapes('cpu').shapes[2]!;
     const { args, flops, bytes } = shape.build();
     const [sQ, hQ, dQK] = args.q.shape as number[];
@@ -138,7 +139,6 @@ describe('prefill bench shapes', () => {
     }
     expect(flops).toBe(2 * sQ! * topk * hQ! * (dQK! + 512));
     expect(bytes).toBe(sQ! * topk * dQK! * 2 + sQ! * hQ! * (dQK! + 512) * 2);
-    const report = await compare({ a: 'reference', b: 'oracle', cases: [{ name: shape.name, kind: 'prefill', params: { sQ: sQ!, sKv: args.kv.shape[0]!, topk, hQ: 64, dQK: 512 }, args, flops, bytes }] });
-    expect(report.pass).toBe(true);
-  }, 120_000);
+    expect(validateSparseFwd(args).topk).toBe(topk);
+  });
 });
