@@ -9,7 +9,7 @@ import type { DecodeCase } from './cases.js';
 import { generateEntry, matrixEntries, type MatrixName } from './matrix.js';
 import { checkIsAllclose, TOLERANCES, type AllcloseResult, type Tolerance } from './metrics.js';
 import { oracleDecode } from './oracle.js';
-import { generatePrefillCase, prefillCaseName, type PrefillCase } from './prefill-cases.js';
+import { generatePrefillCase, prefillCaseName, type PrefillCase, type PrefillCaseParams } from './prefill-cases.js';
 import { oraclePrefill } from './prefill-oracle.js';
 import { isPrefillMatrix, prefillMatrixEntries, type PrefillMatrixName } from './prefill-matrix.js';
 
@@ -61,10 +61,14 @@ export interface CompareOptions {
   filter?: string;
   /**
    * With the oracle on a side, cases above this many FLOPs (the test-generator formulas of docs/flashmla-interface.md#test-generators) are skipped:
-   * the float64 oracle runs at well under 1 GFLOP/s. Default 2e9.
+   * the float64 oracle runs at well under 1 GFLOP/s. Prefill matrix cases as for `maxWork`. Default 2e9.
    */
   maxOracleWork?: number;
-  /** Cases above this many FLOPs are skipped whatever the sides (a GPU-sized subset of a big matrix). Default: none skipped. */
+  /**
+   * Cases above this many FLOPs are skipped whatever the sides (a GPU-sized subset of a big
+   * matrix). A prefill matrix case is judged by the most it can reach (every position used) and,
+   * when that is above a limit, skipped without being generated. Default: none skipped.
+   */
   maxWork?: number;
   /** For a `'cuda'` side: the FlashMLA build to load and the device to use. */
   library?: string;
@@ -111,7 +115,7 @@ export interface CaseResult {
   maxLogits: (AllcloseResult & { tolerance: Tolerance }) | null;
   /** Wall time of each side's call, ms (host tensors in and out). */
   ms: { a: number | null; b: number | null };
-  /** FLOPs of the call. */
+  /** FLOPs of the call (of a prefill matrix case skipped ungenerated: the most it could reach). */
   flops: number;
   /** Bytes the call reads and writes. */
   bytes: number;
@@ -242,7 +246,10 @@ function checksOf(kind: AnyCase['kind']): readonly [keyof Outputs, Tolerance][] 
   return [['out', TOLERANCES.sparseOut], ['lse', TOLERANCES.sparseLse]];
 }
 
-function emptyResult(c: AnyCase, skipped: string | null): CaseResult {
+/** What a result needs of its case. */
+type CaseWork = Pick<AnyCase, 'name' | 'kind' | 'flops' | 'bytes'>;
+
+function emptyResult(c: CaseWork, skipped: string | null): CaseResult {
   return {
     name: c.name, kind: c.kind, skipped, pass: false, errors: [], out: null, lse: null, maxLogits: null,
     ms: { a: null, b: null }, flops: c.flops, bytes: c.bytes,
@@ -277,10 +284,21 @@ async function runCase(c: AnyCase, a: Runner, b: Runner, warmup: number): Promis
   return result;
 }
 
-/** A candidate case: its name when known before its tensors are generated, and how to generate it. */
+/** A candidate case: what is known of it before its tensors are generated, and how to generate it. */
 interface Candidate {
   name: string | null;
+  /** A prefill matrix case's largest possible work (at full topk), known from its parameters. */
+  bound: CaseWork | null;
   make(): AnyCase;
+}
+
+/** FlashMLA's prefill counts (`count_flop_and_mem_vol`) when every position is used: what a case of these parameters can reach. */
+function prefillBound(p: PrefillCaseParams): CaseWork {
+  return {
+    name: prefillCaseName(p), kind: 'prefill',
+    flops: 2 * p.sQ * p.topk * p.hQ * (p.dQK + 512),
+    bytes: p.sQ * Math.min(p.topk, p.sKv) * p.dQK * 2 + p.sQ * p.hQ * (p.dQK + 512) * 2,
+  };
 }
 
 /**
@@ -289,17 +307,20 @@ interface Candidate {
  */
 function* candidates(source: CompareOptions['cases']): Generator<Candidate> {
   if (Array.isArray(source)) {
-    for (const c of source as readonly AnyCase[]) yield { name: c.name, make: () => c };
+    for (const c of source as readonly AnyCase[]) yield { name: c.name, bound: null, make: () => c };
     return;
   }
   const { matrix, seed = 0 } = source as MatrixSource;
   if (isPrefillMatrix(matrix)) {
     const entries = prefillMatrixEntries(matrix);
-    for (let i = 0; i < entries.length; i++) yield { name: prefillCaseName(entries[i]!), make: () => generatePrefillCase(entries[i]!, seed + i) };
+    for (let i = 0; i < entries.length; i++) {
+      const bound = prefillBound(entries[i]!);
+      yield { name: bound.name, bound, make: () => generatePrefillCase(entries[i]!, seed + i) };
+    }
     return;
   }
   const entries = matrixEntries(matrix);
-  for (let i = 0; i < entries.length; i++) yield { name: null, make: () => generateEntry(entries[i]!, seed + i) };
+  for (let i = 0; i < entries.length; i++) yield { name: null, bound: null, make: () => generateEntry(entries[i]!, seed + i) };
 }
 
 function candidateCount(source: CompareOptions['cases']): number {
@@ -331,21 +352,23 @@ export async function compare(opts: CompareOptions): Promise<CompareReport> {
   try {
     const total = candidateCount(opts.cases);
     let index = 0;
+    const gflop = (x: number): string => `${(x / 1e9).toFixed(2)} GFLOP`;
+    const tooMuch = (flops: number): string | null => {
+      if (opts.maxWork !== undefined && flops > opts.maxWork) return `${gflop(flops)} is above maxWork (${gflop(opts.maxWork)})`;
+      if ((a.oracle || b.oracle) && flops > maxOracleWork) return `${gflop(flops)} is above maxOracleWork (${gflop(maxOracleWork)})`;
+      return null;
+    };
     for (const candidate of candidates(opts.cases)) {
       const i = index++;
       if (opts.filter !== undefined && candidate.name !== null && !candidate.name.includes(opts.filter)) continue;
-      const c = candidate.make();
+      // A prefill matrix case that can exceed a limit is skipped ungenerated: FlashMLA's largest
+      // ones take minutes to generate in JavaScript.
+      const early = candidate.bound === null ? null : tooMuch(candidate.bound.flops);
+      const c: CaseWork = early === null ? candidate.make() : candidate.bound!;
       if (opts.filter !== undefined && !c.name.includes(opts.filter)) continue;
       opts.onProgress?.({ index: i, total, name: c.name });
-      let r: CaseResult;
-      const gflop = (x: number): string => `${(x / 1e9).toFixed(2)} GFLOP`;
-      if (opts.maxWork !== undefined && c.flops > opts.maxWork) {
-        r = emptyResult(c, `${gflop(c.flops)} is above maxWork (${gflop(opts.maxWork)})`);
-      } else if ((a.oracle || b.oracle) && c.flops > maxOracleWork) {
-        r = emptyResult(c, `${gflop(c.flops)} is above maxOracleWork (${gflop(maxOracleWork)})`);
-      } else {
-        r = await runCase(c, a, b, opts.warmup ?? 0);
-      }
+      const why = early === null ? tooMuch(c.flops) : `${early} at full topk (not generated)`;
+      const r = why !== null ? emptyResult(c, why) : await runCase(c as AnyCase, a, b, opts.warmup ?? 0);
       results.push(r);
       opts.onProgress?.({ index: i, total, name: c.name, result: r });
     }

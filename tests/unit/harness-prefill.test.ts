@@ -80,6 +80,15 @@ describe('compare() on sparse prefill', () => {
     expect([report.passed, report.skipped, report.pass]).toEqual([1, 1, true]);
   });
 
+  test("prefill-full cases above maxWork at full topk are skipped without being generated", async () => {
+    const report = await compare({ a: 'reference', b: 'reference', cases: { matrix: 'prefill-full' }, maxWork: 1 });
+    expect(report.results.length).toBe(376);
+    expect(report.results.every((r) => r.kind === 'prefill' && /above maxWork .* at full topk \(not generated\)/.test(r.skipped ?? ''))).toBe(true);
+    const biggest = report.results.find((r) => r.name === 'prefill s_q=4096 s_kv=2048 topk=2048 h_q=128 d_qk=576 sink topk_length all-invalid')!;
+    expect(biggest.flops).toBe(2 * 4096 * 2048 * 128 * 1088);
+    expect([report.skipped, report.pass]).toEqual([376, false]);
+  });
+
   test("the 'prefill' matrix with a filter runs matching cases seeded by position", async () => {
     const report = await compare({ a: 'reference', b: 'oracle', cases: { matrix: 'prefill', seed: 3 }, filter: 's_q=1 s_kv=95 topk=128 h_q=64' });
     expect(report.results.length).toBe(2);
