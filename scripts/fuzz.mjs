@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Seeded hostile-input fuzzing of the public decode API (src/harness/fuzz.ts) on both backends,
+// Seeded hostile-input fuzzing of the public decode API (src/harness/fuzz.ts) and of sparse
+// prefill, flashMlaSparseFwd (src/harness/prefill-fuzz.ts), on both backends,
 // each in a child process so that a crash (exit signal, exit code) or a hang (no progress within
 // --stall-s) is observed and counted instead of taking the run down. The native backend runs
 // through the CPU emulator of tests/emulator (two emulated devices for mixed-device calls,
@@ -8,12 +9,13 @@
 //
 //   npm run build                      # compiles src/ to dist/
 //   node scripts/fuzz.mjs [--calls 10000] [--seed 1] [--backend reference|native|both]
-//                         [--arch sm90|sm100|both] [--exclude 'mutation,mutation'] [--jobs 2]
+//                         [--mode decode|prefill|both] [--arch sm90|sm100|both]
+//                         [--exclude 'mutation,mutation'] [--jobs 2]
 //                         [--time-bound-ms 30000] [--stall-s 180] [--json report.json]
 //
-// --calls is per job: the reference is one job, the native backend one job per emulated arch
-// (sm100 has no dense kernel, so its job fuzzes sparse cases only). Exits 1 on any failure, crash,
-// hang or memory-checker line.
+// --calls is per job: per mode, the reference is one job, the native backend one job per emulated
+// arch (sm100 has no dense kernel, so its decode job fuzzes sparse cases only). Exits 1 on any
+// failure, crash, hang or memory-checker line.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,6 +30,7 @@ const { values: opt } = parseArgs({
     calls: { type: 'string', default: '10000' },
     seed: { type: 'string', default: '1' },
     backend: { type: 'string', default: 'both' },
+    mode: { type: 'string', default: 'both' },
     arch: { type: 'string', default: 'both' },
     exclude: { type: 'string', default: '' },
     jobs: { type: 'string', default: '2' },
@@ -50,15 +53,37 @@ if (opt.help) {
 /** One fuzz job in this (child) process; progress and the report go to stdout as JSON lines. */
 async function child(job) {
   const { fuzz } = await import('../dist/harness/fuzz.js');
+  const { fuzzSparseFwd } = await import('../dist/harness/prefill-fuzz.js');
   const { referenceDecode } = await import('../dist/reference/index.js');
+  const { flashMlaSparseFwd } = await import('../dist/api.js');
   const { FlashMLA } = await import('../dist/flashmla.js');
   const say = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
   const common = { calls: job.calls, seed: job.seed, timeBoundMs: job.timeBoundMs, exclude: job.exclude,
-    openBuild: (library) => FlashMLA.open({ backend: 'cuda', library }),
     onProgress: (done, r) => { if (done % 50 === 0) say({ progress: done, failures: r.failures.length }); } };
+  const referencePrefill = (args, options) => flashMlaSparseFwd(args, { ...options, backend: 'reference' });
+  const openBuild = (library) => FlashMLA.open({ backend: 'cuda', library });
   let report;
-  if (job.backend === 'reference') {
-    report = await fuzz({ ...common, decode: (args, options) => referenceDecode(args, options) });
+  if (job.mode === 'prefill' && job.backend === 'reference') {
+    report = await fuzzSparseFwd({ ...common, sparseFwd: referencePrefill });
+  } else if (job.mode === 'prefill') {
+    const { buildEmulator } = await import('../tests/emulator/build.mjs');
+    const library = await buildEmulator();
+    const fm = await FlashMLA.open({ backend: 'cuda', library, device: 0 });
+    const elsewhere = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
+    report = await fuzzSparseFwd({
+      ...common,
+      arch: job.arch,
+      sparseFwd: (args, options) => fm.flashMlaSparseFwd(args, options),
+      reference: referencePrefill,
+      device: {
+        upload: (t) => fm.upload(t), download: (t) => fm.download(t), wrap: (a, m) => fm.wrap(a, m),
+        uploadElsewhere: (t) => elsewhere.upload(t),
+      },
+    });
+    await elsewhere.dispose();
+    await fm.dispose();
+  } else if (job.backend === 'reference') {
+    report = await fuzz({ ...common, openBuild, decode: (args, options) => referenceDecode(args, options) });
   } else {
     const { buildEmulator } = await import('../tests/emulator/build.mjs');
     const library = await buildEmulator();
@@ -66,6 +91,7 @@ async function child(job) {
     const elsewhere = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
     report = await fuzz({
       ...common,
+      openBuild,
       kinds: job.arch === 'sm100' ? ['sparse'] : ['dense', 'sparse'],
       decode: (args, options) => fm.flashMlaWithKvCache(args, options),
       other: (args) => referenceDecode(args),
@@ -125,16 +151,19 @@ function runJob(job, stallMs) {
   });
 }
 
-const label = (job) => (job.backend === 'native' ? `native (emulated ${job.arch})` : 'reference');
+const label = (job) => `${job.mode} on ${job.backend === 'native' ? `native (emulated ${job.arch})` : 'reference'}`;
 
 async function parent() {
   const calls = Number(opt.calls);
   const seed = Number(opt.seed);
   const common = { calls, seed, timeBoundMs: Number(opt['time-bound-ms']), exclude: opt.exclude.split(',').map((s) => s.trim()).filter(Boolean) };
+  if (!['decode', 'prefill', 'both'].includes(opt.mode)) throw new Error(`--mode must be decode, prefill or both, got ${opt.mode}`);
   const jobs = [];
-  if (opt.backend === 'reference' || opt.backend === 'both') jobs.push({ ...common, backend: 'reference' });
-  if (opt.backend === 'native' || opt.backend === 'both') {
-    for (const arch of opt.arch === 'both' ? ['sm90', 'sm100'] : [opt.arch]) jobs.push({ ...common, backend: 'native', arch });
+  for (const mode of opt.mode === 'both' ? ['decode', 'prefill'] : [opt.mode]) {
+    if (opt.backend === 'reference' || opt.backend === 'both') jobs.push({ ...common, mode, backend: 'reference' });
+    if (opt.backend === 'native' || opt.backend === 'both') {
+      for (const arch of opt.arch === 'both' ? ['sm90', 'sm100'] : [opt.arch]) jobs.push({ ...common, mode, backend: 'native', arch });
+    }
   }
   if (jobs.length === 0) throw new Error(`--backend must be reference, native or both, got ${opt.backend}`);
   process.stderr.write(`fuzzing ${jobs.map(label).join(', ')}: ${calls} calls each, seed ${seed}` +

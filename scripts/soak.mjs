@@ -1,12 +1,12 @@
 #!/usr/bin/env node
-// Soak: many decode calls in one process, with device-resident and host tensors, device tensors
+// Soak: many decode and sparse prefill calls in one process, with device-resident and host tensors, device tensors
 // freed both by dispose() and by garbage collection, sched metas renewed every step, and FlashMLA
 // instances opened beside the long-lived one and then disposed or dropped for GC. RSS, V8 heap, external memory, threads and
 // the emulated device's memory in use are sampled at intervals; growth is the mean of the last
 // 10 % of samples minus the mean of the first 10 %, and a phase fails when it exceeds its bound.
 //
 //   npm run build
-//   node --expose-gc scripts/soak.mjs [--calls 100000] [--phases noop,compute,reference]
+//   node --expose-gc scripts/soak.mjs [--calls 100000] [--phases noop,compute,reference,prefill]
 //        [--samples 100] [--dispose-metas] [--json soak.json]
 //
 // Sched metas are renewed every 50 calls; by default every other one is dropped without dispose()
@@ -16,7 +16,10 @@
 // (launchers check, then skip the math), --calls calls; `compute` = the same with the emulator's
 // kernels computing, --calls / 10 calls, every result compared bitwise with the first result of
 // its case; `reference` = the reference backend on small shapes, --calls / 10 calls, compared the
-// same way. tests/stress/soak.test.ts runs the same phases (tests/stress/soak-phase.mjs) on the TypeScript sources.
+// same way; `prefill` = sparse prefill (flashMlaSparseFwd: out, maxLogits, lse) on a reference
+// instance, --calls / 10 calls, compared the same way; `prefill-native` = sparse prefill through
+// the emulator's computing kernels like `compute` (needs the emulator's prefill launchers; not in
+// the default list). tests/stress/soak.test.ts runs the same phases (tests/stress/soak-phase.mjs) on the TypeScript sources.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,7 +30,7 @@ async function main() {
   const { values: opt } = parseArgs({
     options: {
       calls: { type: 'string', default: '100000' },
-      phases: { type: 'string', default: 'noop,compute,reference' },
+      phases: { type: 'string', default: 'noop,compute,reference,prefill' },
       samples: { type: 'string', default: '100' },
       'dispose-metas': { type: 'boolean', default: false },
       json: { type: 'string' },
@@ -48,9 +51,11 @@ async function main() {
   const lib = {
     ...(await import('../dist/flashmla.js')),
     ...(await import('../dist/harness/cases.js')),
+    ...(await import('../dist/harness/prefill-cases.js')),
     ...(await import('../dist/sched-meta.js')),
     ...(await import('../dist/tensor.js')),
     TENSOR_ARG_KEYS: (await import('../dist/validate/args.js')).TENSOR_ARG_KEYS,
+    SPARSE_FWD_TENSOR_KEYS: (await import('../dist/validate/args.js')).SPARSE_FWD_TENSOR_KEYS,
     ...(await import('../dist/addon.js')),
     ...(await import('../dist/cuda/library.js')),
     ...(await import('../dist/cuda/locate.js')),

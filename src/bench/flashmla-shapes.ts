@@ -30,7 +30,7 @@ const clamp1 = (x: number): number => (x < -1 ? -1 : x > 1 ? 1 : x);
  * Fills `dst` by repeating a small random pool (randn/10 clamped, docs/flashmla-interface.md#dense-generator): benchmark timing does
  * not depend on the values, and drawing gigabytes of normals in JavaScript would take minutes.
  */
-function poolFill(dst: Uint16Array, rng: Rng, scale: number): void {
+export function poolFill(dst: Uint16Array, rng: Rng, scale: number): void {
   const n = Math.min(dst.length, 1 << 16);
   for (let i = 0; i < n; i++) dst[i] = f32ToBf16(clamp1(rng.randn() * scale));
   for (let have = n; have < dst.length; have *= 2) dst.copyWithin(have, 0, Math.min(have, dst.length - have));

@@ -93,7 +93,8 @@ async function hostOutputs(args: DecodeArgs, res: DecodeResult<Tensor>, device: 
   }
 }
 
-async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
+/** The promise's value, or 'timeout' when it does not settle within `ms`. */
+export async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
   let timer: NodeJS.Timeout | undefined;
   const t = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), ms); });
   try {

@@ -31,6 +31,8 @@ export interface PrefillCaseParams {
 export interface PrefillCase {
   /** Readable description of the shape. */
   name: string;
+  /** Tells a prefill case from a decode case (DecodeCase['kind']). */
+  kind: 'prefill';
   /** The parameters it was generated from. */
   params: PrefillCaseParams;
   /** The call arguments (smScale 0.5 as FlashMLA's test). */
@@ -113,6 +115,7 @@ export function generatePrefillCase(p: PrefillCaseParams, seed: number): Prefill
   }
   return {
     name: prefillCaseName(p),
+    kind: 'prefill',
     params: p,
     args: {
       q: { dtype: 'bf16', shape: [sQ, hQ, dQK], strides: [hQ * (dQK + pad), dQK + pad, 1], data: q },

@@ -1,5 +1,5 @@
 // One soak phase (tests/stress/soak.test.ts runs it on the TypeScript sources, scripts/soak.mjs on
-// dist/): many decode calls in one process with device-resident and host tensors, device tensors
+// dist/): many decode or sparse prefill calls in one process with device-resident and host tensors, device tensors
 // freed by dispose() and by garbage collection, sched metas renewed, instances opened beside a
 // long-lived one and dropped; memory, threads and the emulated device's memory sampled; growth is
 // the mean of the last 10 % of samples minus the mean of the first 10 %.
@@ -7,8 +7,10 @@
 /**
  * @typedef {{ call: number, rss: number, heapUsed: number, heapTotal: number, external: number, arrayBuffers: number, threads: number, deviceUsed: number }} SoakSample
  * @typedef {Record<'rss' | 'heapUsed' | 'external' | 'deviceUsed' | 'threads', number>} SoakBounds
- * @typedef {{ phase: 'noop' | 'compute' | 'reference', calls: number, elapsedMs: number, samples: SoakSample[], growth: Partial<SoakBounds>, bounds: SoakBounds, violations: string[], mismatches: string[] }} SoakResult
+ * @typedef {{ phase: 'noop' | 'compute' | 'reference' | 'prefill' | 'prefill-native', calls: number, elapsedMs: number, samples: SoakSample[], growth: Partial<SoakBounds>, bounds: SoakBounds, violations: string[], mismatches: string[] }} SoakResult
  */
+
+import { readFileSync } from 'node:fs';
 
 export const MiB = 2 ** 20;
 
@@ -20,22 +22,48 @@ export const MiB = 2 ** 20;
  */
 export const DEFAULT_BOUNDS = { rss: 48 * MiB, heapUsed: 16 * MiB, external: 16 * MiB, deviceUsed: 0, threads: 0 };
 
-/** Small cases: a dense one (sm90 only) and a MODEL1 sparse one with an extra cache and a sink. */
-function makeCases(lib) {
+/**
+ * The phase's cases. Decode: a dense one (sm90 only) and a MODEL1 sparse one with an extra cache
+ * and a sink (tiny ones on the reference). Prefill: a V3.2 one with a sink and a MODEL1 one with
+ * topk_length, strided, some indices invalid.
+ */
+function makeCases(lib, phase) {
+  if (phase === 'prefill' || phase === 'prefill-native') {
+    return [
+      // topk 128: a multiple every architecture's kernel takes (sm90 loads indices in blocks of 128).
+      lib.generatePrefillCase({ sQ: 1, sKv: 200, topk: 128, hQ: 64, dQK: 576, sink: true }, 301),
+      lib.generatePrefillCase({ sQ: 1, sKv: 40, topk: 128, hQ: 64, dQK: 512, withLength: true, nonContiguous: true }, 302),
+    ];
+  }
+  if (phase === 'reference') {
+    return [
+      lib.generateDenseCase({ b: 1, sQ: 1, sK: 20, hQ: 2, hK: 1, varlen: false, causal: false }, 201),
+      lib.generateSparseCase({ b: 1, sQ: 1, hQ: 64, dQK: 576, main: { sK: 40, topk: 64, blockSize: 64 } }, 202),
+    ];
+  }
   return [
     lib.generateDenseCase({ b: 2, sQ: 1, sK: 64, hQ: 8, hK: 1, varlen: true, causal: false }, 101),
     lib.generateSparseCase({ b: 2, sQ: 1, hQ: 64, dQK: 512, main: { sK: 64, topk: 64, blockSize: 64, withLength: true }, extra: { sK: 40, topk: 64, blockSize: 64 }, sink: true }, 102),
   ];
 }
 
-async function uploadArgs(lib, fm, args) {
-  const out = { ...args };
-  for (const f of lib.TENSOR_ARG_KEYS) if (args[f]) out[f] = await fm.upload(args[f]);
+/** The tensor argument names of a case's call. */
+const tensorKeys = (lib, c) => (c.kind === 'prefill' ? lib.SPARSE_FWD_TENSOR_KEYS : lib.TENSOR_ARG_KEYS);
+
+async function uploadArgs(lib, fm, c) {
+  const out = { ...c.args };
+  for (const f of tensorKeys(lib, c)) if (c.args[f]) out[f] = await fm.upload(c.args[f]);
   return out;
 }
 
-function disposeArgs(lib, args) {
-  for (const f of lib.TENSOR_ARG_KEYS) args[f]?.dispose?.();
+function disposeArgs(lib, c, args) {
+  for (const f of tensorKeys(lib, c)) args[f]?.dispose?.();
+}
+
+/** One call of the case's kind: decode with its sched meta, sparse prefill without one. Outputs by name. */
+async function callCase(fm, c, args, meta) {
+  if (c.kind !== 'prefill') return fm.flashMlaWithKvCache({ ...args, schedMeta: meta });
+  return fm.flashMlaSparseFwd(args);
 }
 
 const sameBits = (a, b) => a.dtype === b.dtype && a.shape.join() === b.shape.join() &&
@@ -97,20 +125,17 @@ function growth(samples) {
  */
 export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100, bounds = DEFAULT_BOUNDS, dropMetas = true, gc, onSample }) {
   if (typeof gc !== 'function') throw new Error('soak needs a gc function (run node with --expose-gc)');
-  const native = phase !== 'reference';
+  const native = phase !== 'reference' && phase !== 'prefill';
   const library = native ? await lib.buildEmulator() : undefined;
   if (native) {
     process.env.FLASHMLA_EMU_ARCH = 'sm90';
     process.env.FLASHMLA_EMU_MODE = phase === 'noop' ? 'noop' : 'compute';
   }
-  const cases = native ? makeCases(lib) : [
-    lib.generateDenseCase({ b: 1, sQ: 1, sK: 20, hQ: 2, hK: 1, varlen: false, causal: false }, 201),
-    lib.generateSparseCase({ b: 1, sQ: 1, hQ: 64, dQK: 576, main: { sK: 40, topk: 64, blockSize: 64 } }, 202),
-  ];
+  const cases = makeCases(lib, phase);
   const open = () => lib.FlashMLA.open(native ? { backend: 'cuda', library } : { backend: 'reference' });
   // The long-lived instance (a server's); short-lived ones come and go beside it (churn below).
   const fm = await open();
-  const resident = native ? await Promise.all(cases.map((c) => uploadArgs(lib, fm, c.args))) : null;
+  const resident = native ? await Promise.all(cases.map((c) => uploadArgs(lib, fm, c))) : null;
   // Work queued on an instance's worker runs in order: awaiting a download of this tensor waits
   // for every free queued before it (by dispose() or a finalizer).
   const flush = native ? await fm.allocate('uint8', [16]) : null;
@@ -130,15 +155,16 @@ export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100,
   const step = async (i) => {
     const ci = i % cases.length;
     const onDevice = native && i % 2 === 0;
-    const args = { ...(onDevice ? resident[ci] : cases[ci].args), schedMeta: meta[ci] };
-    const res = await fm.flashMlaWithKvCache(args);
+    const res = await callCase(fm, cases[ci], onDevice ? resident[ci] : cases[ci].args, meta[ci]);
+    const names = Object.keys(res);
     if (checkBits && i % 7 === 0) {
-      const got = { out: await download(res.out), lse: await download(res.lse) };
+      const got = {};
+      for (const k of names) got[k] = await download(res[k]);
       if (firsts[ci] === null) firsts[ci] = got;
-      else if (!sameBits(got.out, firsts[ci].out) || !sameBits(got.lse, firsts[ci].lse)) mismatches.push(`call ${i} (${cases[ci].name}${onDevice ? ', device inputs' : ''})`);
+      else if (names.some((k) => !sameBits(got[k], firsts[ci][k]))) mismatches.push(`call ${i} (${cases[ci].name}${onDevice ? ', device inputs' : ''})`);
     }
     // Device outputs: disposed explicitly half the time, otherwise left to GC.
-    if (onDevice && i % 4 === 0) { res.out.dispose(); res.lse.dispose(); }
+    if (onDevice && i % 4 === 0) for (const k of names) res[k].dispose();
     if (native && i % 10 === 5) {
       const t = await fm.allocate('fp32', [1 + (i % 4096)]);
       if (i % 20 === 5) t.dispose();
@@ -150,16 +176,16 @@ export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100,
   // sched metas. In its own async frame, so that nothing of it stays reachable from the loop.
   const churn = async (dispose) => {
     const x = await open();
-    const inputs = await Promise.all(cases.map((c) => uploadArgs(lib, x, c.args)));
+    const inputs = await Promise.all(cases.map((c) => uploadArgs(lib, x, c)));
     const metas = cases.map(() => lib.getMlaMetadata());
     for (let k = 0; k < cases.length; k++) {
-      await x.flashMlaWithKvCache({ ...inputs[k], schedMeta: metas[k] });
-      await x.flashMlaWithKvCache({ ...cases[k].args, schedMeta: metas[k] });
+      await callCase(x, cases[k], inputs[k], metas[k]);
+      await callCase(x, cases[k], cases[k].args, metas[k]);
     }
     await x.allocate('fp32', [1024]);
     if (dispose) {
       metas.forEach((m) => m.dispose());
-      inputs.forEach((a) => disposeArgs(lib, a));
+      inputs.forEach((a, k) => disposeArgs(lib, cases[k], a));
       await x.dispose();
     }
   };
@@ -190,7 +216,7 @@ export async function soakPhase(lib, { phase, calls, samples: sampleCount = 100,
     if (native && i % 1000 === 999) await churn((i + 1) % 2000 === 0);
   }
   const elapsedMs = performance.now() - start;
-  resident?.forEach((a) => disposeArgs(lib, a));
+  resident?.forEach((a, k) => disposeArgs(lib, cases[k], a));
   flush?.dispose();
   meta.forEach((m) => m.dispose());
   await fm.dispose();
