@@ -15,4 +15,6 @@ export {
   generatePrefillCase, invalidIndexCandidates, prefillTestGrid, type PrefillCase, type PrefillCaseParams,
 } from './harness/prefill-cases.js';
 export { oraclePrefill, oraclePrefill64, type PrefillOracle } from './harness/prefill-oracle.js';
+export { prefillMatrixEntries, PREFILL_MATRIX_NAMES, type PrefillMatrixName } from './harness/prefill-matrix.js';
+export { fuzzSparseFwd, type PrefillArch, type SparseFwdFn, type SparseFwdFuzzOptions } from './harness/prefill-fuzz.js';
 export { fuzz, type DecodeFn, type FuzzDevice, type FuzzFailure, type FuzzOptions, type FuzzReport } from './harness/fuzz.js';

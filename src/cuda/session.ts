@@ -7,7 +7,7 @@ import {
 } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult, SparseFwdArgs, SparseFwdResult } from '../types.js';
 import { ownValue, readDecodeArgs, readDecodeOptions, readTensor, SPARSE_FWD_TENSOR_KEYS, TENSOR_ARG_KEYS } from '../validate/args.js';
-import { validateSparseFwd } from '../validate/prefill.js';
+import { namedRows, validateSparseFwd } from '../validate/prefill.js';
 import { validateDecode } from '../validate/index.js';
 import { MAILBOX, type NativeAllocation, type NativeDecodeOutcome, type NativeEngine, type NativePrefillOutcome, type NativePrepared, type NativeStart } from '../addon.js';
 import { mintCudaEvent, type CudaEvent, type EventOwner } from './event.js';
@@ -523,26 +523,22 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     if (isHostTensor(plan.kv.tensor)) return plan;
     const idx = downloaded.get(plan.indices.tensor) ?? (plan.indices.tensor as HostTensor);
     const idxView = viewOf(idx, 'indices');
-    const named = new Uint8Array(plan.sKv);
-    for (let s = 0; s < plan.sQ; s++) {
-      for (let p = 0; p < plan.topk; p++) {
-        const t = idx.data[idxView.offset + s * idxView.strides[0]! + p * idxView.strides[2]!]!;
-        if (t >= 0 && t < plan.sKv) named[t] = 1;
+    const rows = namedRows(plan.sKv, (name) => {
+      for (let s = 0; s < plan.sQ; s++) {
+        for (let p = 0; p < plan.topk; p++) name(idx.data[idxView.offset + s * idxView.strides[0]! + p * idxView.strides[2]!]!);
       }
-    }
+    });
     const kv = plan.kv.tensor as DeviceTensorMeta;
     const view = plan.kv.view;
     const rowStride = view.strides[0]!;
     const rowSpan = (plan.dQK - 1) * view.strides[2]! + 1;
     const data = new Uint16Array(Math.max(extentOf(view) - view.offset, 0));
-    for (let r = 0; r < plan.sKv; r++) {
-      if (named[r] !== 1) continue;
-      let end = r;
-      while (end + 1 < plan.sKv && named[end + 1] === 1) end++;
-      const from = r * rowStride;
-      await this.engine.download(kv.address + BigInt((view.offset + from) * 2), data.subarray(from, end * rowStride + rowSpan))
+    for (let j = 0; j < rows.length; j++) {
+      const first = rows[j]!;
+      while (j + 1 < rows.length && rows[j + 1] === rows[j]! + 1) j++;
+      const from = first * rowStride;
+      await this.engine.download(kv.address + BigInt((view.offset + from) * 2), data.subarray(from, rows[j]! * rowStride + rowSpan))
         .catch((e: unknown) => this.#fail(e, new Error()));
-      r = end;
     }
     downloaded.set(plan.kv.tensor, { dtype: 'bf16', shape: view.shape, strides: view.strides, offset: 0, data });
     return validateSparseFwd(args, downloaded);

@@ -177,10 +177,10 @@ export const PREFILL_MUTATIONS: readonly PrefillMutation[] = [
   { name: 'every index invalid', expect: 'match', apply: (c, rng) => ({
     ...c.args, indices: retensor(c.args.indices, { data: new Int32Array(c.args.indices.data.length).fill(pick(rng, invalidIndexCandidates(c.args.kv.shape[0]!))) }),
   }) },
-  // Rows no used index selects may hold anything (docs/flashmla-interface.md#sparse-prefill): unwritten cache slots.
-  // On sm100 that excludes the rows its kernels load past topkLength (up to 128 positions further).
-  { name: 'non-finite kv row that is not used', expect: 'match', readsIndices: true, apply: (c, rng, arch) => {
-    const used = new Set(usedRows(c.args, arch === 'sm100' ? 128 : undefined));
+  // Rows no kernel loads may hold anything (docs/flashmla-interface.md#prefill-semantics): unwritten cache slots.
+  // Every backend refuses the rows sm100's kernels load past topkLength (up to 128 positions further).
+  { name: 'non-finite kv row that is not used', expect: 'match', readsIndices: true, apply: (c, rng) => {
+    const used = new Set(usedRows(c.args, 128));
     const free = Array.from({ length: c.args.kv.shape[0]! }, (_, t) => t).filter((t) => !used.has(t));
     return free.length === 0 ? null : { ...c.args, kv: poisonRow(c.args, pick(rng, free), rng) };
   } },

@@ -62,6 +62,8 @@ export function validateSparseFwd(args: SparseFwdArgs, downloaded?: Downloaded, 
   check(hQ === 64 || hQ === 128, 'E_UNSUPPORTED', 'q', `sparse prefill supports h_q = 64 or 128 (q.shape[1]), got ${hQ}`);
   check(hKv === 1, 'E_UNSUPPORTED', 'kv', `sparse prefill supports only MQA: kv.shape[1] must be 1, got ${hKv}`);
   check(sKv > 0, 'E_SHAPE', 'kv', 's_kv (kv.shape[0]) must be > 0');
+  // FlashMLA's params hold s_kv in an int, and int32 indices cannot reach rows past it anyway.
+  check(sKv <= INT32_MAX, 'E_UNSUPPORTED', 'kv', () => `s_kv (kv.shape[0] = ${sKv}) must be below 2^31 (FlashMLA holds it in an int)`);
   check(topk > 0 && topk % PREFILL_TOPK_MULTIPLE === 0, 'E_UNSUPPORTED', 'indices',
     `topk (indices.shape[2] = ${topk}) must be a positive multiple of ${PREFILL_TOPK_MULTIPLE}`);
   // max_logits and lse rows, and the kernels' index offsets, are int32.
@@ -126,28 +128,49 @@ function loadedPositions(plan: PrefillPlan, s: number): number {
 }
 
 /**
+ * The distinct rows in [0, s_kv) that `visit` names, ascending: a bitmap over s_kv when that is
+ * small, else the named rows sorted (s_kv may be up to 2^31 − 1 with a zero row stride, while a
+ * call names at most s_q·topk rows).
+ */
+export function namedRows(sKv: number, visit: (name: (t: number) => void) => void): Int32Array {
+  if (sKv <= BITMAP_ROWS) {
+    const seen = new Uint8Array(sKv);
+    let n = 0;
+    visit((t) => { if (t >= 0 && t < sKv && seen[t] === 0) { seen[t] = 1; n++; } });
+    const rows = new Int32Array(n);
+    for (let t = 0, j = 0; j < n; t++) if (seen[t] === 1) rows[j++] = t;
+    return rows;
+  }
+  const all: number[] = [];
+  visit((t) => { if (t >= 0 && t < sKv) all.push(t); });
+  const sorted = Int32Array.from(all).sort();
+  let n = 0;
+  for (let j = 0; j < sorted.length; j++) if (j === 0 || sorted[j] !== sorted[j - 1]) sorted[n++] = sorted[j]!;
+  return sorted.slice(0, n);
+}
+const BITMAP_ROWS = 1 << 24;
+
+/**
  * kv rows a kernel loads must be finite (a NaN or infinite key or value makes rows NaN); rows no
- * index in a loaded block selects may hold anything, as unwritten slots of a cache do. Each row is
- * checked once.
+ * index in a loaded block selects may hold anything, as unwritten slots of a cache do.
  */
 function expectUsedKvFinite(plan: PrefillPlan, downloaded: Downloaded | undefined): void {
   const kv = hostData(plan.kv, downloaded);
   const idx = hostData(plan.indices, downloaded);
   if (kv === null || idx === null || (plan.topkLength !== null && plan.lengths === null)) return;
-  const seen = new Uint8Array(plan.sKv);
   const [s0, , s2] = kv.view.strides as [number, number, number];
   const [i0, , i2] = idx.view.strides as [number, number, number];
+  const rows = namedRows(plan.sKv, (name) => {
+    for (let s = 0; s < plan.sQ; s++) {
+      const end = loadedPositions(plan, s);
+      for (let p = 0; p < end; p++) name(idx.data[idx.view.offset + s * i0 + p * i2]!);
+    }
+  });
   const data = kv.data;
-  for (let s = 0; s < plan.sQ; s++) {
-    const end = loadedPositions(plan, s);
-    for (let p = 0; p < end; p++) {
-      const t = idx.data[idx.view.offset + s * i0 + p * i2]!;
-      if (t < 0 || t >= plan.sKv || seen[t] === 1) continue;
-      seen[t] = 1;
-      const o = kv.view.offset + t * s0;
-      for (let d = 0; d < plan.dQK; d++) {
-        if ((data[o + d * s2]! & 0x7f80) === 0x7f80) throw nonFiniteError('kv', [t, 0, d]);
-      }
+  for (const t of rows) {
+    const o = kv.view.offset + t * s0;
+    for (let d = 0; d < plan.dQK; d++) {
+      if ((data[o + d * s2]! & 0x7f80) === 0x7f80) throw nonFiniteError('kv', [t, 0, d]);
     }
   }
 }

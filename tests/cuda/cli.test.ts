@@ -153,11 +153,11 @@ describe('commands', () => {
     expect(info.reason.length).toBeGreaterThan(0);
   });
 
-  test('demo --backend reference: three decode steps, all matching the oracle', async () => {
+  test('demo --backend reference: three decode steps and a prefill, all matching the oracle', async () => {
     const r = await cli(['demo', '--backend', 'reference', '--json']);
     const report = JSON.parse(r.stdout) as CompareReport & { backend: string };
     expect(report.backend).toBe('reference');
-    expect(report.results.map((c) => c.name.split(' ').slice(0, 2).join(' '))).toEqual(['dense bf16', 'sparse MODEL1', 'sparse V3.2']);
+    expect(report.results.map((c) => c.name.split(' ').slice(0, 2).join(' '))).toEqual(['dense bf16', 'sparse MODEL1', 'sparse V3.2', 'prefill s_q=4']);
     expect(report.results.every((c) => c.pass && c.ms.a! > 0 && c.ms.b! > 0)).toBe(true);
     expect(r.status).toBe(0);
   });
