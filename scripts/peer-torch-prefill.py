@@ -14,21 +14,12 @@ so torch's and BLAS's thread pools agree.
 """
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # torch.set_num_threads alone still bounds torch's own pool
-    threadpool_limits = None
-
-
-def load(d, name, dtype):
-    return torch.from_numpy(np.fromfile(os.path.join(d, name), dtype=dtype))
+from peer_timing import load, print_medians
 
 
 @torch.inference_mode()
@@ -66,21 +57,7 @@ def main():
     idx = load(d, "indices.bin", np.int32).view(meta["s_q"], meta["topk"])
     sink = load(d, "sink.bin", np.float32) if meta["sink"] else None
     fn = lambda: prefill(meta, q, kv, idx, sink)
-    ms = {}
-    for n in threads:
-        limits = threadpool_limits(limits=n) if threadpool_limits else None
-        torch.set_num_threads(n)
-        for _ in range(2):  # the first calls after a thread-count change are slow
-            fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        ms[str(n)] = statistics.median(times)
-        if limits:
-            limits.unregister()
-    print(json.dumps({"ms": ms}))
+    print_medians(fn, threads, reps, warmup=2)
 
 
 if __name__ == "__main__":

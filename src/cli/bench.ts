@@ -137,8 +137,8 @@ async function runShapes(values: OptionValues, backend: 'cuda' | 'reference', wh
     const library = str(values, 'library');
     const { shapes, note } = what === 'decode' ? flashmlaShapes(target) : prefillShapes(target);
     const rows = what === 'decode'
-      ? await measureShapes(shapes as BenchShape[], backend, threads, warmup, reps, library)
-      : await measurePrefillShapes(shapes as PrefillBenchShape[], backend, threads, warmup, reps, library);
+      ? await measureShapes(shapes as BenchShape[], DECODE_RUNNER, backend, threads, warmup, reps, library)
+      : await measureShapes(shapes as PrefillBenchShape[], PREFILL_RUNNER, backend, threads, warmup, reps, library);
     const timingNote = cuda
       ? `median of ${reps} calls after ${warmup} warm-up; time = call to resolved promise (launch, kernels, wait), inputs on the device`
       : `median of ${reps} calls after warmup() and ${warmup} warm-up call${warmup === 1 ? '' : 's'}; host tensors`;
@@ -155,43 +155,41 @@ async function runShapes(values: OptionValues, backend: 'cuda' | 'reference', wh
   }
 }
 
-/** Times every shape: once on CUDA, once per thread count on the reference. */
-async function measureShapes(shapes: BenchShape[], backend: 'cuda' | 'reference', threads: number[], warmup: number, reps: number, library: string | undefined): Promise<ShapeRow[]> {
-  const inst = backend === 'cuda' ? await FlashMLA.open({ backend: 'cuda', library }) : null;
-  if (!inst) await warmupReference({ threads: Math.max(...threads) });
-  const rows: ShapeRow[] = [];
-  try {
-    for (const shape of shapes) {
-      process.stderr.write(`${shape.name} ...\n`);
-      const inputs = shape.build();
-      if (inst) rows.push(await benchCuda(inst, shape, inputs, warmup, reps));
-      else {
-        for (const t of threads) {
-          const schedMeta = getMlaMetadata();
-          const timing = await timeCalls(() => referenceDecode({ ...inputs.args, schedMeta }, { threads: t }), warmup, reps);
-          rows.push(row(shape, inputs, 'reference', t, timing.medianMs, timing.minMs, null));
-        }
-      }
-    }
-  } finally {
-    await inst?.dispose();
-  }
-  return rows;
+/** How one kind of shape runs: its CUDA timing, and one reference call at a thread count. */
+interface ShapeRunner<S, I> {
+  build(shape: S): I;
+  cuda(inst: FlashMLA, shape: S, inputs: I, warmup: number, reps: number): Promise<ShapeRow>;
+  reference(inputs: I, threads: number): Promise<unknown>;
 }
 
-/** Times every prefill shape: once on CUDA, once per thread count on the reference (public API, backend 'reference'). */
-async function measurePrefillShapes(shapes: PrefillBenchShape[], backend: 'cuda' | 'reference', threads: number[], warmup: number, reps: number, library: string | undefined): Promise<ShapeRow[]> {
+const DECODE_RUNNER: ShapeRunner<BenchShape, BenchInputs> = {
+  build: (shape) => shape.build(),
+  cuda: benchCuda,
+  reference: (inputs, threads) => referenceDecode({ ...inputs.args, schedMeta: getMlaMetadata() }, { threads }),
+};
+
+const PREFILL_RUNNER: ShapeRunner<PrefillBenchShape, PrefillBenchInputs> = {
+  build: (shape) => shape.build(),
+  cuda: benchCudaPrefill,
+  reference: (inputs, threads) => flashMlaSparseFwd(inputs.args, { backend: 'reference', threads }),
+};
+
+/** Times every shape: once on CUDA, once per thread count on the reference. */
+async function measureShapes<S extends BenchShape | PrefillBenchShape, I extends { flops: number; bytes: number }>(
+  shapes: S[], runner: ShapeRunner<S, I>, backend: 'cuda' | 'reference', threads: number[], warmup: number, reps: number,
+  library: string | undefined,
+): Promise<ShapeRow[]> {
   const inst = backend === 'cuda' ? await FlashMLA.open({ backend: 'cuda', library }) : null;
   if (!inst) await warmupReference({ threads: Math.max(...threads) });
   const rows: ShapeRow[] = [];
   try {
     for (const shape of shapes) {
       process.stderr.write(`${shape.name} ...\n`);
-      const inputs = shape.build();
-      if (inst) rows.push(await benchCudaPrefill(inst, shape, inputs, warmup, reps));
+      const inputs = runner.build(shape);
+      if (inst) rows.push(await runner.cuda(inst, shape, inputs, warmup, reps));
       else {
         for (const t of threads) {
-          const timing = await timeCalls(() => flashMlaSparseFwd(inputs.args, { backend: 'reference', threads: t }), warmup, reps);
+          const timing = await timeCalls(() => runner.reference(inputs, t), warmup, reps);
           rows.push(row(shape, inputs, 'reference', t, timing.medianMs, timing.minMs, null));
         }
       }

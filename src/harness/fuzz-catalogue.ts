@@ -40,7 +40,15 @@ export interface Mutation {
    * once the call has settled, or right after it was issued (a planted `then` would also capture
    * the fuzzer's own promises).
    */
-  global?: { make(rng: Rng): void; undo(): void; until: 'issued' | 'settled' };
+  global?: GlobalMutation;
+}
+
+/** A global change (prototype pollution) made just before a fuzz call is issued, and its undoing. */
+export interface GlobalMutation {
+  make(rng: Rng): void;
+  undo(): void;
+  /** Undone once the call has settled, or right after it was issued. */
+  until: 'issued' | 'settled';
 }
 
 /** A decode entry point under test: the public API with a fixed backend, or an instance's method. */

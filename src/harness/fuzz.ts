@@ -10,7 +10,7 @@ import { oracleDecode } from './oracle.js';
 import { Rng } from './random.js';
 import {
   baseCase, CALL_MUTATIONS, INDEX_LIKE, MUTATIONS, presentFields, TENSOR_FIELDS, uploadFields, withMeta,
-  type Call, type CallMutation, type DecodeFn, type Expect, type FuzzDevice, type Mutation,
+  type Call, type CallMutation, type DecodeFn, type Expect, type FuzzDevice, type GlobalMutation, type Mutation,
 } from './fuzz-catalogue.js';
 
 export type { DecodeFn, FuzzDevice } from './fuzz-catalogue.js';
@@ -94,7 +94,29 @@ async function hostOutputs(args: DecodeArgs, res: DecodeResult<Tensor>, device: 
 }
 
 /** The promise's value, or 'timeout' when it does not settle within `ms`. */
-export async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
+/**
+ * Issues one fuzz call with its global mutation made just before and undone when it declares, runs
+ * what the caller does while the call runs, and awaits the answer within `bound` ms.
+ */
+export async function issueMutated(
+  global: GlobalMutation | undefined, issue: () => Promise<unknown>, during: () => void, rng: Rng, bound: number,
+): Promise<unknown> {
+  global?.make(rng);
+  let pending: Promise<unknown>;
+  try {
+    pending = issue();
+  } finally {
+    if (global?.until === 'issued') global.undo();
+  }
+  during();
+  try {
+    return await withTimeout(pending, bound);
+  } finally {
+    if (global?.until === 'settled') global.undo();
+  }
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
   let timer: NodeJS.Timeout | undefined;
   const t = new Promise<'timeout'>((resolve) => { timer = setTimeout(() => resolve('timeout'), ms); });
   try {
@@ -184,20 +206,7 @@ export async function fuzz(opts: FuzzOptions): Promise<FuzzReport> {
     const { name, expect, codes, during, global, call: { args, options, host, uploads, instead } } = prepared;
     const fail = (problem: string) => report.failures.push({ call, mutation: name, caseName: c.name, problem });
     try {
-      global?.make(rng);
-      let pending: Promise<unknown>;
-      try {
-        pending = instead !== undefined ? instead() : opts.decode(args, options);
-      } finally {
-        if (global?.until === 'issued') global.undo();
-      }
-      during?.(args, rng);
-      let answer: unknown;
-      try {
-        answer = await withTimeout(pending, bound);
-      } finally {
-        if (global?.until === 'settled') global.undo();
-      }
+      const answer = await issueMutated(global, () => (instead !== undefined ? instead() : opts.decode(args, options)), () => during?.(args, rng), rng, bound);
       if (answer === 'timeout') { fail(`no answer within ${bound} ms`); continue; }
       if (instead !== undefined) { fail('a hostile build was accepted'); continue; }
       const res = answer as DecodeResult<Tensor>;

@@ -6,7 +6,7 @@ import { DeviceTensor as DeviceTensorClass, type DeviceTensor } from '../device-
 import { extentOf, isHostTensor, viewOf, type HostTensor, type Tensor } from '../tensor.js';
 import type { CallOptions, HostSparseFwdArgs, SparseFwdArgs, SparseFwdResult } from '../types.js';
 import { SPARSE_FWD_TENSOR_KEYS } from '../validate/args.js';
-import { pick, type Expect, type FuzzDevice } from './fuzz-catalogue.js';
+import { pick, type Expect, type FuzzDevice, type GlobalMutation } from './fuzz-catalogue.js';
 import { generatePrefillCase, invalidIndexCandidates, type PrefillCase } from './prefill-cases.js';
 import type { Rng } from './random.js';
 
@@ -46,7 +46,7 @@ export interface PrefillMutation {
   /** What the caller does right after issuing the call, while it runs. */
   during?(args: SparseFwdArgs, rng: Rng): void;
   /** A global change made just before the call and undone once it settled (or right after it was issued). */
-  global?: { make(rng: Rng): void; undo(): void; until: 'issued' | 'settled' };
+  global?: GlobalMutation;
 }
 
 /** One prepared call: what is passed, its all-host equivalent (for the yardstick), device memory to free after it. */

@@ -5,7 +5,7 @@ import { FlashMLAError, type FlashMLAErrorCode } from '../errors.js';
 import type { DeviceTensor } from '../device-tensor.js';
 import { isHostTensor, type DeviceTensorMeta, type HostTensor, type Tensor } from '../tensor.js';
 import type { HostSparseFwdArgs, SparseFwdArgs, SparseFwdResult } from '../types.js';
-import { withTimeout, type FuzzReport } from './fuzz.js';
+import { issueMutated, type FuzzReport } from './fuzz.js';
 import type { FuzzDevice } from './fuzz-catalogue.js';
 import { checkIsAllclose, TOLERANCES } from './metrics.js';
 import { oraclePrefill } from './prefill-oracle.js';
@@ -157,20 +157,7 @@ export async function fuzzSparseFwd(opts: SparseFwdFuzzOptions): Promise<FuzzRep
     const { name, m: { expect, codes, names, during, global }, call: { args, options, host, uploads, instead } } = prepared!;
     const fail = (problem: string) => report.failures.push({ call, mutation: name, caseName: c.name, problem });
     try {
-      global?.make(rng);
-      let pending: Promise<unknown>;
-      try {
-        pending = instead !== undefined ? instead() : opts.sparseFwd(args, options);
-      } finally {
-        if (global?.until === 'issued') global.undo();
-      }
-      during?.(args, rng);
-      let answer: unknown;
-      try {
-        answer = await withTimeout(pending, bound);
-      } finally {
-        if (global?.until === 'settled') global.undo();
-      }
+      const answer = await issueMutated(global, () => (instead !== undefined ? instead() : opts.sparseFwd(args, options)), () => during?.(args, rng), rng, bound);
       if (answer === 'timeout') { fail(`no answer within ${bound} ms`); continue; }
       if (instead !== undefined) { fail('the call was accepted'); continue; }
       report.results++;
