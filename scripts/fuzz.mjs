@@ -52,7 +52,7 @@ if (opt.help) {
 
 /** One fuzz job in this (child) process; progress and the report go to stdout as JSON lines. */
 async function child(job) {
-  const { fuzz } = await import('../dist/harness/fuzz.js');
+  const { fuzz, fuzzDeviceOf } = await import('../dist/harness/fuzz.js');
   const { fuzzSparseFwd } = await import('../dist/harness/prefill-fuzz.js');
   const { referenceDecode } = await import('../dist/reference/index.js');
   const { flashMlaSparseFwd } = await import('../dist/api.js');
@@ -75,10 +75,7 @@ async function child(job) {
       arch: job.arch,
       sparseFwd: (args, options) => fm.flashMlaSparseFwd(args, options),
       reference: referencePrefill,
-      device: {
-        upload: (t) => fm.upload(t), download: (t) => fm.download(t), wrap: (a, m) => fm.wrap(a, m),
-        uploadElsewhere: (t) => elsewhere.upload(t),
-      },
+      device: fuzzDeviceOf(fm, elsewhere),
     });
     await elsewhere.dispose();
     await fm.dispose();
@@ -95,10 +92,7 @@ async function child(job) {
       kinds: job.arch === 'sm100' ? ['sparse'] : ['dense', 'sparse'],
       decode: (args, options) => fm.flashMlaWithKvCache(args, options),
       other: (args) => referenceDecode(args),
-      device: {
-        upload: (t) => fm.upload(t), download: (t) => fm.download(t), wrap: (a, m) => fm.wrap(a, m),
-        uploadElsewhere: (t) => elsewhere.upload(t),
-      },
+      device: fuzzDeviceOf(fm, elsewhere),
     });
     await elsewhere.dispose();
     await fm.dispose();

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FlashMLAErrorCode } from '../errors.js';
 import { DeviceTensor as DeviceTensorClass, type DeviceTensor } from '../device-tensor.js';
+import type { FlashMLA } from '../flashmla.js';
 import { getMlaMetadata } from '../sched-meta.js';
 import { extentOf, isHostTensor, viewOf, type DeviceTensorMeta, type HostTensor, type Tensor, type TensorMeta } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult, HostDecodeArgs } from '../types.js';
@@ -69,6 +70,16 @@ export interface FuzzDevice {
   wrap(address: bigint, meta: TensorMeta & { capacity?: number }): Promise<DeviceTensor>;
   /** Copies a host tensor to another device (a second instance), for mixed-device calls. */
   uploadElsewhere?: (t: HostTensor) => Promise<DeviceTensor>;
+}
+
+/** The device side of a fuzz run: `fm` is the instance under test, `elsewhere` one on another device. */
+export function fuzzDeviceOf(fm: Pick<FlashMLA, 'upload' | 'download' | 'wrap'>, elsewhere: Pick<FlashMLA, 'upload'>): FuzzDevice {
+  return {
+    upload: (t) => fm.upload(t),
+    download: (t) => fm.download(t),
+    wrap: (address, meta) => fm.wrap(address, meta),
+    uploadElsewhere: (t) => elsewhere.upload(t),
+  };
 }
 
 export const withMeta = (a: Args): DecodeArgs => ({ ...a, schedMeta: getMlaMetadata() });

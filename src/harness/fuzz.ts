@@ -13,7 +13,7 @@ import {
   type Call, type CallMutation, type DecodeFn, type Expect, type FuzzDevice, type GlobalMutation, type Mutation,
 } from './fuzz-catalogue.js';
 
-export type { DecodeFn, FuzzDevice } from './fuzz-catalogue.js';
+export { fuzzDeviceOf, type DecodeFn, type FuzzDevice } from './fuzz-catalogue.js';
 
 /** A call that did not end as its mutation requires. */
 export interface FuzzFailure {

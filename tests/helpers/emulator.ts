@@ -1,5 +1,8 @@
-// A CUDA instance on the CPU emulator of tests/emulator (sm90) for one test file: opened before its
-// tests, disposed after.
+// The CPU emulator of tests/emulator for one test file: a CUDA instance on it (sm90), opened before
+// the file's tests and disposed after; or the setup of a native fuzz file.
+import { readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
 import { FlashMLA } from '../../src/flashmla.js';
 import { buildEmulator } from '../emulator/build.mjs';
@@ -36,6 +39,47 @@ export function useEmulatedInstance(options: { exitOnStaleError?: boolean } = {}
     get library(): string {
       if (library === undefined) throw new Error('the emulator is built in beforeAll');
       return library;
+    },
+  };
+}
+
+/** The emulator build of a fuzz file and what its memory checker logged so far. */
+export interface FuzzEmulator {
+  readonly library: string;
+  /** The memory checker's and device faults' log ('' when silent). */
+  memoryLog(): string;
+}
+
+/**
+ * Registers the hooks of a native fuzz file: the emulator built, two emulated devices (mixed-device
+ * calls), FLASHMLA_EMU_EXIT=1 (a launcher reached with bad input ends the process, as FlashMLA's
+ * exit(1) does) and a fresh log of the memory checker; all undone after the file.
+ */
+export function useFuzzEmulator(name: string): FuzzEmulator {
+  const log = join(tmpdir(), `flashmla-${name}-${process.pid}.log`);
+  let library: string | undefined;
+  beforeAll(async () => {
+    library = await buildEmulator();
+    rmSync(log, { force: true });
+    process.env.FLASHMLA_EMU_LOG = log;
+    process.env.FLASHMLA_EMU_DEVICES = '2';
+    process.env.FLASHMLA_EMU_EXIT = '1';
+  });
+  afterAll(() => {
+    for (const v of ['FLASHMLA_EMU_LOG', 'FLASHMLA_EMU_DEVICES', 'FLASHMLA_EMU_EXIT', 'FLASHMLA_EMU_ARCH']) delete process.env[v];
+    rmSync(log, { force: true });
+  });
+  return {
+    get library(): string {
+      if (library === undefined) throw new Error('the emulator is built in beforeAll');
+      return library;
+    },
+    memoryLog(): string {
+      try {
+        return readFileSync(log, 'utf8');
+      } catch {
+        return '';
+      }
     },
   };
 }

@@ -4,39 +4,13 @@
 // check (docs/flashmla-interface.md#launcher-checks) — so a call that reaches a launcher with bad input ends this test process.
 // The emulator's memory checker must stay silent. A device fault is sticky for the whole process
 // (as on a GPU), so a fault in the first arch's run also fails the second one when it opens.
-import { readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FlashMLA } from '../../src/flashmla.js';
-import { fuzz, type FuzzDevice } from '../../src/harness/fuzz.js';
+import { fuzz, fuzzDeviceOf } from '../../src/harness/fuzz.js';
 import { referenceDecode } from '../../src/reference/index.js';
-import type { DeviceTensorMeta } from '../../src/tensor.js';
-import { buildEmulator } from '../emulator/build.mjs';
+import { useFuzzEmulator } from '../helpers/emulator.js';
 
-const log = join(tmpdir(), `flashmla-fuzz-native-${process.pid}.log`);
-let library: string;
-
-beforeAll(async () => {
-  library = await buildEmulator();
-  rmSync(log, { force: true });
-  process.env.FLASHMLA_EMU_LOG = log;
-  process.env.FLASHMLA_EMU_DEVICES = '2';
-  process.env.FLASHMLA_EMU_EXIT = '1';
-});
-
-afterAll(() => {
-  for (const v of ['FLASHMLA_EMU_LOG', 'FLASHMLA_EMU_DEVICES', 'FLASHMLA_EMU_EXIT', 'FLASHMLA_EMU_ARCH']) delete process.env[v];
-  rmSync(log, { force: true });
-});
-
-const memoryLog = (): string => {
-  try {
-    return readFileSync(log, 'utf8');
-  } catch {
-    return '';
-  }
-};
+const emulator = useFuzzEmulator('fuzz-native');
 
 describe.each([
   { arch: 'sm90', kinds: ['dense', 'sparse'] as const, seed: 7 },
@@ -45,23 +19,17 @@ describe.each([
 ])('native backend on an emulated $arch', ({ arch, kinds, seed }) => {
   it('seeded hostile calls end in a result matching the oracle or a FlashMLAError; the memory checker stays silent', async () => {
     process.env.FLASHMLA_EMU_ARCH = arch;
-    const fm = await FlashMLA.open({ backend: 'cuda', library, device: 0 });
-    const elsewhere = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
-    const device: FuzzDevice = {
-      upload: (t) => fm.upload(t),
-      download: (t: DeviceTensorMeta) => fm.download(t),
-      wrap: (address, meta) => fm.wrap(address, meta),
-      uploadElsewhere: (t) => elsewhere.upload(t),
-    };
+    const fm = await FlashMLA.open({ backend: 'cuda', library: emulator.library, device: 0 });
+    const elsewhere = await FlashMLA.open({ backend: 'cuda', library: emulator.library, device: 1 });
     try {
       const report = await fuzz({
         decode: (args, options) => fm.flashMlaWithKvCache(args, options),
         other: (args) => referenceDecode(args),
         openBuild: (path) => FlashMLA.open({ backend: 'cuda', library: path }),
-        device, kinds, calls: 250, seed, timeBoundMs: 20_000,
+        device: fuzzDeviceOf(fm, elsewhere), kinds, calls: 250, seed, timeBoundMs: 20_000,
       });
       expect(report.failures).toEqual([]);
-      expect(memoryLog()).toBe('');
+      expect(emulator.memoryLog()).toBe('');
       expect(report.results).toBeGreaterThan(20);
       expect(Object.keys(report.errors)).toEqual(expect.arrayContaining(['E_DISPOSED', 'E_DEVICE', 'E_RANGE', 'E_STRIDE', 'E_SCHED_META']));
     } finally {
