@@ -1,8 +1,5 @@
 // The whole native path (addon → FlashMLA build → launchers) against the CPU emulator of
 // tests/emulator, compared with the reference backend within FlashMLA's tolerances (docs/flashmla-interface.md#tolerances).
-import { readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FlashMLA } from '../../src/flashmla.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase } from '../../src/harness/cases.js';
@@ -10,30 +7,10 @@ import { DeviceTensor } from '../../src/device-tensor.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';
 import type { HostTensor, Tensor } from '../../src/tensor.js';
 import type { DecodeArgs, DecodeResult } from '../../src/types.js';
-import { buildEmulator } from '../emulator/build.mjs';
 import { expectClose, reference } from '../helpers/decode.js';
+import { useLoggedEmulator } from '../helpers/emulator.js';
 
-const log = join(tmpdir(), `flashmla-native-decode-${process.pid}.log`);
-let library: string;
-
-beforeAll(async () => {
-  library = await buildEmulator();
-  rmSync(log, { force: true });
-  process.env.FLASHMLA_EMU_LOG = log;
-});
-
-afterAll(() => {
-  delete process.env.FLASHMLA_EMU_LOG;
-  delete process.env.FLASHMLA_EMU_ARCH;
-});
-
-const memoryLog = (): string => {
-  try {
-    return readFileSync(log, 'utf8');
-  } catch {
-    return '';
-  }
-};
+const emulator = useLoggedEmulator('native-decode');
 
 async function native(fm: FlashMLA, c: DecodeCase, onDevice: boolean): Promise<DecodeResult<HostTensor>> {
   const args: DecodeArgs = { ...c.args, schedMeta: getMlaMetadata() };
@@ -63,14 +40,14 @@ async function native(fm: FlashMLA, c: DecodeCase, onDevice: boolean): Promise<D
 async function expectAgrees(fm: FlashMLA, c: DecodeCase, onDevice = false): Promise<void> {
   const got = await native(fm, c, onDevice);
   expectClose(c.kind, got, await reference(c.args));
-  expect(memoryLog()).toBe('');
+  expect(emulator.memoryLog()).toBe('');
 }
 
 describe('dense decode on an emulated sm90 device', () => {
   let fm: FlashMLA;
   beforeAll(async () => {
     process.env.FLASHMLA_EMU_ARCH = 'sm90';
-    fm = await FlashMLA.open({ backend: 'cuda', library });
+    fm = await FlashMLA.open({ backend: 'cuda', library: emulator.library });
   });
   afterAll(() => fm.dispose());
 
@@ -108,7 +85,7 @@ for (const arch of ['sm90', 'sm100'] as const) {
     let fm: FlashMLA;
     beforeAll(async () => {
       process.env.FLASHMLA_EMU_ARCH = arch;
-      fm = await FlashMLA.open({ backend: 'cuda', library });
+      fm = await FlashMLA.open({ backend: 'cuda', library: emulator.library });
     });
     afterAll(() => fm.dispose());
     sparseCases.forEach(([name, p], i) => {

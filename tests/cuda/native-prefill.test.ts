@@ -2,9 +2,6 @@
 // CPU emulator of tests/emulator, against the float64 oracle within FlashMLA's prefill tolerances
 // (docs/cuda-path.md#prefill): host and device tensors on emulated sm90 and sm100 devices, every
 // per-architecture refusal, builds without prefill launchers or kernels, validate: true, graphs.
-import { readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { flashMlaSparseFwd } from '../../src/api.js';
 import { DeviceTensor } from '../../src/device-tensor.js';
@@ -17,29 +14,13 @@ import type { HostTensor, Tensor } from '../../src/tensor.js';
 import type { HostSparseFwdArgs, SparseFwdArgs, SparseFwdResult } from '../../src/types.js';
 import { SPARSE_FWD_TENSOR_KEYS } from '../../src/validate/args.js';
 import { buildEmulator } from '../emulator/build.mjs';
+import { useLoggedEmulator } from '../helpers/emulator.js';
 
-const log = join(tmpdir(), `flashmla-native-prefill-${process.pid}.log`);
-let library: string;
-
-beforeAll(async () => {
-  library = await buildEmulator();
-  rmSync(log, { force: true });
-  process.env.FLASHMLA_EMU_LOG = log;
-});
+const emulator = useLoggedEmulator('native-prefill');
 
 afterAll(() => {
-  delete process.env.FLASHMLA_EMU_LOG;
-  delete process.env.FLASHMLA_EMU_ARCH;
   delete process.env.FLASHMLA_LIBRARY;
 });
-
-const memoryLog = (): string => {
-  try {
-    return readFileSync(log, 'utf8');
-  } catch {
-    return '';
-  }
-};
 
 const refused = async (p: Promise<unknown>, code: string, argument: string | undefined, message?: RegExp): Promise<void> => {
   const e = await p.then(() => null, (x: unknown) => x);
@@ -88,7 +69,7 @@ for (const arch of ['sm90', 'sm100'] as const) {
     let fm: FlashMLA;
     beforeAll(async () => {
       process.env.FLASHMLA_EMU_ARCH = arch;
-      fm = await FlashMLA.open({ backend: 'cuda', library });
+      fm = await FlashMLA.open({ backend: 'cuda', library: emulator.library });
     });
     afterAll(() => fm.dispose());
 
@@ -101,7 +82,7 @@ for (const arch of ['sm90', 'sm100'] as const) {
       const c = generatePrefillCase(p, 700 + n);
       it(`host tensors: ${c.name}`, async () => {
         expectOracle(c.args, await fm.flashMlaSparseFwd(c.args) as SparseFwdResult<HostTensor>);
-        expect(memoryLog()).toBe('');
+        expect(emulator.memoryLog()).toBe('');
       });
     }
 
@@ -111,7 +92,7 @@ for (const arch of ['sm90', 'sm100'] as const) {
         const { args, uploaded } = await onDevice(fm, c.args);
         expectOracle(c.args, await downloadAll(fm, await fm.flashMlaSparseFwd(args)));
         for (const t of uploaded) t.dispose();
-        expect(memoryLog()).toBe('');
+        expect(emulator.memoryLog()).toBe('');
       });
     }
 
@@ -166,7 +147,7 @@ for (const arch of ['sm90', 'sm100'] as const) {
 }
 
 describe('per-architecture refusals (FlashMLA launchers whose KU_ASSERTs would end the process)', () => {
-  const open = async (arch: 'sm90' | 'sm100', backend: 'cuda' | 'auto', lib = library) => {
+  const open = async (arch: 'sm90' | 'sm100', backend: 'cuda' | 'auto', lib = emulator.library) => {
     process.env.FLASHMLA_EMU_ARCH = arch;
     return FlashMLA.open({ backend, library: lib });
   };
@@ -211,7 +192,7 @@ describe('per-architecture refusals (FlashMLA launchers whose KU_ASSERTs would e
     expect(await verdict(result.then((r) => downloadAll(fm, r)))).toBe(onHost);
     for (const t of uploaded) t.dispose();
     await fm.dispose();
-    expect(memoryLog()).toBe('');
+    expect(emulator.memoryLog()).toBe('');
   });
 
   it('sm100: index rows must be 32-byte aligned (a device view at a 16-byte offset, or an odd row stride)', async () => {
@@ -233,7 +214,7 @@ describe('per-architecture refusals (FlashMLA launchers whose KU_ASSERTs would e
       else expectOracle(oddArgs, await fm.flashMlaSparseFwd(oddArgs) as SparseFwdResult<HostTensor>);
       await fm.dispose();
     }
-    expect(memoryLog()).toBe('');
+    expect(emulator.memoryLog()).toBe('');
   });
 });
 
@@ -275,14 +256,14 @@ describe('builds that cannot run prefill', () => {
     const auto = await FlashMLA.open({ library: noH64 });
     expectOracle(c, await auto.flashMlaSparseFwd(c) as SparseFwdResult<HostTensor>);
     await auto.dispose();
-    expect(memoryLog()).toBe('');
+    expect(emulator.memoryLog()).toBe('');
   });
 });
 
 describe('prefill in a CUDA graph', () => {
   it('device-tensor prefills are captured and replayed (reading the inputs again); host tensors and validate: true are refused', async () => {
     process.env.FLASHMLA_EMU_ARCH = 'sm90';
-    const fm = await FlashMLA.open({ backend: 'cuda', library });
+    const fm = await FlashMLA.open({ backend: 'cuda', library: emulator.library });
     const c = small({ withLength: true, sink: true }, 61);
     const { args, uploaded } = await onDevice(fm, c);
     let captured: SparseFwdResult<Tensor> | undefined;
@@ -307,7 +288,7 @@ describe('prefill in a CUDA graph', () => {
     for (const k of ['out', 'maxLogits', 'lse'] as const) (captured![k] as DeviceTensor).dispose();
     for (const t of uploaded) t.dispose();
     await fm.dispose();
-    expect(memoryLog()).toBe('');
+    expect(emulator.memoryLog()).toBe('');
   });
 });
 
@@ -315,7 +296,7 @@ describe('rows with nothing to attend', () => {
   it('all-invalid rows and ±Infinity sinks give the oracle\'s 0 / −inf / +inf on both architectures', async () => {
     for (const arch of ['sm90', 'sm100'] as const) {
       process.env.FLASHMLA_EMU_ARCH = arch;
-      const fm = await FlashMLA.open({ backend: 'cuda', library });
+      const fm = await FlashMLA.open({ backend: 'cuda', library: emulator.library });
       const c = generatePrefillCase({ sQ: 8, sKv: 64, topk: 128, hQ: 64, dQK: 512, sink: true, withLength: true, allInvalid: true }, 71).args;
       const got = await fm.flashMlaSparseFwd(c) as SparseFwdResult<HostTensor>;
       expectOracle(c, got);

@@ -43,27 +43,38 @@ export function useEmulatedInstance(options: { exitOnStaleError?: boolean } = {}
   };
 }
 
-/** The emulator build of a fuzz file and what its memory checker logged so far. */
-export interface FuzzEmulator {
+/** The emulator build of a test file and what its memory checker logged so far. */
+export interface LoggedEmulator {
   readonly library: string;
   /** The memory checker's and device faults' log ('' when silent). */
   memoryLog(): string;
 }
 
+/** How a file's emulator runs: see {@link useLoggedEmulator}. */
+export interface LoggedEmulatorOptions {
+  /** FLASHMLA_EMU_ARCH from the start (default: the emulator's, sm90). */
+  arch?: 'sm90' | 'sm100';
+  /** Two emulated devices, for mixed-device calls (default: one). */
+  twoDevices?: boolean;
+  /** FLASHMLA_EMU_EXIT=1: a launcher reached with bad input ends the process, as FlashMLA's exit(1) does (default: off). */
+  exitOnBadLaunch?: boolean;
+}
+
 /**
- * Registers the hooks of a native fuzz file: the emulator built, two emulated devices (mixed-device
- * calls), FLASHMLA_EMU_EXIT=1 (a launcher reached with bad input ends the process, as FlashMLA's
- * exit(1) does) and a fresh log of the memory checker; all undone after the file.
+ * Registers the hooks of a file that checks the emulator's memory checker: the emulator built, a
+ * fresh log, the options' environment; all undone after the file (FLASHMLA_EMU_ARCH too, which
+ * tests may set).
  */
-export function useFuzzEmulator(name: string): FuzzEmulator {
+export function useLoggedEmulator(name: string, options: LoggedEmulatorOptions = {}): LoggedEmulator {
   const log = join(tmpdir(), `flashmla-${name}-${process.pid}.log`);
   let library: string | undefined;
   beforeAll(async () => {
     library = await buildEmulator();
     rmSync(log, { force: true });
     process.env.FLASHMLA_EMU_LOG = log;
-    process.env.FLASHMLA_EMU_DEVICES = '2';
-    process.env.FLASHMLA_EMU_EXIT = '1';
+    if (options.arch !== undefined) process.env.FLASHMLA_EMU_ARCH = options.arch;
+    if (options.twoDevices === true) process.env.FLASHMLA_EMU_DEVICES = '2';
+    if (options.exitOnBadLaunch === true) process.env.FLASHMLA_EMU_EXIT = '1';
   });
   afterAll(() => {
     for (const v of ['FLASHMLA_EMU_LOG', 'FLASHMLA_EMU_DEVICES', 'FLASHMLA_EMU_EXIT', 'FLASHMLA_EMU_ARCH']) delete process.env[v];

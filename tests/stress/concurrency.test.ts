@@ -2,7 +2,7 @@
 // threads each with their own instance — give results bitwise identical to the same calls made
 // one by one, on the native path (the CPU emulator of tests/emulator as the FlashMLA build) and on
 // the reference backend.
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -12,9 +12,9 @@ import { FlashMLA } from '../../src/flashmla.js';
 import { generateDenseCase, generateSparseCase, type DecodeCase, type DenseCaseParams, type SparseCaseParams } from '../../src/harness/cases.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';
 import { sourceExecArgv } from '../helpers/ts-worker.js';
+import { useLoggedEmulator } from '../helpers/emulator.js';
 import { isHostTensor, type HostTensor, type Tensor } from '../../src/tensor.js';
 import type { DecodeArgs } from '../../src/types.js';
-import { buildEmulator } from '../emulator/build.mjs';
 
 type Spec = { kind: 'dense'; params: DenseCaseParams; seed: number } | { kind: 'sparse'; params: SparseCaseParams; seed: number };
 
@@ -33,24 +33,11 @@ const FIELDS = ['q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSin
 type Bits = [Uint8Array, Uint8Array];
 const bitsOf = (t: HostTensor): Uint8Array => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength).slice();
 
-const log = join(tmpdir(), `flashmla-concurrency-${process.pid}.log`);
+const emulator = useLoggedEmulator('concurrency', { arch: 'sm90' });
 const workerFile = join(tmpdir(), `flashmla-concurrency-worker-${process.pid}.mjs`);
-let library: string;
 
-beforeAll(async () => {
-  library = await buildEmulator();
-  rmSync(log, { force: true });
-  process.env.FLASHMLA_EMU_ARCH = 'sm90';
-  process.env.FLASHMLA_EMU_LOG = log;
-  writeFileSync(workerFile, WORKER);
-});
-
-afterAll(() => {
-  delete process.env.FLASHMLA_EMU_ARCH;
-  delete process.env.FLASHMLA_EMU_LOG;
-  rmSync(log, { force: true });
-  rmSync(workerFile, { force: true });
-});
+beforeAll(() => writeFileSync(workerFile, WORKER));
+afterAll(() => rmSync(workerFile, { force: true }));
 
 async function run(fm: FlashMLA, c: DecodeCase, onDevice: boolean): Promise<Bits> {
   let args: DecodeArgs = { ...c.args, schedMeta: getMlaMetadata() };
@@ -141,18 +128,10 @@ function inWorkers(count: number, open: Record<string, unknown>, rounds: number)
   }))).finally(() => Promise.all(workers.map((w) => w.terminate())));
 }
 
-const memoryLog = (): string => {
-  try {
-    return readFileSync(log, 'utf8');
-  } catch {
-    return '';
-  }
-};
-
 describe.each(['cuda', 'reference'] as const)('%s backend', (backend) => {
   let fm: FlashMLA;
   let want: Bits[];
-  const open = () => FlashMLA.open(backend === 'cuda' ? { backend, library } : { backend });
+  const open = () => FlashMLA.open(backend === 'cuda' ? { backend, library: emulator.library } : { backend });
 
   beforeAll(async () => {
     fm = await open();
@@ -161,7 +140,7 @@ describe.each(['cuda', 'reference'] as const)('%s backend', (backend) => {
 
   afterAll(async () => {
     await fm.dispose();
-    expect(memoryLog()).toBe('');
+    expect(emulator.memoryLog()).toBe('');
   });
 
   it('Promises on one instance (host and device-resident inputs, interleaved) match the calls made one by one', async () => {
@@ -187,7 +166,7 @@ describe.each(['cuda', 'reference'] as const)('%s backend', (backend) => {
 
   it('worker threads, each with its own instance and calls in flight, match the calls made one by one', async () => {
     const rounds = 2;
-    const openOptions = backend === 'cuda' ? { backend, library } : { backend };
+    const openOptions = backend === 'cuda' ? { backend, library: emulator.library } : { backend };
     const got = await inWorkers(3, openOptions, rounds);
     got.forEach((g, k) => {
       for (let r = 0; r < rounds; r++) expectSame(g.slice(r * CASES.length, (r + 1) * CASES.length), want, `worker ${k} round ${r}`);

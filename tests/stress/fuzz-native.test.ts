@@ -8,9 +8,9 @@ import { describe, expect, it } from 'vitest';
 import { FlashMLA } from '../../src/flashmla.js';
 import { fuzz, fuzzDeviceOf } from '../../src/harness/fuzz.js';
 import { referenceDecode } from '../../src/reference/index.js';
-import { useFuzzEmulator } from '../helpers/emulator.js';
+import { useLoggedEmulator } from '../helpers/emulator.js';
 
-const emulator = useFuzzEmulator('fuzz-native');
+const emulator = useLoggedEmulator('fuzz-native', { twoDevices: true, exitOnBadLaunch: true });
 
 describe.each([
   { arch: 'sm90', kinds: ['dense', 'sparse'] as const, seed: 7 },

@@ -8,9 +8,9 @@ import { flashMlaSparseFwd } from '../../src/api.js';
 import { FlashMLA } from '../../src/flashmla.js';
 import { fuzzDeviceOf } from '../../src/harness/fuzz.js';
 import { fuzzSparseFwd } from '../../src/harness/prefill-fuzz.js';
-import { useFuzzEmulator } from '../helpers/emulator.js';
+import { useLoggedEmulator } from '../helpers/emulator.js';
 
-const emulator = useFuzzEmulator('fuzz-prefill-native');
+const emulator = useLoggedEmulator('fuzz-prefill-native', { twoDevices: true, exitOnBadLaunch: true });
 
 describe.each([{ arch: 'sm90', seed: 21 }, { arch: 'sm100', seed: 22 }] as const)('sparse prefill on an emulated $arch', ({ arch, seed }) => {
   it('seeded hostile calls end in a result matching the oracle or the declared FlashMLAError; the memory checker stays silent', async () => {
