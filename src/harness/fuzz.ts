@@ -95,6 +95,31 @@ async function hostOutputs(args: DecodeArgs, res: DecodeResult<Tensor>, device: 
 
 /** The promise's value, or 'timeout' when it does not settle within `ms`. */
 /**
+ * Judges what a fuzz call threw, counting FlashMLAErrors by code in `report`: a valid call must not
+ * be refused; hostile input must be refused before any launcher runs (an error the device or a
+ * launcher reported, or a broken invariant, fails even a malformed call); a malformed input's error
+ * carries a code it declares and, when it declares them, names one of its arguments (`names`:
+ * the argument itself or a part of it, `q.data`, `indices[3]`); anything but a FlashMLAError fails.
+ */
+export function judgeThrown(
+  e: unknown, m: { expect: Expect; codes?: readonly string[]; names?: readonly (string | undefined)[] }, report: FuzzReport, fail: (problem: string) => void,
+): void {
+  if (!(e instanceof FlashMLAError)) {
+    fail(`threw a non-FlashMLAError: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`);
+    return;
+  }
+  report.errors[e.code] = (report.errors[e.code] ?? 0) + 1;
+  if (m.expect === 'match') fail(`valid call rejected: ${e.code} ${e.message}`);
+  else if (e.code === 'E_CUDA' || e.code === 'E_INTERNAL' || e.code === 'E_DEVICE_LOST') fail(`reached the device: ${e.code} ${e.message}`);
+  else if (m.codes !== undefined && !m.codes.includes(e.code)) fail(`wrong error code ${e.code} (expected ${m.codes.join(' or ')}): ${e.message}`);
+  else if (m.names !== undefined && !namesDeclared(e.argument, m.names)) fail(`error names '${String(e.argument)}' (expected ${m.names.map(String).join(' or ')}): ${e.message}`);
+}
+
+function namesDeclared(argument: string | undefined, names: readonly (string | undefined)[]): boolean {
+  return names.some((n) => n === argument || (n !== undefined && argument !== undefined && (argument.startsWith(`${n}.`) || argument.startsWith(`${n}[`))));
+}
+
+/**
  * Issues one fuzz call with its global mutation made just before and undone when it declares, runs
  * what the caller does while the call runs, and awaits the answer within `bound` ms.
  */
@@ -222,17 +247,7 @@ export async function fuzz(opts: FuzzOptions): Promise<FuzzReport> {
       const l = checkIsAllclose('lse', got.lse, want.lse, tol[1]!);
       if (!o.pass || !l.pass) fail(`differs from the oracle: ${o.reason || l.reason}`);
     } catch (e) {
-      if (e instanceof FlashMLAError) {
-        report.errors[e.code] = (report.errors[e.code] ?? 0) + 1;
-        if (expect === 'match') fail(`valid call rejected: ${e.code} ${e.message}`);
-        // Hostile input must be rejected before any launcher runs: an error the device or a
-        // launcher reported, or a broken invariant, is a failure even for a malformed call.
-        else if (e.code === 'E_CUDA' || e.code === 'E_INTERNAL' || e.code === 'E_DEVICE_LOST') fail(`reached the device: ${e.code} ${e.message}`);
-        // Each malformed input names what is wrong with it: the code must be one it declares.
-        else if (codes !== undefined && !codes.includes(e.code)) fail(`wrong error code ${e.code} (expected ${codes.join(' or ')}): ${e.message}`);
-      } else {
-        fail(`threw a non-FlashMLAError: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`);
-      }
+      judgeThrown(e, { expect, codes }, report, fail);
     } finally {
       for (const u of uploads) u.dispose();
       opts.onProgress?.(call + 1, report);

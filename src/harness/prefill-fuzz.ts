@@ -1,11 +1,10 @@
 // The sparse prefill fuzzer's runner: picks a tiny base case and a mutation family
 // (prefill-fuzz-catalogue.ts) per call, runs it with a time bound, and judges the outcome against
 // what the family declares (the decode fuzzer's counterpart, fuzz.ts).
-import { FlashMLAError, type FlashMLAErrorCode } from '../errors.js';
 import type { DeviceTensor } from '../device-tensor.js';
 import { isHostTensor, type DeviceTensorMeta, type HostTensor, type Tensor } from '../tensor.js';
 import type { HostSparseFwdArgs, SparseFwdArgs, SparseFwdResult } from '../types.js';
-import { issueMutated, type FuzzReport } from './fuzz.js';
+import { issueMutated, judgeThrown, type FuzzReport } from './fuzz.js';
 import type { FuzzDevice } from './fuzz-catalogue.js';
 import { checkIsAllclose, TOLERANCES } from './metrics.js';
 import { oraclePrefill } from './prefill-oracle.js';
@@ -126,11 +125,6 @@ async function hostOutputs(args: SparseFwdArgs, res: SparseFwdResult<Tensor>, de
   }
 }
 
-/** Whether a FlashMLAError's `argument` is one the mutation declares (or a member of one: 'q.shape', 'q[3]'). */
-function namesDeclared(argument: string | undefined, names: readonly (string | undefined)[]): boolean {
-  return names.some((n) => n === argument || (n !== undefined && argument !== undefined && (argument.startsWith(`${n}.`) || argument.startsWith(`${n}[`))));
-}
-
 /**
  * Seeded fuzzing of a `flashMlaSparseFwd` entry point with malformed and valid-but-extreme calls.
  * Every call must end in a FlashMLAError with a declared code naming a declared argument
@@ -174,16 +168,7 @@ export async function fuzzSparseFwd(opts: SparseFwdFuzzOptions): Promise<FuzzRep
       ].filter((v) => !v.pass);
       if (verdicts.length > 0) fail(`differs from the yardstick: ${verdicts.map((v) => `${v.name}: ${v.reason}`).join('; ')}`);
     } catch (e) {
-      if (e instanceof FlashMLAError) {
-        report.errors[e.code as FlashMLAErrorCode] = (report.errors[e.code] ?? 0) + 1;
-        if (expect === 'match') fail(`valid call rejected: ${e.code} ${e.message}`);
-        // Hostile input must be rejected before any launcher runs.
-        else if (e.code === 'E_CUDA' || e.code === 'E_INTERNAL' || e.code === 'E_DEVICE_LOST') fail(`reached the device: ${e.code} ${e.message}`);
-        else if (codes !== undefined && !codes.includes(e.code)) fail(`wrong error code ${e.code} (expected ${codes.join(' or ')}): ${e.message}`);
-        else if (names !== undefined && !namesDeclared(e.argument, names)) fail(`error names '${String(e.argument)}' (expected ${names.map(String).join(' or ')}): ${e.message}`);
-      } else {
-        fail(`threw a non-FlashMLAError: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`);
-      }
+      judgeThrown(e, { expect, codes, names }, report, fail);
     } finally {
       for (const u of uploads) u.dispose();
       opts.onProgress?.(call + 1, report);

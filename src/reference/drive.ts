@@ -4,9 +4,9 @@
  * item's partial goes, in item order, to the caller's `absorb` (docs/reference-backend.md#native-runner).
  */
 import { availableParallelism } from 'node:os';
-import { check } from '../errors.js';
+import { check, FlashMLAError } from '../errors.js';
 import type { Bound } from '../plan.js';
-import { extentOf, isHostTensor } from '../tensor.js';
+import { extentOf, isHostTensor, type HostTensor } from '../tensor.js';
 import { liveLength } from '../validate/args.js';
 import { backLimit, claimBack, closeClaims, frontClaims, MAX_WAVE_ITEMS, openClaims } from './claim.js';
 import { ITEM, itemRows, planFlops, runItem, type ItemPlan } from './items.js';
@@ -229,4 +229,21 @@ export async function runItems(plan: ItemPlan, items: Int32Array, setup: CallSet
       mergeDone();
     }
   });
+}
+
+/** The reference computes on host memory: a device tensor among a call's inputs is refused, by name. */
+export function expectHostInputs(inputs: readonly (readonly [string, Bound | null | undefined])[]): void {
+  for (const [name, b] of inputs) {
+    if (b && !isHostTensor(b.tensor)) {
+      throw new FlashMLAError('E_DEVICE', `${name} is a device tensor; the reference backend takes host tensors (download it first)`, name);
+    }
+  }
+}
+
+/** attnSink per head, read once (before any wait), or null without a sink. */
+export function sinkValues(attnSink: Bound | null, hQ: number): Float32Array | null {
+  if (!attnSink) return null;
+  const t = attnSink.tensor as HostTensor<'fp32'>;
+  const v = attnSink.view;
+  return Float32Array.from({ length: hQ }, (_, h) => t.data[v.offset + h * v.strides[0]!]!);
 }

@@ -1,10 +1,9 @@
-import { isHostTensor, type HostTensor, type Tensor } from '../tensor.js';
-import { FlashMLAError } from '../errors.js';
-import type { DecodePlan, SparsePlan } from '../plan.js';
+import type { HostTensor } from '../tensor.js';
+import type { Bound, DecodePlan } from '../plan.js';
 import type { CallOptions, DecodeArgs, DecodeResult } from '../types.js';
 import { readDecodeArgs, readDecodeOptions } from '../validate/args.js';
 import { validateDecode } from '../validate/index.js';
-import { resolveThreads, runItems, runnerWave, setupCall, slotFloats, type ReferenceOptions } from './drive.js';
+import { expectHostInputs, resolveThreads, runItems, runnerWave, setupCall, sinkValues, slotFloats, type ReferenceOptions } from './drive.js';
 import { allocateOutputs, writeRows, type RowPlaces } from './finalize.js';
 import { groupFolder, ITEM, itemRows, workItems } from './items.js';
 import { resolveTier } from './kernels.js';
@@ -15,31 +14,13 @@ import { nativeRunner, runFinishing } from './runner.js';
 export { resolveTier, TIER_ENV, TIERS, tierAvailable, tierUnavailable, type Tier } from './kernels.js';
 export { MAX_THREADS, PARALLEL_MIN_FLOPS, resolveThreads, type ReferenceOptions } from './drive.js';
 
-function requireHost(plan: DecodePlan): void {
-  const tensors: [Tensor, string][] = [[plan.q.tensor, 'q']];
-  if (plan.kind === 'dense') {
-    tensors.push([plan.kCache.tensor, 'kCache'], [plan.blockTable.tensor, 'blockTable'], [plan.cacheSeqlens.tensor, 'cacheSeqlens']);
-  } else {
-    tensors.push([plan.main.cache.tensor, 'kCache'], [plan.main.indices.tensor, 'indices']);
-    if (plan.main.topkLength) tensors.push([plan.main.topkLength.tensor, 'topkLength']);
-    if (plan.attnSink) tensors.push([plan.attnSink.tensor, 'attnSink']);
-    if (plan.extra) {
-      tensors.push([plan.extra.cache.tensor, 'extraKCache'], [plan.extra.indices.tensor, 'extraIndicesInKvcache']);
-      if (plan.extra.topkLength) tensors.push([plan.extra.topkLength.tensor, 'extraTopkLength']);
-    }
-  }
-  for (const [t, name] of tensors) {
-    if (!isHostTensor(t)) {
-      throw new FlashMLAError('E_DEVICE', `${name} is a device tensor; the reference backend takes host tensors (download it first)`, name);
-    }
-  }
-}
-
-function sinkValues(plan: SparsePlan): Float32Array | null {
-  if (!plan.attnSink) return null;
-  const t = plan.attnSink.tensor as HostTensor<'fp32'>;
-  const v = plan.attnSink.view;
-  return Float32Array.from({ length: plan.hQ }, (_, h) => t.data[v.offset + h * v.strides[0]!]!);
+/** A call's inputs by name, for the host-tensor check. */
+function inputsOf(plan: DecodePlan): [string, Bound | null][] {
+  if (plan.kind === 'dense') return [['q', plan.q], ['kCache', plan.kCache], ['blockTable', plan.blockTable], ['cacheSeqlens', plan.cacheSeqlens]];
+  return [
+    ['q', plan.q], ['kCache', plan.main.cache], ['indices', plan.main.indices], ['topkLength', plan.main.topkLength], ['attnSink', plan.attnSink],
+    ['extraKCache', plan.extra?.cache ?? null], ['extraIndicesInKvcache', plan.extra?.indices ?? null], ['extraTopkLength', plan.extra?.topkLength ?? null],
+  ];
 }
 
 /**
@@ -50,7 +31,7 @@ function sinkValues(plan: SparsePlan): Float32Array | null {
  */
 export function merger(plan: DecodePlan, items: Int32Array, res: DecodeResult<HostTensor>): (j: number, p: Partial) => void {
   const rows = itemRows(plan);
-  const sinks = plan.kind === 'sparse' ? sinkValues(plan) : null;
+  const sinks = plan.kind === 'sparse' ? sinkValues(plan.attnSink, plan.hQ) : null;
   const hpk = plan.kind === 'dense' ? plan.hQ / plan.hK : 1;
   const places: RowPlaces = { i: 0, s: new Int32Array(rows), h: new Int32Array(rows), sink: sinks };
   const factors = new Float64Array(rows);
@@ -78,7 +59,7 @@ export async function runReference(plan: DecodePlan, opts: ReferenceOptions = {}
 }
 
 async function runPlan(plan: DecodePlan, opts: ReferenceOptions): Promise<DecodeResult<HostTensor>> {
-  requireHost(plan);
+  expectHostInputs(inputsOf(plan));
   const setup = setupCall(plan, opts);
   const res = allocateOutputs(plan);
   const items = workItems(plan);

@@ -1,10 +1,9 @@
-import { FlashMLAError } from '../errors.js';
 import type { PrefillPlan } from '../plan.js';
-import { isHostTensor, type HostTensor } from '../tensor.js';
+import type { HostTensor } from '../tensor.js';
 import type { CallOptions, SparseFwdArgs, SparseFwdResult } from '../types.js';
 import { readDecodeOptions, readSparseFwdArgs } from '../validate/args.js';
 import { validateSparseFwd } from '../validate/prefill.js';
-import { resolveThreads, runItems, setupCall, type ReferenceOptions } from './drive.js';
+import { expectHostInputs, resolveThreads, runItems, setupCall, sinkValues, type ReferenceOptions } from './drive.js';
 import { allocatePrefillOutputs, writePrefillRows } from './finalize.js';
 import { groupFolder, ITEM, workItems } from './items.js';
 import { resolveTier } from './kernels.js';
@@ -35,28 +34,12 @@ export async function referenceSparseFwd(
   }
 }
 
-function requireHost(plan: PrefillPlan): void {
-  for (const [name, b] of [['q', plan.q], ['kv', plan.kv], ['indices', plan.indices], ['attnSink', plan.attnSink], ['topkLength', plan.topkLength]] as const) {
-    if (b && !isHostTensor(b.tensor)) {
-      throw new FlashMLAError('E_DEVICE', `${name} is a device tensor; the reference backend takes host tensors (download it first)`, name);
-    }
-  }
-}
-
-/** attnSink per head (read once, before any wait), or null. */
-function sinkValues(plan: PrefillPlan): Float32Array | null {
-  if (!plan.attnSink) return null;
-  const t = plan.attnSink.tensor as HostTensor<'fp32'>;
-  const v = plan.attnSink.view;
-  return Float32Array.from({ length: plan.hQ }, (_, h) => t.data[v.offset + h * v.strides[0]!]!);
-}
-
 async function runPrefill(plan: PrefillPlan, opts: ReferenceOptions): Promise<SparseFwdResult<HostTensor>> {
-  requireHost(plan);
+  expectHostInputs([['q', plan.q], ['kv', plan.kv], ['indices', plan.indices], ['attnSink', plan.attnSink], ['topkLength', plan.topkLength]]);
   const setup = setupCall(plan, opts);
   const res = allocatePrefillOutputs(plan);
   const items = workItems(plan);
-  const sinks = sinkValues(plan);
+  const sinks = sinkValues(plan.attnSink, plan.hQ);
   const factors = new Float64Array(plan.hQ);
   const bases = new Float64Array(plan.hQ);
   const absorb = groupFolder(items, plan.hQ, plan.dV, (j, acc) => writePrefillRows(res, items[ITEM * j + 1]!, acc, sinks, factors, bases));
