@@ -16,9 +16,10 @@ import { partialIn } from '../../src/reference/partial.js';
 import { forgetQ } from '../../src/reference/qmemo.js';
 import { nativeRunner, runItemsNative } from '../../src/reference/runner.js';
 import { referenceSparseFwd } from '../../src/reference/prefill.js';
-import type { HostTensor, Tensor } from '../../src/tensor.js';
+import type { HostTensor } from '../../src/tensor.js';
 import type { HostSparseFwdArgs, SparseFwdResult } from '../../src/types.js';
 import { validateSparseFwd } from '../../src/validate/prefill.js';
+import { shared } from '../helpers/shared.js';
 
 type Result = SparseFwdResult<HostTensor>;
 
@@ -42,19 +43,6 @@ function grid(): NonNullable<typeof gridMemo> {
 const same = (a: Result, b: Result): boolean =>
   (['out', 'maxLogits', 'lse'] as const).every((k) => Buffer.from(a[k].data.buffer, a[k].data.byteOffset, a[k].data.byteLength)
     .equals(Buffer.from(b[k].data.buffer, b[k].data.byteOffset, b[k].data.byteLength)));
-
-/** The same arguments with every host tensor in a SharedArrayBuffer (the workers' zero-copy path). */
-function shared(args: HostSparseFwdArgs): HostSparseFwdArgs {
-  const out: Record<string, unknown> = { ...args };
-  for (const [name, v] of Object.entries(args)) {
-    const t = v as HostTensor | null;
-    if (!t || typeof t !== 'object' || !('data' in t)) continue;
-    const data = new (t.data.constructor as new (b: SharedArrayBuffer) => HostTensor['data'])(new SharedArrayBuffer(t.data.byteLength));
-    data.set(t.data as never);
-    out[name] = { ...t, data } as Tensor;
-  }
-  return out as HostSparseFwdArgs;
-}
 
 const available = TIERS.filter(tierAvailable);
 

@@ -9,13 +9,13 @@ import { oracleDecode } from '../../src/harness/oracle.js';
 import { PARALLEL_MIN_FLOPS, referenceDecode } from '../../src/reference/index.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';
 import type { DecodeArgs } from '../../src/types.js';
-import type { HostTensor, Tensor } from '../../src/tensor.js';
 import { f32ToBf16 } from '../../src/formats/bf16.js';
 import { validateDecode } from '../../src/validate/index.js';
 import { encodeRows } from '../../src/reference/finalize.js';
 import { ITEM, MAX_CHUNK, MIN_CHUNK, workItems } from '../../src/reference/items.js';
 import { mergeIntoJs, partialIn, type Partial } from '../../src/reference/partial.js';
 import { nativeTileApi, type CpuTileApi } from '../../src/reference/tile-native.js';
+import { shared } from '../helpers/shared.js';
 
 const cases: DecodeCase[] = [
   generateDenseCase({ b: 3, sQ: 2, sK: 2500, hQ: 16, hK: 1, varlen: true, causal: true }, 11),
@@ -25,19 +25,6 @@ const cases: DecodeCase[] = [
   generateSparseCase({ b: 2, sQ: 1, hQ: 64, dQK: 512, main: { sK: 2000, topk: 1024, blockSize: 61, withLength: true },
     extra: { sK: 700, topk: 512, blockSize: 2 }, sink: true }, 14),
 ];
-
-/** The same arguments with every host tensor copied into a SharedArrayBuffer (the zero-copy path). */
-function shared(args: DecodeCase['args']): DecodeCase['args'] {
-  const out: Record<string, unknown> = { ...args };
-  for (const [name, v] of Object.entries(args)) {
-    const t = v as HostTensor | null;
-    if (!t || typeof t !== 'object' || !('data' in t)) continue;
-    const data = new (t.data.constructor as new (b: SharedArrayBuffer) => HostTensor['data'])(new SharedArrayBuffer(t.data.byteLength));
-    data.set(t.data as never);
-    out[name] = { ...t, data } as Tensor;
-  }
-  return out as DecodeCase['args'];
-}
 
 const run = (args: DecodeCase['args'], threads: number) =>
   referenceDecode({ ...args, schedMeta: getMlaMetadata() } as DecodeArgs, { threads });
