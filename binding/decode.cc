@@ -284,7 +284,8 @@ void launchCombine(const DeviceContext& ctx, const DecodeRequest& r, const Decod
 // out_raw[b, k, s·hpk + j] and lse[b, k·hpk + j, s] = lse_raw[b, k·q_seq_per_hk + s·hpk + j], as
 // device-to-device copies on the stream (the lse transposition as strided 2-D copies: the addon has
 // no kernels of its own, and nothing here waits for the device); then the downloads of host-bound
-// outputs.
+// outputs. Only dense calls with h_k > 1 need either: with one kv head the kernels' lse is returned as
+// a view (src/cuda/host-layer.ts lseStrides, docs/cuda-path.md#output-layouts).
 void finishOutputs(DeviceContext& ctx, const DecodeRequest& r, const WorkspaceLayout& w, uint8_t* ws, uint8_t* out, uint8_t* lse,
                    const DecodeBuffers& d) {
   const CudaApi& cuda = ctx.cuda();

@@ -8,7 +8,7 @@
 // host inputs and on the reference backend (which computes) are printed for scale.
 //
 //   npm run build            # compiles src/ to dist/ (tsc)
-//   node scripts/bench-native-overhead.mjs [steps]     # steps of 61 calls (default 50)
+//   node scripts/bench-native-overhead.mjs [steps]     # steps of 61 calls per case (default 200)
 import { performance } from 'node:perf_hooks';
 
 process.env.FLASHMLA_EMU_MODE = 'noop';
@@ -25,7 +25,7 @@ const { MAILBOX } = await import('../dist/addon.js');
 const { buildEmulator } = await import('../tests/emulator/build.mjs');
 
 const LAYERS = 61;
-const steps = Number(process.argv[2] ?? 50);
+const steps = Number(process.argv[2] ?? 200);
 const library = await buildEmulator();
 const fm = await FlashMLA.open({ backend: 'cuda', library });
 const reference = await FlashMLA.open({ backend: 'reference' });
@@ -38,19 +38,18 @@ const stats = (xs) => {
 const fmt = (x) => (x >= 1000 ? `${(x / 1000).toFixed(2)} ms` : `${x.toFixed(1)} µs`);
 const fmtStats = (s) => `${fmt(s.median)} [${fmt(s.p10)}, ${fmt(s.p90)}]`;
 
-/** Single-call wall times (µs) of `steps` steps of 61 calls, each step with a fresh sched meta. */
-async function timeSteps(n, call) {
+/** Appends to `into` the single-call wall times (µs) of `n` steps of 61 calls, each step with a fresh sched meta. */
+async function timeSteps(n, call, into = []) {
   for (let i = 0; i < 3; i++) for (let l = 0; l < LAYERS; l++) await call(getMlaMetadata()); // warm-up
-  const t = [];
   for (let s = 0; s < n; s++) {
     const meta = getMlaMetadata();
     for (let l = 0; l < LAYERS; l++) {
       const t0 = performance.now();
       await call(meta);
-      t.push((performance.now() - t0) * 1000);
+      into.push((performance.now() - t0) * 1000);
     }
   }
-  return stats(t);
+  return into;
 }
 
 /** µs per run of `fn`: the median over batches of 100 runs (robust to other processes taking the CPU). */
@@ -86,26 +85,38 @@ const ids = new Map((await import('../dist/addon.js')).loadAddon().addon.launche
 
 console.log(`native host time per decode call (emulator ${process.env.FLASHMLA_EMU_ARCH}, FLASHMLA_EMU_MODE=noop), ${steps} steps × ${LAYERS} calls, one sched meta per step`);
 console.log('case | new outputs: median [p10, p90] | preallocated outputs: median [p10, p90]');
-const breakdowns = [];
-const replays = [];
+// The cases take turns, ROUNDS times, so that a burst of load from elsewhere on the machine lands on
+// all of them alike rather than on whichever case ran at the time.
+const ROUNDS = 10;
+const runs = [];
 for (const c of cases) {
   const dev = await onDevice(c.args);
-  const fresh = await timeSteps(steps, async (schedMeta) => {
-    const r = await fm.flashMlaWithKvCache({ ...dev, schedMeta });
-    r.out.dispose();
-    r.lse.dispose();
-  });
   const first = await fm.flashMlaWithKvCache({ ...dev, schedMeta: getMlaMetadata() });
-  const given = { out: first.out, lse: first.lse };
-  const pre = await timeSteps(steps, (schedMeta) => fm.flashMlaWithKvCache({ ...dev, schedMeta }, given));
-  console.log(`${c.name} | ${fmtStats(fresh)} | ${fmtStats(pre)}`);
+  runs.push({ c, dev, given: { out: first.out, lse: first.lse }, fresh: [], pre: [] });
+}
+for (let round = 0; round < ROUNDS; round++) {
+  for (const r of runs) {
+    const n = Math.ceil(steps / ROUNDS);
+    await timeSteps(n, async (schedMeta) => {
+      const out = await fm.flashMlaWithKvCache({ ...r.dev, schedMeta });
+      out.out.dispose();
+      out.lse.dispose();
+    }, r.fresh);
+    await timeSteps(n, (schedMeta) => fm.flashMlaWithKvCache({ ...r.dev, schedMeta }, r.given), r.pre);
+  }
+}
+for (const r of runs) console.log(`${r.c.name} | ${fmtStats(stats(r.fresh))} | ${fmtStats(stats(r.pre))}`);
 
+const breakdowns = [];
+const replays = [];
+for (const { c, dev, given, pre: preTimes } of runs) {
+  const pre = stats(preTimes);
   // One step of 61 calls captured as a CUDA graph (docs/cuda-path.md#graphs), replayed.
   const stepMeta = getMlaMetadata();
   const graph = await fm.captureGraph(async () => {
     for (let l = 0; l < LAYERS; l++) await fm.flashMlaWithKvCache({ ...dev, schedMeta: stepMeta }, given);
   });
-  const replay = await timeSteps(Math.max(1, Math.ceil(steps / 5)), () => graph.replay());
+  const replay = stats(await timeSteps(Math.max(1, Math.ceil(steps / 5)), () => graph.replay()));
   graph.dispose();
   replays.push({ name: c.name, replay, call: pre });
 
@@ -144,7 +155,7 @@ for (const b of breakdowns) {
 // For scale: host inputs (uploads and downloads on the worker thread), and the reference backend.
 console.log('\nfor scale (median of single calls): host inputs on the native path | reference backend (computes)');
 for (const c of cases) {
-  const host = await timeSteps(1, (schedMeta) => fm.flashMlaWithKvCache({ ...c.args, schedMeta }));
+  const host = stats(await timeSteps(1, (schedMeta) => fm.flashMlaWithKvCache({ ...c.args, schedMeta })));
   const refMeta = getMlaMetadata();
   const ref = [];
   for (let i = 0; i < 6; i++) {

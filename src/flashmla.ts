@@ -185,9 +185,13 @@ export class FlashMLA {
     return this.#cuda('download').download(t);
   }
 
-  /** Uninitialised contiguous device memory. */
-  async allocate<D extends DType>(dtype: D, shape: readonly number[]): Promise<DeviceTensor<D>> {
-    return this.#cuda('allocate').allocate(dtype, shape);
+  /**
+   * Uninitialised device memory of `shape`: contiguous, or laid out with the element `strides` given
+   * (as `torch.empty_strided`; default contiguous), e.g. a preallocated lse of a call with s_q > 1,
+   * which FlashMLA's kernels write as a (b, s_q, h_q) array: strides (s_q·h_q, 1, h_q).
+   */
+  async allocate<D extends DType>(dtype: D, shape: readonly number[], strides?: readonly number[]): Promise<DeviceTensor<D>> {
+    return this.#cuda('allocate').allocate(dtype, shape, strides);
   }
 
   /** Wraps device memory owned elsewhere (never freed here); it must be memory of this device. */

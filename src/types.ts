@@ -77,7 +77,11 @@ export interface CudaDecodeOptions {
    * DeviceTensor). Default: a new output tensor per call.
    */
   out?: DeviceTensor;
-  /** A preallocated lse: contiguous fp32 (b, h_q, s_q), as `out`. Default: a new lse tensor per call. */
+  /**
+   * A preallocated lse: fp32 (b, h_q, s_q) with the strides a call without it returns (for s_q > 1 and
+   * one kv head the view (s_q·h_q, 1, h_q): `fm.allocate('fp32', shape, strides)` or an earlier
+   * result's lse), as `out` otherwise. Default: a new lse tensor per call.
+   */
   lse?: DeviceTensor;
 }
 
@@ -116,11 +120,15 @@ export interface CallOptions {
   lse?: DeviceTensor;
 }
 
-/** `out`: (b, s_q, h_q, 512) in q's dtype; `lse`: (b, h_q, s_q) fp32, natural log, contiguous. */
+/** `out`: (b, s_q, h_q, 512) in q's dtype, contiguous; `lse`: (b, h_q, s_q) fp32, natural log. */
 export interface DecodeResult<T extends Tensor = HostTensor> {
-  /** (b, s_q, h_q, 512) in q's dtype (bf16 for sparse). */
+  /** (b, s_q, h_q, 512) in q's dtype (bf16 for sparse), contiguous. */
   out: T;
-  /** (b, h_q, s_q) fp32, natural log; +Infinity for rows with nothing to attend. */
+  /**
+   * (b, h_q, s_q) fp32, natural log; +Infinity for rows with nothing to attend. Contiguous, except a
+   * DeviceTensor of a call with s_q > 1 and one kv head: FlashMLA's view of the kernels' (b, s_q, h_q)
+   * memory, strides (s_q·h_q, 1, h_q) (docs/cuda-path.md#output-layouts).
+   */
   lse: T;
 }
 

@@ -38,7 +38,10 @@ export interface LaunchPlan {
   readonly regroupQ: boolean;
   /** q_re strides (batch, row, head) when it is a view of q. */
   readonly qReStrides: readonly [number, number, number];
-  /** The kernels write out / lse in the public layouts directly (else the addon reshapes). */
+  /**
+   * The kernels write out / lse where the public tensors are (else the addon reshapes): out in its
+   * contiguous layout, lse in the layout of {@link lseStrides}.
+   */
   readonly outDirect: boolean;
   readonly lseDirect: boolean;
   readonly scale: number;
@@ -182,9 +185,10 @@ function densePlan(p: DensePlan, d: DeviceFacts, problem: LauncherProblem, baseO
     lseAccumBytes: 4 * totalSplits * rows, oAccumBytes: 4 * 512 * totalSplits * rows,
     regroupQ, qReStrides,
     // docs/flashmla-interface.md#dense-host-layer step 4: out_raw (b, h_k, q_seq_per_hk, 512) is the public layout when h_k == 1 or
-    // s_q == 1; lse_raw (b, h_k, q_seq_per_hk) is (b, h_q, s_q) only when s_q == 1.
+    // s_q == 1; lse_raw (b, h_k, q_seq_per_hk) is a (b, h_q, s_q) view unless h_k > 1, hpk > 1 and s_q > 1
+    // (docs/flashmla-interface.md#dense-output-reshape).
     outDirect: p.hK === 1 || p.sQ === 1,
-    lseDirect: p.sQ === 1,
+    lseDirect: p.hK === 1 || hpk === 1 || p.sQ === 1,
     scale: Math.fround(p.softmaxScale),
     scaleLog2: softmaxScaleLog2('dense', p.softmaxScale),
   };
@@ -246,11 +250,23 @@ function sparsePlan(p: SparsePlan, d: DeviceFacts, problem: LauncherProblem, bas
     lseAccumBytes: 4 * totalSplits * rows, oAccumBytes: 4 * 512 * totalSplits * rows,
     regroupQ: false, qReStrides: [0, 0, 0],
     outDirect: true,
-    // docs/flashmla-interface.md#sparse-host-layer: lse (b, s_q, h_q); the public (b, h_q, s_q) is the same memory only when s_q == 1.
-    lseDirect: p.sQ === 1,
+    // docs/flashmla-interface.md#sparse-launch-sequence: the kernels' lse (b, s_q, h_q) is the public (b, h_q, s_q) as a view.
+    lseDirect: true,
     scale,
     scaleLog2: softmaxScaleLog2('sparse', p.softmaxScale),
   };
+}
+
+/**
+ * The element strides of a decode's lse (b, h_q, s_q), as FlashMLA returns it
+ * (docs/flashmla-interface.md#dense-output-reshape, docs/flashmla-interface.md#sparse-launch-sequence): with one kv head and
+ * s_q > 1 a view of what the kernels write, (b, s_q, h_q) in memory, strides (s_q·h_q, 1, h_q);
+ * contiguous otherwise. Every decode with s_q > 1 of DeepSeek's models (sparse, or dense with h_k = 1)
+ * gets the view, so no call copies its lse.
+ */
+export function lseStrides(plan: DecodePlan): readonly [number, number, number] {
+  const oneKvHead = plan.kind === 'sparse' || plan.hK === 1;
+  return oneKvHead && plan.sQ > 1 ? [plan.sQ * plan.hQ, 1, plan.hQ] : [plan.hQ * plan.sQ, plan.sQ, 1];
 }
 
 /** The launch plan of a validated decode on a device, or a FlashMLAError before anything runs. */

@@ -18,7 +18,7 @@ import { expectNoOutputOptions, expectOutputTensor } from '../validate/outputs.j
 import { collectDroppedDeviceMemory, CUDA_ERROR_OUT_OF_MEMORY, isSticky, lostReason, markLost } from './device-state.js';
 import { DeviceTensor, mintDeviceTensor, type TensorOwner } from '../device-tensor.js';
 import { assessCuda } from './assess.js';
-import { operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
+import { lseStrides, operandsOf, planLaunch, requestFields, type DeviceFacts } from './host-layer.js';
 import { loadInProcess } from './library.js';
 import { planPrefill, prefillOperandsOf, prefillRequestFields, type PrefillLaunch } from './prefill-host-layer.js';
 import { callProblem, launcherProblem, type AnyCallKind, type BuildFacts } from './usability.js';
@@ -182,14 +182,21 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     return d.address + BigInt(view.offset * ELEMENT_BYTES[view.dtype]);
   }
 
-  async allocate<D extends DType>(dtype: D, shape: readonly number[]): Promise<DeviceTensor<D>> {
+  async allocate<D extends DType>(dtype: D, shape: readonly number[], strides?: readonly number[]): Promise<DeviceTensor<D>> {
     const caller = new Error(); // the caller's stack, for errors that come back from the worker thread
     this.#open();
     this.#notCapturing('allocate()');
-    const view = viewOf({ dtype, shape, device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false }, 'shape');
-    const n = numel(view.shape);
+    const meta = { device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false };
+    const view = viewOf({ dtype, shape, ...meta }, 'shape');
+    if (strides !== undefined) {
+      check(Array.isArray(strides) && strides.length === view.shape.length, 'E_STRIDE', 'strides',
+        () => `strides must be an array of ${view.shape.length} numbers (one per dim of shape)`);
+      check(strides.every((x) => Number.isSafeInteger(x) && x >= 0), 'E_STRIDE', 'strides',
+        () => `strides must be non-negative safe integers, got [${strides.join(', ')}]`);
+    }
+    const n = extentOf({ ...view, strides: strides ?? view.strides });
     const a = await this.#withMemory(() => this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch((e: unknown) => this.#fail(e, caller)));
-    return mintDeviceTensor(this, { dtype, shape, capacity: n, address: a.address, allocation: a.id });
+    return mintDeviceTensor(this, { dtype, shape, strides: strides ?? view.strides, capacity: n, address: a.address, allocation: a.id });
   }
 
   /**
@@ -356,7 +363,9 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     const checked = this.#checkedOutputs.get(t as DeviceTensor);
     if (checked !== undefined && checked.plan === plan && checked.name === name && !(t as DeviceTensor).disposed) return t as DeviceTensor;
     const shapes = outputShapes(plan);
-    const d = name === 'options.out' ? expectOutputTensor(t, name, shapes.outDtype, shapes.out) : expectOutputTensor(t, name, 'fp32', shapes.lse);
+    const d = name === 'options.out'
+      ? expectOutputTensor(t, name, shapes.outDtype, shapes.out, shapes.outStrides)
+      : expectOutputTensor(t, name, 'fp32', shapes.lse, shapes.lseStrides);
     this.#deviceTensor(d, name);
     this.#checkedOutputs.set(d, { plan, name });
     return d;
@@ -444,7 +453,10 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     this.stats.decodes++;
     if (outcome.schedMetaRan) this.stats.schedMetaRuns++;
     const shapes = outputShapes(plan);
-    return { out: { dtype: shapes.outDtype, shape: [...shapes.out], data: hostOut! }, lse: { dtype: 'fp32', shape: [...shapes.lse], data: hostLse! } };
+    // Host outputs are contiguous: an lse the kernels wrote as a view is gathered (b·s_q·h_q floats).
+    const lseView = { dtype: 'fp32' as const, shape: shapes.lse, strides: shapes.lseStrides, offset: 0 };
+    const lse = isContiguous(lseView) ? hostLse! : (gather(hostLse!, lseView, rows) as Float32Array);
+    return { out: { dtype: shapes.outDtype, shape: [...shapes.out], data: hostOut! }, lse: { dtype: 'fp32', shape: [...shapes.lse], data: lse } };
   }
 
   /**
@@ -736,7 +748,7 @@ function allDevice(args: DecodeArgs): boolean {
   return true;
 }
 
-/** The output shapes (frozen, with their contiguous strides) and dtype of a plan. */
+/** The output shapes and strides (frozen) and dtype of a plan: out contiguous, lse as FlashMLA lays it out. */
 interface OutputShapes {
   readonly outDtype: DType;
   readonly out: readonly number[];
@@ -752,7 +764,7 @@ function outputShapes(plan: DecodePlan): OutputShapes {
   return {
     outDtype: plan.kind === 'dense' ? plan.dtype : 'bf16',
     out: Object.freeze(out), outStrides: Object.freeze(contiguousStrides(out)),
-    lse: Object.freeze(lse), lseStrides: Object.freeze(contiguousStrides(lse)),
+    lse: Object.freeze(lse), lseStrides: Object.freeze([...lseStrides(plan)]),
     rows: plan.b * plan.sQ * plan.hQ,
   };
 }

@@ -19,7 +19,29 @@ export const TENSOR_ARG_KEYS = [
   'q', 'kCache', 'blockTable', 'cacheSeqlens', 'indices', 'attnSink', 'extraKCache', 'extraIndicesInKvcache', 'topkLength', 'extraTopkLength',
 ] as const satisfies readonly (keyof DecodeArgs)[];
 
-const snapshots = new WeakSet<object>();
+/** A base class whose constructor returns the object it is given, so a subclass can stamp private fields on any object. */
+class Given {
+  constructor(o: object) {
+    return o;
+  }
+}
+
+/**
+ * The snapshots made here, recognised by a private field no other code can add or fake (a
+ * WeakSet would cost a hash-table entry and garbage-collector work per call on the hot path).
+ */
+class Snapshot extends Given {
+  #snapshot = true;
+
+  /** Stamps a fresh object literal (before it is frozen) as a snapshot. */
+  static stamp<T extends object>(o: T): T {
+    return new Snapshot(o) as unknown as T;
+  }
+
+  static is(o: unknown): boolean {
+    return typeof o === 'object' && o !== null && #snapshot in o;
+  }
+}
 
 const TypedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype) as object;
 const intrinsic = (key: PropertyKey) => Object.getOwnPropertyDescriptor(TypedArrayPrototype, key)!.get!;
@@ -142,7 +164,7 @@ export function readTensor(t: unknown, name: string): Tensor {
 
 /** The decode arguments, read once (see above). Idempotent: a snapshot is returned as it is. */
 export function readDecodeArgs(args: unknown): DecodeArgs {
-  if (typeof args === 'object' && args !== null && snapshots.has(args)) return args as DecodeArgs;
+  if (Snapshot.is(args)) return args as DecodeArgs;
   expectNoThenPollution();
   check(args !== null && typeof args === 'object', 'E_VALUE', 'args', 'args must be an object');
   // Every key is an own property of the snapshot (undefined when not given), so nothing planted on
@@ -160,15 +182,13 @@ export function readDecodeArgs(args: unknown): DecodeArgs {
     isFp8Kvcache: value('isFp8Kvcache'), indices: tensor('indices'), attnSink: tensor('attnSink'), extraKCache: tensor('extraKCache'),
     extraIndicesInKvcache: tensor('extraIndicesInKvcache'), topkLength: tensor('topkLength'), extraTopkLength: tensor('extraTopkLength'),
   } satisfies Record<keyof DecodeArgs, unknown>;
-  Object.freeze(out);
-  snapshots.add(out);
+  Object.freeze(Snapshot.stamp(out));
   return out as unknown as DecodeArgs;
 }
 
 const OPTION_KEYS = ['backend', 'validate', 'threads', 'tier', 'kernels', 'out', 'lse'] as const;
 /** The snapshot of no options (every key own and undefined), shared by the calls that pass none. */
-const NO_OPTIONS: object = Object.freeze(Object.fromEntries(OPTION_KEYS.map((k) => [k, undefined])));
-snapshots.add(NO_OPTIONS);
+const NO_OPTIONS: object = Object.freeze(Snapshot.stamp(Object.fromEntries(OPTION_KEYS.map((k) => [k, undefined]))));
 
 /**
  * Per-call options read once, own properties only (the reference's `tier`/`kernels` pass through;
@@ -177,12 +197,11 @@ snapshots.add(NO_OPTIONS);
  */
 export function readDecodeOptions<O extends object>(options: O | undefined): O {
   if (options === undefined) return NO_OPTIONS as O;
-  if (options !== null && snapshots.has(options)) return options;
+  if (Snapshot.is(options)) return options;
   check(options === undefined || (options !== null && typeof options === 'object'), 'E_VALUE', 'options', 'options must be an object');
   const out: Record<string, unknown> = {};
   for (const k of OPTION_KEYS) out[k] = ownValue(options, k, `options.${k}`);
-  Object.freeze(out);
-  snapshots.add(out);
+  Object.freeze(Snapshot.stamp(out));
   return out as O;
 }
 
@@ -191,7 +210,7 @@ export const SPARSE_FWD_TENSOR_KEYS = ['q', 'kv', 'indices', 'attnSink', 'topkLe
 
 /** `flashMlaSparseFwd`'s arguments, read once like readDecodeArgs (idempotent too). */
 export function readSparseFwdArgs(args: unknown): SparseFwdArgs {
-  if (typeof args === 'object' && args !== null && snapshots.has(args)) return args as SparseFwdArgs;
+  if (Snapshot.is(args)) return args as SparseFwdArgs;
   expectNoThenPollution();
   check(args !== null && typeof args === 'object', 'E_VALUE', 'args', 'args must be an object');
   const o = args;
@@ -204,7 +223,6 @@ export function readSparseFwdArgs(args: unknown): SparseFwdArgs {
     q: tensor('q'), kv: tensor('kv'), indices: tensor('indices'), smScale: ownValue(o, 'smScale', 'smScale'),
     dV: ownValue(o, 'dV', 'dV'), attnSink: tensor('attnSink'), topkLength: tensor('topkLength'),
   } satisfies Record<keyof SparseFwdArgs, unknown>;
-  Object.freeze(out);
-  snapshots.add(out);
+  Object.freeze(Snapshot.stamp(out));
   return out as unknown as SparseFwdArgs;
 }

@@ -8,18 +8,21 @@ export const OUTPUT_OPTIONS = ['out', 'lse'] as const;
 
 /**
  * A preallocated output (`options.out` / `options.lse`, docs/cuda-path.md#preallocated-outputs):
- * a live DeviceTensor, contiguous, of exactly the call's shape and dtype, with a 16-byte aligned
- * base (the dense kernel writes out through TMA, docs/flashmla-interface.md#tma-alignment). Which
- * instance and device it belongs to is the CUDA session's check. Returns the tensor.
+ * a live DeviceTensor of exactly the call's shape, dtype and strides (the layout a call without it
+ * returns: out contiguous, lse possibly a view, src/cuda/host-layer.ts lseStrides), with a 16-byte
+ * aligned base (the dense kernel writes out through TMA, docs/flashmla-interface.md#tma-alignment).
+ * Which instance and device it belongs to is the CUDA session's check. Returns the tensor.
  */
-export function expectOutputTensor(t: unknown, name: string, dtype: DType, shape: readonly number[]): DeviceTensor {
+export function expectOutputTensor(t: unknown, name: string, dtype: DType, shape: readonly number[], strides: readonly number[]): DeviceTensor {
   check(DeviceTensor.isDeviceTensor(t), 'E_VALUE', name, `${name} must be a DeviceTensor made by FlashMLA.allocate/upload/wrap`);
   check(!t.disposed, 'E_DISPOSED', name, `${name} is a disposed DeviceTensor`);
   check(t.dtype === dtype, 'E_DTYPE', name, () => `${name} must be ${dtype} (the call's output dtype), got ${t.dtype}`);
   const view = viewOf(t, name);
   check(view.shape.length === shape.length && view.shape.every((d, i) => d === shape[i]), 'E_SHAPE', name,
     () => `${name} must have shape (${shape.join(', ')}), got (${view.shape.join(', ')})`);
-  check(isContiguous(view), 'E_STRIDE', name, () => `${name} must be contiguous, got strides (${view.strides.join(', ')})`);
+  check(view.shape.every((d, i) => d <= 1 || view.strides[i] === strides[i]), 'E_STRIDE', name,
+    () => `${name} must have strides (${strides.join(', ')}), the layout this call returns, got (${view.strides.join(', ')})` +
+      (isContiguous({ ...view, strides }) ? '' : '; allocate it with those strides or pass the tensor an earlier call returned'));
   check((t.address + BigInt(view.offset * ELEMENT_BYTES[dtype])) % 16n === 0n, 'E_STRIDE', name,
     `${name} must start at a 16-byte aligned device address`);
   return t;

@@ -47,25 +47,28 @@ async function hostOf(s: CudaSession, r: DecodeResult<Tensor>): Promise<[Uint8Ar
   return [bits(await s.download(r.out as DeviceTensor)), bits(await s.download(r.lse as DeviceTensor))];
 }
 
-const CASES: [string, () => DecodeCase][] = [
-  ['dense h_k 2, s_q 2 (q regrouped, out and lse reshaped on the device)', () => generateDenseCase({ b: 2, sQ: 2, sK: 100, hQ: 8, hK: 2, varlen: true, causal: true }, 21)],
-  ['dense h_k 1, s_q 1', () => generateDenseCase({ b: 3, sQ: 1, sK: 130, hQ: 16, hK: 1, varlen: true, causal: false }, 22)],
-  ['sparse MODEL1 s_q 2 with extra cache and sink (lse transposed on the device)', () => generateSparseCase({
+// With the lse strides FlashMLA returns: a view of the kernels' (b, s_q, h_q) for one kv head and s_q > 1, else contiguous.
+const CASES: [string, () => DecodeCase, number[]][] = [
+  ['dense h_k 2, s_q 2 (q regrouped, out and lse reshaped on the device)', () => generateDenseCase({ b: 2, sQ: 2, sK: 100, hQ: 8, hK: 2, varlen: true, causal: true }, 21), [16, 2, 1]],
+  ['dense h_k 1, s_q 1', () => generateDenseCase({ b: 3, sQ: 1, sK: 130, hQ: 16, hK: 1, varlen: true, causal: false }, 22), [16, 1, 1]],
+  ['dense h_k 1, s_q 2 (lse a view)', () => generateDenseCase({ b: 2, sQ: 2, sK: 90, hQ: 16, hK: 1, varlen: true, causal: true }, 24), [32, 1, 16]],
+  ['sparse MODEL1 s_q 2 with extra cache and sink (lse a view of what the kernels wrote)', () => generateSparseCase({
     b: 2, sQ: 2, hQ: 64, dQK: 512, sink: true, main: { sK: 200, topk: 64, blockSize: 64, withLength: true }, extra: { sK: 100, topk: 64, blockSize: 2 },
-  }, 23)],
+  }, 23), [128, 1, 64]],
 ];
 
 describe('calls issued on the calling thread', () => {
-  for (const [name, make] of CASES) {
+  for (const [name, make, lseStrides] of CASES) {
     it(`${name}: bitwise equal to the host-tensor call, with new and with preallocated outputs`, async () => {
       const c = make();
       const viaWorker = await session.decode({ ...c.args, schedMeta: getMlaMetadata() }) as DecodeResult<HostTensor>;
       const dev = await onDevice(session, c);
       const fresh = await session.decode(dev);
       expect(fresh.out).toBeInstanceOf(DeviceTensor);
+      expect(fresh.lse.strides).toEqual(lseStrides);
       expect(await hostOf(session, fresh)).toEqual([bits(viaWorker.out), bits(viaWorker.lse)]);
       const out = await session.allocate(fresh.out.dtype, fresh.out.shape);
-      const lse = await session.allocate('fp32', fresh.lse.shape);
+      const lse = await session.allocate('fp32', fresh.lse.shape, fresh.lse.strides);
       const given = await session.decode(dev, { out, lse });
       expect(given.out).toBe(out);
       expect(given.lse).toBe(lse);
@@ -172,6 +175,26 @@ describe('preallocated outputs are checked like any argument', () => {
     // Nothing of the refused calls reached a launcher (FLASHMLA_EMU_EXIT=1 would have ended the process); the instance still works.
     const r = await fm.flashMlaWithKvCache(dev, { lse });
     expect(r.lse).toBe(lse);
+  });
+
+  it('an s_q > 1 call takes only an lse laid out as it returns one; allocate() makes it, and checks the strides it is given', async () => {
+    const c2 = generateSparseCase({ b: 2, sQ: 2, hQ: 64, dQK: 512, main: { sK: 128, topk: 64, blockSize: 64 } }, 71);
+    const dev2 = { ...c2.args, schedMeta: getMlaMetadata() } as DecodeArgs;
+    for (const k of TENSOR_ARG_KEYS) if (c2.args[k]) (dev2 as unknown as Record<string, Tensor>)[k] = await fm.upload(c2.args[k] as HostTensor);
+    const contiguous = await fm.allocate('fp32', [2, 64, 2]);
+    const e = await fm.flashMlaWithKvCache(dev2, { lse: contiguous }).then(() => null, (x: unknown) => x as FlashMLAError);
+    expect(e).toBeInstanceOf(FlashMLAError);
+    expect([e!.code, e!.argument]).toEqual(['E_STRIDE', 'options.lse']);
+    expect(e!.message).toMatch(/strides \(128, 1, 64\).*allocate it with those strides/);
+    const view = await fm.allocate('fp32', [2, 64, 2], [128, 1, 64]);
+    expect([view.strides, view.capacity]).toEqual([[128, 1, 64], 256]);
+    const r = await fm.flashMlaWithKvCache(dev2, { lse: view });
+    expect(r.lse).toBe(view);
+    const want = await fm.flashMlaWithKvCache({ ...c2.args, schedMeta: getMlaMetadata() }) as DecodeResult<HostTensor>;
+    expect(bits(await fm.download(view))).toEqual(bits(want.lse));
+    await refused(fm.allocate('fp32', [2, 64, 2], [128, 1]), 'E_STRIDE', 'strides');
+    await refused(fm.allocate('fp32', [2, 64, 2], [128, -1, 64]), 'E_STRIDE', 'strides');
+    for (const t of [contiguous, view, r.out as DeviceTensor]) t.dispose();
   });
 });
 
