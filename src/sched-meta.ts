@@ -66,6 +66,9 @@ export class FlashMLASchedMeta {
   // Private: resetting them would skip the consistency check and silently reuse a stale device
   // schedule. (Private fields also stay writable for this class when a caller freezes the object.)
   #config: SchedConfig | null = null;
+  // The last frozen config that matched: a prepared call binds its plan's config object on every
+  // call, and the same frozen object (whose schedule arrays are validation's own copies) matches again.
+  #matched: SchedConfig | null = null;
   readonly #slots = new Map<object, SchedMetaSlot>();
 
   /** Whether a decode call has recorded its configuration. */
@@ -95,8 +98,10 @@ export class FlashMLASchedMeta {
 
   /** First call records `config`; later calls must match it field by field (docs/flashmla-interface.md#sched-meta-caching). */
   bind(config: SchedConfig): void {
+    if (config === this.#matched) return;
     if (this.#config === null) {
       this.#config = Object.freeze({ ...config });
+      if (Object.isFrozen(config)) this.#matched = config;
       return;
     }
     const have = this.#config;
@@ -118,6 +123,7 @@ export class FlashMLASchedMeta {
           'valid for the lengths it was made with (one getMlaMetadata() per decoding step, shared by all layers)', 'schedMeta');
       }
     }
+    if (Object.isFrozen(config)) this.#matched = config;
   }
 
   /** Frees backend state (device buffers). The object can be used again afterwards. */

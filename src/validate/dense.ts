@@ -102,11 +102,11 @@ export function validateDense(args: DecodeArgs, downloaded: Downloaded | undefin
   }
   return {
     kind: 'dense',
-    config: {
+    config: Object.freeze({
       b, sQ, hQ, pageBlockSize, hK, causal: causalArg, isFp8Kvcache: args.isFp8Kvcache ?? false,
       topk: null, extraPageBlockSize: null, extraTopk: null,
-      schedule: { cacheSeqlens: seqlens, topkLength: null, extraTopkLength: null },
-    },
+      schedule: Object.freeze({ cacheSeqlens: seqlens, topkLength: null, extraTopkLength: null }),
+    }),
     dtype, b, sQ, hQ, hK, dQK: d, dV: D_V, numBlocks, pageBlockSize, maxBlocksPerSeq,
     causal: causalArg && sQ > 1, // docs/flashmla-interface.md#dense-host-layer step 7
     softmaxScale, q, kCache, blockTable, cacheSeqlens, seqlens,

@@ -112,11 +112,11 @@ export function validateSparse(args: DecodeArgs, downloaded: Downloaded | undefi
 
   return {
     kind: 'sparse',
-    config: {
+    config: Object.freeze({
       b, sQ, hQ, pageBlockSize, hK: hKV, causal: args.causal ?? false, isFp8Kvcache: true, topk,
       extraPageBlockSize: extra ? extra.pageBlockSize : null, extraTopk: extra ? extra.topk : null,
-      schedule: { cacheSeqlens: null, topkLength: main.lengths, extraTopkLength: extra?.lengths ?? null },
-    },
+      schedule: Object.freeze({ cacheSeqlens: null, topkLength: main.lengths, extraTopkLength: extra?.lengths ?? null }),
+    }),
     layout, b, sQ, hQ, dQK, dV: D_V, bytesPerToken, softmaxScale, q, main, extra, attnSink,
   };
 }
