@@ -53,6 +53,8 @@ export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D
   readonly #address: bigint;
   readonly #owner: TensorOwner;
   readonly #allocation: number | null;
+  // address + offset in bytes, made once: a prepared decode call reads it for every output it is given.
+  readonly #base: bigint;
   #disposed = false;
 
   /** @internal Made by FlashMLA.upload/allocate/wrap and decode calls only. */
@@ -68,6 +70,7 @@ export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D
     this.#address = init.address;
     this.#owner = owner;
     this.#allocation = init.allocation;
+    this.#base = init.address + BigInt(this.#offset * ELEMENT_BYTES[init.dtype]);
     if (init.allocation !== null) collected.register(this, { owner, id: init.allocation }, this);
   }
 
@@ -129,7 +132,7 @@ export class DeviceTensor<D extends DType = DType> implements DeviceTensorMeta<D
   /** Byte address of element [0, ...] (address + offset · element size). */
   get base(): bigint {
     check(!this.disposed, 'E_DISPOSED', 'tensor', 'tensor is a disposed DeviceTensor');
-    return this.#address + BigInt(this.#offset * ELEMENT_BYTES[this.#dtype]);
+    return this.#base;
   }
 
   /** Frees owned memory after the work queued before it (idempotent; a wrapped pointer is left alone). */

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { FlashMLAError } from '../../src/errors.js';
 import { generateDenseCase, generateSparseCase } from '../../src/harness/cases.js';
 import type { BuildFile } from '../../src/cuda/build-file.js';
-import { planLaunch, type DeviceFacts } from '../../src/cuda/host-layer.js';
+import { lseStrides, planLaunch, type DeviceFacts } from '../../src/cuda/host-layer.js';
 import { launcherProblem } from '../../src/cuda/usability.js';
 import type { SparsePlan } from '../../src/plan.js';
 import { getMlaMetadata } from '../../src/sched-meta.js';
@@ -59,14 +59,21 @@ describe('num_sm_parts and implementation choice', () => {
 describe('q regrouping and output reshapes', () => {
   it('h_k = 1 or s_q = 1 or h_q = h_k is a view; h_k > 1, hpk > 1, s_q > 1 is a copy', () => {
     const v = planLaunch(dense(2, 8, 1), H100, ALL(H100), hostBases);
-    expect([v.regroupQ, v.outDirect, v.lseDirect]).toEqual([false, true, false]);
+    expect([v.regroupQ, v.outDirect, v.lseDirect]).toEqual([false, true, true]);
+    expect(lseStrides(dense(2, 8, 1))).toEqual([16, 1, 8]); // FlashMLA's lse view of the kernels' (b, s_q, h_q)
     const one = planLaunch(dense(1, 8, 2), H100, ALL(H100), hostBases);
     expect([one.regroupQ, one.outDirect, one.lseDirect]).toEqual([false, true, true]);
+    expect(lseStrides(dense(1, 8, 2))).toEqual([8, 1, 1]);
     const same = planLaunch(dense(2, 4, 4), H100, ALL(H100), hostBases);
-    expect([same.regroupQ, same.outDirect]).toEqual([false, false]);
+    expect([same.regroupQ, same.outDirect, same.lseDirect]).toEqual([false, false, true]);
+    expect(lseStrides(dense(2, 4, 4))).toEqual([8, 2, 1]);
     const g = planLaunch(dense(2, 8, 2), H100, ALL(H100), hostBases);
     expect([g.regroupQ, g.outDirect, g.lseDirect]).toEqual([true, false, false]);
+    expect(lseStrides(dense(2, 8, 2))).toEqual([16, 2, 1]);
     expect(g.qReStrides).toEqual([2 * 8 * 576, 576, 8 * 576]);
+    // Sparse: always the kernels' layout, a view for s_q > 1.
+    expect([planLaunch(sparse(2, 64, 512), H100, ALL(H100), hostBases).lseDirect, lseStrides(sparse(2, 64, 512))]).toEqual([true, [128, 1, 64]]);
+    expect(lseStrides(sparse(1, 64, 512))).toEqual([64, 1, 1]);
   });
 });
 
