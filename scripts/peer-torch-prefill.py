@@ -12,14 +12,11 @@ heads, masked logsumexp and max, the sink folded into the normaliser, one matmul
 Run with Debian's torch and the OpenMP OpenBLAS (LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp)
 so torch's and BLAS's thread pools agree.
 """
-import json
-import os
-import sys
 
 import numpy as np
 import torch
 
-from peer_timing import load, print_medians
+from peer_timing import load, print_medians, read_args
 
 
 @torch.inference_mode()
@@ -47,11 +44,7 @@ def prefill(meta, q, kv, idx, sink):
 
 
 def main():
-    d = sys.argv[1]
-    arg = lambda name, default: sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
-    threads = [int(t) for t in arg("--threads", "1,2").split(",")]
-    reps = int(arg("--reps", "5"))
-    meta = json.load(open(os.path.join(d, "meta.json")))
+    d, meta, threads, reps = read_args()
     q = load(d, "q.bin", np.int16).view(torch.bfloat16).view(meta["s_q"], meta["h_q"], meta["d_qk"])
     kv = load(d, "kv.bin", np.int16).view(torch.bfloat16).view(meta["s_kv"], meta["d_qk"])
     idx = load(d, "indices.bin", np.int32).view(meta["s_q"], meta["topk"])

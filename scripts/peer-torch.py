@@ -12,14 +12,11 @@ one matmul for Q.K^T over all heads (one KV head), logsumexp, softmax, one matmu
 Run with Debian's torch and the OpenMP OpenBLAS (LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-openmp)
 so torch's and BLAS's thread pools agree.
 """
-import json
-import os
-import sys
 
 import numpy as np
 import torch
 
-from peer_timing import load, print_medians
+from peer_timing import load, print_medians, read_args
 
 
 def bf16(t):
@@ -75,11 +72,7 @@ def sparse(meta, q, cache, idx, table):
 
 
 def main():
-    d = sys.argv[1]
-    arg = lambda name, default: sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
-    threads = [int(t) for t in arg("--threads", "1,2").split(",")]
-    reps = int(arg("--reps", "5"))
-    meta = json.load(open(os.path.join(d, "meta.json")))
+    d, meta, threads, reps = read_args()
     q = bf16(load(d, "q.bin", np.int16)).view(meta["b"], meta["s_q"], meta["h_q"], meta["d_qk"])
     if meta["kind"] == "dense":
         nb = meta["cache_shape"][0]

@@ -3,6 +3,7 @@ bench writes, and timing one computation per thread count the same way for every
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -12,6 +13,17 @@ try:
     from threadpoolctl import threadpool_limits
 except ImportError:  # torch.set_num_threads alone still bounds torch's own pool
     threadpool_limits = None
+
+
+def read_args():
+    """The peer's command line, `<dir> [--threads 1,2] [--reps 5]`: the inputs' folder, its meta.json,
+    the thread counts and the timed calls per thread count."""
+    d = sys.argv[1]
+    arg = lambda name, default: sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+    threads = [int(t) for t in arg("--threads", "1,2").split(",")]
+    reps = int(arg("--reps", "5"))
+    with open(os.path.join(d, "meta.json")) as f:
+        return d, json.load(f), threads, reps
 
 
 def load(d, name, dtype):

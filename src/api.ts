@@ -2,7 +2,7 @@ import { FlashMLAError } from './errors.js';
 import { defaultCuda } from './cuda/default.js';
 import { referenceDecode } from './reference/index.js';
 import { referenceSparseFwd } from './reference/prefill.js';
-import { readDecodeArgs, readDecodeOptions, readSparseFwdArgs } from './validate/args.js';
+import { backendChoice, readDecodeArgs, readDecodeOptions, readSparseFwdArgs } from './validate/args.js';
 import { expectNoOutputOptions } from './validate/outputs.js';
 import type { DeviceTensor } from './device-tensor.js';
 import type { HostTensor, Tensor } from './tensor.js';
@@ -30,10 +30,7 @@ export function flashMlaWithKvCache(args: DecodeArgs, options?: DecodeOptions): 
 export async function flashMlaWithKvCache(callerArgs: DecodeArgs, callerOptions?: DecodeOptions): Promise<DecodeResult<Tensor>> {
   const args = readDecodeArgs(callerArgs);
   const options: CallOptions = readDecodeOptions<CallOptions>(callerOptions);
-  const backend = options.backend ?? 'auto';
-  if (backend !== 'auto' && backend !== 'cuda' && backend !== 'reference') {
-    throw new FlashMLAError('E_VALUE', `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`, 'options.backend');
-  }
+  const backend = backendChoice(options.backend);
   if (backend === 'reference') return onReference(args, options, 'needs the CUDA backend, and options.backend is \'reference\'');
   const cuda = await defaultCuda();
   // Under 'auto' a call this build cannot run on the device (a dense call on a build without dense
@@ -76,10 +73,7 @@ export async function flashMlaSparseFwd(callerArgs: SparseFwdArgs, callerOptions
   const args = readSparseFwdArgs(callerArgs);
   const options: CallOptions = readDecodeOptions<CallOptions>(callerOptions);
   expectNoOutputOptions(options, 'is not supported by flashMlaSparseFwd (its outputs are always new tensors)');
-  const backend = options.backend ?? 'auto';
-  if (backend !== 'auto' && backend !== 'cuda' && backend !== 'reference') {
-    throw new FlashMLAError('E_VALUE', `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`, 'options.backend');
-  }
+  const backend = backendChoice(options.backend);
   if (backend === 'reference') return referenceSparseFwd(args, options);
   const cuda = await defaultCuda();
   // Under 'auto' a call this build or device cannot run (no prefill launchers, a top-k the

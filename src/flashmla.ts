@@ -5,7 +5,7 @@ import { openCudaSession, type CudaSession } from './cuda/session.js';
 import type { CudaEvent } from './cuda/event.js';
 import type { CudaGraph } from './cuda/graph.js';
 import { callKindOf } from './cuda/usability.js';
-import { expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions, readSparseFwdArgs, TENSOR_ARG_KEYS } from './validate/args.js';
+import { backendChoice, expectNoThenPollution, ownValue, readDecodeArgs, readDecodeOptions, readSparseFwdArgs, TENSOR_ARG_KEYS } from './validate/args.js';
 import { referenceDecode } from './reference/index.js';
 import { referenceSparseFwd } from './reference/prefill.js';
 import { expectNoOutputOptions } from './validate/outputs.js';
@@ -67,9 +67,7 @@ export class FlashMLA {
       library: ownValue(callerOptions, 'library', 'options.library') as string | undefined,
       stream: ownValue(callerOptions, 'stream', 'options.stream') as bigint | undefined,
     };
-    const backend = options.backend ?? 'auto';
-    check(backend === 'auto' || backend === 'cuda' || backend === 'reference', 'E_VALUE', 'options.backend',
-      `options.backend must be 'auto', 'cuda' or 'reference', got ${String(backend)}`);
+    const backend = backendChoice(options.backend);
     check(options.device === undefined || (Number.isSafeInteger(options.device) && options.device >= 0 && options.device <= INT32_MAX),
       'E_VALUE', 'options.device', 'options.device must be an integer from 0 to 2^31 - 1 (a CUDA device ordinal)');
     check(options.library === undefined || typeof options.library === 'string', 'E_VALUE', 'options.library', 'options.library must be a path');

@@ -48,6 +48,28 @@ const CONFIG_FIELDS: readonly (keyof SchedConfig)[] = [
   'b', 'sQ', 'hQ', 'pageBlockSize', 'hK', 'causal', 'isFp8Kvcache', 'topk', 'extraPageBlockSize', 'extraTopk',
 ];
 
+/** A later call's configuration against the recorded one, field by field, then the host-readable schedule values. */
+function expectSameConfig(have: SchedConfig, config: SchedConfig): void {
+  for (const f of CONFIG_FIELDS) {
+    if (have[f] !== config[f]) {
+      throw new FlashMLAError('E_SCHED_META',
+        `${f} = ${String(config[f])} is inconsistent with sched_meta (first used with ${f} = ${String(have[f])}); ` +
+        'use a new getMlaMetadata() for a new configuration', 'schedMeta');
+    }
+  }
+  for (const f of SCHEDULE_FIELDS) {
+    const before = have.schedule?.[f];
+    const now = config.schedule?.[f];
+    if (!before || !now) continue;
+    const i = firstDifference(before, now);
+    if (i >= 0) {
+      throw new FlashMLAError('E_SCHED_META',
+        `${f}[${i}] = ${now[i]} differs from the ${before[i]} this sched_meta was scheduled for; a schedule is only ` +
+        'valid for the lengths it was made with (one getMlaMetadata() per decoding step, shared by all layers)', 'schedMeta');
+    }
+  }
+}
+
 /**
  * Per-backend state kept on a sched meta between calls (the CUDA backend keeps its device-side
  * tile-scheduler metadata here, computed once and reused, docs/flashmla-interface.md#sched-meta-caching). Disposable.
@@ -99,30 +121,8 @@ export class FlashMLASchedMeta {
   /** First call records `config`; later calls must match it field by field (docs/flashmla-interface.md#sched-meta-caching). */
   bind(config: SchedConfig): void {
     if (config === this.#matched) return;
-    if (this.#config === null) {
-      this.#config = Object.freeze({ ...config });
-      if (Object.isFrozen(config)) this.#matched = config;
-      return;
-    }
-    const have = this.#config;
-    for (const f of CONFIG_FIELDS) {
-      if (have[f] !== config[f]) {
-        throw new FlashMLAError('E_SCHED_META',
-          `${f} = ${String(config[f])} is inconsistent with sched_meta (first used with ${f} = ${String(have[f])}); ` +
-          'use a new getMlaMetadata() for a new configuration', 'schedMeta');
-      }
-    }
-    for (const f of SCHEDULE_FIELDS) {
-      const before = have.schedule?.[f];
-      const now = config.schedule?.[f];
-      if (!before || !now) continue;
-      const i = firstDifference(before, now);
-      if (i >= 0) {
-        throw new FlashMLAError('E_SCHED_META',
-          `${f}[${i}] = ${now[i]} differs from the ${before[i]} this sched_meta was scheduled for; a schedule is only ` +
-          'valid for the lengths it was made with (one getMlaMetadata() per decoding step, shared by all layers)', 'schedMeta');
-      }
-    }
+    if (this.#config === null) this.#config = Object.freeze({ ...config });
+    else expectSameConfig(this.#config, config);
     if (Object.isFrozen(config)) this.#matched = config;
   }
 

@@ -130,6 +130,14 @@ export function isContiguous(view: View): boolean {
 
 const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 
+/** Element strides for `rank` dims: an array of that many non-negative safe integers, else E_STRIDE naming `name` (called `label`). */
+export function expectStrides(x: unknown, rank: number, name: string, label: string): readonly number[] {
+  check(Array.isArray(x) && x.length === rank, 'E_STRIDE', name, () => `${label} must be an array of ${rank} numbers`);
+  const strides = x as readonly number[];
+  check(strides.every(isCount), 'E_STRIDE', name, () => `${label} must be non-negative safe integers, got [${strides.join(', ')}]`);
+  return strides;
+}
+
 /**
  * Checks that `t` is a well-formed tensor (of `dtype` when given, of rank `rank` when given) and
  * returns its view. Every failure is a FlashMLAError naming `name`.
@@ -151,16 +159,7 @@ export function viewOf(t: unknown, name: string, rank?: number): View {
     check(shape.length === rank, 'E_SHAPE', name,
       () => `${name} must have ${rank} dims, got ${shape.length} ([${shape.join(', ')}])`);
   }
-  let strides: readonly number[];
-  if (tt.strides === undefined || tt.strides === null) {
-    strides = contiguousStrides(shape);
-  } else {
-    check(Array.isArray(tt.strides) && tt.strides.length === shape.length, 'E_STRIDE', name,
-      () => `${name}.strides must be an array of ${shape.length} numbers`);
-    strides = tt.strides as readonly number[];
-    check(strides.every(isCount), 'E_STRIDE', name,
-      () => `${name}.strides must be non-negative safe integers, got [${strides.join(', ')}]`);
-  }
+  const strides = tt.strides === undefined || tt.strides === null ? contiguousStrides(shape) : expectStrides(tt.strides, shape.length, name, `${name}.strides`);
   const offset = tt.offset ?? 0;
   check(isCount(offset), 'E_STRIDE', name, `${name}.offset must be a non-negative safe integer`);
   const view: View = { dtype, shape, strides, offset };

@@ -2,7 +2,7 @@ import { check, FlashMLAError } from '../errors.js';
 import type { Bound, DecodePlan, PrefillPlan } from '../plan.js';
 import type { SchedMetaSlot } from '../sched-meta.js';
 import {
-  ARRAY_OF, contiguousStrides, ELEMENT_BYTES, extentOf, isContiguous, isHostTensor, numel, viewOf,
+  ARRAY_OF, contiguousStrides, ELEMENT_BYTES, expectStrides, extentOf, isContiguous, isHostTensor, numel, viewOf,
   type DataOf, type DeviceTensorMeta, type DType, type HostTensor, type Tensor, type TensorMeta, type View,
 } from '../tensor.js';
 import type { CallOptions, DecodeArgs, DecodeResult, SparseFwdArgs, SparseFwdResult } from '../types.js';
@@ -188,15 +188,10 @@ export class CudaSession implements TensorOwner, EventOwner, GraphOwner {
     this.#notCapturing('allocate()');
     const meta = { device: this.device, capacity: Number.MAX_SAFE_INTEGER, address: 0n, disposed: false };
     const view = viewOf({ dtype, shape, ...meta }, 'shape');
-    if (strides !== undefined) {
-      check(Array.isArray(strides) && strides.length === view.shape.length, 'E_STRIDE', 'strides',
-        () => `strides must be an array of ${view.shape.length} numbers (one per dim of shape)`);
-      check(strides.every((x) => Number.isSafeInteger(x) && x >= 0), 'E_STRIDE', 'strides',
-        () => `strides must be non-negative safe integers, got [${strides.join(', ')}]`);
-    }
-    const n = extentOf({ ...view, strides: strides ?? view.strides });
+    const layout = strides === undefined ? view.strides : expectStrides(strides, view.shape.length, 'strides', 'strides');
+    const n = extentOf({ ...view, strides: layout });
     const a = await this.#withMemory(() => this.engine.malloc(n * ELEMENT_BYTES[dtype]).catch((e: unknown) => this.#fail(e, caller)));
-    return mintDeviceTensor(this, { dtype, shape, strides: strides ?? view.strides, capacity: n, address: a.address, allocation: a.id });
+    return mintDeviceTensor(this, { dtype, shape, strides: layout, capacity: n, address: a.address, allocation: a.id });
   }
 
   /**

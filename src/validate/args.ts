@@ -1,7 +1,7 @@
 import { check, FlashMLAError } from '../errors.js';
 import { DeviceTensor } from '../device-tensor.js';
 import { ELEMENT_BYTES, type DataOf, type DType, type Tensor } from '../tensor.js';
-import type { DecodeArgs, SparseFwdArgs } from '../types.js';
+import type { BackendChoice, DecodeArgs, SparseFwdArgs } from '../types.js';
 
 /**
  * The values validated are the values used. A caller's argument object, tensor objects, shape
@@ -162,28 +162,40 @@ export function readTensor(t: unknown, name: string): Tensor {
   });
 }
 
-/** The decode arguments, read once (see above). Idempotent: a snapshot is returned as it is. */
-export function readDecodeArgs(args: unknown): DecodeArgs {
-  if (Snapshot.is(args)) return args as DecodeArgs;
+/** Reads one own argument: a tensor argument through readTensor (null and undefined as they are). */
+type ArgReader = { tensor(k: string): Tensor | null | undefined; value(k: string): unknown };
+
+/**
+ * A call's arguments read once into a frozen snapshot (see above) by `build`, which lists every
+ * key in FlashMLA's argument order as one object literal (getters run in that order, once each).
+ * Every key is an own property of the snapshot (undefined when not given), so nothing planted on
+ * Object.prototype can stand in for an argument that was left out. Idempotent: a snapshot is
+ * returned as it is.
+ */
+function readArgsOnce<T>(args: unknown, build: (read: ArgReader) => Record<keyof T, unknown>): T {
+  if (Snapshot.is(args)) return args as T;
   expectNoThenPollution();
   check(args !== null && typeof args === 'object', 'E_VALUE', 'args', 'args must be an object');
-  // Every key is an own property of the snapshot (undefined when not given), so nothing planted on
-  // Object.prototype can stand in for an argument that was left out.
-  // One object literal in FlashMLA's argument order (getters run in that order, once each).
   const o = args;
-  const tensor = (k: (typeof TENSOR_ARG_KEYS)[number]): Tensor | null | undefined => {
-    const v = ownValue(o, k, k);
-    return v === null || v === undefined ? v : readTensor(v, k);
-  };
-  const value = (k: string): unknown => ownValue(o, k, k);
-  const out = {
+  const out = build({
+    tensor: (k) => {
+      const v = ownValue(o, k, k);
+      return v === null || v === undefined ? v : readTensor(v, k);
+    },
+    value: (k) => ownValue(o, k, k),
+  });
+  Object.freeze(Snapshot.stamp(out));
+  return out as unknown as T;
+}
+
+/** The decode arguments, read once (see above). Idempotent: a snapshot is returned as it is. */
+export function readDecodeArgs(args: unknown): DecodeArgs {
+  return readArgsOnce<DecodeArgs>(args, ({ tensor, value }) => ({
     q: tensor('q'), kCache: tensor('kCache'), blockTable: tensor('blockTable'), cacheSeqlens: tensor('cacheSeqlens'),
     headDimV: value('headDimV'), schedMeta: value('schedMeta'), softmaxScale: value('softmaxScale'), causal: value('causal'),
     isFp8Kvcache: value('isFp8Kvcache'), indices: tensor('indices'), attnSink: tensor('attnSink'), extraKCache: tensor('extraKCache'),
     extraIndicesInKvcache: tensor('extraIndicesInKvcache'), topkLength: tensor('topkLength'), extraTopkLength: tensor('extraTopkLength'),
-  } satisfies Record<keyof DecodeArgs, unknown>;
-  Object.freeze(Snapshot.stamp(out));
-  return out as unknown as DecodeArgs;
+  }));
 }
 
 const OPTION_KEYS = ['backend', 'validate', 'threads', 'tier', 'kernels', 'out', 'lse'] as const;
@@ -205,24 +217,21 @@ export function readDecodeOptions<O extends object>(options: O | undefined): O {
   return out as O;
 }
 
+/** `options.backend` checked: 'auto' (when not given), 'cuda' or 'reference'. */
+export function backendChoice(backend: unknown): BackendChoice {
+  const b = backend ?? 'auto';
+  check(b === 'auto' || b === 'cuda' || b === 'reference', 'E_VALUE', 'options.backend',
+    () => `options.backend must be 'auto', 'cuda' or 'reference', got ${String(b)}`);
+  return b;
+}
+
 /** The sparse prefill arguments that are tensors. */
 export const SPARSE_FWD_TENSOR_KEYS = ['q', 'kv', 'indices', 'attnSink', 'topkLength'] as const satisfies readonly (keyof SparseFwdArgs)[];
 
 /** `flashMlaSparseFwd`'s arguments, read once like readDecodeArgs (idempotent too). */
 export function readSparseFwdArgs(args: unknown): SparseFwdArgs {
-  if (Snapshot.is(args)) return args as SparseFwdArgs;
-  expectNoThenPollution();
-  check(args !== null && typeof args === 'object', 'E_VALUE', 'args', 'args must be an object');
-  const o = args;
-  const tensor = (k: (typeof SPARSE_FWD_TENSOR_KEYS)[number]): Tensor | null | undefined => {
-    const v = ownValue(o, k, k);
-    return v === null || v === undefined ? v : readTensor(v, k);
-  };
-  // FlashMLA's argument order.
-  const out = {
-    q: tensor('q'), kv: tensor('kv'), indices: tensor('indices'), smScale: ownValue(o, 'smScale', 'smScale'),
-    dV: ownValue(o, 'dV', 'dV'), attnSink: tensor('attnSink'), topkLength: tensor('topkLength'),
-  } satisfies Record<keyof SparseFwdArgs, unknown>;
-  Object.freeze(Snapshot.stamp(out));
-  return out as unknown as SparseFwdArgs;
+  return readArgsOnce<SparseFwdArgs>(args, ({ tensor, value }) => ({
+    q: tensor('q'), kv: tensor('kv'), indices: tensor('indices'), smScale: value('smScale'),
+    dV: value('dV'), attnSink: tensor('attnSink'), topkLength: tensor('topkLength'),
+  }));
 }
