@@ -62,40 +62,41 @@ async function child(job) {
     onProgress: (done, r) => { if (done % 50 === 0) say({ progress: done, failures: r.failures.length }); } };
   const referencePrefill = (args, options) => flashMlaSparseFwd(args, { ...options, backend: 'reference' });
   const openBuild = (library) => FlashMLA.open({ backend: 'cuda', library });
+  // The native fuzzers' instances: device 0 of the emulator, and device 1 for tensors of another device.
+  const onEmulator = async (run) => {
+    const { buildEmulator } = await import('../tests/emulator/build.mjs');
+    const library = await buildEmulator();
+    const fm = await FlashMLA.open({ backend: 'cuda', library, device: 0 });
+    const elsewhere = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
+    try {
+      return await run(fm, fuzzDeviceOf(fm, elsewhere));
+    } finally {
+      await elsewhere.dispose();
+      await fm.dispose();
+    }
+  };
   let report;
   if (job.mode === 'prefill' && job.backend === 'reference') {
     report = await fuzzSparseFwd({ ...common, sparseFwd: referencePrefill });
   } else if (job.mode === 'prefill') {
-    const { buildEmulator } = await import('../tests/emulator/build.mjs');
-    const library = await buildEmulator();
-    const fm = await FlashMLA.open({ backend: 'cuda', library, device: 0 });
-    const elsewhere = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
-    report = await fuzzSparseFwd({
+    report = await onEmulator((fm, device) => fuzzSparseFwd({
       ...common,
       arch: job.arch,
       sparseFwd: (args, options) => fm.flashMlaSparseFwd(args, options),
       reference: referencePrefill,
-      device: fuzzDeviceOf(fm, elsewhere),
-    });
-    await elsewhere.dispose();
-    await fm.dispose();
+      device,
+    }));
   } else if (job.backend === 'reference') {
     report = await fuzz({ ...common, openBuild, decode: (args, options) => referenceDecode(args, options) });
   } else {
-    const { buildEmulator } = await import('../tests/emulator/build.mjs');
-    const library = await buildEmulator();
-    const fm = await FlashMLA.open({ backend: 'cuda', library, device: 0 });
-    const elsewhere = await FlashMLA.open({ backend: 'cuda', library, device: 1 });
-    report = await fuzz({
+    report = await onEmulator((fm, device) => fuzz({
       ...common,
       openBuild,
       kinds: job.arch === 'sm100' ? ['sparse'] : ['dense', 'sparse'],
       decode: (args, options) => fm.flashMlaWithKvCache(args, options),
       other: (args) => referenceDecode(args),
-      device: fuzzDeviceOf(fm, elsewhere),
-    });
-    await elsewhere.dispose();
-    await fm.dispose();
+      device,
+    }));
   }
   say({ report });
 }
